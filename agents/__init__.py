@@ -1,0 +1,1 @@
+"""The lab's agents, one algorithm per file; see ``gymlab.agent.AGENTS`` for their names."""

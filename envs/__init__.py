@@ -1,0 +1,1 @@
+"""The lab's own environments and wrappers, registered with Gymnasium on import."""

@@ -1,0 +1,3 @@
+from gymlab.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""Checkpoints: written atomically, loaded without ever executing code carried by the file.
+
+A checkpoint is a ``torch.save`` of tensors and plain Python data only, read back with
+``torch.load(weights_only=True)``. Numpy arrays (Q-tables, RNG states, env states) travel as
+tensors tagged ``{"__ndarray__": tensor}`` and come back as numpy arrays, so an agent's
+``load_state_dict`` receives exactly the types its ``state_dict`` produced.
+
+Writing goes to a temporary file in the same folder, is flushed to disk, then renamed over the
+old file: a kill at any instant leaves the previous checkpoint whole and readable.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gymlab.errors import GymlabError
+
+FORMAT = "gymlab-checkpoint"
+VERSION = 1
+
+_NDARRAY = "__ndarray__"
+_NPSCALAR = "__npscalar__"
+
+
+def encode(obj: Any) -> Any:
+    """Turn numpy arrays and scalars (at any depth) into tagged tensors that weights_only accepts."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise TypeError("object arrays cannot be checkpointed safely")
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj).copy())}
+    if isinstance(obj, np.generic):
+        return {_NPSCALAR: torch.from_numpy(np.asarray(obj).copy())}
+    if isinstance(obj, dict):
+        return {k: encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(encode(v) for v in obj)
+    return obj
+
+
+def decode(obj: Any) -> Any:
+    """Invert :func:`encode`."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _NDARRAY in obj:
+            return obj[_NDARRAY].numpy()
+        if len(obj) == 1 and _NPSCALAR in obj:
+            return obj[_NPSCALAR].numpy()[()]
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(decode(v) for v in obj)
+    return obj
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: temp file, fsync, rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = {"format": FORMAT, "version": VERSION, **encode(payload)}
+    with open(tmp, "wb") as fh:
+        torch.save(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint, refusing corrupt, foreign, code-carrying or wrong-agent files in one line."""
+    if not path.is_file():
+        raise GymlabError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise GymlabError(
+                f"checkpoint {path} holds executable objects; refusing to load it "
+                "(gymlab checkpoints hold only tensors and plain data)"
+            ) from None
+        raise GymlabError(f"checkpoint {path} is corrupt ({_first_line(exc)}); use another checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise GymlabError(
+            f"checkpoint {path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise GymlabError(f"{path} is not a gymlab checkpoint (no '{FORMAT}' marker)")
+    if data.get("version") != VERSION:
+        raise GymlabError(f"checkpoint {path} has format version {data.get('version')}; this gymlab reads {VERSION}")
+    if agent is not None and data.get("agent") != agent:
+        raise GymlabError(f"checkpoint {path} was written by agent '{data.get('agent')}', not '{agent}'")
+    return decode(data)  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+# --- global random number generators ---------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, numpy's and torch's global generators."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --- environment state -----------------------------------------------------------------------
+# Gymnasium has no serialisation API for envs, and pickling one would mean loading code from the
+# checkpoint. Instead each layer of the wrapper chain contributes its plain-data attributes
+# (episode step counters, the toy-text state index, classic-control state vectors) and its
+# generator's state; MuJoCo envs add qpos/qvel. For such envs a resume continues the very episodes
+# that were running. Layers holding opaque simulator objects (ALE, Box2D) are not captured: there
+# a resume starts fresh episodes.
+
+_PLAIN = (bool, int, float, str, type(None), np.generic)
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biufc" and value.size <= 1_000_000
+    if isinstance(value, (tuple, list)):
+        return len(value) <= 1_000 and all(isinstance(v, _PLAIN) for v in value)
+    return False
+
+
+def env_state(env: gym.Env[Any, Any]) -> list[dict[str, Any]]:
+    """Plain-data state of every layer of a (wrapped) env, outermost first."""
+    layers: list[dict[str, Any]] = []
+    layer: Any = env
+    while True:
+        state: dict[str, Any] = {}
+        for key, value in vars(layer).items():
+            if isinstance(value, np.random.Generator):
+                state[key] = {"__generator__": value.bit_generator.state}
+            elif _is_plain(value):
+                state[key] = value
+        if layer is env.unwrapped and hasattr(layer, "set_state") and hasattr(layer, "data"):
+            data = layer.data  # MuJoCo
+            state["__mujoco__"] = {"qpos": data.qpos.copy(), "qvel": data.qvel.copy(), "time": float(data.time)}
+        layers.append(state)
+        if not isinstance(layer, gym.Wrapper):
+            return layers
+        layer = layer.env
+
+
+def set_env_state(env: gym.Env[Any, Any], layers: list[dict[str, Any]]) -> None:
+    """Restore what :func:`env_state` captured into an env built the same way."""
+    layer: Any = env
+    for state in layers:
+        for key, value in state.items():
+            if key == "__mujoco__":
+                layer.set_state(value["qpos"], value["qvel"])
+                layer.data.time = value["time"]
+            elif isinstance(value, dict) and "__generator__" in value:
+                gen_state = value["__generator__"]
+                bitgen = getattr(np.random, gen_state["bit_generator"])()
+                bitgen.state = gen_state
+                setattr(layer, key, np.random.Generator(bitgen))
+            else:
+                setattr(layer, key, value)
+        if not isinstance(layer, gym.Wrapper):
+            return
+        layer = layer.env
+
+
+def vector_env_state(envs: Any) -> dict[str, Any] | None:
+    """State of a vector env: its own ``state_dict`` if it has one, else each sync copy's layers."""
+    if hasattr(envs, "state_dict"):
+        return {"native": envs.state_dict()}
+    if hasattr(envs, "envs"):
+        return {"copies": [env_state(e) for e in envs.envs]}
+    return None  # async copies live in other processes: a resume starts fresh episodes
+
+
+def set_vector_env_state(envs: Any, state: dict[str, Any] | None) -> bool:
+    """Restore :func:`vector_env_state`; False when nothing could be restored."""
+    if state is None:
+        return False
+    if "native" in state and hasattr(envs, "load_state_dict"):
+        envs.load_state_dict(state["native"])
+        return True
+    if "copies" in state and hasattr(envs, "envs"):
+        for env, layers in zip(envs.envs, state["copies"], strict=True):
+            set_env_state(env, layers)
+        return True
+    return False

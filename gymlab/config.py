@@ -1,0 +1,177 @@
+"""Run configuration: YAML presets, ``key=value`` overrides, and validation before any training.
+
+A config has run-level keys (env, budget, evaluation, logging) and an ``hparams`` section
+validated by the agent's own pydantic ``Config``. Precedence, lowest first: the agent's
+defaults, the shipped preset ``configs/<agent>/<env>.yaml`` (when no ``--config`` is given),
+``--config FILE``, ``key=value`` overrides, then the explicit ``--seed/--steps/--device`` flags.
+
+An override key may be dotted (``hparams.learning_rate=1e-3``, ``env_kwargs.is_slippery=false``)
+or, for hyperparameters, bare (``learning_rate=1e-3``). Every unknown or mistyped key, wrong
+type or out-of-range value is rejected with one line naming the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gymlab.errors import GymlabError
+
+
+class RunConfig(BaseModel):
+    """Keys shared by every run, whatever the agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(description="agent name (see `gymlab list`) or module:Class")
+    env: str = Field(description="Gymnasium id, module:Env-v0 or module:EnvClass")
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the env")
+    wrappers: list[str] = Field(default_factory=list, description="wrapper stacks, e.g. [atari]")
+    seed: int = Field(0, ge=0, description="seeds python, numpy, torch, the envs and the agent")
+    steps: int = Field(100_000, gt=0, description="env-step budget, summed over all envs")
+    num_envs: int = Field(1, ge=1, description="parallel env copies feeding the agent")
+    vectorization: Literal["sync", "async"] = Field("sync", description="one process, or one per env")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto|cpu|cuda[:N]")
+    eval_every: int = Field(10_000, ge=0, description="env steps between evaluations (0: only at the end)")
+    eval_episodes: int = Field(10, ge=1, description="greedy episodes per evaluation")
+    checkpoint_every: int = Field(50_000, ge=0, description="env steps between checkpoints (0: only at the end)")
+    log_every: int = Field(1_000, gt=0, description="env steps between TensorBoard scalar writes")
+    video_every: int = Field(0, ge=0, description="env steps between recorded evaluation videos (0: off)")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the agent's hyperparameters")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated config: the run keys and the agent's own hyperparameter model."""
+
+    run: RunConfig
+    hparams: BaseModel
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, as written to a run's ``config.yaml``."""
+        data = self.run.model_dump(mode="json")
+        data["hparams"] = self.hparams.model_dump(mode="json")
+        return data
+
+
+def configs_root() -> Path:
+    """Where the shipped presets live (``configs/`` in the repo, ``gymlab.configs`` installed)."""
+    return Path(str(resources.files("gymlab.configs")))
+
+
+def shipped_configs() -> list[tuple[str, str, Path]]:
+    """Every shipped preset as ``(agent, env, path)``."""
+    root = configs_root()
+    return [(p.parent.name, p.stem, p) for p in sorted(root.glob("*/*.yaml"))]
+
+
+def preset_path(agent: str, env_slug: str) -> Path | None:
+    """The shipped preset for an agent and env, if there is one."""
+    path = configs_root() / agent / f"{env_slug}.yaml"
+    return path if path.is_file() else None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing, malformed or non-mapping file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GymlabError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GymlabError(f"config {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GymlabError(f"config {path} must be a mapping of key: value, not a {type(data).__name__}")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str]
+) -> dict[str, Any]:
+    """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    run_keys = set(RunConfig.model_fields)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise GymlabError(f"override '{item}' is not key=value (e.g. hparams.learning_rate=0.001)")
+        path = key.split(".")
+        if len(path) == 1 and path[0] not in run_keys and path[0] in hparam_keys:
+            path = ["hparams", *path]
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = _parse_value(raw)
+    return out
+
+
+def _valid_keys(hparams_model: type[BaseModel]) -> list[str]:
+    keys = [k for k in RunConfig.model_fields if k != "hparams"]
+    return keys + [f"hparams.{k}" for k in hparams_model.model_fields]
+
+
+def _explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -> GymlabError:
+    err = exc.errors()[0]
+    key = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        if not close:
+            leaf = key.rsplit(".", 1)[-1]
+            close = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(
+                leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.6)]
+        hint = f"did you mean '{close[0]}'?" if close else "see `gymlab list` and the presets in configs/"
+        return GymlabError(f"{source}: unknown key '{key}': {hint}")
+    if err["type"] == "missing":
+        return GymlabError(f"{source}: missing key '{key}'")
+    return GymlabError(f"{source}: '{key}' = {err.get('input')!r}: {err['msg']}")
+
+
+def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: str = "config") -> Config:
+    """Validate a merged config mapping against the run schema and the agent's hyperparameters."""
+    valid = _valid_keys(hparams_model)
+    try:
+        run = RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _explain(exc, "", valid, source) from None
+    try:
+        hparams = hparams_model.model_validate(run.hparams)
+    except ValidationError as exc:
+        raise _explain(exc, "hparams", valid, source) from None
+    run = run.model_copy(update={"hparams": hparams.model_dump(mode="json")})
+    return Config(run=run, hparams=hparams)
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge two config mappings; nested mappings (hparams, env_kwargs) merge key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

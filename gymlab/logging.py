@@ -1,0 +1,103 @@
+"""TensorBoard logging for a run: scalars, text, videos and the HParams tab, in the run folder.
+
+Per-step values (losses, exploration rate, episode returns) are averaged over a window of
+``log_every`` env steps before they are written, so logging costs the same whether an agent
+reports every step or once per update. On resume the writer purges everything logged after the
+checkpoint's step (TensorBoard's ``purge_step``), so a curve has no duplicated steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+#: The tags every run writes; ``compare`` and the custom layouts read these names.
+EPISODE_RETURN = "rollout/ep_return"
+EPISODE_LENGTH = "rollout/ep_length"
+EVAL_RETURN = "eval/return_mean"
+EVAL_RETURN_STD = "eval/return_std"
+EVAL_LENGTH = "eval/length_mean"
+STEPS_PER_SECOND = "time/steps_per_second"
+
+
+class MeanWindow:
+    """Running sums and counts of named values between two writes."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: float) -> None:
+        """Add one value to the window."""
+        self.sums[key] = self.sums.get(key, 0.0) + value
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def pop_means(self) -> dict[str, float]:
+        """The window's mean of each key, and an empty window."""
+        means = {k: s / self.counts[k] for k, s in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
+
+    def state_dict(self) -> dict[str, Any]:
+        """Contents, for a checkpoint taken in the middle of a window."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping to ``{"a.b": value}`` with values TensorBoard's HParams tab accepts."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+class RunLogger:
+    """The TensorBoard writer of one run folder."""
+
+    def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
+
+    def hparams(self, config: Mapping[str, Any]) -> None:
+        """Show the run's resolved config in the HParams tab, against its evaluation return."""
+        metrics = {EVAL_RETURN: 0.0, EPISODE_RETURN: 0.0}
+        exp, ssi, sei = hparams_summary(flatten(config), metrics)
+        file_writer = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+
+    def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        """Write several scalars at one step."""
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}{key}", value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Write a text entry (e.g. SeqGAN's sample sequences)."""
+        self.writer.add_text(tag, text, step)
+
+    def video(self, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+        """Write frames (T, H, W, 3) uint8 as a TensorBoard video."""
+        clip = np.transpose(frames, (0, 3, 1, 2))[None]  # (1, T, 3, H, W)
+        self.writer.add_video(tag, clip, step, fps=fps)
+
+    def flush(self) -> None:
+        """Push pending events to disk."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.close()
