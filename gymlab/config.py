@@ -67,9 +67,9 @@ def configs_root() -> Path:
 
 
 def shipped_configs() -> list[tuple[str, str, Path]]:
-    """Every shipped preset as ``(agent, env, path)``."""
+    """Every shipped preset as ``(agent, env, path)`` (sweep files live apart, in ``configs/sweeps/``)."""
     root = configs_root()
-    return [(p.parent.name, p.stem, p) for p in sorted(root.glob("*/*.yaml"))]
+    return [(p.parent.name, p.stem, p) for p in sorted(root.glob("*/*.yaml")) if p.parent.name != "sweeps"]
 
 
 def preset_path(agent: str, env_slug: str) -> Path | None:
@@ -175,3 +175,42 @@ def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def resolve(
+    agent: str | None,
+    env: str | None,
+    config_file: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    seed: int | None = None,
+    steps: int | None = None,
+    device: str | None = None,
+) -> Config:
+    """Build a run's config from the command line's pieces, in the documented precedence."""
+    from gymlab.agent import load_agent_class  # local: config is imported by the agents' modules
+    from gymlab.registry import env_slug
+
+    file_data = load_yaml(config_file) if config_file is not None else {}
+    source = str(config_file) if config_file is not None else "config"
+    for key, given in (("agent", agent), ("env", env)):
+        in_file = file_data.get(key)
+        if given is not None and in_file is not None and in_file != given:
+            raise GymlabError(f"{source} is for {key} '{in_file}' but the command line says '{given}'")
+    agent = agent or file_data.get("agent")
+    env = env or file_data.get("env")
+    if not agent or not env:
+        raise GymlabError("name the agent and the env: gymlab train AGENT ENV (e.g. gymlab train tabular_q FrozenLake-v1)")
+    agent_cls = load_agent_class(str(agent))
+    data: dict[str, Any] = {"agent": agent, "env": env}
+    if config_file is None:
+        preset = preset_path(str(agent), env_slug(str(env)))
+        if preset is not None:
+            data = merge(data, load_yaml(preset))
+            source = str(preset)
+    data = merge(data, file_data)
+    data = apply_overrides(data, overrides, list(agent_cls.Config.model_fields))
+    for key, flag in (("seed", seed), ("steps", steps), ("device", device)):
+        if flag is not None:
+            data[key] = flag
+    return validate(data, agent_cls.Config, source=source if not overrides else f"{source} + overrides")

@@ -130,6 +130,17 @@ def build(config: Config, *, num_eval_envs: int = 1) -> EnvSetup:
     return EnvSetup(envs, eval_envs, agent, device)
 
 
+def preflight(config: Config) -> None:
+    """Check, before any folder is created, that the env exists and the agent can handle its spaces."""
+    run = config.run
+    agent_cls = load_agent_class(run.agent)
+    env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=True)
+    try:
+        check_agent_spaces(agent_cls, run.env, env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
 def episode_stats(infos: dict[str, Any]) -> Iterator[tuple[int, float, int]]:
     """``(env index, return, length)`` of every episode that ended in this step."""
     final = infos.get("final_info")

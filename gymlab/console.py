@@ -1,0 +1,121 @@
+"""What the command line shows while training: a live progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class _StatsColumn(ProgressColumn):
+    """steps/s, episodes and the recent mean return, from the task's fields."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed or 0.0
+        ret = task.fields.get("ret")
+        ret_text = "—" if ret is None else f"{ret:.3g}"
+        return Text(f"{speed:,.0f} steps/s · {task.fields.get('episodes', 0):,} episodes · return {ret_text}")
+
+
+class RichProgress:
+    """A live bar: steps, steps/s, episodes, recent mean return, elapsed and ETA."""
+
+    def __init__(self, label: str, console: Console | None = None) -> None:
+        self.label = label
+        self.console = console or Console(stderr=False)
+        self._bar: Progress | None = None
+        self._task = 0
+
+    def start(self, total: int, initial: int) -> None:
+        """Show the bar."""
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _StatsColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            speed_estimate_period=10.0,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=total, completed=initial, episodes=0, ret=None)
+
+    def update(self, step: int, episodes: int, recent_return: float | None) -> None:
+        """Move the bar."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, episodes=episodes, ret=recent_return)
+
+    def close(self) -> None:
+        """Leave the final state of the bar on screen."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class PlainProgress:
+    """Periodic one-line reports, for logs and pipes (every 10% of the run or every 30 s)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, every_seconds: float = 30.0) -> None:
+        self.label = label
+        self.stream = stream or sys.stdout
+        self.every_seconds = every_seconds
+        self._total = 1
+        self._start_step = 0
+        self._t0 = self._last_print = 0.0
+        self._next_fraction = 0.1
+
+    def start(self, total: int, initial: int) -> None:
+        """Remember where the run starts."""
+        self._total, self._start_step = total, initial
+        self._t0 = self._last_print = time.perf_counter()
+        self._next_fraction = (initial / total // 0.1 + 1) * 0.1
+
+    def update(self, step: int, episodes: int, recent_return: float | None) -> None:
+        """Print a line when 10% more of the run is done or 30 s have passed."""
+        now = time.perf_counter()
+        fraction = step / self._total
+        if fraction + 1e-12 < self._next_fraction and now - self._last_print < self.every_seconds:
+            return
+        self._next_fraction = (fraction // 0.1 + 1) * 0.1
+        self._last_print = now
+        speed = (step - self._start_step) / max(now - self._t0, 1e-9)
+        eta = (self._total - step) / speed if speed > 0 else float("inf")
+        ret = "—" if recent_return is None else f"{recent_return:.3g}"
+        print(
+            f"{self.label}: step {step:,}/{self._total:,} ({fraction:.0%}) · {speed:,.0f} steps/s · "
+            f"{episodes:,} episodes · return {ret} · ETA {_duration(eta)}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        """Nothing to clean up."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def make_progress(label: str) -> RichProgress | PlainProgress:
+    """A live bar on a terminal, plain lines when output goes to a file or pipe."""
+    console = Console()
+    return RichProgress(label, console) if console.is_terminal else PlainProgress(label)

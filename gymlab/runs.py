@@ -1,0 +1,108 @@
+"""Run folders: creating them (never over an existing one) and reading them back.
+
+Layout: ``runs/<env>/<agent>/<YYYYmmdd-HHMMSS>-s<seed>/`` holding ``config.yaml`` (resolved),
+``events.out.tfevents.*``, ``checkpoints/{last,best}.pt`` and ``videos/``. Every command that
+reads runs accepts a run folder or a checkpoint path.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gymlab import checkpoint, registry
+from gymlab.agent import Agent, load_agent_class
+from gymlab.config import Config, validate
+from gymlab.errors import GymlabError
+
+CONFIG_FILE = "config.yaml"
+
+
+def default_run_dir(root: Path, config: Config) -> Path:
+    """``root/<env>/<agent>/<time>-s<seed>`` (not created)."""
+    run = config.run
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    agent = registry.env_slug(run.agent)
+    return root / registry.env_slug(run.env) / agent / f"{stamp}-s{run.seed}"
+
+
+def create_run_dir(config: Config, run_dir: Path | None, root: Path = Path("runs")) -> Path:
+    """Create a new run folder and write the resolved config into it.
+
+    An explicit ``run_dir`` must not exist yet; a default name that is taken (two runs started in
+    the same second with the same seed) gets a numeric suffix. Nothing existing is overwritten.
+    """
+    explicit = run_dir is not None
+    path = run_dir if run_dir is not None else default_run_dir(root, config)
+    for attempt in range(1, 100):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+            break
+        except FileExistsError:
+            if explicit:
+                raise GymlabError(
+                    f"run folder {path} already exists; choose a new --run-dir, "
+                    f"or continue it with: gymlab train --resume {path}"
+                ) from None
+            path = path.with_name(f"{path.name.split('.')[0]}.{attempt}")
+        except OSError as exc:
+            raise GymlabError(
+                f"cannot create run folder {path}: {exc.strerror or exc}; choose a writable --run-dir"
+            ) from None
+    (path / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def find_checkpoint(target: Path, which: str = "last") -> Path:
+    """The checkpoint a run folder or checkpoint path refers to (``which``: last or best)."""
+    if target.is_file():
+        return target
+    if not target.exists():
+        raise GymlabError(f"no run folder or checkpoint at {target}")
+    ckpt = target / "checkpoints" / f"{which}.pt"
+    if ckpt.is_file():
+        return ckpt
+    other = target / "checkpoints" / ("last.pt" if which == "best" else "best.pt")
+    if other.is_file():
+        return other
+    raise GymlabError(f"run folder {target} has no checkpoint yet (expected {ckpt}); train it first")
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """The run folder holding a checkpoint (``<run>/checkpoints/last.pt`` -> ``<run>``)."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def load_run(target: Path, which: str = "last") -> tuple[Config, dict[str, Any], Path]:
+    """Load the config and checkpoint of a run folder or checkpoint file."""
+    ckpt_path = find_checkpoint(target, which)
+    ckpt = checkpoint.load(ckpt_path)
+    raw = ckpt.get("config")
+    if not isinstance(raw, dict) or "agent" not in raw:
+        raise GymlabError(f"checkpoint {ckpt_path} carries no run config; it is not from `gymlab train`")
+    agent_cls = load_agent_class(raw["agent"])
+    config = validate(raw, agent_cls.Config, source=str(ckpt_path))
+    return config, ckpt, ckpt_path
+
+
+def load_policy(config: Config, ckpt: dict[str, Any], device: str | None = None) -> tuple[Agent, Any, Any]:
+    """Rebuild a trained agent for acting: returns ``(agent, observation_space, action_space)``."""
+    from gymlab.agent import Context  # local: keep this module light for the CLI's startup
+    from gymlab.loop import resolve_device
+
+    run = config.run
+    env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    agent_cls = load_agent_class(run.agent)
+    ctx = Context(obs_space, act_space, 1, run.seed, resolve_device(device or run.device), run.steps)
+    agent = agent_cls(config.hparams, ctx)  # type: ignore[call-arg]
+    try:
+        agent.load_state_dict(ckpt["agent_state"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise GymlabError(f"checkpoint does not fit a {run.agent} agent on {run.env}: {exc}") from None
+    return agent, obs_space, act_space
