@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,7 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
                 "(gymlab checkpoints hold only tensors and plain data)"
             ) from None
         raise GymlabError(f"checkpoint {path} is corrupt ({_first_line(exc)}); use another checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # torch.load fails on damaged files with many types (KeyError, EOFError, ...)
         raise GymlabError(
             f"checkpoint {path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint"
         ) from None

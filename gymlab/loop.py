@@ -246,7 +246,9 @@ def train(
     state.next_checkpoint = _next_multiple(state.step, run.checkpoint_every, total)
     state.next_log = _next_multiple(state.step, run.log_every, total)
 
-    logger = tb.RunLogger(run_dir, purge_step=state.step if resume is not None else None)
+    # Everything at the checkpoint's step was logged before it was saved; anything later that a
+    # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
+    logger = tb.RunLogger(run_dir, purge_step=state.step + 1 if resume is not None else None)
     if resume is None:
         logger.hparams(config.to_dict())
     ckpt_dir = run_dir / "checkpoints"

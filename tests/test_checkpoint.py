@@ -1,0 +1,110 @@
+"""Checkpoints: atomic writes, safe loading, clear errors, env state capture."""
+
+import os
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from gymlab import checkpoint
+from gymlab.errors import GymlabError
+
+
+def test_numpy_and_plain_data_round_trip(tmp_path):
+    payload = {
+        "agent": "tabular_q",
+        "q": np.arange(6, dtype=np.float64).reshape(2, 3),
+        "flags": np.array([True, False]),
+        "scalar": np.int64(7),
+        "rng": np.random.default_rng(3).bit_generator.state,
+        "nested": ({"t": torch.ones(2)}, [1, 2.5, "x", None]),
+    }
+    checkpoint.save(tmp_path / "c.pt", payload)
+    back = checkpoint.load(tmp_path / "c.pt", agent="tabular_q")
+    assert isinstance(back["q"], np.ndarray) and back["q"].dtype == np.float64
+    np.testing.assert_array_equal(back["q"], payload["q"])
+    np.testing.assert_array_equal(back["flags"], payload["flags"])
+    assert back["scalar"] == 7 and isinstance(back["scalar"], np.integer)
+    assert back["rng"] == payload["rng"]
+    assert torch.equal(back["nested"][0]["t"], torch.ones(2))
+    assert back["nested"][1] == [1, 2.5, "x", None]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"agent": "a", "step": 1})
+
+    def crash(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(path, {"agent": "a", "step": 2})
+    monkeypatch.undo()
+    assert checkpoint.load(path)["step"] == 1
+
+
+def test_truncated_file_is_reported_as_corrupt(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"agent": "a", "w": torch.zeros(1000)})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GymlabError, match="corrupt or truncated"):
+        checkpoint.load(path)
+
+
+def test_foreign_file_and_wrong_agent(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(GymlabError, match="not a gymlab checkpoint"):
+        checkpoint.load(tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(GymlabError, match="corrupt"):
+        checkpoint.load(tmp_path / "text.pt")
+    checkpoint.save(tmp_path / "q.pt", {"agent": "tabular_q"})
+    with pytest.raises(GymlabError, match="written by agent 'tabular_q', not 'dqn'"):
+        checkpoint.load(tmp_path / "q.pt", agent="dqn")
+
+
+class Payload:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open("evil.pt", "wb") as fh:
+        torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "x": Payload()}, fh, pickle_module=pickle)
+    with pytest.raises(GymlabError, match="executable objects"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "FrozenLake-v1", "Taxi-v4", "InvertedPendulum-v5"])
+def test_env_state_restores_the_running_episode(env_id):
+    def make():
+        return gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
+
+    a = make()
+    a.reset(seed=1)
+    a.action_space.seed(1)
+    for _ in range(5):
+        a.step(a.action_space.sample())
+    state = checkpoint.decode(checkpoint.encode(checkpoint.env_state(a)))
+    b = make()
+    b.reset(seed=99)  # a different episode, overwritten by the restore
+    checkpoint.set_env_state(b, state)
+    actions = [a.action_space.sample() for _ in range(30)]
+    for action in actions:
+        ra, rb = a.step(action), b.step(action)
+        np.testing.assert_allclose(ra[0], rb[0])
+        assert ra[1:4] == rb[1:4]
+        if ra[2] or ra[3]:
+            assert ra[4]["episode"]["r"] == rb[4]["episode"]["r"]
+            assert ra[4]["episode"]["l"] == rb[4]["episode"]["l"]
+            oa, ob = a.reset()[0], b.reset()[0]
+            np.testing.assert_allclose(oa, ob)  # the env's generator was restored too
