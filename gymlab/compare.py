@@ -1,0 +1,441 @@
+"""Learning curves across runs and seeds: grouped means with 95% bootstrap bands, and a summary table.
+
+Runs are read from their TensorBoard event files with TensorBoard's own ``EventAccumulator``,
+which also drops what a killed run logged after its last checkpoint (the ``purge_step`` a resumed
+run writes), so a resumed curve has no doubled steps.
+
+How the numbers are made, for a group of ``n`` runs (seeds) of one metric:
+
+- Alignment. Each run's curve is linearly interpolated onto the union of the steps its group
+  logged (at most ``MAX_POINTS``), so runs with different logging intervals line up. Nothing is
+  extrapolated: a group's curve spans only the steps *every* one of its runs reached (from the
+  latest first point to the earliest last point). Where runs of a group, or different groups,
+  stop at different steps, the legend and the table say how far each reaches.
+- Band: a percentile bootstrap over seeds. Each of ``B`` resamples draws ``n`` runs with
+  replacement (the same draw at every step, so a band is a band of whole curves) and takes their
+  mean; the band is the 2.5th to 97.5th percentile of those means, step by step.
+- Table: final value = each run's value at the group's last common step; its mean, its IQM
+  (interquartile mean: the mean of the middle 50%, ``scipy.stats.trim_mean(x, 0.25)``) and a
+  bootstrap 95% CI of the mean; AUC = the area under the mean curve divided by the span of
+  steps, i.e. the mean value over training (comparable between groups of different lengths);
+  steps to threshold = the first step where the mean curve reaches ``--threshold``, linearly
+  interpolated between logged steps.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from gymlab import logging as tb
+from gymlab import tblayout
+from gymlab.errors import GymlabError
+
+GroupBy = Literal["agent", "env", "config"]
+BOOTSTRAP_SAMPLES = 2000
+MAX_POINTS = 1000
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+#: Axis labels for the tags every run writes.
+METRIC_LABELS = {
+    tb.EVAL_RETURN: "evaluation return (mean of greedy episodes)",
+    tb.EPISODE_RETURN: "training episode return",
+    tb.EPISODE_LENGTH: "training episode length",
+    tb.EVAL_LENGTH: "evaluation episode length",
+}
+
+
+@dataclass
+class RunCurve:
+    """One run's logged values of one metric."""
+
+    path: Path
+    config: dict[str, Any]
+    steps: np.ndarray  # (T,) int, increasing
+    values: np.ndarray  # (T,) float
+
+
+@dataclass
+class GroupStats:
+    """A group's aligned curves and summary, as plotted and tabulated."""
+
+    label: str
+    runs: list[Path]
+    steps: np.ndarray  # (G,) the common grid
+    curves: np.ndarray  # (n, G) each run interpolated onto the grid
+    mean: np.ndarray  # (G,)
+    low: np.ndarray  # (G,) 2.5th percentile of bootstrap means
+    high: np.ndarray  # (G,) 97.5th percentile
+    longest: int  # the last step of the longest run (> steps[-1] when runs differ in length)
+    final: np.ndarray  # (n,) each run's value at steps[-1]
+    final_mean: float
+    final_iqm: float
+    final_ci: tuple[float, float]
+    auc: float
+    to_threshold: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Number of runs (seeds) pooled."""
+        return len(self.runs)
+
+    @property
+    def reach(self) -> int:
+        """The last step every run of the group reached (where its curve ends)."""
+        return int(self.steps[-1])
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` computed: the groups, the metric, and where the plot went."""
+
+    metric: str
+    groups: list[GroupStats]
+    threshold: float | None
+    out: Path | None
+    skipped: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- finding and reading runs
+
+
+def _has_events(folder: Path) -> bool:
+    return any(folder.glob("events.out.tfevents.*"))
+
+
+def _runs_under(path: Path) -> list[Path]:
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if _has_events(path):
+        return [path]
+    return sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+
+
+def find_runs(patterns: Sequence[str]) -> list[Path]:
+    """Run folders (folders holding event files) named by paths or globs, searched recursively."""
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        runs = [run for m in matches if Path(m).exists() for run in _runs_under(Path(m))]
+        if not runs:
+            what = (
+                "matches nothing"
+                if glob.has_magic(pattern) or not Path(pattern).exists()
+                else "holds no runs"
+            )
+            raise GymlabError(
+                f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'"
+            )
+        found.extend(r for r in runs if r not in found)
+    return found
+
+
+def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every point
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        steps = np.array([e.step for e in events], dtype=np.int64)
+        values = np.array([e.value for e in events], dtype=np.float64)
+        order = np.argsort(steps, kind="stable")
+        out[tag] = (steps[order], values[order])
+    return out
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """A run's resolved ``config.yaml``; without one, agent and env from the folder names."""
+    path = run / "config.yaml"
+    if path.is_file():
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {"agent": run.parent.name, "env": run.parent.parent.name}
+
+
+def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list[str]]:
+    """The metric's curve of every run that logged it, and a note for each run that did not."""
+    curves, skipped, available = [], [], set()
+    for run in runs:
+        scalars = read_scalars(run)
+        available.update(t for t in scalars if not t.startswith(f"{tblayout.PREFIX}/"))
+        if metric in scalars and len(scalars[metric][0]):
+            steps, values = scalars[metric]
+            curves.append(RunCurve(run, read_config(run), steps, values))
+        else:
+            skipped.append(f"{run}: no '{metric}' logged")
+    if not curves:
+        names = ", ".join(sorted(available)) or "none"
+        raise GymlabError(f"no run logged metric '{metric}'; available: {names}")
+    return curves, skipped
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def group_key(config: dict[str, Any], by: GroupBy) -> str:
+    """The key runs are pooled by: agent, env, or agent + env + config (all but seed and bookkeeping)."""
+    if by == "agent":
+        return str(config.get("agent"))
+    if by == "env":
+        return str(config.get("env"))
+    return f"{config.get('agent')} · {config.get('env')} · {tblayout.config_id(config)}"
+
+
+def group_curves(curves: Sequence[RunCurve], by: GroupBy) -> dict[str, list[RunCurve]]:
+    """Curves by group key, groups in order of first appearance."""
+    groups: dict[str, list[RunCurve]] = {}
+    for curve in curves:
+        groups.setdefault(group_key(curve.config, by), []).append(curve)
+    return groups
+
+
+def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int = 3) -> dict[str, str]:
+    """Readable labels: for ``config`` grouping, agent · env plus the config keys that differ."""
+    if by != "config":
+        return {key: key for key in groups}
+    flats = {
+        key: _flat(
+            {k: v for k, v in tblayout.config_identity(runs[0].config).items() if k not in ("agent", "env")}
+        )
+        for key, runs in groups.items()
+    }
+    keys = sorted({k for f in flats.values() for k in f})
+    differing = [k for k in keys if len({repr(f.get(k)) for f in flats.values()}) > 1]
+    labels = {}
+    for key, runs in groups.items():
+        base = f"{runs[0].config.get('agent')} · {runs[0].config.get('env')}"
+        parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
+        if len(differing) > max_keys:
+            parts.append(f"… [{tblayout.config_id(runs[0].config)}]")
+        labels[key] = " · ".join([base, *parts])
+    return labels
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def common_grid(curves: Sequence[RunCurve], max_points: int = MAX_POINTS) -> np.ndarray:
+    """The union of the runs' logged steps within the range all of them cover (thinned if huge)."""
+    start = max(int(c.steps[0]) for c in curves)
+    end = min(int(c.steps[-1]) for c in curves)
+    union = np.unique(np.concatenate([c.steps for c in curves]))
+    grid = union[(union >= start) & (union <= end)]
+    if len(grid) > max_points:
+        grid = np.unique(np.linspace(start, end, max_points).round().astype(np.int64))
+    return grid
+
+
+def align(curves: Sequence[RunCurve], grid: np.ndarray) -> np.ndarray:
+    """Each run linearly interpolated onto ``grid`` (inside its own range): (n, G)."""
+    return np.stack([np.interp(grid, c.steps, c.values) for c in curves])
+
+
+def bootstrap_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n`` runs is drawn in each resample: (B, n), rows summing to ``n``."""
+    draws = rng.integers(0, n, size=(samples, n))  # (B, n) run indices
+    return np.stack([np.bincount(row, minlength=n) for row in draws])
+
+
+def bootstrap_band(
+    values: np.ndarray, counts: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of the mean over axis 0 of ``values`` (n, ...), given resample counts (B, n)."""
+    n = values.shape[0]
+    means = np.tensordot(counts / n, values, axes=1)  # (B, ...) the mean of each resample
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def iqm(values: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(values, 0.25))
+
+
+def area_per_step(steps: np.ndarray, mean: np.ndarray) -> float:
+    """Area under the curve divided by the span of steps: the curve's average over training."""
+    if len(steps) < 2:
+        return float(mean[0])
+    return float(np.trapezoid(mean, steps) / (steps[-1] - steps[0]))
+
+
+def steps_to_threshold(steps: np.ndarray, mean: np.ndarray, threshold: float) -> float | None:
+    """First step where the curve reaches ``threshold``, interpolated between logged steps (None: never)."""
+    above = np.flatnonzero(mean >= threshold)
+    if not len(above):
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(steps[0])
+    s0, s1, m0, m1 = steps[i - 1], steps[i], mean[i - 1], mean[i]
+    return float(s0 + (threshold - m0) / (m1 - m0) * (s1 - s0))
+
+
+def summarize(
+    label: str,
+    curves: Sequence[RunCurve],
+    threshold: float | None,
+    rng: np.random.Generator,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> GroupStats:
+    """Align a group's runs and compute its band and table row."""
+    grid = common_grid(curves)
+    aligned = align(curves, grid)  # (n, G)
+    counts = bootstrap_counts(len(curves), samples, rng)
+    low, high = bootstrap_band(aligned, counts)
+    final = aligned[:, -1]
+    final_low, final_high = bootstrap_band(final, counts)
+    mean = aligned.mean(axis=0)
+    longest = max(int(c.steps[-1]) for c in curves)
+    notes = []
+    if longest > grid[-1]:
+        short = sum(int(c.steps[-1]) < longest for c in curves)
+        notes.append(
+            f"{label}: curve ends at step {int(grid[-1]):,}, where its shortest run ends; "
+            f"{len(curves) - short} of {len(curves)} runs go on to {longest:,} (not averaged beyond)"
+        )
+    return GroupStats(
+        label=label,
+        runs=[c.path for c in curves],
+        steps=grid,
+        curves=aligned,
+        mean=mean,
+        low=np.asarray(low),
+        high=np.asarray(high),
+        longest=longest,
+        final=final,
+        final_mean=float(final.mean()),
+        final_iqm=iqm(final),
+        final_ci=(float(final_low), float(final_high)),
+        auc=area_per_step(grid, mean),
+        to_threshold=None if threshold is None else steps_to_threshold(grid, mean, threshold),
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- output
+
+
+def human_steps(x: float) -> str:
+    """1500 -> 1.5k, 2000000 -> 2M."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.4g}{unit}"
+    return f"{x:.4g}"
+
+
+def format_table(comparison: Comparison) -> str:
+    """The per-group table as aligned plain text."""
+    thr = comparison.threshold
+    header = ["group", "seeds", "reaches", "final mean", "final IQM", "final 95% CI", "AUC/step"]
+    if thr is not None:
+        header.append(f"steps to {thr:g}")
+    rows = []
+    for g in comparison.groups:
+        reach = human_steps(g.reach) + (f" (longest {human_steps(g.longest)})" if g.longest > g.reach else "")
+        row = [
+            g.label,
+            str(g.n),
+            reach,
+            f"{g.final_mean:.4g}",
+            f"{g.final_iqm:.4g}",
+            f"[{g.final_ci[0]:.4g}, {g.final_ci[1]:.4g}]",
+            f"{g.auc:.4g}",
+        ]
+        if thr is not None:
+            row.append("not reached" if g.to_threshold is None else human_steps(g.to_threshold))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(comparison: Comparison, out: Path) -> Any:
+    """Draw each group's mean curve and 95% band against env steps; save to ``out`` (png/svg/pdf)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
+    for i, g in enumerate(comparison.groups):
+        color = colors[i % len(colors)]
+        reach = f"to {human_steps(g.reach)}" + (
+            f", longest {human_steps(g.longest)}" if g.longest > g.reach else ""
+        )
+        seeds = f"{g.n} seed{'s' if g.n != 1 else ''}"
+        marker = "o" if len(g.steps) <= 30 else None
+        ax.plot(
+            g.steps, g.mean, color=color, lw=2, marker=marker, ms=4, label=f"{g.label}  ({seeds}, {reach})"
+        )
+        if g.n > 1:
+            ax.fill_between(g.steps, g.low, g.high, color=color, alpha=0.2, lw=0)
+    if comparison.threshold is not None:
+        ax.axhline(
+            comparison.threshold, color="0.4", ls="--", lw=1, label=f"threshold {comparison.threshold:g}"
+        )
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_steps(x)))
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(METRIC_LABELS.get(comparison.metric, comparison.metric))
+    ax.set_title(f"{comparison.metric}: mean over seeds, shaded 95% bootstrap CI", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9, framealpha=0.85)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return fig
+
+
+def compare(
+    patterns: Sequence[str],
+    metric: str = tb.EVAL_RETURN,
+    by: GroupBy = "config",
+    out: Path | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+) -> Comparison:
+    """Read, group, summarize and (when ``out`` is given) plot runs; see the module docstring."""
+    if by not in ("agent", "env", "config"):
+        raise GymlabError(f"--by must be agent, env or config, not '{by}'")
+    if out is not None and out.suffix.lower() not in PLOT_SUFFIXES:
+        raise GymlabError(f"--out {out}: the plot is written as .png, .svg or .pdf (by extension)")
+    if threshold is not None and not math.isfinite(threshold):
+        raise GymlabError("--threshold must be a finite number")
+    runs = find_runs(patterns)
+    curves, skipped = load_curves(runs, metric)
+    groups = group_curves(curves, by)
+    labels = group_labels(groups, by)
+    rng = np.random.default_rng(seed)
+    stats = [summarize(labels[key], members, threshold, rng) for key, members in groups.items()]
+    result = Comparison(metric, stats, threshold, out, skipped)
+    if out is not None:
+        plot(result, out)
+    return result

@@ -1,0 +1,271 @@
+"""Playing one greedy episode on a single env, encoding its frames as mp4, and the loop's recorder.
+
+Encoding uses imageio with the ffmpeg binary that the ``imageio-ffmpeg`` wheel ships, so no system
+ffmpeg is needed. H.264 in the ``yuv420p`` pixel format (the one every player accepts) needs an
+even width and height; odd-sized frames are padded by one edge pixel rather than resized.
+
+An episode is played on a *single* env, not a vector env: a vector env in same-step autoreset
+mode has already reset when the final step returns, so its render would show the next episode's
+first frame instead of how this one ended. Frames are taken after every step (the outcome of each
+action), so a recorded episode has exactly as many frames as it has steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+
+if TYPE_CHECKING:
+    from gymlab.agent import Agent
+    from gymlab.config import Config
+    from gymlab.logging import RunLogger
+
+DEFAULT_FPS = 30
+
+
+def render_modes(env: gym.Env[Any, Any]) -> list[str]:
+    """The render modes an env declares in its metadata."""
+    return list(env.unwrapped.metadata.get("render_modes", []) or [])
+
+
+def frame_fps(env: gym.Env[Any, Any], default: int = DEFAULT_FPS) -> int:
+    """The env's own playback rate (``metadata["render_fps"]``), or ``default``."""
+    fps = env.unwrapped.metadata.get("render_fps")
+    return int(fps) if fps else default
+
+
+def headless_gl() -> None:
+    """Let MuJoCo render without a screen: EGL when no display is set (OSMesa fails here)."""
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def batch_obs(space: gym.Space[Any], obs: Any) -> Any:
+    """One env's observation as a batch of one, shaped as the vector env would hand it to ``act``."""
+    from gymnasium.vector.utils import concatenate, create_empty_array
+
+    return concatenate(space, [obs], create_empty_array(space, 1))
+
+
+def unbatch_action(space: gym.Space[Any], actions: Any) -> Any:
+    """The first (only) action of a batch of one, as a single env's ``step`` takes it."""
+    from gymnasium.vector.utils import iterate
+
+    return next(iter(iterate(gym.vector.utils.batch_space(space, 1), actions)))
+
+
+@dataclass
+class Step:
+    """What one step of a played episode produced."""
+
+    index: int  # 1-based step number within the episode
+    action: Any
+    reward: float
+    total: float  # return so far, including this step's reward
+    done: bool
+
+
+@dataclass
+class Episode:
+    """A played episode: its return, length and (when recorded) frames or text renders."""
+
+    ret: float = 0.0
+    length: int = 0
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 each
+    texts: list[str] = field(default_factory=list)
+    actions: list[Any] = field(default_factory=list)
+
+
+def play_steps(
+    env: gym.Env[Any, Any],
+    policy: Callable[[Any], Any],
+    seed: int | None,
+) -> Iterator[Step]:
+    """Play one episode with ``policy`` (single obs -> single action), yielding after each step.
+
+    The env's ``render()`` after each yield shows the state the step led to.
+    """
+    obs, _ = env.reset(seed=seed)
+    total, index, done = 0.0, 0, False
+    while not done:
+        action = policy(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        index += 1
+        total += float(reward)
+        done = bool(terminated or truncated)
+        yield Step(index, action, float(reward), total, done)
+
+
+def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
+    """Wrap an agent's batched greedy ``act`` as a single-env policy."""
+    obs_space, act_space = env.observation_space, env.action_space
+
+    def policy(obs: Any) -> Any:
+        return unbatch_action(act_space, agent.act(batch_obs(obs_space, obs), explore=False))
+
+    return policy
+
+
+def play_episode(
+    env: gym.Env[Any, Any], agent: Agent, seed: int | None, *, record: str | None = "rgb_array"
+) -> Episode:
+    """Play one greedy episode; ``record`` is the env's render mode to capture after each step."""
+    episode = Episode()
+    policy = greedy_policy(agent, env)
+    for step in play_steps(env, policy, seed):
+        if record == "rgb_array":
+            episode.frames.append(np.asarray(env.render(), dtype=np.uint8))
+        elif record == "ansi":
+            episode.texts.append(str(env.render()))
+        episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
+        episode.ret, episode.length = step.total, step.index
+    return episode
+
+
+def even_frame(frame: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 frame padded by one edge pixel where H or W is odd (yuv420p needs even sizes)."""
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return np.ascontiguousarray(frame[:, :, :3], dtype=np.uint8)
+
+
+class Mp4Writer:
+    """Append frames to an H.264 mp4 one at a time (for long or live recordings)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import imageio.v2 as imageio
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.frames = 0
+        # macro_block_size=1: never let imageio resize; even_frame already made the sizes legal.
+        self._writer = imageio.get_writer(
+            str(path),
+            format="FFMPEG",  # type: ignore[arg-type]
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+
+    def append(self, frame: np.ndarray) -> None:
+        """Add one (H, W, 3) uint8 frame."""
+        self._writer.append_data(even_frame(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file (writes the index a player needs)."""
+        self._writer.close()
+
+
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> Path:
+    """Encode (H, W, 3) uint8 frames as an H.264 mp4 at ``path``; returns the path."""
+    writer = Mp4Writer(path, fps)
+    try:
+        for frame in frames:
+            writer.append(frame)
+    finally:
+        writer.close()
+    return path
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """Decode an mp4 back into frames (T, H, W, 3) uint8 (for tests and checks)."""
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(str(path), plugin="FFMPEG"))  # type: ignore[arg-type]
+
+
+def gif_bytes(
+    frames: list[np.ndarray], fps: float, max_side: int = 240, max_frames: int = 200
+) -> tuple[bytes, int, int]:
+    """A small animated GIF of the frames and its height and width, for TensorBoard's image tab.
+
+    Frames are shrunk to at most ``max_side`` pixels and, for long episodes, every k-th frame is
+    kept with the delay stretched to match, so the clip plays in real time at a bounded size.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    stride = max(1, -(-len(frames) // max_frames))  # ceil division
+    kept = frames[::stride]
+    h, w = kept[0].shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    images = [Image.fromarray(even_frame(f)).resize(size, Image.Resampling.BILINEAR) for f in kept]
+    buffer = BytesIO()
+    images[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 * stride / fps),
+        loop=0,
+    )
+    return buffer.getvalue(), size[1], size[0]
+
+
+class EpisodeRecorder:
+    """The loop's video hook: every ``video_every`` steps, one greedy episode to mp4 and TensorBoard.
+
+    It owns a separate single env with ``render_mode="rgb_array"``, built on first use. For an
+    env with no pixels (e.g. token generation) it records the episode's text render instead, as
+    ``videos/step-N.txt`` and a TensorBoard text entry.
+    """
+
+    def __init__(self, config: Config, run_dir: Path, logger: RunLogger) -> None:
+        self.config = config
+        self.folder = run_dir / "videos"
+        self.logger = logger
+        self._env: gym.Env[Any, Any] | None = None
+        self._mode: str | None = None
+
+    def _make_env(self) -> gym.Env[Any, Any]:
+        from gymlab import registry
+
+        run = self.config.run
+        probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
+        modes = render_modes(probe)
+        probe.close()
+        self._mode = "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
+        if self._mode == "rgb_array":
+            headless_gl()
+        return registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=self._mode)
+
+    def record(self, agent: Agent, step: int, seed: int) -> Path | None:
+        """Play and save one episode at env step ``step``; returns the file written (None if nothing)."""
+        if self._env is None:
+            self._env = self._make_env()
+        episode = play_episode(self._env, agent, seed, record=self._mode)
+        stem = f"step-{step:09d}"
+        if self._mode == "rgb_array" and episode.frames:
+            fps = frame_fps(self._env)
+            path = write_mp4(self.folder / f"{stem}.mp4", episode.frames, fps)
+            self.logger.video("eval/video", episode.frames, step, fps)
+            return path
+        text = episode.texts[-1] if episode.texts else f"actions: {episode.actions}"
+        text = f"return {episode.ret:.4g}, length {episode.length}\n{text}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{stem}.txt"
+        path.write_text(text + "\n")
+        self.logger.text("eval/sample", f"```\n{text}\n```", step)
+        return path
+
+    def close(self) -> None:
+        """Close the recording env."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None

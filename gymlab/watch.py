@@ -1,0 +1,378 @@
+"""``gymlab watch``: play a run's greedy policy in a pygame window, to an mp4, or as text.
+
+Which output, decided once at the start:
+
+- the env renders pixels and a screen is usable: a pygame window with the episode, step and
+  running return drawn over each frame; Esc, Q or closing the window stops (``--record`` also
+  writes what is shown to an mp4);
+- pixels but no screen (no ``DISPLAY`` on Linux, SDL's ``dummy``/``offscreen`` video driver, or
+  a window that fails to open): the same frames, overlay included, go to an mp4 whose path is
+  printed. Nothing waits on a screen, so it never hangs;
+- no pixels (the env offers no ``rgb_array`` render, e.g. SeqGAN's token generation): each
+  episode's final text render (``ansi``; the generated sample) is printed, or its actions when
+  the env renders no text either.
+
+``--follow`` watches a run that is still training: before each episode it reloads the run's
+``last.pt`` if a newer one was written, and stops once it has played the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+
+from gymlab import registry, runs, video
+from gymlab.errors import GymlabError
+
+if TYPE_CHECKING:
+    import pygame
+
+    from gymlab.agent import Agent
+    from gymlab.config import Config
+
+WINDOW_MIN_SIDE = 480  # small frames (FrozenLake's 256 px) are scaled up by a whole factor
+HOLD_LAST_FRAME_S = 0.5  # the window shows how an episode ended for a moment before the next
+FOLLOW_PAUSE_S = 0.2  # between episodes of a followed run without a window (not to spin on fast envs)
+
+
+@dataclass
+class WatchResult:
+    """How a ``watch`` ended: the output used, each episode's (return, length), the mp4 written."""
+
+    mode: str  # "window", "mp4" or "text"
+    episodes: list[tuple[float, int]] = field(default_factory=list)
+    video: Path | None = None
+    reason: str = ""  # why there was no window, when there was none
+    stopped_by_user: bool = False
+
+
+def no_display_reason() -> str | None:
+    """Why no window can be opened here (None when a screen looks usable)."""
+    driver = os.environ.get("SDL_VIDEODRIVER", "").lower()
+    if driver in ("dummy", "offscreen"):
+        return f"SDL_VIDEODRIVER={driver}"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no DISPLAY"
+    return None
+
+
+def stop_requested(events: Iterable[Any]) -> bool:
+    """Whether pygame events ask to stop: the window closed, or Esc or Q pressed."""
+    import pygame
+
+    for event in events:
+        if event.type == pygame.QUIT:
+            return True
+        if event.type == pygame.KEYDOWN and event.key in (pygame.K_ESCAPE, pygame.K_q):
+            return True
+    return False
+
+
+def draw_overlay(surface: pygame.Surface, lines: list[str]) -> None:
+    """Draw text lines on a dark translucent box in the top-left corner of ``surface``."""
+    import pygame
+
+    if not pygame.font.get_init():
+        pygame.font.init()
+    size = max(12, surface.get_height() // 22)
+    font = pygame.font.Font(None, round(size * 1.3))  # pygame's bundled default font
+    rendered = [font.render(line, True, (255, 255, 255)) for line in lines]
+    pad = max(3, size // 4)
+    width = max(r.get_width() for r in rendered) + 2 * pad
+    height = sum(r.get_height() for r in rendered) + 2 * pad
+    box = pygame.Surface((width, height), pygame.SRCALPHA)
+    box.fill((0, 0, 0, 150))
+    surface.blit(box, (0, 0))
+    y = pad
+    for r in rendered:
+        surface.blit(r, (pad, y))
+        y += r.get_height()
+
+
+def frame_surface(frame: np.ndarray) -> pygame.Surface:
+    """An (H, W, 3) uint8 frame as a pygame Surface (pygame indexes pixels as (x, y))."""
+    import pygame
+
+    return pygame.surfarray.make_surface(np.ascontiguousarray(np.swapaxes(video.even_frame(frame), 0, 1)))
+
+
+def surface_frame(surface: pygame.Surface) -> np.ndarray:
+    """A pygame Surface as an (H, W, 3) uint8 frame."""
+    import pygame
+
+    return np.ascontiguousarray(np.swapaxes(pygame.surfarray.array3d(surface), 0, 1))
+
+
+def overlaid(frame: np.ndarray, lines: list[str]) -> np.ndarray:
+    """The frame with the overlay drawn on it (no screen needed)."""
+    surface = frame_surface(frame)
+    draw_overlay(surface, lines)
+    return surface_frame(surface)
+
+
+class Window:
+    """The pygame window: shows frames scaled up by a whole factor, reports Esc/close."""
+
+    def __init__(self, frame_shape: tuple[int, ...], title: str) -> None:
+        import pygame
+
+        pygame.display.init()
+        h, w = frame_shape[:2]
+        self.scale = max(1, -(-WINDOW_MIN_SIDE // max(h, w)))  # ceil: at least WINDOW_MIN_SIDE
+        self.size = (w * self.scale, h * self.scale)
+        self.screen = pygame.display.set_mode(self.size)
+        pygame.display.set_caption(title)
+        self.clock = pygame.time.Clock()
+
+    def show(self, frame: np.ndarray, lines: list[str], fps: float) -> bool:
+        """Draw one frame (paced to ``fps``); returns False when the user asked to stop."""
+        import pygame
+
+        surface = pygame.transform.scale(frame_surface(frame), self.size)
+        draw_overlay(surface, lines)
+        self.screen.blit(surface, (0, 0))
+        pygame.display.flip()
+        self.clock.tick(fps)
+        return not stop_requested(pygame.event.get())
+
+    def hold(self, seconds: float) -> bool:
+        """Keep the last frame up for a moment, still answering Esc/close."""
+        import pygame
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if stop_requested(pygame.event.get()):
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        """Close the window."""
+        import pygame
+
+        pygame.display.quit()
+
+
+class FollowedPolicy:
+    """A run's greedy policy, reloaded when the run writes a newer checkpoint (``--follow``)."""
+
+    def __init__(self, target: Path, which: str, device: str | None, follow: bool) -> None:
+        self.target, self.which, self.device, self.follow = target, which, device, follow
+        self.mtime = 0.0
+        self.config: Config
+        self.agent: Agent
+        self.step = 0
+        self.final = False  # the checkpoint holds the run's last step
+        self.ckpt_path = runs.find_checkpoint(target, which)
+        self._load()
+
+    def _load(self) -> None:
+        self.mtime = self.ckpt_path.stat().st_mtime
+        self.config, ckpt, self.ckpt_path = runs.load_run(self.ckpt_path, self.which)
+        self.agent, _, _ = runs.load_policy(self.config, ckpt, self.device)
+        self.step = int(ckpt["loop"]["step"])
+        self.final = self.step >= self.config.run.steps
+
+    def maybe_reload(self) -> bool:
+        """Load the checkpoint again if it changed since; returns whether it did."""
+        if not self.follow:
+            return False
+        try:
+            mtime = self.ckpt_path.stat().st_mtime
+            if mtime <= self.mtime:
+                return False
+            self._load()
+        except (OSError, GymlabError):
+            return False  # mid-rename or mid-write: the next episode tries again
+        return True
+
+
+def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], poll_s: float) -> None:
+    """With ``--follow`` on a run that has no checkpoint yet, wait for its first one."""
+    if not (target.is_dir() and (target / runs.CONFIG_FILE).is_file()):
+        return
+    announced = False
+    while True:
+        try:
+            runs.find_checkpoint(target, which)
+            return
+        except GymlabError:
+            if not announced:
+                echo(f"waiting for the first checkpoint of {target} (Ctrl-C to stop)")
+                announced = True
+            time.sleep(poll_s)
+
+
+def _render_mode(config: Config) -> str | None:
+    run = config.run
+    probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
+    modes = video.render_modes(probe)
+    probe.close()
+    return "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
+
+
+def watch(
+    target: Path,
+    *,
+    episodes: int | None = None,
+    fps: float | None = None,
+    record: Path | None = None,
+    follow: bool = False,
+    which: str = "last",
+    seed: int | None = None,
+    device: str | None = None,
+    echo: Callable[[str], None] = print,
+    poll_s: float = 1.0,
+) -> WatchResult:
+    """Play the greedy policy of a run folder or checkpoint; see the module docstring.
+
+    ``episodes`` defaults to 3, or to "until the run's final checkpoint has been played" with
+    ``follow``. ``echo`` receives the lines meant for the user.
+    """
+    if follow:
+        which = "last"
+        wait_for_checkpoint(target, which, echo, poll_s)
+    policy = FollowedPolicy(target, which, device, follow)
+    run = policy.config.run
+    mode = _render_mode(policy.config)
+    if mode == "rgb_array":
+        video.headless_gl()
+    env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=mode)
+    limit = episodes if episodes is not None else (None if follow else 3)
+    try:
+        if mode != "rgb_array":
+            if record is not None:
+                echo(f"{run.env} renders no pixels: --record ignored, printing the episodes instead")
+            return _watch_text(env, policy, mode, limit, seed, echo)
+        return _watch_pixels(env, policy, limit, fps, record, seed, echo)
+    finally:
+        env.close()
+
+
+def _episode_seed(policy: FollowedPolicy, seed: int | None, index: int) -> int:
+    from gymlab.loop import eval_seed
+
+    return seed + index if seed is not None else eval_seed(policy.config.run.seed, 2_000_000 + index)
+
+
+def _more(limit: int | None, played: int, follow_done: bool) -> bool:
+    if limit is not None:
+        return played < limit
+    return not follow_done
+
+
+def _watch_text(
+    env: gym.Env[Any, Any],
+    policy: FollowedPolicy,
+    mode: str | None,
+    limit: int | None,
+    seed: int | None,
+    echo: Callable[[str], None],
+) -> WatchResult:
+    result = WatchResult("text", reason="the env renders no pixels")
+    done_final = False
+    try:
+        while _more(limit, len(result.episodes), done_final):
+            if policy.maybe_reload():
+                echo(f"reloaded checkpoint at step {policy.step:,}")
+            episode = video.play_episode(
+                env, policy.agent, _episode_seed(policy, seed, len(result.episodes)), record=mode
+            )
+            result.episodes.append((episode.ret, episode.length))
+            echo(f"episode {len(result.episodes)}: return {episode.ret:.4g}, length {episode.length}")
+            if episode.texts:
+                echo(episode.texts[-1].rstrip("\n"))
+            else:
+                shown = episode.actions[:200]
+                echo(f"actions: {shown}{' …' if len(episode.actions) > 200 else ''}")
+            done_final = policy.final
+            if policy.follow and not done_final and limit is None:
+                time.sleep(FOLLOW_PAUSE_S)
+    except KeyboardInterrupt:
+        result.stopped_by_user = True
+    return result
+
+
+def _open_window(frame: np.ndarray, title: str) -> tuple[Window | None, str]:
+    reason = no_display_reason()
+    if reason is not None:
+        return None, reason
+    try:
+        return Window(frame.shape, title), ""
+    except Exception as exc:  # pygame.error and friends: no usable screen after all
+        return None, f"cannot open a window ({exc})"
+
+
+def _watch_pixels(
+    env: gym.Env[Any, Any],
+    policy: FollowedPolicy,
+    limit: int | None,
+    fps: float | None,
+    record: Path | None,
+    seed: int | None,
+    echo: Callable[[str], None],
+) -> WatchResult:
+    run = policy.config.run
+    fps = fps or video.frame_fps(env)
+    window: Window | None = None
+    writer: video.Mp4Writer | None = None
+    result = WatchResult("window")
+    done_final, keep_going = False, True
+    try:
+        while keep_going and _more(limit, len(result.episodes), done_final):
+            if policy.maybe_reload():
+                echo(f"reloaded checkpoint at step {policy.step:,}")
+            ep = len(result.episodes) + 1
+            step_ret = (0.0, 0)
+            pol = video.greedy_policy(policy.agent, env)
+            for step in video.play_steps(env, pol, _episode_seed(policy, seed, ep - 1)):
+                frame = np.asarray(env.render(), dtype=np.uint8)
+                lines = [f"episode {ep}", f"step {step.index}", f"return {step.total:.4g}"]
+                if policy.follow:
+                    lines.append(f"checkpoint step {policy.step:,}")
+                if window is None and writer is None:  # first frame: pick the output
+                    window, result.reason = _open_window(frame, f"gymlab watch: {run.agent} on {run.env}")
+                    if window is None:
+                        result.mode = "mp4"
+                        record = record or _default_video_path(policy.ckpt_path)
+                    if record is not None:
+                        writer = video.Mp4Writer(record, fps)
+                if writer is not None:
+                    writer.append(overlaid(frame, lines))
+                if window is not None and not window.show(frame, lines, fps):
+                    keep_going = False
+                    result.stopped_by_user = True
+                    break
+                step_ret = (step.total, step.index)
+            if keep_going:
+                result.episodes.append(step_ret)
+                if window is not None:
+                    keep_going = window.hold(HOLD_LAST_FRAME_S)
+                    result.stopped_by_user = not keep_going
+            done_final = policy.final
+            if policy.follow and not done_final and limit is None and window is None:
+                time.sleep(FOLLOW_PAUSE_S)
+    except KeyboardInterrupt:
+        result.stopped_by_user = True
+    finally:
+        if writer is not None:
+            writer.close()
+            result.video = writer.path
+        if window is not None:
+            window.close()
+    return result
+
+
+def _default_video_path(ckpt_path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return runs.run_dir_of(ckpt_path) / "videos" / f"watch-{stamp}.mp4"
