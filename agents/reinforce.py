@@ -397,7 +397,7 @@ class Reinforce:
 
         metrics = {
             "policy_loss": loss.item(),
-            "entropy": float(entropy.mean()),
+            "entropy": entropy.mean().item(),
             "batch_mean_return": float(np.mean([ep.rewards.sum() for ep in episodes])),
             "grad_norm": float(grad_norm),
             "episodes_per_batch": float(len(episodes)),
