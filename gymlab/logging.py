@@ -8,7 +8,7 @@ checkpoint's step (TensorBoard's ``purge_step``), so a curve has no duplicated s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ class RunLogger:
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
+        #: tag -> second tag the same value is also written under (set by ``gymlab.tblayout``).
+        self.mirror: dict[str, str] = {}
 
     def hparams(self, config: Mapping[str, Any]) -> None:
         """Show the run's resolved config in the HParams tab, against its evaluation return."""
@@ -83,16 +85,29 @@ class RunLogger:
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
         """Write several scalars at one step."""
         for key, value in values.items():
-            self.writer.add_scalar(f"{prefix}{key}", value, step)
+            tag = f"{prefix}{key}"
+            self.writer.add_scalar(tag, value, step)
+            if tag in self.mirror:
+                self.writer.add_scalar(self.mirror[tag], value, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Write a text entry (e.g. SeqGAN's sample sequences)."""
         self.writer.add_text(tag, text, step)
 
-    def video(self, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
-        """Write frames (T, H, W, 3) uint8 as a TensorBoard video."""
-        clip = np.transpose(frames, (0, 3, 1, 2))[None]  # (1, T, 3, H, W)
-        self.writer.add_video(tag, clip, step, fps=fps)
+    def video(self, tag: str, frames: Sequence[np.ndarray], step: int, fps: float) -> None:
+        """Write frames, each (H, W, 3) uint8, as an animated GIF in TensorBoard's Images tab.
+
+        torch's ``add_video`` needs moviepy; this writes the same summary (an image whose encoded
+        bytes are a GIF, which TensorBoard animates) with Pillow, downscaled to stay small.
+        """
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from gymlab.video import gif_bytes
+
+        gif, h, w = gif_bytes(list(frames), fps)
+        image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif)
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def flush(self) -> None:
         """Push pending events to disk."""

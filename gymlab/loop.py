@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
-from gymlab import checkpoint, registry
+from gymlab import checkpoint, registry, tblayout, video
 from gymlab import logging as tb
 from gymlab.agent import Agent, Context, Transition, check_agent_spaces, load_agent_class
 from gymlab.config import Config
@@ -251,6 +251,11 @@ def train(
     logger = tb.RunLogger(run_dir, purge_step=state.step + 1 if resume is not None else None)
     if resume is None:
         logger.hparams(config.to_dict())
+    tblayout.install(logger, config.to_dict(), write_layout=resume is None)
+    # Videos: one greedy episode on a separate rendering env at each multiple of video_every, and
+    # at the end; the due point is a local (not checkpointed) since it follows from the step.
+    recorder = video.EpisodeRecorder(config, run_dir, logger) if run.video_every > 0 else None
+    next_video = min(_next_multiple(state.step, run.video_every, total), total)
     ckpt_dir = run_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     n = envs.num_envs
@@ -300,6 +305,9 @@ def train(
                 if state.step >= state.next_checkpoint and state.step < total:
                     save(last_path)
                     state.next_checkpoint = _next_multiple(state.step, run.checkpoint_every, total)
+                if recorder is not None and state.step >= next_video:
+                    recorder.record(agent, state.step, eval_seed(run.seed, 2**31 + state.step))
+                    next_video = min(_next_multiple(state.step, run.video_every, total), total)
                 if progress is not None and state.step >= next_progress:
                     progress.update(state.step, state.episodes, _recent(state))
                     next_progress = state.step + progress_every
@@ -313,6 +321,8 @@ def train(
         if progress is not None:
             progress.update(state.step, state.episodes, _recent(state))
             progress.close()
+        if recorder is not None:
+            recorder.close()
         logger.close()
         envs.close()
         eval_envs.close()
