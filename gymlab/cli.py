@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import typer
 
 from gymlab.errors import GymlabError
@@ -26,6 +25,11 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+
+try:  # typer >= 0.29 vendors its own copy of click and raises that copy's exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses the click package
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 
 def fail(message: str) -> NoReturn:
@@ -57,6 +61,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="the run folder to create (must not exist)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run folder (or checkpoint) where it stopped")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="with --seeds: runs at once, each in its own process")] = 1,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
     from gymlab import checkpoint, loop, runs
@@ -64,6 +72,11 @@ def train(
     from gymlab.console import make_progress
 
     positional, overrides = _split_args(args or [])
+    if seeds is not None:
+        if resume is not None or seed is not None:
+            raise GymlabError("--seeds starts new runs: it does not combine with --seed or --resume")
+        _train_seeds(positional, overrides, config, parse_seeds(seeds), workers, steps, device, run_dir)
+        return
     if resume is not None:
         if positional or overrides or config is not None or seed is not None or run_dir is not None:
             raise GymlabError("--resume continues a run exactly as configured: give only the run folder (and --steps)")
@@ -88,10 +101,12 @@ def train(
     try:
         result = loop.train(cfg, folder, resume=ckpt, until=until, progress=make_progress(label))
     except KeyboardInterrupt:
-        fail(f"interrupted twice: stopped without saving; the last periodic checkpoint is in {folder / 'checkpoints'}")
+        raise GymlabError(
+            f"interrupted twice: stopped without saving; the last periodic checkpoint is in {folder / 'checkpoints'}"
+        ) from None
     elapsed = time.perf_counter() - start
     if result.interrupted:
-        fail(
+        raise GymlabError(
             f"interrupted at step {result.step:,}: checkpoint saved to {result.checkpoint}; "
             f"continue with: gymlab train --resume {folder}"
         )
@@ -99,6 +114,69 @@ def train(
     evals = "" if result.last_eval is None else f"; final eval return {result.last_eval:.4g} (best {result.best_eval:.4g})"
     print(f"done: {result.step:,} steps in {elapsed:.1f} s ({speed:,.0f} steps/s){evals}; run: {folder}")
     del checkpoint
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists combine (``"0-2,9"``)."""
+    seeds: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if dash else int(lo)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds.extend(s for s in range(first, last + 1) if s not in seeds)
+    except ValueError:
+        raise GymlabError(f"--seeds '{spec}': expected seeds >= 0 like 0-4 or 0,3,7") from None
+    return seeds
+
+
+def _train_seeds(
+    positional: list[str],
+    overrides: list[str],
+    config: Path | None,
+    seeds: list[int],
+    workers: int,
+    steps: int | None,
+    device: str | None,
+    run_dir: Path | None,
+) -> None:
+    """Train one run per seed, ``workers`` at a time in separate processes; one line per finished run."""
+    from gymlab import loop, runs
+    from gymlab.config import resolve
+    from gymlab.parallel import Job, JobResult, run_jobs
+
+    agent, env = (positional + [None, None])[:2]
+    cfgs = [resolve(agent, env, config, overrides, seed=s, steps=steps, device=device) for s in seeds]
+    loop.preflight(cfgs[0])
+    folders = [run_dir / f"s{s}" if run_dir is not None else runs.default_run_dir(Path("runs"), c) for s, c in zip(seeds, cfgs)]
+    taken = [str(f) for f in folders if f.exists()]
+    if taken:
+        raise GymlabError(f"run folders already exist: {', '.join(taken)}; choose a new --run-dir")
+    jobs = [Job(c.to_dict(), f) for c, f in zip(cfgs, folders)]
+    first = cfgs[0].run
+    print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(jobs))} at a time")
+
+    def done(r: JobResult) -> None:
+        seed_ = r.job.config["seed"]
+        if r.error is not None:
+            print(f"seed {seed_}: failed: {r.error}")
+        else:
+            ev = "" if r.last_eval is None else f", final eval return {r.last_eval:.4g}"
+            print(f"seed {seed_}: {r.step:,} steps{ev}; run: {r.job.run_dir}")
+
+    start = time.perf_counter()
+    results = run_jobs(jobs, workers, on_done=done)
+    evals = [r.last_eval for r in results if r.error is None and r.last_eval is not None]
+    if evals:
+        import statistics
+
+        spread = f" ± {statistics.stdev(evals):.4g}" if len(evals) > 1 else ""
+        print(f"final eval return over {len(evals)} seeds: {statistics.mean(evals):.4g}{spread}")
+    print(f"{len(results)} runs in {time.perf_counter() - start:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise GymlabError(f"{len(failed)} of {len(results)} seeds failed (first: seed {failed[0].job.config['seed']}: {failed[0].error})")
 
 
 def _flat(data: dict[str, object], prefix: str = "") -> dict[str, object]:
@@ -183,19 +261,66 @@ def list_() -> None:
     console.print(presets)
 
 
+@app.command()
+def watch(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    episodes: Annotated[int | None, typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)")] = None,
+    fps: Annotated[float | None, typer.Option(min=0.1, help="frames per second (default: the env's own)")] = None,
+    record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
+    follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
+    which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
+    seed: Annotated[int | None, typer.Option(help="seed of the first episode (then +1 each)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+) -> None:
+    """Play a run's greedy policy in a window (an mp4 without a screen; text for envs without pixels)."""
+    from gymlab.watch import watch as play
+
+    if which not in ("last", "best"):
+        raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
+    if record is not None and record.suffix.lower() != ".mp4":
+        raise GymlabError(f"--record {record}: the file must end in .mp4")
+    result = play(run, episodes=episodes, fps=fps, record=record, follow=follow, which=which, seed=seed, device=device)
+    if result.mode == "mp4":
+        print(f"no screen ({result.reason}): wrote {result.video}")
+    elif result.video is not None:
+        print(f"recorded {result.video}")
+    if result.episodes:
+        rets = [r for r, _ in result.episodes]
+        print(f"{len(rets)} episodes: mean return {sum(rets) / len(rets):.4g}")
+
+
+@app.command()
+def compare(
+    runs_: Annotated[list[str], typer.Argument(metavar="RUN_OR_GLOB...", help="run folders, folders of runs, or globs")],
+    metric: Annotated[str, typer.Option(help="scalar tag to compare")] = "eval/return_mean",
+    by: Annotated[str, typer.Option(help="pool runs by agent | env | config (agent, env and config; seeds pooled)")] = "config",
+    out: Annotated[Path, typer.Option(help="plot file: .png, .svg or .pdf")] = Path("compare.png"),
+    threshold: Annotated[float | None, typer.Option(help="report the env steps each group needs to reach this value")] = None,
+) -> None:
+    """Plot mean learning curves with 95% bootstrap bands per group, and print a summary table."""
+    from gymlab.compare import compare as run_compare
+    from gymlab.compare import format_table
+
+    result = run_compare(runs_, metric=metric, by=by, out=out, threshold=threshold)  # type: ignore[arg-type]
+    for note in [*result.skipped, *(n for g in result.groups for n in g.notes)]:
+        print(f"note: {note}")
+    print(format_table(result))
+    print(f"plot: {result.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, turning every user error into one line and exit code 2."""
     try:
         app(args=argv, prog_name="gymlab", standalone_mode=False)
     except GymlabError as exc:
         fail(str(exc))
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except click_exceptions.NoArgsIsHelpError as exc:
         print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
-    except click.UsageError as exc:
+    except click_exceptions.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "gymlab"
         fail(f"{exc.format_message()} (see {command} --help)")
-    except click.exceptions.Abort:
+    except typer.Abort:
         fail("aborted")
     except KeyboardInterrupt:
         fail("interrupted")

@@ -37,9 +37,14 @@ def create_run_dir(config: Config, run_dir: Path | None, root: Path = Path("runs
     """
     explicit = run_dir is not None
     path = run_dir if run_dir is not None else default_run_dir(root, config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GymlabError(
+            f"cannot create run folder {path}: {exc.strerror or exc}; choose a writable --run-dir"
+        ) from None
     for attempt in range(1, 100):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             path.mkdir()
             break
         except FileExistsError:

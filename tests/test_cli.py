@@ -1,0 +1,138 @@
+"""The command line end to end, in subprocesses: training, eval, list, resume, and every bad input
+answered with one line, exit code 2, no traceback, and nothing already written lost."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gymlab import checkpoint
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gymlab: error: ")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_then_eval_then_list(cli, tmp_path):
+    proc = cli("train", "tabular_q", "FrozenLake-v1", "--steps", "3000", "--seed", "1", "eval_episodes=20")
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 3,000 steps" in proc.stdout and "run: runs/FrozenLake-v1/tabular_q/" in proc.stdout
+    assert "step 3,000/3,000 (100%)" in proc.stdout  # plain progress lines when not a terminal
+    (run,) = (tmp_path / "runs" / "FrozenLake-v1" / "tabular_q").iterdir()
+    assert run.name.endswith("-s1")
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+
+    ev = cli("eval", str(run), "--episodes", "7", "--json")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["episodes"] == 7 and {"mean_return", "std_return"} <= result.keys()
+    assert 0.0 <= result["mean_return"] <= 1.0
+    human = cli("eval", str(run / "checkpoints" / "last.pt"), "--episodes", "3")
+    assert human.returncode == 0 and "± " in human.stdout and "over 3 episodes" in human.stdout
+
+    listing = cli("list")
+    assert listing.returncode == 0
+    assert "tabular_q" in listing.stdout and "Discrete" in listing.stdout and "FrozenLake-v1" in listing.stdout
+
+
+def test_config_file_and_overrides_reach_the_resolved_config(cli, tmp_path):
+    (tmp_path / "my.yaml").write_text("agent: tabular_q\nenv: Taxi-v4\nsteps: 2000\nhparams:\n  gamma: 0.8\n")
+    proc = cli("train", "--config", "my.yaml", "learning_rate=0.25", "--run-dir", "r")
+    assert proc.returncode == 0, proc.stderr
+    written = (tmp_path / "r" / "config.yaml").read_text()
+    assert "gamma: 0.8" in written and "learning_rate: 0.25" in written and "steps: 2000" in written
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "tabularq", "Taxi-v4"], ["unknown agent 'tabularq'", "did you mean tabular_q"]),
+        (["train", "tabular_q", "Taxi-v3"], ["unknown environment 'Taxi-v3'", "Taxi-v4"]),
+        (["train", "tabular_q", "CartPole-v1"], ["cannot train on CartPole-v1", "Discrete", "observation space is Box"]),
+        (["train", "tabular_q", "Taxi-v4", "learnig_rate=0.1"], ["unknown key 'learnig_rate'", "hparams.learning_rate"]),
+        (["train", "tabular_q", "Taxi-v4", "gamma=2"], ["'hparams.gamma' = 2"]),
+        (["train", "tabular_q", "Taxi-v4", "--config", "missing.yaml"], ["cannot read config missing.yaml"]),
+        (["train", "tabular_q", "Taxi-v4", "--bogus"], ["No such option: --bogus"]),
+        (["train", "tabular_q", "Taxi-v4", "--steps", "many"], ["Invalid value for '--steps'", "valid integer"]),
+        (["eval", "nowhere"], ["no run folder or checkpoint at nowhere"]),
+        (["frobnicate"], ["No such command 'frobnicate'"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
+    proc = cli(*args)
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "runs").exists()  # nothing is created for a rejected command
+
+
+def test_malformed_yaml(cli, tmp_path):
+    (tmp_path / "bad.yaml").write_text("steps: 10\nhparams: {gamma: 0.9\n")
+    assert_one_line_error(cli("train", "tabular_q", "Taxi-v4", "--config", "bad.yaml"), "not valid YAML at line")
+
+
+def test_existing_run_folder_is_never_overwritten(cli, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("keep me")
+    proc = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "taken", "--steps", "100")
+    assert_one_line_error(proc, "run folder taken already exists", "--resume")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "keep me"
+
+
+def test_unwritable_output_folder(cli, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "a_file/run", "--steps", "100")
+    assert_one_line_error(proc, "cannot create run folder a_file/run", "writable")
+
+
+def test_corrupt_foreign_and_wrong_checkpoints(cli, tmp_path):
+    ok = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "500", "eval_episodes=1")
+    assert ok.returncode == 0, ok.stderr
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    last.write_bytes(good[: len(good) // 3])
+    assert_one_line_error(cli("eval", "r"), "corrupt or truncated")
+    assert_one_line_error(cli("train", "--resume", "r"), "corrupt or truncated")
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    assert_one_line_error(cli("eval", "foreign.pt"), "not a gymlab checkpoint")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("eval", "empty"), "has no checkpoint yet")
+
+
+def test_resume_continues_to_a_larger_budget(cli, tmp_path):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", "eval_episodes=1").returncode == 0
+    assert_one_line_error(cli("train", "--resume", "r"), "already reached step 1,000", "--steps")
+    more = cli("train", "--resume", "r", "--steps", "3000")
+    assert more.returncode == 0, more.stderr
+    assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"] == 3000
+    assert_one_line_error(cli("train", "--resume", "r", "tabular_q"), "--resume continues a run")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", "train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "50000000",
+         "eval_every=0", "checkpoint_every=0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not list((tmp_path / "r").glob("events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+                          "interrupted at step", "gymlab train --resume r")
+    step = checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"]
+    assert 0 < step < 50_000_000
