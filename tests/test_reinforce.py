@@ -288,3 +288,23 @@ def test_learns_inverted_pendulum(tmp_path):
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, ["eval_every=0"], seed=0)
     result = train(cfg, tmp_path)
     assert result.last_eval is not None and result.last_eval >= 500, result.last_eval
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
+    overrides = ["steps=4000", "num_envs=2", "eval_every=0", "eval_episodes=2", "checkpoint_every=0"]
+    cfg = resolve("reinforce", "InvertedPendulum-v5", None, [*overrides, "episodes_per_update=4"], seed=3)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(cfg, whole)
+    first = train(cfg, parts, stop_at=1500)  # mid-batch: episodes in flight and complete, unused
+    assert first.interrupted
+    ckpt = checkpoint.load(parts / "checkpoints" / "last.pt")
+    state = ckpt["agent_state"]
+    assert state["updates"] > 0 and any(len(b["rewards"]) for b in state["buffers"])
+    train(cfg, parts, resume=ckpt)
+    a = checkpoint.load(whole / "checkpoints" / "last.pt")["agent_state"]
+    b = checkpoint.load(parts / "checkpoints" / "last.pt")["agent_state"]
+    assert a["updates"] == b["updates"] > 0
+    for net in ("policy", "value"):
+        for key, value in a[net].items():
+            assert torch.equal(value, b[net][key]), (net, key)
+    assert torch.equal(a["log_std"], b["log_std"])
