@@ -126,14 +126,8 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         runs = [run for m in matches if Path(m).exists() for run in _runs_under(Path(m))]
         if not runs:
-            what = (
-                "matches nothing"
-                if glob.has_magic(pattern) or not Path(pattern).exists()
-                else "holds no runs"
-            )
-            raise GymlabError(
-                f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'"
-            )
+            what = "matches nothing" if glob.has_magic(pattern) or not Path(pattern).exists() else "holds no runs"
+            raise GymlabError(f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'")
         found.extend(r for r in runs if r not in found)
     return found
 
@@ -166,7 +160,9 @@ def read_config(run: Path) -> dict[str, Any]:
 
 def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list[str]]:
     """The metric's curve of every run that logged it, and a note for each run that did not."""
-    curves, skipped, available = [], [], set()
+    curves: list[RunCurve] = []
+    skipped: list[str] = []
+    available: set[str] = set()
     for run in runs:
         scalars = read_scalars(run)
         available.update(t for t in scalars if not t.startswith(f"{tblayout.PREFIX}/"))
@@ -215,9 +211,7 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
     if by != "config":
         return {key: key for key in groups}
     flats = {
-        key: _flat(
-            {k: v for k, v in tblayout.config_identity(runs[0].config).items() if k not in ("agent", "env")}
-        )
+        key: _flat({k: v for k, v in tblayout.config_identity(runs[0].config).items() if k not in ("agent", "env")})
         for key, runs in groups.items()
     }
     keys = sorted({k for f in flats.values() for k in f})
@@ -257,9 +251,7 @@ def bootstrap_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarr
     return np.stack([np.bincount(row, minlength=n) for row in draws])
 
 
-def bootstrap_band(
-    values: np.ndarray, counts: np.ndarray, level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_band(values: np.ndarray, counts: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap CI of the mean over axis 0 of ``values`` (n, ...), given resample counts (B, n)."""
     n = values.shape[0]
     means = np.tensordot(counts / n, values, axes=1)  # (B, ...) the mean of each resample
@@ -369,9 +361,7 @@ def format_table(comparison: Comparison) -> str:
             row.append("not reached" if g.to_threshold is None else human_steps(g.to_threshold))
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
-    ]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -388,20 +378,14 @@ def plot(comparison: Comparison, out: Path) -> Any:
     colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     for i, g in enumerate(comparison.groups):
         color = colors[i % len(colors)]
-        reach = f"to {human_steps(g.reach)}" + (
-            f", longest {human_steps(g.longest)}" if g.longest > g.reach else ""
-        )
+        reach = f"to {human_steps(g.reach)}" + (f", longest {human_steps(g.longest)}" if g.longest > g.reach else "")
         seeds = f"{g.n} seed{'s' if g.n != 1 else ''}"
         marker = "o" if len(g.steps) <= 30 else None
-        ax.plot(
-            g.steps, g.mean, color=color, lw=2, marker=marker, ms=4, label=f"{g.label}  ({seeds}, {reach})"
-        )
+        ax.plot(g.steps, g.mean, color=color, lw=2, marker=marker, ms=4, label=f"{g.label}  ({seeds}, {reach})")
         if g.n > 1:
             ax.fill_between(g.steps, g.low, g.high, color=color, alpha=0.2, lw=0)
     if comparison.threshold is not None:
-        ax.axhline(
-            comparison.threshold, color="0.4", ls="--", lw=1, label=f"threshold {comparison.threshold:g}"
-        )
+        ax.axhline(comparison.threshold, color="0.4", ls="--", lw=1, label=f"threshold {comparison.threshold:g}")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_steps(x)))
     ax.set_xlabel("env steps")
     ax.set_ylabel(METRIC_LABELS.get(comparison.metric, comparison.metric))

@@ -77,9 +77,7 @@ def layout(config: Mapping[str, Any]) -> dict[str, dict[str, list[Any]]]:
         f"{env} · {agent} · config {cid}: seeds": f"{re.escape(env)}/{re.escape(agent)}/{cid}",
     }
     return {
-        category: {
-            title: ["Multiline", [f"^{PREFIX}/{scope}/{short}$"]] for short, title in MIRRORED.values()
-        }
+        category: {title: ["Multiline", [f"^{PREFIX}/{scope}/{short}$"]] for short, title in MIRRORED.values()}
         for category, scope in scopes.items()
     }
 

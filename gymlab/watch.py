@@ -59,9 +59,7 @@ def no_display_reason() -> str | None:
     driver = os.environ.get("SDL_VIDEODRIVER", "").lower()
     if driver in ("dummy", "offscreen"):
         return f"SDL_VIDEODRIVER={driver}"
-    if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    ):
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no DISPLAY"
     return None
 
@@ -313,6 +311,46 @@ def _open_window(frame: np.ndarray, title: str) -> tuple[Window | None, str]:
         return None, f"cannot open a window ({exc})"
 
 
+class _PixelOutput:
+    """Where frames go: a window, an mp4, or both; chosen when the first frame arrives."""
+
+    def __init__(self, title: str, fps: float, record: Path | None, default_path: Path, result: WatchResult) -> None:
+        self.title, self.fps, self.record, self.default_path = title, fps, record, default_path
+        self.result = result
+        self.window: Window | None = None
+        self.writer: video.Mp4Writer | None = None
+        self.opened = False
+
+    def _open(self, frame: np.ndarray) -> None:
+        self.opened = True
+        self.window, self.result.reason = _open_window(frame, self.title)
+        if self.window is None:
+            self.result.mode = "mp4"
+            self.record = self.record or self.default_path
+        if self.record is not None:
+            self.writer = video.Mp4Writer(self.record, self.fps)
+
+    def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
+        """Show and/or record one frame; False when the user closed the window or pressed Esc."""
+        if not self.opened:
+            self._open(frame)
+        if self.writer is not None:
+            self.writer.append(overlaid(frame, lines))
+        return self.window is None or self.window.show(frame, lines, self.fps)
+
+    def end_episode(self) -> bool:
+        """Let the window show how the episode ended; False when the user stopped meanwhile."""
+        return self.window is None or self.window.hold(HOLD_LAST_FRAME_S)
+
+    def close(self) -> None:
+        """Finish the mp4 and close the window."""
+        if self.writer is not None:
+            self.writer.close()
+            self.result.video = self.writer.path
+        if self.window is not None:
+            self.window.close()
+
+
 def _watch_pixels(
     env: gym.Env[Any, Any],
     policy: FollowedPolicy,
@@ -323,53 +361,35 @@ def _watch_pixels(
     echo: Callable[[str], None],
 ) -> WatchResult:
     run = policy.config.run
-    fps = fps or video.frame_fps(env)
-    window: Window | None = None
-    writer: video.Mp4Writer | None = None
     result = WatchResult("window")
-    done_final, keep_going = False, True
+    title = f"gymlab watch: {run.agent} on {run.env}"
+    output = _PixelOutput(title, fps or video.frame_fps(env), record, _default_video_path(policy.ckpt_path), result)
+    done_final = False
     try:
-        while keep_going and _more(limit, len(result.episodes), done_final):
+        while not result.stopped_by_user and _more(limit, len(result.episodes), done_final):
             if policy.maybe_reload():
                 echo(f"reloaded checkpoint at step {policy.step:,}")
             ep = len(result.episodes) + 1
-            step_ret = (0.0, 0)
-            pol = video.greedy_policy(policy.agent, env)
-            for step in video.play_steps(env, pol, _episode_seed(policy, seed, ep - 1)):
-                frame = np.asarray(env.render(), dtype=np.uint8)
+            last = (0.0, 0)
+            act = video.greedy_policy(policy.agent, env)
+            for step in video.play_steps(env, act, _episode_seed(policy, seed, ep - 1)):
                 lines = [f"episode {ep}", f"step {step.index}", f"return {step.total:.4g}"]
                 if policy.follow:
                     lines.append(f"checkpoint step {policy.step:,}")
-                if window is None and writer is None:  # first frame: pick the output
-                    window, result.reason = _open_window(frame, f"gymlab watch: {run.agent} on {run.env}")
-                    if window is None:
-                        result.mode = "mp4"
-                        record = record or _default_video_path(policy.ckpt_path)
-                    if record is not None:
-                        writer = video.Mp4Writer(record, fps)
-                if writer is not None:
-                    writer.append(overlaid(frame, lines))
-                if window is not None and not window.show(frame, lines, fps):
-                    keep_going = False
+                if not output.emit(np.asarray(env.render(), dtype=np.uint8), lines):
                     result.stopped_by_user = True
                     break
-                step_ret = (step.total, step.index)
-            if keep_going:
-                result.episodes.append(step_ret)
-                if window is not None:
-                    keep_going = window.hold(HOLD_LAST_FRAME_S)
-                    result.stopped_by_user = not keep_going
+                last = (step.total, step.index)
+            if not result.stopped_by_user:
+                result.episodes.append(last)
+                result.stopped_by_user = not output.end_episode()
             done_final = policy.final
-            if policy.follow and not done_final and limit is None and window is None:
+            if policy.follow and not done_final and limit is None and output.window is None:
                 time.sleep(FOLLOW_PAUSE_S)
     except KeyboardInterrupt:
         result.stopped_by_user = True
     finally:
-        if writer is not None:
-            writer.close()
-            result.video = writer.path
-        if window is not None:
-            window.close()
+        output.close()
     return result
 
 

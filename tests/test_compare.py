@@ -1,0 +1,227 @@
+"""`compare` on synthetic TensorBoard event files whose every number is computed here by hand."""
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+from gymlab import compare as cmp
+from gymlab import logging as tb
+from gymlab import tblayout
+from gymlab.errors import GymlabError
+
+METRIC = tb.EVAL_RETURN
+
+
+def write_run(folder, config, points, metric=METRIC, purge_step=None):
+    """A run folder with config.yaml and an event file holding ``points`` = [(step, value)]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    writer = SummaryWriter(str(folder), purge_step=purge_step)
+    for step, value in points:
+        writer.add_scalar(metric, value, step)
+        writer.add_scalar("train/loss", -value, step)
+    writer.close()
+    return folder
+
+
+def config(agent="dqn", seed=0, lr=0.001, env="CartPole-v1", **extra):
+    return {"agent": agent, "env": env, "seed": seed, "steps": 30, "hparams": {"learning_rate": lr}, **extra}
+
+
+# Group A: dqn, lr 0.001, 4 seeds logged every 10 steps up to 30.
+A = {
+    0: [0.0, 1.0, 2.0, 3.0],
+    1: [0.0, 2.0, 4.0, 6.0],
+    2: [1.0, 3.0, 5.0, 7.0],
+    3: [0.0, 0.0, 0.0, 14.0],
+}
+# Group B: dqn, lr 0.01, 2 seeds with different logging intervals and lengths.
+B0 = [(0, 0.0), (10, 4.0), (20, 8.0), (30, 8.0)]
+B1 = [(0, 2.0), (15, 5.0), (30, 2.0), (45, 9.0)]  # goes on to step 45
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    root = tmp_path / "runs"
+    for seed, values in A.items():
+        points = list(zip([0, 10, 20, 30], values, strict=True))
+        write_run(root / "a" / f"s{seed}", config(seed=seed, eval_every=10), points)
+    # Differ from A in the learning rate, and from each other only in bookkeeping keys that pool.
+    write_run(root / "b" / "s0", config(seed=0, lr=0.01, eval_every=10), B0)
+    write_run(root / "b" / "s1", config(seed=1, lr=0.01, eval_every=15, device="cuda"), B1)
+    return root
+
+
+def exact_bootstrap_percentiles(values, q=(2.5, 97.5)):
+    """Percentiles of the exact bootstrap distribution of the mean (all n^n equally likely draws)."""
+    n = len(values)
+    means = [np.mean([values[i] for i in draw]) for draw in itertools.product(range(n), repeat=n)]
+    return np.percentile(means, q)
+
+
+def test_groups_mean_band_and_table_match_hand_computation(synthetic, tmp_path):
+    out = tmp_path / "plot.png"
+    result = cmp.compare([str(synthetic)], threshold=4.0, out=out)
+    by_label = {g.label: g for g in result.groups}
+    a = by_label["dqn · CartPole-v1 · learning_rate=0.001"]
+    b = by_label["dqn · CartPole-v1 · learning_rate=0.01"]
+    assert (a.n, b.n) == (4, 2)
+
+    # Group A: same steps for every seed, so the mean is the plain average.
+    np.testing.assert_array_equal(a.steps, [0, 10, 20, 30])
+    np.testing.assert_allclose(a.mean, [0.25, 1.5, 2.75, 7.5])
+    # Band: the exact bootstrap distribution (4^4 draws), to the resampling error of 2000 draws.
+    for i in range(4):
+        lo, hi = exact_bootstrap_percentiles([A[s][i] for s in range(4)])
+        assert a.low[i] == pytest.approx(lo, abs=0.3) and a.high[i] == pytest.approx(hi, abs=0.3)
+    # Finals 3, 6, 7, 14: mean 7.5; IQM drops 3 and 14 -> (6 + 7) / 2.
+    assert a.final_mean == 7.5 and a.final_iqm == 6.5
+    # AUC per step: trapezoids (0.25+1.5)/2*10 + (1.5+2.75)/2*10 + (2.75+7.5)/2*10 = 81.25 over 30 steps.
+    assert a.auc == pytest.approx(81.25 / 30)
+    # 4.0 is crossed between step 20 (2.75) and 30 (7.5): 20 + (4 - 2.75) / (7.5 - 2.75) * 10.
+    assert a.to_threshold == pytest.approx(20 + 1.25 / 4.75 * 10)
+
+    # Group B: logged at 0/10/20/30 and 0/15/30/45; aligned on the union of steps inside the range
+    # both reach (0..30); step 45 of seed 1 is beyond it and said so, not silently dropped.
+    np.testing.assert_array_equal(b.steps, [0, 10, 15, 20, 30])
+    b0 = [0.0, 4.0, 6.0, 8.0, 8.0]  # 15 is halfway between 4 (step 10) and 8 (step 20)
+    b1 = [2.0, 4.0, 5.0, 4.0, 2.0]  # 10 is 2/3 of the way from 2 to 5; 20 is 1/3 from 5 to 2
+    np.testing.assert_allclose(b.curves, [b0, b1])
+    np.testing.assert_allclose(b.mean, [1.0, 4.0, 5.5, 6.0, 5.0])
+    # With two seeds each resample is {x,x}, {x,y} or {y,y}, a quarter of the mass at each end:
+    # the 95% band is exactly [min, max] of the two seeds.
+    np.testing.assert_allclose(b.low, np.minimum(b0, b1))
+    np.testing.assert_allclose(b.high, np.maximum(b0, b1))
+    assert (b.reach, b.longest) == (30, 45)
+    assert any("go on to 45" in note for note in b.notes)
+    assert b.final_ci == (2.0, 8.0) and b.final_mean == 5.0 and b.final_iqm == 5.0
+    assert b.to_threshold == pytest.approx(10.0)  # the mean is exactly 4.0 at step 10
+    area = (1 + 4) / 2 * 10 + (4 + 5.5) / 2 * 5 + (5.5 + 6) / 2 * 5 + (6 + 5) / 2 * 10
+    assert b.auc == pytest.approx(area / 30)
+
+    # The plot draws exactly these numbers: each mean line, and a band between low and high.
+    fig = cmp.plot(result, out)
+    ax = fig.axes[0]
+    lines = {line.get_label().split("  (")[0]: line for line in ax.lines}
+    np.testing.assert_allclose(lines[a.label].get_ydata(), a.mean)
+    np.testing.assert_allclose(lines[b.label].get_xdata(), b.steps)
+    assert "2 seeds, to 30, longest 45" in lines[b.label].get_label()
+    band = ax.collections[1].get_paths()[0].vertices  # group B's fill_between polygon
+    for x, lo, hi in zip(b.steps, b.low, b.high, strict=True):
+        ys = band[np.isclose(band[:, 0], x), 1]
+        assert np.isclose(ys, lo).any() and np.isclose(ys, hi).any()
+    assert ax.get_xlabel() == "env steps" and "evaluation return" in ax.get_ylabel()
+    image = np.asarray(Image.open(out))
+    assert image.shape[0] > 400 and image.std() > 10
+
+    # The printed table carries the same numbers.
+    table = cmp.format_table(result)
+    row_b = next(line for line in table.splitlines() if line.startswith(b.label))
+    for cell in ("2", "30 (longest 45)", "5", "[2, 8]", f"{area / 30:.4g}", "10"):
+        assert cell in row_b, (cell, row_b)
+    assert "steps to 4" in table.splitlines()[0]
+
+
+def test_not_reaching_the_threshold_is_said(synthetic):
+    result = cmp.compare([str(synthetic)], threshold=100.0)
+    assert all(g.to_threshold is None for g in result.groups)
+    assert cmp.format_table(result).count("not reached") == 2
+
+
+def test_grouping_by_agent_pools_every_config(synthetic, tmp_path):
+    write_run(tmp_path / "runs" / "c" / "s0", config(agent="ppo"), [(0, 1.0), (30, 2.0)])
+    result = cmp.compare([str(synthetic)], by="agent")
+    assert {(g.label, g.n) for g in result.groups} == {("dqn", 6), ("ppo", 1)}
+    ppo = next(g for g in result.groups if g.label == "ppo")
+    np.testing.assert_array_equal(ppo.low, ppo.mean)  # one seed: no spread to show
+
+
+def test_globs_and_paths_select_runs(synthetic):
+    runs = cmp.find_runs([str(synthetic / "a" / "s*"), str(synthetic / "b" / "s0")])
+    assert [r.name for r in runs] == ["s0", "s1", "s2", "s3", "s0"]
+    with pytest.raises(GymlabError, match="matches nothing"):
+        cmp.find_runs([str(synthetic / "zz*")])
+
+
+def test_a_metric_no_run_logged_lists_the_available_ones(synthetic):
+    with pytest.raises(GymlabError, match=r"no run logged metric 'eval/nope'; available: eval/return_mean, train/loss"):
+        cmp.compare([str(synthetic)], metric="eval/nope")
+
+
+def test_bad_options_are_one_line_errors(synthetic, tmp_path):
+    with pytest.raises(GymlabError, match=r"png, \.svg or \.pdf"):
+        cmp.compare([str(synthetic)], out=tmp_path / "plot.jpg")
+    with pytest.raises(GymlabError, match="--by must be"):
+        cmp.compare([str(synthetic)], by="seed")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".pdf"])
+def test_plot_format_follows_the_extension(synthetic, tmp_path, suffix):
+    out = tmp_path / f"curves{suffix}"
+    cmp.compare([str(synthetic)], out=out)
+    head = out.read_bytes()[:200]
+    assert (b"<svg" in head) if suffix == ".svg" else head.startswith(b"%PDF")
+
+
+def test_a_resumed_run_reads_without_the_purged_steps(tmp_path):
+    """What a killed run logged after its checkpoint is dropped by TensorBoard's purge_step."""
+    run = write_run(tmp_path / "r", config(), [(s, float(s)) for s in range(6)])
+    write_run(run, config(), [(s, 10.0 * s) for s in range(3, 7)], purge_step=3)
+    steps, values = cmp.read_scalars(run)[METRIC]
+    np.testing.assert_array_equal(steps, range(7))
+    np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
+
+
+def test_layout_groups_runs_as_compare_does(tmp_path):
+    base = config(seed=0)
+    same = config(seed=3, eval_every=99)
+    other = config(lr=0.5)
+    assert tblayout.config_id(base) == tblayout.config_id(same) != tblayout.config_id(other)
+    prefix = tblayout.group_prefix(base)
+    assert prefix == f"compare/CartPole-v1/dqn/{tblayout.config_id(base)}"
+    layout = tblayout.layout(base)
+    import re
+
+    patterns = [tags[1][0] for charts in layout.values() for tags in charts.values()]
+    for short in ("eval_return", "ep_return", "ep_length"):
+        matching = [p for p in patterns if re.fullmatch(p, f"{prefix}/{short}")]
+        assert len(matching) == 3  # env-wide, agent-wide and this config's charts
+        other_env = f"compare/Acrobot-v1/dqn/{tblayout.config_id(base)}/{short}"
+        assert not any(re.fullmatch(p, other_env) for p in patterns)
+
+
+def test_cli_compare_prints_the_table_and_writes_the_plot(synthetic, tmp_path):
+    out = tmp_path / "c.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gymlab",
+            "compare",
+            str(synthetic / "a"),
+            str(synthetic / "b"),
+            "--out",
+            str(out),
+            "--threshold",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "final IQM" in proc.stdout and "learning_rate=0.01" in proc.stdout and out.is_file()
+    assert "note: " in proc.stdout and "go on to 45" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "gymlab", "compare", str(synthetic), "--metric", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "available: " in bad.stderr

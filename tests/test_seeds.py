@@ -1,0 +1,128 @@
+"""Several seeds at once: `train --seeds SPEC --workers K` gives one complete run folder per seed,
+and the same results as running those seeds one by one."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from gymlab import checkpoint, runs
+from gymlab.agent import load_agent_class
+from gymlab.cli import parse_seeds
+from gymlab.config import validate
+from gymlab.errors import GymlabError
+from gymlab.loop import train
+from gymlab.parallel import Job, run_jobs
+
+CONFIG = {
+    "agent": "tabular_q",
+    "env": "Taxi-v4",
+    "steps": 3000,
+    "eval_every": 1000,
+    "eval_episodes": 20,
+    "log_every": 500,
+    "checkpoint_every": 0,
+    "hparams": {"learning_rate": 0.3},
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "seeds"),
+    [("0-4", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("7", [7]), ("0-2, 9", [0, 1, 2, 9]), ("1,1,0-1", [1, 0])],
+)
+def test_parse_seeds(spec, seeds):
+    assert parse_seeds(spec) == seeds
+
+
+@pytest.mark.parametrize("spec", ["", "a", "3-1", "-1", "0-", "1.5"])
+def test_parse_seeds_rejects_nonsense(spec):
+    with pytest.raises(GymlabError, match="--seeds"):
+        parse_seeds(spec)
+
+
+def assert_complete(folder, seed):
+    assert yaml.safe_load((folder / "config.yaml").read_text())["seed"] == seed
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    assert (folder / "checkpoints" / "last.pt").is_file() and (folder / "checkpoints" / "best.pt").is_file()
+
+
+def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
+    seeds = [0, 1, 2]
+    jobs = [Job({**CONFIG, "seed": s}, tmp_path / "parallel" / f"s{s}") for s in seeds]
+    results = run_jobs(jobs, workers=2)
+    assert [r.error for r in results] == [None] * 3
+
+    cls = load_agent_class("tabular_q")
+    for seed, result in zip(seeds, results, strict=True):
+        assert_complete(result.job.run_dir, seed)
+        config = validate({**CONFIG, "seed": seed}, cls.Config)
+        alone = train(config, runs.create_run_dir(config, tmp_path / "alone" / f"s{seed}"))
+        assert (result.step, result.last_eval, result.best_eval) == (alone.step, alone.last_eval, alone.best_eval)
+        q_parallel = checkpoint.load(result.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["q"]
+        q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["q"]
+        np.testing.assert_array_equal(q_parallel, q_alone)
+    # Different seeds really are different runs.
+    tables = [checkpoint.load(r.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["q"] for r in results]
+    assert not np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[1], tables[2])
+
+
+def gymlab(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "gymlab", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_seeds_with_run_dir_make_one_folder_per_seed(tmp_path):
+    args = [
+        "train",
+        "tabular_q",
+        "Taxi-v4",
+        "--seeds",
+        "0-1",
+        "--workers",
+        "2",
+        "--run-dir",
+        "many",
+        "--steps",
+        "2000",
+        "eval_every=1000",
+        "eval_episodes=5",
+        "log_every=500",
+    ]
+    proc = gymlab(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for seed in (0, 1):
+        assert_complete(tmp_path / "many" / f"s{seed}", seed)
+        assert f"seed {seed}: 2,000 steps" in proc.stdout
+    assert "compare them: gymlab compare many" in proc.stdout
+    # Running it again would overwrite: refused before anything starts.
+    again = gymlab(*args, cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exist" in again.stderr
+
+
+def test_cli_seeds_default_folders_are_distinct(tmp_path):
+    proc = gymlab(
+        "train",
+        "tabular_q",
+        "FrozenLake-v1",
+        "--seeds",
+        "3,5",
+        "--steps",
+        "1000",
+        "eval_every=500",
+        "eval_episodes=5",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    folders = sorted((tmp_path / "runs" / "FrozenLake-v1" / "tabular_q").iterdir())
+    assert [f.name.rsplit("-", 1)[1] for f in folders] == ["s3", "s5"]
+    for folder, seed in zip(folders, (3, 5), strict=True):
+        assert_complete(folder, seed)
+
+
+def test_cli_seeds_conflicts_are_one_line_errors(tmp_path):
+    for extra in (["--seed", "1"], ["--seeds", "x"]):
+        proc = gymlab("train", "tabular_q", "FrozenLake-v1", "--seeds", "0-1", *extra, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "--seed" in proc.stderr
+    assert not (tmp_path / "runs").exists()

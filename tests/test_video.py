@@ -1,0 +1,169 @@
+"""mp4 encoding round trips, the TensorBoard GIF summary, and the loop's video_every recording."""
+
+from io import BytesIO
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gymlab import logging as tb
+from gymlab import registry, runs, video
+from gymlab.agent import load_agent_class
+from gymlab.config import validate
+from gymlab.loop import train
+
+TEXT_ENV = "GymlabTestTokens-v0"
+
+
+class TokenEnv(gym.Env):
+    """Three-token sequences with no pixels: renders only as text (like SeqGAN's generator env)."""
+
+    metadata = {"render_modes": ["ansi"]}  # noqa: RUF012
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Discrete(4)
+        self.action_space = gym.spaces.Discrete(2)
+        self.render_mode = render_mode
+        self.tokens: list[int] = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.tokens = []
+        return 0, {}
+
+    def step(self, action):
+        self.tokens.append(int(action))
+        n = len(self.tokens)
+        return n, float(action == 1), n == 3, False, {}
+
+    def render(self):
+        return "sample: " + " ".join("ab"[t] for t in self.tokens)
+
+
+if TEXT_ENV not in gym.registry:
+    gym.register(TEXT_ENV, entry_point=TokenEnv)
+
+
+def make_config(env="FrozenLake-v1", **run):
+    cls = load_agent_class("tabular_q")
+    data = {
+        "agent": "tabular_q",
+        "env": env,
+        "steps": 3000,
+        "eval_every": 1000,
+        "eval_episodes": 5,
+        "log_every": 500,
+        "hparams": {"learning_rate": 0.5},
+        **run,
+    }
+    if env == "FrozenLake-v1":
+        data.setdefault("env_kwargs", {"is_slippery": False})
+    return validate(data, cls.Config)
+
+
+def test_mp4_round_trip_keeps_every_frame_and_pads_odd_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [np.full((35, 47, 3), 40 * i, dtype=np.uint8) for i in range(6)]
+    frames[3][:10, :10] = rng.integers(0, 255, (10, 10, 3))
+    path = video.write_mp4(tmp_path / "sub" / "clip.mp4", frames, fps=10)
+    back = video.read_frames(path)
+    assert back.shape == (6, 36, 48, 3)  # yuv420p needs even sizes: padded by one edge pixel
+    # Flat grey frames survive H.264 within a few levels.
+    for i in (0, 1, 5):
+        assert abs(float(back[i, 20:, 20:].mean()) - 40 * i) < 4
+
+
+def test_even_frame_pads_with_the_edge_and_makes_grey_rgb():
+    frame = np.arange(3 * 5, dtype=np.uint8).reshape(3, 5)
+    out = video.even_frame(frame)
+    assert out.shape == (4, 6, 3)
+    np.testing.assert_array_equal(out[3, :5, 0], frame[2])  # last row repeated
+    np.testing.assert_array_equal(out[:3, 5, 1], frame[:, 4])  # last column repeated
+
+
+def test_gif_for_tensorboard_is_small_and_keeps_real_time():
+    frames = [np.full((400, 600, 3), i % 256, dtype=np.uint8) for i in range(450)]
+    data, h, w = video.gif_bytes(frames, fps=50)
+    gif = Image.open(BytesIO(data))
+    assert (gif.width, gif.height) == (w, h) == (240, 160)
+    assert gif.n_frames == 150  # every 3rd frame of 450 (at most 200 kept)...
+    assert gif.info["duration"] == 60  # ...each shown 3 × 20 ms, so the clip still lasts 9 s
+
+
+def test_run_logger_video_is_an_animated_image_summary(tmp_path):
+    logger = tb.RunLogger(tmp_path)
+    frames = [np.full((64, 80, 3), 30 * i, dtype=np.uint8) for i in range(5)]
+    logger.video("eval/video", frames, step=7, fps=5)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    (event,) = acc.Images("eval/video")
+    assert event.step == 7 and (event.width, event.height) == (80, 64)
+    assert event.encoded_image_string.startswith(b"GIF8")
+    assert Image.open(BytesIO(event.encoded_image_string)).n_frames == 5
+
+
+def test_play_episode_frames_match_the_episode_length():
+    env = registry.make_env("CartPole-v1", train=False, render_mode="rgb_array")
+
+    class Lean:  # pushes the cart the way the pole leans: a few dozen steps
+        def act(self, obs, explore):
+            return (obs[:, 2] > 0).astype(np.int64)
+
+    episode = video.play_episode(env, Lean(), seed=3)
+    env.close()
+    assert 8 < episode.length < 500
+    assert len(episode.frames) == episode.length == len(episode.actions)
+    assert episode.frames[0].shape == (400, 600, 3) and episode.frames[0].dtype == np.uint8
+    assert episode.ret == episode.length  # CartPole pays 1 per step
+
+
+def test_loop_records_a_video_every_video_every_steps(tmp_path):
+    config = make_config(video_every=1000)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    names = sorted(p.name for p in (folder / "videos").iterdir())
+    assert names == ["step-000001000.mp4", "step-000002000.mp4", "step-000003000.mp4"]
+    # Non-slippery FrozenLake is deterministic: the final policy's episode, replayed, has as many
+    # steps as the recorded video has frames.
+    config_, ckpt, _ = runs.load_run(folder)
+    agent, _, _ = runs.load_policy(config_, ckpt, "cpu")
+    env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False)
+    length = video.play_episode(env, agent, seed=0, record=None).length
+    assert len(video.read_frames(folder / "videos" / "step-000003000.mp4")) == length
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("eval/video")] == [1000, 2000, 3000]
+
+
+def test_video_every_zero_records_nothing(tmp_path):
+    config = make_config()
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    assert not (folder / "videos").exists()
+
+
+def test_an_env_without_pixels_gets_its_text_render_recorded(tmp_path):
+    config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300, video_every=300)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    text = (folder / "videos" / "step-000000600.txt").read_text()
+    assert "length 3" in text and "sample: " in text
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert any(tag.startswith("eval/sample") for tag in acc.Tags()["tensors"])
+
+
+def test_recording_does_not_change_what_is_learned(tmp_path):
+    """Videos play on their own env with the greedy policy: training must come out bit-identical."""
+    from gymlab import checkpoint
+
+    tables = []
+    for every in (0, 500):
+        config = make_config(video_every=every, env_kwargs={"is_slippery": True})
+        folder = runs.create_run_dir(config, tmp_path / f"run{every}")
+        train(config, folder)
+        tables.append(checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["q"])
+    assert (tmp_path / "run500" / "videos").is_dir()
+    np.testing.assert_array_equal(tables[0], tables[1])

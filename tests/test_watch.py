@@ -1,0 +1,208 @@
+"""`watch`: headless mp4 with SDL's dummy driver, a real window under Xvfb, text for envs without
+pixels, --follow reloading newer checkpoints, and bad input as one-line errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pygame
+import pytest
+from test_video import TEXT_ENV, make_config
+
+from gymlab import registry, runs, video
+from gymlab import watch as w
+from gymlab.errors import GymlabError
+from gymlab.loop import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Tabular Q on non-slippery FrozenLake, trained until greedy play walks to the goal (6 steps)."""
+    config = make_config(steps=4000, eval_every=2000)
+    folder = runs.create_run_dir(config, tmp_path_factory.mktemp("watch") / "run")
+    result = train(config, folder)
+    assert result.last_eval == 1.0
+    return folder
+
+
+def greedy_length(folder):
+    config, ckpt, _ = runs.load_run(folder)
+    agent, _, _ = runs.load_policy(config, ckpt, "cpu")
+    env = registry.make_env(config.run.env, config.run.env_kwargs, train=False)
+    return video.play_episode(env, agent, seed=0, record=None).length
+
+
+def test_without_a_screen_watch_writes_an_mp4_with_one_frame_per_step(trained_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    lines = []
+    result = w.watch(trained_run, episodes=2, echo=lines.append)
+    assert result.mode == "mp4" and result.reason == "SDL_VIDEODRIVER=dummy"
+    assert result.video.parent == trained_run / "videos" and result.video.name.startswith("watch-")
+    frames = video.read_frames(result.video)
+    assert [length for _, length in result.episodes] == [6, 6] == [greedy_length(trained_run)] * 2
+    assert len(frames) == 12  # the two episodes' steps, nothing more
+    assert [ret for ret, _ in result.episodes] == [1.0, 1.0]
+    # The overlay (episode, step, return) darkens the top-left corner of FrozenLake's pale ice.
+    env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False, render_mode="rgb_array")
+    env.reset(seed=0)
+    raw = env.render()
+    assert frames[0][:20, :40].mean() < raw[:20, :40].mean() - 40
+    np.testing.assert_allclose(frames[0][200:, 100:].mean(), raw[200:, 100:].mean(), atol=30)
+
+
+def test_record_option_names_the_file(trained_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    out = tmp_path / "clip.mp4"
+    result = w.watch(trained_run / "checkpoints" / "last.pt", episodes=1, record=out, fps=8, echo=print)
+    assert result.video == out and len(video.read_frames(out)) == 6
+
+
+def test_cli_watch_headless_prints_the_mp4_path(trained_run, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env["SDL_VIDEODRIVER"] = "dummy"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", "watch", str(trained_run), "--episodes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "wrote " in x)
+    path = Path(line.split("wrote ", 1)[1])
+    assert path.is_file() and len(video.read_frames(path)) == 6
+
+
+def test_cli_watch_of_a_run_without_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", "watch", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no checkpoint" in proc.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "gymlab", "watch", str(tmp_path / "empty"), "--record", "x.avi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and ".mp4" in bad.stderr
+
+
+def test_an_env_without_pixels_prints_its_samples(tmp_path):
+    config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    lines = []
+    result = w.watch(folder, episodes=2, echo=lines.append)
+    assert result.mode == "text" and len(result.episodes) == 2
+    assert lines[0].startswith("episode 1: return ") and lines[0].endswith("length 3")
+    assert lines[1].startswith("sample: ") and len(lines[1].split()) == 4  # "sample:" and 3 tokens
+
+
+def test_escape_q_and_closing_the_window_stop(monkeypatch):
+    pygame.init()
+    key = lambda k: pygame.event.Event(pygame.KEYDOWN, key=k)  # noqa: E731
+    assert w.stop_requested([key(pygame.K_ESCAPE)])
+    assert w.stop_requested([key(pygame.K_q)])
+    assert w.stop_requested([pygame.event.Event(pygame.QUIT)])
+    assert not w.stop_requested([key(pygame.K_SPACE), pygame.event.Event(pygame.MOUSEMOTION)])
+
+
+def test_no_display_reasons(monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    assert w.no_display_reason() == "SDL_VIDEODRIVER=dummy"
+    monkeypatch.delenv("SDL_VIDEODRIVER")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if sys.platform.startswith("linux"):
+        assert w.no_display_reason() == "no DISPLAY"
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert w.no_display_reason() is None
+
+
+def test_follow_reloads_a_newer_checkpoint_and_stops_after_the_final_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    config = make_config(steps=4000, checkpoint_every=1000)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder, stop_at=1000)  # a run still "training": its checkpoint is at step 1000
+    policy = w.FollowedPolicy(folder, "last", None, follow=True)
+    assert (policy.step, policy.final, policy.maybe_reload()) == (1000, False, False)
+    time.sleep(0.05)  # a newer mtime
+    config_, ckpt, _ = runs.load_run(folder)
+    train(config_, folder, resume=ckpt)
+    assert policy.maybe_reload() and (policy.step, policy.final) == (4000, True)
+    # On a finished run, --follow plays the final checkpoint once and stops by itself.
+    result = w.watch(folder, follow=True, echo=print)
+    assert len(result.episodes) == 1 and result.mode == "mp4"
+
+
+def test_follow_without_follow_never_reloads(trained_run):
+    policy = w.FollowedPolicy(trained_run, "best", None, follow=False)
+    os.utime(policy.ckpt_path)
+    assert not policy.maybe_reload()
+
+
+def _free_display():
+    for n in range(90, 140):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            return n
+    pytest.skip("no free X display number")
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
+def test_a_real_window_under_xvfb_shows_a_frame(trained_run, tmp_path):
+    from PIL import ImageGrab
+
+    display = f":{_free_display()}"
+    xvfb = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"}
+        env["DISPLAY"] = display
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{display[1:]}").exists():
+            assert time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gymlab", "watch", str(trained_run), "--episodes", "3", "--fps", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        shot, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            image = np.asarray(ImageGrab.grab(xdisplay=display))
+            if image.std() > 10:  # something other than the empty black root window
+                shot = image
+                break
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "wrote" not in out  # it had a screen: no mp4 fallback
+        assert shot is not None, "no frame appeared on the X screen"
+        from PIL import Image
+
+        Image.fromarray(shot).save(tmp_path / "screenshot.png")
+        # FrozenLake's pale ice fills a 512 x 512 window (256 px frames scaled by 2).
+        ice = np.all(np.abs(shot.astype(int) - [204, 230, 247]) < 30, axis=-1)
+        assert ice.sum() > 0.25 * 512 * 512, ice.sum()
+        assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 20
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+
+
+def test_watch_of_a_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(GymlabError, match="no run folder or checkpoint"):
+        w.watch(tmp_path / "nope", episodes=1, echo=print)
