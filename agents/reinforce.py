@@ -69,9 +69,7 @@ class ReinforceConfig(BaseModel):
         0.9, ge=0, lt=1, description="'mean' baseline: weight of the past in the running mean, per update"
     )
     value_learning_rate: float = Field(1e-2, gt=0, description="'value' baseline: Adam step size of V(s)")
-    value_steps: int = Field(
-        10, ge=1, description="'value' baseline: full-batch regression steps on V(s) per update"
-    )
+    value_steps: int = Field(10, ge=1, description="'value' baseline: full-batch regression steps on V(s) per update")
     normalize_returns: bool = Field(
         True, description="standardise the policy-gradient weights (return − baseline) within each update"
     )
@@ -79,9 +77,7 @@ class ReinforceConfig(BaseModel):
     max_grad_norm: float | None = Field(
         None, gt=0, description="clip the policy gradient to this global L2 norm (None: no clipping)"
     )
-    log_std_init: float = Field(
-        0.0, description="Box actions: initial log standard deviation of the Gaussian"
-    )
+    log_std_init: float = Field(0.0, description="Box actions: initial log standard deviation of the Gaussian")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +276,11 @@ class Reinforce:
         return x.reshape(x.shape[0], -1).float()
 
     def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
-        """Sample from π(· | s) (``explore``) or take its mode: (N, *obs_shape) -> (N,) or (N, D)."""
+        """Sample from π(· | s) (``explore``) or take its mode: (N, *obs_shape) -> (N,) or (N, D).
+
+        No learning side effects; for Box actions an exploring call remembers its unclipped
+        sample until the matching :meth:`observe`.
+        """
         with torch.no_grad():
             out = self.policy(self._features(obs)).cpu()  # (N, A) logits or (N, D) means
         if self.discrete:
@@ -295,10 +295,12 @@ class Reinforce:
             return np.clip(out.numpy(), self.low, self.high).astype(self.act_dtype)
         noise = torch.randn(out.shape, generator=self.gen)  # (N, D)
         raw = (out + self.log_std.detach().cpu().exp() * noise).numpy()
-        # The env only sees actions inside its bounds, but the log-probability must be that of
-        # the sample actually drawn from the Gaussian: the density of the clipped value is not
-        # the Gaussian's (all the mass beyond a bound sits on the bound), and its log-prob would
-        # give a biased gradient that pushes the mean ever further past the bound. So the raw
+        # The env only sees actions inside its bounds, but the log-probability is that of the
+        # raw sample. The policy is the Gaussian; the clip is best read as part of the env's
+        # dynamics, mapping each sample to what the env can do, so ∇ log N(raw) is the policy
+        # gradient. The Gaussian density of the clipped value is not the probability of anything
+        # (a clipped action is a point mass holding all the Gaussian's mass beyond the bound), and
+        # its gradient would be biased, most where the mean sits near or past a bound. The raw
         # sample is kept here and recovered in observe() for the step the loop reports back.
         sent = np.clip(raw, self.low, self.high).astype(self.act_dtype)
         self._pending = (sent, raw.astype(np.float32))
@@ -350,13 +352,9 @@ class Reinforce:
             with torch.no_grad():
                 final = self._features(np.stack([episodes[k].final_obs for k in cut]))
                 bootstrap[cut] = self.value(final).squeeze(-1).cpu().double().numpy()
-        return [
-            reward_to_go(ep.rewards, self.cfg.gamma, b) for ep, b in zip(episodes, bootstrap, strict=True)
-        ]
+        return [reward_to_go(ep.rewards, self.cfg.gamma, b) for ep, b in zip(episodes, bootstrap, strict=True)]
 
-    def _log_prob_and_entropy(
-        self, x: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_prob_and_entropy(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.policy(x)  # (B, A) logits or (B, D) means
         if self.log_std is None:
             return categorical_log_prob(out, actions), categorical_entropy(out)
@@ -482,9 +480,7 @@ class Reinforce:
         self.updates = int(state["updates"])
         buffers = state["buffers"]
         if len(buffers) != self.num_envs:
-            raise ValueError(
-                f"the checkpoint has {len(buffers)} env buffers, this run has {self.num_envs} envs"
-            )
+            raise ValueError(f"the checkpoint has {len(buffers)} env buffers, this run has {self.num_envs} envs")
         self.ep_obs = [list(b["obs"]) for b in buffers]
         self.ep_actions = [list(b["actions"]) for b in buffers]
         self.ep_rewards = [np.asarray(b["rewards"], dtype=np.float64).tolist() for b in buffers]
