@@ -62,7 +62,8 @@ def train(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="the run folder to create (must not exist)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run folder (or checkpoint) where it stopped")] = None,
     seeds: Annotated[
-        str | None, typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)")
+        str | None,
+        typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)"),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="with --seeds: runs at once, each in its own process")] = 1,
 ) -> None:
@@ -146,14 +147,17 @@ def _train_seeds(
     from gymlab.config import resolve
     from gymlab.parallel import Job, JobResult, run_jobs
 
-    agent, env = (positional + [None, None])[:2]
+    agent, env = [*positional, None, None][:2]
     cfgs = [resolve(agent, env, config, overrides, seed=s, steps=steps, device=device) for s in seeds]
     loop.preflight(cfgs[0])
-    folders = [run_dir / f"s{s}" if run_dir is not None else runs.default_run_dir(Path("runs"), c) for s, c in zip(seeds, cfgs)]
+    folders = [
+        run_dir / f"s{s}" if run_dir is not None else runs.default_run_dir(Path("runs"), c)
+        for s, c in zip(seeds, cfgs, strict=True)
+    ]
     taken = [str(f) for f in folders if f.exists()]
     if taken:
         raise GymlabError(f"run folders already exist: {', '.join(taken)}; choose a new --run-dir")
-    jobs = [Job(c.to_dict(), f) for c, f in zip(cfgs, folders)]
+    jobs = [Job(c.to_dict(), f) for c, f in zip(cfgs, folders, strict=True)]
     first = cfgs[0].run
     print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(jobs))} at a time")
 
@@ -173,10 +177,14 @@ def _train_seeds(
 
         spread = f" ± {statistics.stdev(evals):.4g}" if len(evals) > 1 else ""
         print(f"final eval return over {len(evals)} seeds: {statistics.mean(evals):.4g}{spread}")
-    print(f"{len(results)} runs in {time.perf_counter() - start:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
+    elapsed = time.perf_counter() - start
+    print(f"{len(results)} runs in {elapsed:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
     failed = [r for r in results if r.error is not None]
     if failed:
-        raise GymlabError(f"{len(failed)} of {len(results)} seeds failed (first: seed {failed[0].job.config['seed']}: {failed[0].error})")
+        first = failed[0]
+        raise GymlabError(
+            f"{len(failed)} of {len(results)} seeds failed (first: seed {first.job.config['seed']}: {first.error})"
+        )
 
 
 def _flat(data: dict[str, object], prefix: str = "") -> dict[str, object]:
@@ -264,7 +272,9 @@ def list_() -> None:
 @app.command()
 def watch(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
-    episodes: Annotated[int | None, typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)")] = None,
+    episodes: Annotated[
+        int | None, typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)")
+    ] = None,
     fps: Annotated[float | None, typer.Option(min=0.1, help="frames per second (default: the env's own)")] = None,
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
@@ -291,11 +301,17 @@ def watch(
 
 @app.command()
 def compare(
-    runs_: Annotated[list[str], typer.Argument(metavar="RUN_OR_GLOB...", help="run folders, folders of runs, or globs")],
+    runs_: Annotated[
+        list[str], typer.Argument(metavar="RUN_OR_GLOB...", help="run folders, folders of runs, or globs")
+    ],
     metric: Annotated[str, typer.Option(help="scalar tag to compare")] = "eval/return_mean",
-    by: Annotated[str, typer.Option(help="pool runs by agent | env | config (agent, env and config; seeds pooled)")] = "config",
+    by: Annotated[
+        str, typer.Option(help="pool runs by agent | env | config (agent, env and config; seeds pooled)")
+    ] = "config",
     out: Annotated[Path, typer.Option(help="plot file: .png, .svg or .pdf")] = Path("compare.png"),
-    threshold: Annotated[float | None, typer.Option(help="report the env steps each group needs to reach this value")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="report the env steps each group needs to reach this value")
+    ] = None,
 ) -> None:
     """Plot mean learning curves with 95% bootstrap bands per group, and print a summary table."""
     from gymlab.compare import compare as run_compare
