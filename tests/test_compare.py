@@ -225,3 +225,47 @@ def test_cli_compare_prints_the_table_and_writes_the_plot(synthetic, tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "available: " in bad.stderr
+
+
+def test_a_trained_run_writes_a_layout_whose_charts_select_its_mirrored_curves(tmp_path):
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from gymlab import runs
+    from gymlab.agent import load_agent_class
+    from gymlab.config import validate
+    from gymlab.loop import train
+
+    data = {
+        "agent": "tabular_q",
+        "env": "Taxi-v4",
+        "steps": 2000,
+        "eval_every": 1000,
+        "eval_episodes": 3,
+        "log_every": 500,
+    }
+    config = validate(data, load_agent_class("tabular_q").Config)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(event.tensor_proto.string_val[0])
+    titles = [c.title for c in layout.category]
+    assert titles[0] == "Taxi-v4: every agent and config" and len(titles) == 3
+    scalars = acc.Tags()["scalars"]
+    for category in layout.category:
+        for chart in category.chart:
+            (regex,) = chart.multiline.tag
+            (tag,) = [t for t in scalars if re.fullmatch(regex, t)]
+            original = {"eval_return": tb.EVAL_RETURN, "ep_return": tb.EPISODE_RETURN, "ep_length": tb.EPISODE_LENGTH}
+            # The mirrored curve is the original one, value for value.
+            source = original[tag.rsplit("/", 1)[1]]
+            assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(e.step, e.value) for e in acc.Scalars(source)]
+    # compare hides the mirrors when it lists what a run logged.
+    with pytest.raises(GymlabError) as err:
+        cmp.compare([str(folder)], metric="nope")
+    assert "compare/" not in str(err.value) and tb.EVAL_RETURN in str(err.value)

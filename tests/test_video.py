@@ -86,9 +86,9 @@ def test_gif_for_tensorboard_is_small_and_keeps_real_time():
     frames = [np.full((400, 600, 3), i % 256, dtype=np.uint8) for i in range(450)]
     data, h, w = video.gif_bytes(frames, fps=50)
     gif = Image.open(BytesIO(data))
-    assert (gif.width, gif.height) == (w, h) == (240, 160)
-    assert gif.n_frames == 150  # every 3rd frame of 450 (at most 200 kept)...
-    assert gif.info["duration"] == 60  # ...each shown 3 × 20 ms, so the clip still lasts 9 s
+    assert (gif.width, gif.height) == (w, h) == (200, 133)
+    assert gif.n_frames == 113  # every 4th frame of 450 (at most 120 kept)...
+    assert gif.info["duration"] == 80  # ...each shown 4 × 20 ms, so the clip still lasts 9 s
 
 
 def test_run_logger_video_is_an_animated_image_summary(tmp_path):
