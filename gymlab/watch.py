@@ -196,8 +196,13 @@ class FollowedPolicy:
 
 
 def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], poll_s: float) -> None:
-    """With ``--follow`` on a run that has no checkpoint yet, wait for its first one."""
-    if not (target.is_dir() and (target / runs.CONFIG_FILE).is_file()):
+    """With ``--follow`` on a run that has no checkpoint yet, wait for its first one.
+
+    A path that does not exist yet is waited for too (a run just started with ``--run-dir`` may
+    not have created its folder); a folder that exists but is no run folder is left to the usual
+    error.
+    """
+    if target.is_file() or (target.is_dir() and not (target / runs.CONFIG_FILE).is_file()):
         return
     announced = False
     while True:
@@ -206,7 +211,8 @@ def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], p
             return
         except GymlabError:
             if not announced:
-                echo(f"waiting for the first checkpoint of {target} (Ctrl-C to stop)")
+                what = "the first checkpoint of" if target.exists() else "a run at"
+                echo(f"waiting for {what} {target} (Ctrl-C to stop)")
                 announced = True
             time.sleep(poll_s)
 
