@@ -55,11 +55,11 @@ def batch_obs(space: gym.Space[Any], obs: Any) -> Any:
     return concatenate(space, [obs], out)
 
 
-def unbatch_action(space: gym.Space[Any], actions: Any) -> Any:
-    """The first (only) action of a batch of one, as a single env's ``step`` takes it."""
+def unbatch_action(batched_space: gym.Space[Any], actions: Any) -> Any:
+    """The first (only) action of a batch of one (``batched_space``: the batch's space), for a single env."""
     from gymnasium.vector.utils import iterate
 
-    return next(iter(iterate(gym.vector.utils.batch_space(space, 1), actions)))
+    return next(iter(iterate(batched_space, actions)))
 
 
 @dataclass
@@ -106,10 +106,13 @@ def play_steps(
 
 def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
     """Wrap an agent's batched greedy ``act`` as a single-env policy."""
-    obs_space, act_space = env.observation_space, env.action_space
+    from gymnasium.vector.utils import batch_space
+
+    obs_space = env.observation_space
+    batched_actions = batch_space(env.action_space, 1)  # built once: it deep-copies the space
 
     def policy(obs: Any) -> Any:
-        return unbatch_action(act_space, agent.act(batch_obs(obs_space, obs), explore=False))
+        return unbatch_action(batched_actions, agent.act(batch_obs(obs_space, obs), explore=False))
 
     return policy
 

@@ -19,7 +19,7 @@ TEXT_ENV = "GymlabTestTokens-v0"
 class TokenEnv(gym.Env):
     """Three-token sequences with no pixels: renders only as text (like SeqGAN's generator env)."""
 
-    metadata = {"render_modes": ["ansi"]}  # noqa: RUF012
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
 
     def __init__(self, render_mode=None):
         self.observation_space = gym.spaces.Discrete(4)
