@@ -1,0 +1,542 @@
+"""SeqGAN (Yu et al., AAAI 2017): a sequence generator trained as an RL policy, rewarded by a discriminator.
+
+The generator G is an LSTM policy in the token-generation MDP (``envs/seqgen.py``): the state is
+the prefix, the action the next token. The reward of a finished sequence is the discriminator
+D's probability that it is real. A token in the middle of a sequence has no reward of its own,
+so its action value is estimated by Monte-Carlo search: N rollouts from a *rollout policy* (a
+delayed copy of G) finish the prefix, and D scores the finished sequences::
+
+    Q(y_1..y_{t-1}, y_t) = mean_n D(Y^n_{1:T}),  Y^n ~ rollout policy, continuing y_1..y_t  (t < T)
+    Q(y_1..y_{T-1}, y_T) = D(y_1..y_T)
+
+and G takes a REINFORCE step on ``− mean_t log G(y_t | y_<t) · Q_t`` (no baseline, as in the paper).
+The schedule of the paper's synthetic experiment:
+
+1. MLE pre-training of G on the oracle's real sequences (``mle_epochs`` epochs);
+2. pre-training of D on real vs generated sequences (``disc_pretrain_rounds`` rounds, each on
+   freshly generated negatives, ``disc_pretrain_epochs`` epochs);
+3. adversarial epochs: ``g_steps`` policy-gradient steps, each on one batch of sequences that G
+   generated in the env, then ``d_steps`` rounds of D training on fresh negatives
+   (``d_epochs`` epochs each); the rollout policy moves towards G at rate ``1 − rollout_update_rate``.
+
+How it meets the loop: the loop steps the batched env one token at a time, so one batch of N
+sequences (N = ``num_envs``, the paper's 64) takes T loop steps, i.e. N·T env steps (tokens).
+Pre-training happens inside ``update``: each call in those phases runs one MLE epoch or one D
+round (the tokens the loop generates meanwhile are ignored). In the adversarial phase ``update``
+waits for a batch that was generated entirely by the current G, computes the MC action values
+with its own D (the env's terminal reward, the oracle's log-likelihood, is not the training
+signal: it only lets the loop log NLL-oracle as episode returns), and runs the g-step and d-steps.
+:func:`steps_for` gives the env-step budget of a schedule. The greedy evaluation the loop runs
+generates the argmax sequence; its return is minus its NLL-oracle (harmless, and a quick check).
+
+Real data and NLL-oracle come from the agent's own copy of the oracle, built from
+``oracle_seed`` like the env's; the first finished batch checks the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence, sample_dataset, sample_tokens
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from gymlab.agent import Context, Transition
+
+#: Scores finished sequences: (M, T) int64 -> (M,) float, e.g. D's probability of "real".
+SequenceScorer = Callable[[torch.Tensor], torch.Tensor]
+
+PAPER_FILTER_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20]
+PAPER_NUM_FILTERS = [100, 200, 200, 200, 200, 100, 100, 100, 100, 100, 160, 160]
+
+
+class SeqGANConfig(BaseModel):
+    """Hyperparameters of SeqGAN; defaults are the paper's synthetic-data experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The oracle and its data (the env builds the same oracle from its own env_kwargs).
+    oracle_seed: int = Field(0, ge=0, description="seed of the oracle's N(0,1) parameters; = env_kwargs.oracle_seed")
+    oracle_embedding_dim: int = Field(32, ge=1, description="oracle embedding size; = env_kwargs.oracle_embedding_dim")
+    oracle_hidden_dim: int = Field(32, ge=1, description="oracle LSTM size; = env_kwargs.oracle_hidden_dim")
+    num_real: int = Field(10_000, ge=1, description="real sequences sampled from the oracle")
+    data_seed: int = Field(0, ge=0, description="seed of the real-data sample")
+    # Generator.
+    embedding_dim: int = Field(32, ge=1, description="generator token embedding size")
+    hidden_dim: int = Field(32, ge=1, description="generator LSTM size")
+    init_std: float = Field(0.1, gt=0, description="std of the generator's N(0, std) initial parameters")
+    gen_learning_rate: float = Field(0.01, gt=0, description="Adam step size of the generator's MLE pre-training")
+    pg_learning_rate: float = Field(0.01, gt=0, description="Adam step size of the generator's policy-gradient steps")
+    gen_batch_size: int = Field(64, ge=1, description="real sequences per MLE minibatch")
+    grad_clip: float = Field(5.0, gt=0, description="max global gradient norm of generator steps")
+    mle_epochs: int = Field(120, ge=0, description="MLE pre-training epochs over the real data")
+    # Discriminator: the paper's CNN.
+    disc_embedding_dim: int = Field(64, ge=1, description="discriminator token embedding size")
+    filter_sizes: list[int] = Field(default_factory=lambda: list(PAPER_FILTER_SIZES), description="conv widths")
+    num_filters: list[int] = Field(default_factory=lambda: list(PAPER_NUM_FILTERS), description="filters per width")
+    dropout: float = Field(0.25, ge=0, lt=1, description="dropout before the output (the paper keeps 0.75)")
+    l2_reg: float = Field(0.2, ge=0, description="L2 penalty λ·½‖w‖² on the output layer")
+    disc_learning_rate: float = Field(1e-4, gt=0, description="Adam step size of the discriminator")
+    disc_batch_size: int = Field(64, ge=1, description="sequences per discriminator minibatch")
+    disc_samples: int = Field(10_000, ge=1, description="fresh negatives (and as many real) per D round")
+    disc_pretrain_rounds: int = Field(50, ge=0, description="D pre-training rounds, each on fresh negatives")
+    disc_pretrain_epochs: int = Field(3, ge=1, description="epochs per D pre-training round")
+    # Adversarial training.
+    num_rollouts: int = Field(16, ge=1, description="Monte-Carlo rollouts per partial sequence")
+    rollout_update_rate: float = Field(
+        0.8, ge=0, le=1, description="rollout params ← rate·rollout + (1−rate)·generator after each epoch"
+    )
+    baseline: bool = Field(False, description="subtract the batch-mean action value per position (paper: no)")
+    g_steps: int = Field(1, ge=1, description="policy-gradient steps (env batches) per adversarial epoch")
+    d_steps: int = Field(5, ge=0, description="D rounds on fresh negatives per adversarial epoch")
+    d_epochs: int = Field(3, ge=1, description="epochs per adversarial D round")
+    # Reporting.
+    nll_samples: int = Field(10_000, ge=1, description="generated sequences scored for each NLL-oracle")
+    nll_every: int = Field(5, ge=1, description="MLE / adversarial epochs between NLL-oracle measurements")
+    text_samples: int = Field(3, ge=0, description="sample sequences logged as text per adversarial epoch")
+
+    @model_validator(mode="after")
+    def _filters_match(self) -> SeqGANConfig:
+        if len(self.filter_sizes) != len(self.num_filters) or not self.filter_sizes:
+            raise ValueError("filter_sizes and num_filters must be non-empty lists of the same length")
+        if min(self.filter_sizes) < 1 or min(self.num_filters) < 1:
+            raise ValueError("filter sizes and counts must be positive")
+        return self
+
+
+def steps_for(config: SeqGANConfig, num_envs: int, seq_len: int, adversarial_epochs: int) -> int:
+    """The env-step budget (tokens) that runs the pre-training and ``adversarial_epochs`` epochs.
+
+    One loop step generates ``num_envs`` tokens and hosts one pre-training call (the first one
+    measures the untrained generator); adversarial batches then start at the next batch boundary.
+    """
+    pretrain_calls = 1 + config.mle_epochs + config.disc_pretrain_rounds
+    loop_steps = math.ceil(pretrain_calls / seq_len) * seq_len + adversarial_epochs * config.g_steps * seq_len
+    return loop_steps * num_envs
+
+
+# --- networks --------------------------------------------------------------------------------
+
+
+def make_generator(config: SeqGANConfig, vocab_size: int) -> TokenLSTM:
+    """The generator: the oracle's architecture with N(0, init_std) parameters."""
+    gen = TokenLSTM(vocab_size, config.embedding_dim, config.hidden_dim)
+    with torch.no_grad():
+        for param in gen.parameters():
+            param.normal_(0.0, config.init_std)
+    return gen
+
+
+class Highway(nn.Module):
+    """y = τ·relu(W_h x) + (1 − τ)·x with gate τ = σ(W_τ x): carries or transforms each feature."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.transform = nn.Linear(size, size)
+        self.gate = nn.Linear(size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, F)."""
+        tau = torch.sigmoid(self.gate(x))
+        return tau * torch.relu(self.transform(x)) + (1.0 - tau) * x
+
+
+class Discriminator(nn.Module):
+    """The paper's CNN discriminator, giving one logit of "real" per sequence.
+
+    Convolutions of several widths over the token embeddings, max-over-time pooling, a highway
+    layer and dropout.
+    """
+
+    def __init__(
+        self, vocab_size: int, embedding_dim: int, filter_sizes: list[int], num_filters: list[int], dropout: float
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embedding_dim, n, width) for width, n in zip(filter_sizes, num_filters, strict=True)
+        )
+        features = sum(num_filters)
+        self.highway = Highway(features)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(features, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logit of "real" per sequence, (B, T) -> (B,)."""
+        x = self.embedding(tokens).transpose(1, 2)  # (B, E, T): channels first for Conv1d
+        # Max over time makes each filter a detector of its n-gram anywhere in the sequence.
+        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]  # each (B, n_i)
+        h = self.highway(torch.cat(pooled, dim=1))  # (B, F)
+        return self.out(self.dropout(h)).squeeze(1)
+
+    @torch.no_grad()
+    def prob_real(self, tokens: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
+        """D(Y): probability that each sequence is real, (M, T) -> (M,), without dropout."""
+        was_training = self.training
+        self.eval()
+        probs = torch.cat([torch.sigmoid(self(tokens[i : i + chunk])) for i in range(0, len(tokens), chunk)])
+        self.train(was_training)
+        return probs
+
+
+# --- losses and the Monte-Carlo action values (pure functions) --------------------------------
+
+
+def mle_loss(log_probs: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood per token of real sequences, from log_probs (B, T)."""
+    return -log_probs.mean()
+
+
+def policy_gradient_loss(log_probs: torch.Tensor, action_values: torch.Tensor, baseline: bool) -> torch.Tensor:
+    """REINFORCE on MC action values: ``− mean_{b,t} log G(y_t | y_<t) · (Q_t − b_t)``, both (B, T).
+
+    The action values are constants (no gradient flows into the rollouts or D). The paper uses
+    no baseline (b = 0): every Q is a probability in (0, 1), so every sampled token is pushed up,
+    the ones in sequences D finds realistic more than the others. Pushing up a sample has zero
+    expected effect, so that common part is pure noise; ``baseline`` subtracts the batch's mean
+    Q at each position (b_t = mean_b Q_{b,t}), which keeps the gradient unbiased up to O(1/B)
+    and removes the noise.
+    """
+    advantages = action_values.detach()
+    if baseline:
+        advantages = advantages - advantages.mean(dim=0, keepdim=True)
+    return -(log_probs * advantages).mean()
+
+
+def discriminator_loss(logits: torch.Tensor, labels: torch.Tensor, out_layer: nn.Linear, l2_reg: float) -> torch.Tensor:
+    """Cross-entropy of "real" logits (B,) against labels (B,) in {0, 1}, plus λ·½‖W, b‖² of the output layer."""
+    ce = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    l2 = 0.5 * (out_layer.weight.square().sum() + out_layer.bias.square().sum())
+    return ce + l2_reg * l2
+
+
+@torch.no_grad()
+def rollout_action_values(
+    policy: TokenLSTM,
+    sequences: torch.Tensor,
+    scorer: SequenceScorer,
+    num_rollouts: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MC action value of every token of every sequence, (B, T) -> (B, T).
+
+    Column t − 1 holds Q for the prefix y_1..y_t: the mean score of ``num_rollouts``
+    completions of that prefix sampled from ``policy``; the last column is the score of the
+    finished sequence itself. For each prefix length the B sequences × R rollouts run as one
+    batch of R·B, starting from the policy's state after the prefix (computed once for all t).
+    """
+    batch, length = sequences.shape
+    states = policy.prefix_states(sequences)  # states[t]: after BOS, y_1..y_t; each (1, B, H)
+    values = torch.empty(batch, length, device=sequences.device)
+    for t in range(1, length):
+        h, c = states[t]
+        state = (h.repeat(1, num_rollouts, 1), c.repeat(1, num_rollouts, 1))  # (1, R·B, H), rollout-major
+        prefix = sequences[:, :t].repeat(num_rollouts, 1)  # (R·B, t)
+        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state)
+        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
+    values[:, length - 1] = scorer(sequences)
+    return values
+
+
+def soft_update(target: nn.Module, source: nn.Module, keep: float) -> None:
+    """Target ← keep·target + (1 − keep)·source, parameter by parameter."""
+    with torch.no_grad():
+        for t_param, s_param in zip(target.parameters(), source.parameters(), strict=True):
+            t_param.mul_(keep).add_(s_param, alpha=1.0 - keep)
+
+
+# --- the agent -------------------------------------------------------------------------------
+
+MLE, DISC_PRETRAIN, ADVERSARIAL = "mle", "disc_pretrain", "adversarial"
+
+
+class SeqGAN:
+    """SeqGAN on the token-generation env: LSTM policy, CNN discriminator, MC-rollout rewards."""
+
+    name: ClassVar[str] = "seqgan"
+    summary: ClassVar[str] = (
+        "SeqGAN: LSTM generator trained by policy gradient on a CNN discriminator's MC-rollout rewards"
+    )
+    spaces: ClassVar[str] = "obs: token prefix MultiDiscrete([V+1]*T) (SeqGen-v0); actions: Discrete(V)"
+    Config: ClassVar[type[BaseModel]] = SeqGANConfig
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
+        """Needs SeqGen's spaces: a prefix of T entries in [0, V] (V = padding) and Discrete(V) tokens."""
+        if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.start) != 0:
+            return f"it generates tokens, needing a Discrete(V) action space, not {action_space} (use SeqGen-v0)"
+        v = int(action_space.n)
+        if (
+            not isinstance(observation_space, gym.spaces.MultiDiscrete)
+            or observation_space.nvec.ndim != 1
+            or not np.all(observation_space.nvec == v + 1)
+        ):
+            return (
+                f"it needs the token prefix as MultiDiscrete([{v + 1}] * T) observations, "
+                f"not {observation_space} (use SeqGen-v0)"
+            )
+        return None
+
+    def __init__(self, config: SeqGANConfig, ctx: Context) -> None:
+        assert isinstance(ctx.action_space, gym.spaces.Discrete)
+        assert isinstance(ctx.observation_space, gym.spaces.MultiDiscrete)
+        self.cfg = config
+        self.device = ctx.device
+        self.vocab_size = int(ctx.action_space.n)
+        self.seq_len = int(ctx.observation_space.nvec.shape[0])
+        if max(config.filter_sizes) > self.seq_len:
+            raise ValueError(
+                f"discriminator filter width {max(config.filter_sizes)} exceeds the sequence length "
+                f"{self.seq_len}; drop the wider filter_sizes (and their num_filters)"
+            )
+        self.oracle = make_oracle(
+            self.vocab_size, config.oracle_embedding_dim, config.oracle_hidden_dim, config.oracle_seed
+        )
+        self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed).to(self.device)
+        self.oracle.to(self.device)
+        self.generator = make_generator(config, self.vocab_size).to(self.device)
+        self.rollout = make_generator(config, self.vocab_size).to(self.device)
+        self.rollout.load_state_dict(self.generator.state_dict())
+        self.rollout.requires_grad_(False)
+        self.discriminator = Discriminator(
+            self.vocab_size, config.disc_embedding_dim, config.filter_sizes, config.num_filters, config.dropout
+        ).to(self.device)
+        self.mle_opt = torch.optim.Adam(self.generator.parameters(), lr=config.gen_learning_rate)
+        # The adversarial phase starts a fresh Adam, as the authors' code does: MLE's moment
+        # estimates describe a different objective.
+        self.pg_opt = torch.optim.Adam(self.generator.parameters(), lr=config.pg_learning_rate)
+        self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_learning_rate)
+        # Sampling (actions, rollouts, negatives) on the device; shuffling indices on the CPU.
+        self.rng = torch.Generator(device=self.device).manual_seed(ctx.seed)
+        self.index_rng = torch.Generator().manual_seed(ctx.seed + 1)
+        self.phase = MLE
+        self.calls = 0  # update calls that did pre-training work (the first measures the untrained G)
+        self.mle_epoch = 0
+        self.disc_round = 0
+        self.adv_epoch = 0
+        self.g_step_in_epoch = 0
+        self.batch_fresh = False  # was the batch in the env started by the current policy, adversarially?
+        self.finished: torch.Tensor | None = None  # (N, T) the last finished batch, awaiting a g-step
+        self.finished_reward: np.ndarray | None = None  # (N,) the env's rewards for it
+        self.oracle_checked = False
+        self.nll_history: list[tuple[str, int, float]] = []  # (phase, epoch, NLL-oracle)
+        self._advance_phase()  # with mle_epochs or disc_pretrain_rounds 0, skip those phases
+
+    # --- acting --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        """Next token of each prefix, (N, T) -> (N,): sampled from G, or its argmax if not exploring."""
+        prefixes = torch.as_tensor(obs, dtype=torch.long, device=self.device)  # (N, T), V = not yet
+        positions = (prefixes != self.vocab_size).sum(dim=1)  # (N,)
+        actions = torch.empty(len(prefixes), dtype=torch.long, device=self.device)
+        # The batched env keeps every copy at the same position: one group, one forward pass.
+        for pos in positions.unique().tolist():
+            rows = (positions == pos).nonzero().squeeze(1)
+            logits = self.generator.next_logits(prefixes[rows, :pos])  # (n, V)
+            actions[rows] = sample_tokens(logits, self.rng) if explore else logits.argmax(dim=1)
+        return actions.cpu().numpy()
+
+    def observe(self, transition: Transition) -> None:
+        """Keep each finished batch of sequences (the true final observations) for the g-step."""
+        if (transition.obs == self.vocab_size).all():  # the first token of a new batch
+            self.batch_fresh = self.phase == ADVERSARIAL
+        if transition.terminated.all():
+            if self.batch_fresh:
+                self.finished = torch.as_tensor(transition.next_obs, dtype=torch.long, device=self.device)
+                self.finished_reward = np.asarray(transition.reward, dtype=np.float64)
+            self.batch_fresh = False
+
+    # --- learning ------------------------------------------------------------------------
+
+    def update(self, step: int) -> Mapping[str, float | str]:
+        """Run the schedule: one pre-training epoch/round per call, then one adversarial epoch per batch."""
+        metrics: dict[str, float | str]
+        if self.calls == 0:
+            metrics = {"nll_oracle": self._record_nll("untrained", 0)}
+        elif self.phase == MLE:
+            metrics = self._mle_epoch()
+        elif self.phase == DISC_PRETRAIN:
+            metrics = self._disc_pretrain_round()
+        elif self.finished is not None:
+            return self._adversarial_g_step()
+        else:
+            return {}
+        self.calls += 1
+        self._advance_phase()
+        return metrics
+
+    def _advance_phase(self) -> None:
+        """Move on as soon as a phase is done, so the next batch the env starts is adversarial."""
+        if self.phase == MLE and self.mle_epoch >= self.cfg.mle_epochs:
+            self.phase = DISC_PRETRAIN
+        if self.phase == DISC_PRETRAIN and self.disc_round >= self.cfg.disc_pretrain_rounds:
+            self.phase = ADVERSARIAL
+            self.rollout.load_state_dict(self.generator.state_dict())  # the delayed copy starts equal
+
+    def _mle_epoch(self) -> dict[str, float | str]:
+        self.generator.train()
+        losses = []
+        for idx in self._batches(len(self.real), self.cfg.gen_batch_size):
+            loss = mle_loss(self.generator.log_probs(self.real[idx]))
+            self._generator_step(self.mle_opt, loss)
+            losses.append(loss.item())
+        self.mle_epoch += 1
+        metrics: dict[str, float | str] = {"g_mle_loss": float(np.mean(losses)), "mle_epoch": self.mle_epoch}
+        if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
+            metrics["nll_oracle"] = self._record_nll(MLE, self.mle_epoch)
+        return metrics
+
+    def _disc_pretrain_round(self) -> dict[str, float | str]:
+        loss, acc = self._train_discriminator(self.cfg.disc_pretrain_epochs)
+        self.disc_round += 1
+        return {"d_loss": loss, "d_accuracy": acc, "d_pretrain_round": self.disc_round}
+
+    def _adversarial_g_step(self) -> dict[str, float | str]:
+        assert self.finished is not None and self.finished_reward is not None
+        sequences, env_reward = self.finished, self.finished_reward
+        self.finished, self.finished_reward = None, None
+        metrics: dict[str, float | str] = {}
+        if not self.oracle_checked:
+            self.oracle_checked = True
+            warning = self._check_env_oracle(sequences, env_reward)
+            if warning:
+                metrics["warning"] = warning
+        values = rollout_action_values(
+            self.rollout, sequences, self.discriminator.prob_real, self.cfg.num_rollouts, self.rng
+        )  # (N, T)
+        self.generator.train()
+        loss = policy_gradient_loss(self.generator.log_probs(sequences), values, self.cfg.baseline)
+        self._generator_step(self.pg_opt, loss)
+        metrics.update({"g_pg_loss": loss.item(), "rollout_reward": values.mean().item()})
+        metrics["final_reward"] = values[:, -1].mean().item()
+        if np.std(env_reward) > 0:  # does D's verdict track the oracle's (the env's reward)?
+            d_final = values[:, -1].double().cpu().numpy()
+            if np.std(d_final) > 0:
+                metrics["d_oracle_corr"] = float(np.corrcoef(d_final, env_reward)[0, 1])
+        self.g_step_in_epoch += 1
+        if self.g_step_in_epoch < self.cfg.g_steps:
+            return metrics
+        # The epoch's g-steps are done: move the rollout policy, then train D on fresh negatives.
+        self.g_step_in_epoch = 0
+        soft_update(self.rollout, self.generator, self.cfg.rollout_update_rate)
+        d_losses, d_accs = [], []
+        for _ in range(self.cfg.d_steps):
+            d_loss, d_acc = self._train_discriminator(self.cfg.d_epochs)
+            d_losses.append(d_loss)
+            d_accs.append(d_acc)
+        self.adv_epoch += 1
+        metrics["adv_epoch"] = self.adv_epoch
+        if d_losses:
+            metrics.update({"d_loss": float(np.mean(d_losses)), "d_accuracy": float(np.mean(d_accs))})
+        if self.adv_epoch % self.cfg.nll_every == 0 or self.adv_epoch == 1:
+            metrics["nll_oracle"] = self._record_nll(ADVERSARIAL, self.adv_epoch)
+        if self.cfg.text_samples:
+            rows = sequences[: self.cfg.text_samples].tolist()
+            metrics["samples"] = "  \n".join(" ".join(map(str, row)) for row in rows)
+        return metrics
+
+    def _generator_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.grad_clip)
+        optimizer.step()
+
+    def _batches(self, n: int, size: int) -> list[torch.Tensor]:
+        """A shuffled split of range(n) into minibatches of indices on the device."""
+        perm = torch.randperm(n, generator=self.index_rng).to(self.device)
+        return list(perm.split(size))
+
+    def _train_discriminator(self, epochs: int) -> tuple[float, float]:
+        """One round: fresh negatives and as many real sequences, ``epochs`` epochs; mean loss and accuracy."""
+        cfg = self.cfg
+        fake = self._generate(cfg.disc_samples)  # (M, T)
+        take = torch.randperm(len(self.real), generator=self.index_rng)[: cfg.disc_samples].to(self.device)
+        real = self.real[take]
+        tokens = torch.cat([real, fake])  # (2M', T)
+        labels = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(self.device)
+        self.discriminator.train()
+        losses, correct = [], 0.0
+        for epoch in range(epochs):
+            for idx in self._batches(len(tokens), cfg.disc_batch_size):
+                logits = self.discriminator(tokens[idx])
+                loss = discriminator_loss(logits, labels[idx], self.discriminator.out, cfg.l2_reg)
+                self.disc_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.disc_opt.step()
+                if epoch == epochs - 1:  # report the last epoch's fit
+                    losses.append(loss.item())
+                    correct += ((logits > 0).float() == labels[idx]).sum().item()
+        return float(np.mean(losses)), correct / len(tokens)
+
+    def _generate(self, num: int, chunk: int = 2_000) -> torch.Tensor:
+        self.generator.eval()
+        parts = [self.generator.sample(min(chunk, num - i), self.seq_len, self.rng) for i in range(0, num, chunk)]
+        return torch.cat(parts)
+
+    def _record_nll(self, phase: str, epoch: int) -> float:
+        nll = float(nll_per_sequence(self.oracle, self._generate(self.cfg.nll_samples)).mean())
+        self.nll_history.append((phase, epoch, nll))
+        return nll
+
+    def _check_env_oracle(self, sequences: torch.Tensor, env_reward: np.ndarray) -> str | None:
+        """The env's default reward is minus the oracle NLL: a mismatch means two different oracles."""
+        if not np.any(env_reward):
+            return None  # a scorer-less env ("zero")
+        own = -nll_per_sequence(self.oracle, sequences).cpu().double().numpy()
+        if np.allclose(own, env_reward, atol=1e-3):
+            return None
+        return (
+            "the env's rewards are not this agent's oracle log-likelihoods: set env_kwargs "
+            "oracle_seed/oracle_embedding_dim/oracle_hidden_dim equal to the hparams of the same names, "
+            "or the logged episode returns are not the NLL-oracle of the agent's real data"
+        )
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizers, generators' states, schedule counters and the pending batch."""
+        return {
+            "generator": self.generator.state_dict(),
+            "rollout": self.rollout.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "mle_opt": self.mle_opt.state_dict(),
+            "pg_opt": self.pg_opt.state_dict(),
+            "disc_opt": self.disc_opt.state_dict(),
+            "rng": self.rng.get_state(),
+            "index_rng": self.index_rng.get_state(),
+            "phase": self.phase,
+            "counters": [self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
+            "batch_fresh": self.batch_fresh,
+            "finished": None if self.finished is None else self.finished.cpu(),
+            "finished_reward": self.finished_reward,
+            "oracle_checked": self.oracle_checked,
+            "nll_history": [list(item) for item in self.nll_history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.generator.load_state_dict(state["generator"])
+        self.rollout.load_state_dict(state["rollout"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.mle_opt.load_state_dict(state["mle_opt"])
+        self.pg_opt.load_state_dict(state["pg_opt"])
+        self.disc_opt.load_state_dict(state["disc_opt"])
+        self.rng.set_state(state["rng"])
+        self.index_rng.set_state(state["index_rng"])
+        self.phase = str(state["phase"])
+        self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (
+            int(v) for v in state["counters"]
+        )
+        self.batch_fresh = bool(state["batch_fresh"])
+        finished = state["finished"]
+        self.finished = None if finished is None else finished.to(self.device)
+        reward = state["finished_reward"]
+        self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
+        self.oracle_checked = bool(state["oracle_checked"])
+        self.nll_history = [(str(p), int(e), float(v)) for p, e, v in state["nll_history"]]

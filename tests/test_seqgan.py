@@ -1,0 +1,184 @@
+"""SeqGAN (agents/seqgan.py): MC-rollout action values, losses, schedule, resume, and learning."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymlab.agents.seqgan import (
+    SeqGAN,
+    SeqGANConfig,
+    discriminator_loss,
+    policy_gradient_loss,
+    rollout_action_values,
+    steps_for,
+)
+from gymlab.envs.oracle import TokenLSTM
+
+from gymlab import checkpoint
+from gymlab.config import validate
+from gymlab.loop import train
+
+
+def fixed_policy(vocab: int, probs: list[float]) -> TokenLSTM:
+    """A policy that ignores its context: every token i.i.d. from ``probs``."""
+    policy = TokenLSTM(vocab, 4, 5)
+    with torch.no_grad():
+        policy.out.weight.zero_()
+        policy.out.bias.copy_(torch.log(torch.tensor(probs)))
+    return policy
+
+
+def test_rollout_values_of_a_deterministic_policy_equal_the_direct_score():
+    # The policy always writes token 2, so each rollout of a prefix is the prefix padded with 2s:
+    # Q_t must be the toy scorer applied to exactly that sequence.
+    policy = fixed_policy(4, [1e-12, 1e-12, 1.0, 1e-12])
+    weights = torch.tensor([1.0, -2.0, 3.0, 0.5, 7.0])
+
+    def scorer(seqs: torch.Tensor) -> torch.Tensor:
+        return torch.sin((seqs.float() * weights).sum(dim=1))  # any non-linear function of the tokens
+
+    seqs = torch.tensor([[0, 1, 3, 3, 1], [3, 3, 0, 1, 0]])
+    values = rollout_action_values(policy, seqs, scorer, num_rollouts=3, generator=torch.Generator())
+    for b in range(2):
+        for t in range(1, 6):  # prefix y_1..y_t, Q in column t - 1
+            completed = torch.cat([seqs[b, :t], torch.full((5 - t,), 2)])
+            assert values[b, t - 1].item() == pytest.approx(scorer(completed[None]).item(), abs=1e-6)
+
+
+def test_rollout_values_average_the_rollouts_to_the_expected_score():
+    # i.i.d. tokens with P(0) = 0.3 and a scorer counting zeros: the expected final score of a
+    # prefix with z zeros among t tokens is (z + 0.3·(T − t)) / T.
+    probs = [0.3, 0.5, 0.2]
+    policy = fixed_policy(3, probs)
+    seqs = torch.tensor([[0, 0, 1, 2, 0, 1], [1, 2, 1, 2, 1, 0]])
+    length = seqs.shape[1]
+
+    def count_zeros(s: torch.Tensor) -> torch.Tensor:
+        return (s == 0).float().mean(dim=1)
+
+    values = rollout_action_values(policy, seqs, count_zeros, 4_000, torch.Generator().manual_seed(0))
+    for b in range(2):
+        for t in range(1, length + 1):
+            zeros = (seqs[b, :t] == 0).sum().item()
+            expected = (zeros + probs[0] * (length - t)) / length
+            assert values[b, t - 1].item() == pytest.approx(expected, abs=0.01)
+    assert torch.equal(values[:, -1], count_zeros(seqs))  # the last token's value is the score itself
+
+
+def test_policy_gradient_loss_by_hand():
+    log_probs = torch.log(torch.tensor([[0.5, 0.25], [0.1, 1.0]]))
+    values = torch.tensor([[1.0, 0.5], [0.2, 0.4]])
+    expected = -(math.log(0.5) * 1.0 + math.log(0.25) * 0.5 + math.log(0.1) * 0.2 + 0.0) / 4
+    assert policy_gradient_loss(log_probs, values, baseline=False).item() == pytest.approx(expected)
+    # With the per-position batch mean as baseline: advantages [[0.4, 0.05], [-0.4, -0.05]].
+    expected_b = -(math.log(0.5) * 0.4 + math.log(0.25) * 0.05 + math.log(0.1) * -0.4 + 0.0) / 4
+    assert policy_gradient_loss(log_probs, values, baseline=True).item() == pytest.approx(expected_b)
+
+
+def test_policy_gradient_does_not_reach_the_action_values():
+    logits = torch.zeros(1, 2, requires_grad=True)
+    values = torch.ones(1, 2, requires_grad=True)
+    policy_gradient_loss(torch.log_softmax(logits, -1), values, baseline=False).backward()
+    assert values.grad is None and logits.grad is not None
+
+
+def test_discriminator_loss_by_hand():
+    out = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        out.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        out.bias.fill_(3.0)
+    logits, labels = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
+    ce = (math.log(2) + math.log(1 + math.exp(2.0))) / 2
+    l2 = 0.5 * (1 + 4 + 9)
+    assert discriminator_loss(logits, labels, out, 0.2).item() == pytest.approx(ce + 0.2 * l2, rel=1e-6)
+
+
+def test_check_spaces_names_the_env_to_use():
+    prefix = gym.spaces.MultiDiscrete(np.full(5, 11))
+    assert SeqGAN.check_spaces(prefix, gym.spaces.Discrete(10)) is None
+    assert "SeqGen-v0" in (SeqGAN.check_spaces(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(10)) or "")
+    assert "SeqGen-v0" in (SeqGAN.check_spaces(prefix, gym.spaces.Discrete(7)) or "")
+
+
+def test_config_rejects_mismatched_filters():
+    with pytest.raises(ValueError, match="same length"):
+        SeqGANConfig(filter_sizes=[1, 2], num_filters=[3])
+
+
+def test_steps_for_counts_pretraining_calls_and_batches():
+    cfg = SeqGANConfig()
+    # The paper: 1 + 120 + 50 pre-training calls fill 9 batches of 20 steps, then 200 epochs × 20.
+    assert steps_for(cfg, 64, 20, 200) == (180 + 4000) * 64
+
+
+# --- through the loop ------------------------------------------------------------------------
+
+TINY_ENV = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+TINY = {
+    "oracle_embedding_dim": 8,
+    "oracle_hidden_dim": 8,
+    "num_real": 256,
+    "embedding_dim": 8,
+    "hidden_dim": 8,
+    "mle_epochs": 2,
+    "disc_embedding_dim": 8,
+    "filter_sizes": [1, 3],
+    "num_filters": [4, 4],
+    "disc_samples": 64,
+    "disc_pretrain_rounds": 2,
+    "disc_pretrain_epochs": 1,
+    "num_rollouts": 2,
+    "d_steps": 1,
+    "d_epochs": 1,
+    "nll_samples": 64,
+    "nll_every": 1,
+}
+
+
+def tiny_config(adversarial_epochs: int, **run: object):
+    hp = SeqGANConfig(**TINY)
+    data = {
+        "agent": "seqgan",
+        "env": "SeqGen-v0",
+        "env_kwargs": TINY_ENV,
+        "num_envs": 8,
+        "steps": steps_for(hp, 8, 6, adversarial_epochs),
+        "eval_every": 0,
+        "eval_episodes": 1,
+        "checkpoint_every": 0,
+        "log_every": 48,
+        "device": "cpu",
+        "hparams": TINY,
+        **run,
+    }
+    return validate(data, SeqGAN.Config)
+
+
+def test_schedule_runs_every_phase_through_the_loop(tmp_path: Path):
+    result = train(tiny_config(3), tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]
+    phases = [p for p, _, _ in state["nll_history"]]
+    assert phases == ["untrained", "mle", "mle", "adversarial", "adversarial", "adversarial"]
+    assert state["phase"] == "adversarial" and state["counters"][3] == 3  # adversarial epochs done
+    # The greedy evaluation's return is minus the NLL-oracle of the argmax sequence.
+    assert result.last_eval is not None and -math.log(20) * 3 < result.last_eval < 0
+
+
+def test_resume_is_exact(tmp_path: Path):
+    cfg = tiny_config(3)
+    train(cfg, tmp_path / "full")
+    # Stop in the middle of an adversarial batch, then resume from the checkpoint.
+    train(cfg, tmp_path / "split", stop_at=cfg.run.steps - 3 * 8 - 6 * 8)
+    ckpt = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    train(cfg, tmp_path / "split", resume=ckpt)
+    full = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["agent_state"]
+    split = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")["agent_state"]
+    assert full["nll_history"] == split["nll_history"]
+    for net in ("generator", "rollout", "discriminator"):
+        for key, value in full[net].items():
+            assert torch.equal(value, split[net][key]), f"{net}.{key}"
