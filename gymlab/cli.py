@@ -324,6 +324,40 @@ def compare(
     print(f"plot: {result.out}")
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="sweep file (see configs/sweeps/)")],
+    backend: Annotated[str, typer.Option(help="local (worker processes) | ray")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto); with --backend ray")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="number of trials (over the file's)")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", min=1, help="runs at once (default: the CPUs)")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="sweep folder (default runs/sweeps/NAME; reused to resume)")
+    ] = None,
+) -> None:
+    """Search a config's keys with Optuna; each trial's seeds are normal run folders; resumable."""
+    import optuna
+
+    from gymlab import sweep as sweeps
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = sweeps.load_sweep(sweep_file, trials=trials, max_concurrent=max_concurrent)
+    folder = run_dir if run_dir is not None else sweeps.default_sweep_dir(spec)
+    what = f"{spec.spec.agent} on {spec.spec.env}, {spec.spec.method} search, {spec.trials} trials"
+    print(f"sweep {spec.name}: {what}; folder {folder}")
+    result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=print)
+    print(sweeps.format_table(result.rows, spec), end="")
+    print(f"summary: {result.summary_csv} and {result.summary_md}")
+    if result.best_yaml is not None:
+        print(f"best config: {result.best_yaml} (gymlab train --config {result.best_yaml})")
+    if result.interrupted:
+        fail(f"interrupted: finished trials are kept; resume with the same command (sweep folder {folder})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, turning every user error into one line and exit code 2."""
     try:
