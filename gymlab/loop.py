@@ -71,9 +71,6 @@ class _LoopState:
     step: int = 0
     episodes: int = 0
     eval_index: int = 0
-    next_eval: int = 0
-    next_checkpoint: int = 0
-    next_log: int = 0
     last_eval: float | None = None
     best_eval: float | None = None
     recent_returns: list[float] = field(default_factory=list)
@@ -91,7 +88,7 @@ def resolve_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator that libraries and users draw from
     torch.manual_seed(seed)
 
 
@@ -229,138 +226,161 @@ def train(
         until: total env steps to reach (default: the config's ``steps``, the schedules' budget).
         stop_at: stop as if interrupted once this many steps are done, leaving a checkpoint.
         progress: receives progress updates for a console display.
+
     """
-    run = config.run
-    total = until if until is not None else run.steps
-    seed_everything(run.seed)
-    setup = build(config)
-    envs, eval_envs, agent = setup.envs, setup.eval_envs, setup.agent
-    state = _LoopState()
-    window = tb.MeanWindow()
-    obs, _ = envs.reset(seed=run.seed)
-    if resume is not None:
-        obs = _restore(resume, agent, envs, state, window, obs)
-    # Due points are multiples of each interval, so they follow from the step alone (and a resume
-    # with a larger budget gets them right).
-    state.next_eval = _next_multiple(state.step, run.eval_every, total)
-    state.next_checkpoint = _next_multiple(state.step, run.checkpoint_every, total)
-    state.next_log = _next_multiple(state.step, run.log_every, total)
-
-    # Everything at the checkpoint's step was logged before it was saved; anything later that a
-    # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
-    logger = tb.RunLogger(run_dir, purge_step=state.step + 1 if resume is not None else None)
-    if resume is None:
-        logger.hparams(config.to_dict())
-    tblayout.install(logger, config.to_dict(), write_layout=resume is None)
-    # Videos: one greedy episode on a separate rendering env at each multiple of video_every, and
-    # at the end; the due point is a local (not checkpointed) since it follows from the step.
-    recorder = video.EpisodeRecorder(config, run_dir, logger) if run.video_every > 0 else None
-    next_video = min(_next_multiple(state.step, run.video_every, total), total)
-    ckpt_dir = run_dir / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
-    n = envs.num_envs
-    interrupted = False
-    t_window, s_window = time.perf_counter(), state.step
-    progress_every = max(n, total // 400)
-    next_progress = state.step
-    if progress is not None:
-        progress.start(total, state.step)
-
-    def save(path: Path) -> None:
-        checkpoint.save(path, _payload(config, agent, envs, state, window, obs))
-
+    trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
     try:
         with _graceful_stop() as stop_flag:
-            while state.step < total:
-                action = agent.act(obs, explore=True)
-                next_obs, reward, terminated, truncated, infos = envs.step(action)
-                real_next = next_obs
-                if "final_obs" in infos:  # some copy ended an episode: use its true last obs
-                    real_next = next_obs.copy()
-                    for i in np.flatnonzero(infos["_final_obs"]):
-                        real_next[i] = infos["final_obs"][i]
-                    for _, ret, length in episode_stats(infos):
-                        state.episodes += 1
-                        window.add(tb.EPISODE_RETURN, ret)
-                        window.add(tb.EPISODE_LENGTH, length)
-                        state.recent_returns = [*state.recent_returns[-99:], ret]
-                agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
-                obs = next_obs
-                state.step += n
-                metrics = agent.update(state.step)
-                for key, value in metrics.items():
-                    if isinstance(value, str):
-                        logger.text(f"train/{key}", value, state.step)
-                    else:
-                        window.add(f"train/{key}", value)
-
-                if state.step >= state.next_log:
-                    now = time.perf_counter()
-                    window.add(tb.STEPS_PER_SECOND, (state.step - s_window) / max(now - t_window, 1e-9))
-                    logger.scalars(window.pop_means(), state.step)
-                    t_window, s_window = now, state.step
-                    state.next_log = _next_multiple(state.step, run.log_every, total)
-                if state.step >= state.next_eval and state.step < total:
-                    _evaluate_and_log(config, agent, eval_envs, state, logger, ckpt_dir, save, total)
-                if state.step >= state.next_checkpoint and state.step < total:
-                    save(last_path)
-                    state.next_checkpoint = _next_multiple(state.step, run.checkpoint_every, total)
-                if recorder is not None and state.step >= next_video:
-                    recorder.record(agent, state.step, eval_seed(run.seed, 2**31 + state.step))
-                    next_video = min(_next_multiple(state.step, run.video_every, total), total)
-                if progress is not None and state.step >= next_progress:
-                    progress.update(state.step, state.episodes, _recent(state))
-                    next_progress = state.step + progress_every
-                if stop_flag.is_set() or (stop_at is not None and state.step >= stop_at):
-                    interrupted = True
-                    break
+            interrupted = trainer.run(stop_flag, stop_at)
         if not interrupted:
-            _evaluate_and_log(config, agent, eval_envs, state, logger, ckpt_dir, save, total)
-        save(last_path)
+            trainer.evaluate()
+        trainer.save(trainer.last_path)
     finally:
+        trainer.close()
+    s = trainer.state
+    return TrainResult(run_dir, s.step, s.episodes, interrupted, s.last_eval, s.best_eval, trainer.last_path)
+
+
+class _Trainer:
+    """One run's envs, agent, logger and due points; :meth:`run` is the rollout loop itself."""
+
+    def __init__(
+        self, config: Config, run_dir: Path, resume: dict[str, Any] | None, total: int, progress: Progress | None
+    ) -> None:
+        run = config.run
+        self.config, self.run_dir, self.total, self.progress = config, run_dir, total, progress
+        seed_everything(run.seed)
+        setup = build(config)
+        self.envs, self.eval_envs, self.agent = setup.envs, setup.eval_envs, setup.agent
+        self.state = _LoopState()
+        self.window = tb.MeanWindow()
+        self.obs, _ = self.envs.reset(seed=run.seed)
+        if resume is not None:
+            self.obs = _restore(resume, self.agent, self.envs, self.state, self.window, self.obs)
+        # Everything at the checkpoint's step was logged before it was saved; anything later that a
+        # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
+        self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
+        if resume is None:
+            self.logger.hparams(config.to_dict())
+        tblayout.install(self.logger, config.to_dict(), write_layout=resume is None)
+        # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
+        self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
+        self.last_path = run_dir / "checkpoints" / "last.pt"
+        # Due points are multiples of each interval, so they follow from the step alone (a resume
+        # with a larger budget gets them right, and they need no place in the checkpoint).
+        step = self.state.step
+        self.next_log = _next_multiple(step, run.log_every, total)
+        self.next_eval = _next_multiple(step, run.eval_every, total)
+        self.next_checkpoint = _next_multiple(step, run.checkpoint_every, total)
+        self.next_video = min(_next_multiple(step, run.video_every, total), total)  # and one at the end
+        self.progress_every = max(self.envs.num_envs, total // 400)
+        self.next_progress = step
+        self.t_window, self.s_window = time.perf_counter(), step
         if progress is not None:
-            progress.update(state.step, state.episodes, _recent(state))
-            progress.close()
-        if recorder is not None:
-            recorder.close()
-        logger.close()
-        envs.close()
-        eval_envs.close()
-    return TrainResult(
-        run_dir, state.step, state.episodes, interrupted, state.last_eval, state.best_eval, last_path
-    )
+            progress.start(total, step)
+
+    def run(self, stop_flag: threading.Event, stop_at: int | None) -> bool:
+        """Step envs and agent until the budget is spent; True if stopped early (Ctrl-C or ``stop_at``)."""
+        agent, envs, state, window, n = self.agent, self.envs, self.state, self.window, self.envs.num_envs
+        obs = self.obs
+        last_step = min(self.total, stop_at) if stop_at is not None else self.total
+        next_due = self._next_due(last_step)
+        while state.step < self.total:
+            action = agent.act(obs, explore=True)
+            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            real_next = next_obs
+            if "final_obs" in infos:  # some copy ended an episode: the agent sees its true last obs
+                real_next = next_obs.copy()
+                for i in np.flatnonzero(infos["_final_obs"]):
+                    real_next[i] = infos["final_obs"][i]
+                self._record_episodes(infos)
+            agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
+            obs = self.obs = next_obs
+            state.step += n
+            metrics = agent.update(state.step)
+            for key, value in metrics.items():
+                if isinstance(value, str):
+                    self.logger.text(f"train/{key}", value, state.step)
+                else:
+                    window.add(f"train/{key}", value)
+            if state.step >= next_due:
+                self._chores()
+                next_due = self._next_due(last_step)
+            if stop_flag.is_set() or state.step >= last_step:
+                return state.step < self.total
+        return False
+
+    def _next_due(self, last_step: int) -> int:
+        return min(self.next_log, self.next_eval, self.next_checkpoint, self.next_video, self.next_progress, last_step)
+
+    def _record_episodes(self, infos: dict[str, Any]) -> None:
+        state = self.state
+        for _, ret, length in episode_stats(infos):
+            state.episodes += 1
+            self.window.add(tb.EPISODE_RETURN, ret)
+            self.window.add(tb.EPISODE_LENGTH, length)
+            state.recent_returns = [*state.recent_returns[-99:], ret]
+
+    def _chores(self) -> None:
+        """Whatever is due at this step, in order: log, evaluate, checkpoint, video, progress."""
+        run, step, total = self.config.run, self.state.step, self.total
+        if step >= self.next_log:
+            now = time.perf_counter()
+            self.window.add(tb.STEPS_PER_SECOND, (step - self.s_window) / max(now - self.t_window, 1e-9))
+            self.logger.scalars(self.window.pop_means(), step)
+            self.t_window, self.s_window = now, step
+            self.next_log = _next_multiple(step, run.log_every, total)
+        if step >= self.next_eval and step < total:  # the final evaluation happens after the loop
+            self.evaluate()
+        if step >= self.next_checkpoint and step < total:
+            self.save(self.last_path)
+            self.next_checkpoint = _next_multiple(step, run.checkpoint_every, total)
+        if self.recorder is not None and step >= self.next_video:
+            self.recorder.record(self.agent, step, eval_seed(run.seed, 2**31 + step))
+            self.next_video = min(_next_multiple(step, run.video_every, total), total)
+        if step >= self.next_progress:
+            if self.progress is not None:
+                self.progress.update(step, self.state.episodes, _recent(self.state))
+            self.next_progress = step + self.progress_every
+
+    def evaluate(self) -> None:
+        """Greedy episodes on the evaluation env; log them, and keep the best checkpoint."""
+        run, state = self.config.run, self.state
+        seed = eval_seed(run.seed, state.eval_index)
+        returns, lengths = evaluate(self.agent, self.eval_envs, run.eval_episodes, seed)
+        state.eval_index += 1
+        state.last_eval = float(returns.mean())
+        self.logger.scalars(
+            {
+                tb.EVAL_RETURN: state.last_eval,
+                tb.EVAL_RETURN_STD: float(returns.std()),
+                tb.EVAL_LENGTH: float(lengths.mean()),
+            },
+            state.step,
+        )
+        self.next_eval = _next_multiple(state.step, run.eval_every, self.total)
+        if state.best_eval is None or state.last_eval > state.best_eval:
+            state.best_eval = state.last_eval
+            self.save(self.last_path.with_name("best.pt"))
+
+    def save(self, path: Path) -> None:
+        """Checkpoint everything needed to continue exactly from here."""
+        checkpoint.save(path, _payload(self.config, self.agent, self.envs, self.state, self.window, self.obs))
+
+    def close(self) -> None:
+        """Final progress line; close recorder, logger and envs."""
+        if self.progress is not None:
+            self.progress.update(self.state.step, self.state.episodes, _recent(self.state))
+            self.progress.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        self.logger.close()
+        self.envs.close()
+        self.eval_envs.close()
 
 
 def _recent(state: _LoopState) -> float | None:
     return float(np.mean(state.recent_returns)) if state.recent_returns else None
-
-
-def _evaluate_and_log(
-    config: Config,
-    agent: Agent,
-    eval_envs: VectorEnv[Any, Any, Any],
-    state: _LoopState,
-    logger: tb.RunLogger,
-    ckpt_dir: Path,
-    save: Callable[[Path], None],
-    total: int,
-) -> None:
-    run = config.run
-    returns, lengths = evaluate(agent, eval_envs, run.eval_episodes, eval_seed(run.seed, state.eval_index))
-    state.eval_index += 1
-    state.last_eval = float(returns.mean())
-    logger.scalars(
-        {
-            tb.EVAL_RETURN: state.last_eval,
-            tb.EVAL_RETURN_STD: float(returns.std()),
-            tb.EVAL_LENGTH: float(lengths.mean()),
-        },
-        state.step,
-    )
-    state.next_eval = _next_multiple(state.step, run.eval_every, total)
-    if state.best_eval is None or state.last_eval > state.best_eval:
-        state.best_eval = state.last_eval
-        save(ckpt_dir / "best.pt")
 
 
 def _payload(

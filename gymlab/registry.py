@@ -65,9 +65,7 @@ def _unknown_env(env_id: str) -> GymlabError:
         stem = re.sub(r"-v\d+$", "", env_id)
         close = [n for n in names if re.sub(r"-v\d+$", "", n).lower() == stem.lower()][:3]
     hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the ids"
-    return GymlabError(
-        f"unknown environment '{env_id}': {hint} (your own env: module:EnvClass or module:Env-v0)"
-    )
+    return GymlabError(f"unknown environment '{env_id}': {hint} (your own env: module:EnvClass or module:Env-v0)")
 
 
 def resolve_env(env_id: str) -> None:
@@ -127,10 +125,15 @@ def make_env(
 
 
 def has_native_vector_env(env_id: str) -> bool:
-    """Whether the id is registered with a batched implementation (e.g. SeqGen's token generator)."""
+    """Whether the id is one of the lab's natively batched envs (e.g. SeqGen's token generator).
+
+    Only the lab's own: Gymnasium registers batched versions of some classic envs too (CartPole),
+    but in next-step autoreset mode, which the loop does not use; those go through per-copy envs.
+    """
     resolve_env(env_id)
     spec = gym.registry.get(env_id.rpartition(":")[2])
-    return spec is not None and spec.vector_entry_point is not None
+    entry = spec.vector_entry_point if spec is not None else None
+    return isinstance(entry, str) and entry.startswith("gymlab.")
 
 
 def make_vec_env(
