@@ -86,9 +86,7 @@ def test_gaussian_log_prob_and_entropy():
     action = torch.tensor([[1.5, 0.0]])  # z = (1, 0.5)
     expected = (-0.5 * 1.0 - 0.0) + (-0.5 * 0.25 - math.log(2.0)) - math.log(2 * math.pi)
     torch.testing.assert_close(gaussian_log_prob(mean, log_std, action), torch.tensor([expected]))
-    torch.testing.assert_close(
-        gaussian_entropy(log_std), torch.tensor(math.log(2.0) + math.log(2 * math.pi * math.e))
-    )
+    torch.testing.assert_close(gaussian_entropy(log_std), torch.tensor(math.log(2.0) + math.log(2 * math.pi * math.e)))
 
 
 def test_policy_loss_gradient_is_the_weighted_score():
@@ -308,3 +306,25 @@ def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
         for key, value in a[net].items():
             assert torch.equal(value, b[net][key]), (net, key)
     assert torch.equal(a["log_std"], b["log_std"])
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "InvertedPendulum-v5"])
+def test_presets_validate(env_id):
+    cfg = resolve("reinforce", env_id, None, [], seed=0)
+    assert cfg.run.agent == "reinforce" and isinstance(cfg.hparams, ReinforceConfig)
+    assert cfg.run.num_envs > 1 and cfg.hparams.baseline == "value"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_and_round_trips_on_cuda(tmp_path):
+    overrides = ["steps=2000", "num_envs=2", "eval_every=0", "eval_episodes=2", "episodes_per_update=2"]
+    cfg = resolve("reinforce", "InvertedPendulum-v5", None, overrides, seed=0, device="cuda")
+    result = train(cfg, tmp_path)
+    state = checkpoint.load(result.checkpoint)["agent_state"]
+    assert state["updates"] > 0 and state["log_std"].is_cuda
+    space = gym.spaces.Box(-3.0, 3.0, (1,), np.float32)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
+    ctx = Context(obs_space, space, 2, 0, torch.device("cuda"), 2000)
+    agent = Reinforce(cfg.hparams, ctx)
+    agent.load_state_dict(state)
+    assert agent.act(np.zeros((2, 4)), explore=True).shape == (2, 1)
