@@ -50,8 +50,16 @@ def hand_written(env_id: str, steps: int, seed: int) -> float:
 def through_gymlab(env_id: str, steps: int, seed: int) -> float:
     cls = load_agent_class("tabular_q")
     cfg = validate(
-        {"agent": "tabular_q", "env": env_id, "steps": steps, "seed": seed, "eval_every": 0,
-         "eval_episodes": 1, "checkpoint_every": 0, "hparams": HP},
+        {
+            "agent": "tabular_q",
+            "env": env_id,
+            "steps": steps,
+            "seed": seed,
+            "eval_every": 0,
+            "eval_episodes": 1,
+            "checkpoint_every": 0,
+            "hparams": HP,
+        },
         cls.Config,
     )
     with tempfile.TemporaryDirectory() as d:

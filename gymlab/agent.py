@@ -124,9 +124,7 @@ def load_agent_class(name: str) -> type[Agent]:
     if ":" not in target:
         close = difflib.get_close_matches(name, AGENTS, n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(AGENTS)}"
-        raise GymlabError(
-            f"unknown agent '{name}': {hint} (or give your own as module:Class; see `gymlab list`)"
-        )
+        raise GymlabError(f"unknown agent '{name}': {hint} (or give your own as module:Class; see `gymlab list`)")
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -105,9 +105,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(
-    data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str]
-) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     run_keys = set(RunConfig.model_fields)
@@ -142,8 +140,12 @@ def _explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
         if not close:
             leaf = key.rsplit(".", 1)[-1]
-            close = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(
-                leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.6)]
+            close = [
+                k
+                for k in valid
+                if k.rsplit(".", 1)[-1]
+                in difflib.get_close_matches(leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.6)
+            ]
         hint = f"did you mean '{close[0]}'?" if close else "see `gymlab list` and the presets in configs/"
         return GymlabError(f"{source}: unknown key '{key}': {hint}")
     if err["type"] == "missing":
@@ -200,7 +202,9 @@ def resolve(
     agent = agent or file_data.get("agent")
     env = env or file_data.get("env")
     if not agent or not env:
-        raise GymlabError("name the agent and the env: gymlab train AGENT ENV (e.g. gymlab train tabular_q FrozenLake-v1)")
+        raise GymlabError(
+            "name the agent and the env: gymlab train AGENT ENV (e.g. gymlab train tabular_q FrozenLake-v1)"
+        )
     agent_cls = load_agent_class(str(agent))
     data: dict[str, Any] = {"agent": agent, "env": env}
     if config_file is None:

@@ -63,9 +63,7 @@ def run_job(job: Job, threads: int = 1) -> JobResult:
     return JobResult(job, result.step, result.last_eval, result.best_eval, result.interrupted)
 
 
-def run_jobs(
-    jobs: Sequence[Job], workers: int, on_done: Callable[[JobResult], None] | None = None
-) -> list[JobResult]:
+def run_jobs(jobs: Sequence[Job], workers: int, on_done: Callable[[JobResult], None] | None = None) -> list[JobResult]:
     """Run jobs in up to ``workers`` processes; results come back in the jobs' order."""
     if workers <= 1 or len(jobs) <= 1:
         results = []

@@ -78,7 +78,9 @@ class Payload:
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open("evil.pt", "wb") as fh:
-        torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "x": Payload()}, fh, pickle_module=pickle)
+        torch.save(
+            {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "x": Payload()}, fh, pickle_module=pickle
+        )
     with pytest.raises(GymlabError, match="executable objects"):
         checkpoint.load(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned.txt").exists()

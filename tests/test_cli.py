@@ -58,8 +58,14 @@ def test_config_file_and_overrides_reach_the_resolved_config(cli, tmp_path):
     [
         (["train", "tabularq", "Taxi-v4"], ["unknown agent 'tabularq'", "did you mean tabular_q"]),
         (["train", "tabular_q", "Taxi-v3"], ["unknown environment 'Taxi-v3'", "Taxi-v4"]),
-        (["train", "tabular_q", "CartPole-v1"], ["cannot train on CartPole-v1", "Discrete", "observation space is Box"]),
-        (["train", "tabular_q", "Taxi-v4", "learnig_rate=0.1"], ["unknown key 'learnig_rate'", "hparams.learning_rate"]),
+        (
+            ["train", "tabular_q", "CartPole-v1"],
+            ["cannot train on CartPole-v1", "Discrete", "observation space is Box"],
+        ),
+        (
+            ["train", "tabular_q", "Taxi-v4", "learnig_rate=0.1"],
+            ["unknown key 'learnig_rate'", "hparams.learning_rate"],
+        ),
         (["train", "tabular_q", "Taxi-v4", "gamma=2"], ["'hparams.gamma' = 2"]),
         (["train", "tabular_q", "Taxi-v4", "--config", "missing.yaml"], ["cannot read config missing.yaml"]),
         (["train", "tabular_q", "Taxi-v4", "--bogus"], ["No such option: --bogus"]),
@@ -122,9 +128,24 @@ def test_resume_continues_to_a_larger_budget(cli, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gymlab", "train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "50000000",
-         "eval_every=0", "checkpoint_every=0"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gymlab",
+            "train",
+            "tabular_q",
+            "Taxi-v4",
+            "--run-dir",
+            "r",
+            "--steps",
+            "50000000",
+            "eval_every=0",
+            "checkpoint_every=0",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while not list((tmp_path / "r").glob("events.out.tfevents.*")) and time.time() < deadline:
@@ -132,7 +153,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
-                          "interrupted at step", "gymlab train --resume r")
+    assert_one_line_error(
+        subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+        "interrupted at step",
+        "gymlab train --resume r",
+    )
     step = checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"]
     assert 0 < step < 50_000_000

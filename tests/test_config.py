@@ -20,7 +20,11 @@ def test_preset_then_file_then_overrides_then_flags(tmp_path):
 
 
 def test_dotted_and_bare_overrides():
-    data = apply_overrides({"hparams": {"gamma": 0.9}}, ["hparams.gamma=0.5", "learning_rate=1e-3", "env_kwargs.map_name=8x8"], ["gamma", "learning_rate"])
+    data = apply_overrides(
+        {"hparams": {"gamma": 0.9}},
+        ["hparams.gamma=0.5", "learning_rate=1e-3", "env_kwargs.map_name=8x8"],
+        ["gamma", "learning_rate"],
+    )
     assert data == {"hparams": {"gamma": 0.5, "learning_rate": "1e-3"}, "env_kwargs": {"map_name": "8x8"}}
     cfg = resolve("tabular_q", "FrozenLake-v1", None, ["learning_rate=1e-3"])
     assert cfg.hparams.learning_rate == pytest.approx(1e-3)
@@ -67,7 +71,8 @@ def test_unknown_agent_suggests_the_closest():
 
 def test_resolved_config_round_trips_through_its_dict():
     cfg = resolve("tabular_q", "FrozenLake-v1", None, ["seed=4"])
-    from gymlab.config import validate
     from gymlab.agents.tabular_q import TabularQConfig
+
+    from gymlab.config import validate
 
     assert validate(cfg.to_dict(), TabularQConfig).to_dict() == cfg.to_dict()

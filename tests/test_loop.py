@@ -77,8 +77,15 @@ def run(tmp_path, steps, num_envs=1):
     Scripted.seen.clear()
     Scripted.updates.clear()
     cfg = validate(
-        {"agent": f"{__name__}:Scripted", "env": f"{__name__}:Corridor", "steps": steps, "num_envs": num_envs,
-         "eval_every": 0, "eval_episodes": 3, "log_every": 2},
+        {
+            "agent": f"{__name__}:Scripted",
+            "env": f"{__name__}:Corridor",
+            "steps": steps,
+            "num_envs": num_envs,
+            "eval_every": 0,
+            "eval_episodes": 3,
+            "log_every": 2,
+        },
         ScriptedConfig,
     )
     return train(cfg, tmp_path)
@@ -86,8 +93,10 @@ def run(tmp_path, steps, num_envs=1):
 
 def test_final_observation_and_termination_vs_truncation(tmp_path):
     result = run(tmp_path, steps=7)
-    seen = [(int(t.obs[0]), int(t.action[0]), int(t.next_obs[0]), bool(t.terminated[0]), bool(t.truncated[0]))
-            for t in Scripted.seen]
+    seen = [
+        (int(t.obs[0]), int(t.action[0]), int(t.next_obs[0]), bool(t.terminated[0]), bool(t.truncated[0]))
+        for t in Scripted.seen
+    ]
     assert seen == [
         (0, 1, 1, False, False),
         (1, 1, 2, False, False),

@@ -15,7 +15,14 @@ from gymlab import checkpoint
 from gymlab.config import resolve
 from gymlab.loop import train
 
-OVERRIDES = ["steps=12000", "num_envs=2", "eval_every=4000", "eval_episodes=5", "checkpoint_every=3000", "log_every=500"]
+OVERRIDES = [
+    "steps=12000",
+    "num_envs=2",
+    "eval_every=4000",
+    "eval_episodes=5",
+    "checkpoint_every=3000",
+    "log_every=500",
+]
 
 
 def scalars(run_dir):

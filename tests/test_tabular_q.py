@@ -6,12 +6,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymlab.agents.tabular_q import TabularQ, TabularQConfig
 
 from gymlab import checkpoint
 from gymlab.agent import Context, Transition, load_agent_class
 from gymlab.config import resolve
 from gymlab.loop import train
-from gymlab.agents.tabular_q import TabularQ, TabularQConfig
 
 
 def make_agent(**hp) -> TabularQ:
@@ -21,8 +21,14 @@ def make_agent(**hp) -> TabularQ:
 
 def step(agent: TabularQ, s, a, r, s2, terminated=False, truncated=False) -> None:
     agent.observe(
-        Transition(np.array([s]), np.array([a]), np.array([r], float), np.array([s2]),
-                   np.array([terminated]), np.array([truncated]))
+        Transition(
+            np.array([s]),
+            np.array([a]),
+            np.array([r], float),
+            np.array([s2]),
+            np.array([terminated]),
+            np.array([truncated]),
+        )
     )
     agent.update(1)
 
@@ -42,7 +48,9 @@ def test_greedy_action_and_epsilon_schedule():
     agent = make_agent(epsilon_start=1.0, epsilon_final=0.1, exploration_fraction=0.5)
     agent.q[0] = [0.0, 1.0]
     assert agent.act(np.array([0, 0]), explore=False).tolist() == [1, 1]
-    agent.observe(Transition(*(np.zeros(1, int),) * 2, np.zeros(1), np.zeros(1, int), np.zeros(1, bool), np.zeros(1, bool)))
+    agent.observe(
+        Transition(*(np.zeros(1, int),) * 2, np.zeros(1), np.zeros(1, int), np.zeros(1, bool), np.zeros(1, bool))
+    )
     agent.update(250)  # a quarter of the run: halfway through the decay
     assert agent.epsilon == pytest.approx(0.55)
     actions = agent.act(np.zeros(10_000, int), explore=True)
