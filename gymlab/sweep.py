@@ -84,9 +84,7 @@ class Dimension(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["grid", "choice", "uniform", "loguniform", "int"] = Field(
-        description="how values are drawn"
-    )
+    kind: Literal["grid", "choice", "uniform", "loguniform", "int"] = Field(description="how values are drawn")
     values: tuple[Scalar, ...] = Field((), description="the values of a grid or choice dimension")
     low: float = Field(0.0, description="lower bound of a range (inclusive)")
     high: float = Field(0.0, description="upper bound of a range (inclusive)")
@@ -159,9 +157,7 @@ class PruningSpec(BaseModel):
         None, gt=0, description="env steps between checks, a multiple of eval_every (default: eval_every)"
     )
     warmup: int = Field(0, ge=0, description="env steps a trial runs before it may be pruned (median)")
-    startup_trials: int = Field(
-        2, ge=0, description="trials that run unpruned before pruning starts (median)"
-    )
+    startup_trials: int = Field(2, ge=0, description="trials that run unpruned before pruning starts (median)")
 
 
 class SweepSpec(BaseModel):
@@ -175,9 +171,7 @@ class SweepSpec(BaseModel):
     config: str | None = Field(
         None, description="base config YAML, relative to the sweep file (default: the shipped preset)"
     )
-    base: dict[str, Any] = Field(
-        default_factory=dict, description="run keys and hparams over the base config"
-    )
+    base: dict[str, Any] = Field(default_factory=dict, description="run keys and hparams over the base config")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides over base")
     space: dict[str, Dimension] = Field(min_length=1, description="searched keys and their values or ranges")
     method: Literal["grid", "random", "tpe"] = Field("tpe", description="grid, random, or Optuna's TPE")
@@ -230,8 +224,7 @@ class Sweep:
         """Every point of the grid, in order (only for finite spaces)."""
         keys = list(self.space)
         return [
-            dict(zip(keys, point, strict=True))
-            for point in itertools.product(*(self.space[k].values for k in keys))
+            dict(zip(keys, point, strict=True)) for point in itertools.product(*(self.space[k].values for k in keys))
         ]
 
     def trial_config(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -408,14 +401,11 @@ def run_segment(segment: Segment, threads: int = 1) -> SegmentResult:
             ckpt = checkpoint.load(last)
             state = ckpt["loop"]
             target = segment.stop_at if segment.stop_at is not None else config.run.steps
-            # A run finished to the end has had its final evaluation: the loop then moves
-            # next_eval past the budget. (A run stopped exactly at the budget by Ctrl-C has not.)
-            finished = segment.stop_at is not None or int(state["next_eval"]) > config.run.steps
-            if int(state["step"]) >= target and finished and state["last_eval"] is not None:
+            # A checkpoint at or past the budget was saved after the final evaluation (the loop
+            # evaluates before saving whenever the budget is reached, even on Ctrl-C at that step).
+            if int(state["step"]) >= target and state["last_eval"] is not None:
                 # Already there (a resumed sweep whose driver stopped before hearing back).
-                return SegmentResult(
-                    segment, str(run_dir), int(state["step"]), state["last_eval"], state["best_eval"]
-                )
+                return SegmentResult(segment, str(run_dir), int(state["step"]), state["last_eval"], state["best_eval"])
             result = loop.train(config, run_dir, resume=ckpt, until=config.run.steps, stop_at=segment.stop_at)
         else:
             run_dir = runs.create_run_dir(config, _fresh_dir(run_dir))
@@ -550,9 +540,7 @@ class RayBackend:
                         logging_level=logging.WARNING,
                     )
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise GymlabError(
-                    f"cannot connect to Ray at {address or 'a new local instance'}: {exc}"
-                ) from None
+                raise GymlabError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
         self.slots = slots or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # max_retries=0: a segment is not idempotent halfway (its run folder exists), so a dead
         # worker's segment is reported, not re-run behind the user's back.
@@ -819,9 +807,7 @@ class _Driver:
         active.pending = {seed for seed in self.seeds if seed not in (skip or {})}
         for seed in sorted(active.pending):
             run_dir = active.run_dirs[seed]
-            self.queue.append(
-                Segment(active.trial.number, seed, active.configs[seed], run_dir, active.target)
-            )
+            self.queue.append(Segment(active.trial.number, seed, active.configs[seed], run_dir, active.target))
 
     # -- results ----------------------------------------------------------------------------
     def _on_result(self, result: SegmentResult) -> None:

@@ -1,0 +1,257 @@
+"""Sweeps: schema checks, local and Ray backends, crashing trials, resume, exact pruning segments."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gymlab import loop, runs
+from gymlab import sweep as sw
+from gymlab.agents.tabular_q import TabularQ
+from gymlab.config import resolve, validate
+from gymlab.errors import GymlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 2 × 2 grid of tabular Q on Taxi-v4. 20k steps are enough for the four points to end far apart
+# (α=0.9 learns a good part of the task, α=0.2 does not), so "sorted best first" is a real check.
+TAXI: dict[str, Any] = {
+    "agent": "tabular_q",
+    "env": "Taxi-v4",
+    "base": {"steps": 20000, "eval_every": 5000, "eval_episodes": 10, "checkpoint_every": 0, "log_every": 5000},
+    "method": "grid",
+    "space": {"learning_rate": [0.2, 0.9], "exploration_fraction": [0.2, 0.6]},
+    "seeds": 1,
+}
+
+
+class ExplodingQ(TabularQ):
+    """Tabular Q that crashes a few hundred steps in when its learning rate is above 0.5."""
+
+    def update(self, step: int) -> dict[str, float | str]:
+        if self.cfg.learning_rate > 0.5 and step >= 300:
+            raise RuntimeError("boom: learning rate too high")
+        return super().update(step)
+
+
+def write_sweep(tmp_path: Path, data: dict[str, Any], name: str = "taxi") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def check_summary(result: sw.SweepResult, n_complete: int) -> None:
+    """All trials complete, best first; the CSV holds the same order; best.yaml is the top trial."""
+    complete = [r for r in result.rows if r.state == "complete"]
+    assert len(complete) == n_complete
+    means = [r.mean for r in complete]
+    assert all(m is not None for m in means)
+    assert means == sorted(means, reverse=True)  # type: ignore[type-var]
+    assert means[0] > means[-1]  # the grid's points really differ
+    with result.summary_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["trial"]) for r in rows] == [r.number for r in result.rows]
+    assert [float(r["return_mean"]) for r in rows[:n_complete]] == pytest.approx(means)
+    assert "| rank |" in result.summary_md.read_text()
+    for row in complete:
+        for run_dir in row.run_dirs:
+            assert (Path(run_dir) / "config.yaml").is_file()
+            assert list(Path(run_dir).glob("events.out.tfevents.*"))
+    assert result.best_yaml is not None
+    best = yaml.safe_load(result.best_yaml.read_text())
+    for key, value in complete[0].params.items():
+        assert best["hparams"][key.removeprefix("hparams.")] == value
+
+
+def train_best(best_yaml: Path, tmp_path: Path) -> loop.TrainResult:
+    cfg = resolve(None, None, best_yaml, steps=2000)
+    folder = runs.create_run_dir(cfg, tmp_path / "best-run")
+    return loop.train(cfg, folder)
+
+
+# ---- the sweep file ---------------------------------------------------------------------------
+
+
+def test_dimension_forms() -> None:
+    assert sw.Dimension.model_validate([1, 2]).kind == "grid"
+    assert sw.Dimension.model_validate({"choice": ["a", "b"]}).values == ("a", "b")
+    d = sw.Dimension.model_validate({"loguniform": [1e-4, 1e-2]})
+    assert (d.kind, d.low, d.high, d.corners()) == ("loguniform", 1e-4, 1e-2, [1e-4, 1e-2])
+    assert sw.Dimension.model_validate({"int": [1, 8]}).corners() == [1, 8]
+    for bad in ({"uniform": [1.0]}, {"loguniform": [0.0, 1.0]}, {"int": [1.5, 3]}, {"uniform": [2, 1]}, {"x": 1}, []):
+        with pytest.raises(ValueError):
+            sw.Dimension.model_validate(bad)
+
+
+def test_load_sweep_resolves_keys_and_counts_grid(tmp_path: Path) -> None:
+    sweep = sw.load_sweep(write_sweep(tmp_path, {**TAXI, "space": {**TAXI["space"], "num_envs": [1, 2]}}))
+    assert list(sweep.space) == ["hparams.learning_rate", "hparams.exploration_fraction", "num_envs"]
+    assert sweep.trials == 8 and len(sweep.grid()) == 8
+    assert sweep.base["steps"] == 20000 and sweep.base["hparams"]["gamma"] == 0.99  # preset under base
+    cfg = sweep.trial_config({"hparams.learning_rate": 0.3, "num_envs": 2}, seed=5)
+    assert (cfg["seed"], cfg["num_envs"], cfg["hparams"]["learning_rate"]) == (5, 2, 0.3)
+    assert sw.load_sweep(sweep.source, trials=3).trials == 3
+    assert sw.load_sweep(sweep.source, trials=100).trials == 8  # a grid has only so many points
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"space": {"learnin_rate": [0.1]}}, "did you mean 'learning_rate'"),
+        ({"space": {"learning_rate": [0.1, 2.0]}}, "hparams.learning_rate"),  # 2.0 > le=1, caught up front
+        ({"space": {"learning_rate": {"uniform": [0.1, 0.5]}}}, "grid search needs listed values"),
+        ({"method": "tpe", "pruning": {"pruner": "median", "every": 7000}}, "multiple of eval_every"),
+        ({"agent": "nope"}, "unknown agent"),
+        ({"metod": "grid"}, "metod"),
+    ],
+)
+def test_sweep_file_mistakes_are_one_line_errors(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(GymlabError, match=message):
+        sw.load_sweep(write_sweep(tmp_path, {**TAXI, **change}))
+
+
+def test_rungs() -> None:
+    pruning = sw.PruningSpec(pruner="median", every=10000)
+    assert sw.rungs({"steps": 35000, "eval_every": 5000}, pruning) == [10000, 20000, 30000]
+    assert sw.rungs({"steps": 35000, "eval_every": 5000}, sw.PruningSpec()) == []
+
+
+def test_cli_import_stays_light() -> None:
+    code = "import sys, gymlab.cli; print(sorted(m for m in ('ray', 'optuna', 'gymlab.sweep') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+# ---- segments: pruning stops and resumes runs; the numbers must not change ----------------------
+
+
+def test_segmented_run_equals_unbroken_run(tmp_path: Path) -> None:
+    data = {
+        "agent": "tabular_q",
+        "env": "Taxi-v4",
+        "steps": 20000,
+        "eval_every": 5000,
+        "eval_episodes": 10,
+        "checkpoint_every": 0,
+        "hparams": {"learning_rate": 0.9, "exploration_fraction": 0.6},
+    }
+    config = validate(data, TabularQ.Config).to_dict()
+    whole = sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "whole"), None))
+    parts = [sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "split"), at)) for at in (5000, 10000, None)]
+    assert whole.error is None and all(p.error is None for p in parts)
+    assert [p.step for p in parts] == [5000, 10000, 20000]
+    assert not any(p.interrupted for p in parts)
+    assert whole.last_eval is not None and whole.last_eval > -200  # learned something: a telling number
+    assert parts[-1].last_eval == whole.last_eval and parts[-1].best_eval == whole.best_eval
+    # Asking again for a target already reached returns the checkpoint's figures without training.
+    again = sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "split"), None))
+    assert (again.step, again.last_eval) == (20000, whole.last_eval)
+
+
+# ---- whole sweeps -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_local_sweep_of_four_trials(tmp_path: Path) -> None:
+    sweep = sw.load_sweep(write_sweep(tmp_path, TAXI), max_concurrent=2)
+    result = sw.run_sweep(sweep, tmp_path / "sweep", backend="local")
+    assert not result.interrupted and len(result.rows) == 4
+    check_summary(result, 4)
+    assert {tuple(r.params.values()) for r in result.rows} == {(a, b) for a in (0.2, 0.9) for b in (0.2, 0.6)}
+    trained = train_best(result.best_yaml, tmp_path)  # type: ignore[arg-type]
+    assert trained.step == 2000 and trained.last_eval is not None
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_sweep_of_four_trials(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sweep = sw.load_sweep(write_sweep(tmp_path, TAXI), max_concurrent=2)
+        result = sw.run_sweep(sweep, tmp_path / "sweep", backend="ray")
+        assert ray.is_initialized()  # the sweep used the test's instance and left it running
+    finally:
+        ray.shutdown()
+    assert not result.interrupted and len(result.rows) == 4
+    check_summary(result, 4)
+    trained = train_best(result.best_yaml, tmp_path)  # type: ignore[arg-type]
+    assert trained.step == 2000
+
+
+@pytest.mark.slow
+def test_a_crashing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
+    data = {**TAXI, "agent": "test_sweep:ExplodingQ", "base": {**TAXI["base"], "steps": 5000}}
+    data["space"] = {"learning_rate": [0.2, 0.9, 0.3]}
+    sweep = sw.load_sweep(write_sweep(tmp_path, data), max_concurrent=2)
+    events: list[str] = []
+    result = sw.run_sweep(sweep, tmp_path / "sweep", on_event=events.append)
+    states = {r.params["hparams.learning_rate"]: r for r in result.rows}
+    assert states[0.9].state == "failed"
+    assert "RuntimeError: boom: learning rate too high" in (states[0.9].error or "")
+    assert states[0.2].state == states[0.3].state == "complete"
+    assert result.rows[-1].state == "failed"  # failures sort last
+    assert any("trial 1 failed" in e and "boom" in e for e in events)
+    assert "boom" in result.summary_csv.read_text()
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, TAXI)
+    folder = tmp_path / "sweep"
+
+    def stop_after_first(event: str) -> None:
+        if "done" in event:
+            raise KeyboardInterrupt  # as a Ctrl-C reaching the driver after trial 0 finished
+
+    first = sw.run_sweep(sw.load_sweep(path, max_concurrent=2), folder, on_event=stop_after_first)
+    assert first.interrupted
+    assert [r.state for r in first.rows].count("complete") == 1
+    finished = {r.number: r for r in first.rows if r.state == "complete"}
+    # Trial 1 was running beside it: its run went on to the end and is on disk, unreported.
+    assert "running" in [r.state for r in first.rows]
+    events_before = {p: p.stat().st_mtime_ns for p in folder.glob("trial-*/events.out.tfevents.*")}
+
+    events: list[str] = []
+    second = sw.run_sweep(sw.load_sweep(path, max_concurrent=2), folder, on_event=events.append)
+    assert not second.interrupted and second.resumed == 1
+    assert not any(f"trial {n} done" in e for e in events for n in finished)  # not redone
+    assert any("trial 1 resumed" in e for e in events)
+    check_summary(second, 4)
+    for number, row in finished.items():
+        again = next(r for r in second.rows if r.number == number)
+        assert (again.mean, again.run_dirs) == (row.mean, row.run_dirs)
+    # No event file of the first session was rewritten: trials 0 and 1 were not trained again.
+    assert all(p.stat().st_mtime_ns == t for p, t in events_before.items())
+    assert len(list(folder.glob("trial-*-s0"))) == 4
+
+    # The same folder refuses a different sweep rather than mixing two searches.
+    changed = write_sweep(tmp_path, {**TAXI, "space": {"learning_rate": [0.5, 0.6]}}, name="taxi")
+    with pytest.raises(GymlabError, match="holds a different sweep"):
+        sw.run_sweep(sw.load_sweep(changed), folder)
+
+
+@pytest.mark.slow
+def test_tpe_with_median_pruning_stops_bad_trials(tmp_path: Path) -> None:
+    data = {
+        **TAXI,
+        "base": {**TAXI["base"], "steps": 30000},
+        "method": "tpe",
+        "trials": 6,
+        "space": {"learning_rate": {"loguniform": [0.01, 1.0]}, "exploration_fraction": {"uniform": [0.1, 0.9]}},
+        "pruning": {"pruner": "median", "every": 10000, "startup_trials": 2},
+    }
+    sweep = sw.load_sweep(write_sweep(tmp_path, data), max_concurrent=2)
+    result = sw.run_sweep(sweep, tmp_path / "sweep")
+    states = [r.state for r in result.rows]
+    assert len(states) == 6 and "failed" not in states and "running" not in states
+    assert "pruned" in states  # a low α is hopeless at 10k steps and the median says so
+    pruned = [r for r in result.rows if r.state == "pruned"]
+    assert all(r.step is not None and r.step < 30000 for r in pruned)
+    assert all(r.mean is not None for r in pruned)
