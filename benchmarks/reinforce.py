@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def reference(seed: int, cap: int, threshold: float) -> tuple[int | None, float]
             rewards.append(float(reward))
             done = terminated or truncated
             steps += 1
-        g, returns = 0.0, []
+        g, returns = 0.0, list[float]()
         for r in reversed(rewards):
             g = r + 0.99 * g
             returns.insert(0, g)
@@ -119,7 +120,7 @@ def through_gymlab(seed: int, cap: int, threshold: float) -> tuple[int | None, f
         return None, time.perf_counter() - start
 
 
-def summary(values: list[float | None], fmt: str) -> str:
+def summary(values: Sequence[float | None], fmt: str) -> str:
     done = [v for v in values if v is not None]
     missed = len(values) - len(done)
     if not done:
