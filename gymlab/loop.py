@@ -76,6 +76,10 @@ class _LoopState:
     recent_returns: list[float] = field(default_factory=list)
 
 
+#: Largest share of training time that recording videos may take (see ``_Trainer._maybe_record``).
+VIDEO_TIME_SHARE = 0.05
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
     if name == "auto":
@@ -265,6 +269,7 @@ class _Trainer:
         tblayout.install(self.logger, config.to_dict(), write_layout=resume is None)
         # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
         self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
+        self.t_start, self.video_seconds = time.perf_counter(), 0.0
         self.last_path = run_dir / "checkpoints" / "last.pt"
         # Due points are multiples of each interval, so they follow from the step alone (a resume
         # with a larger budget gets them right, and they need no place in the checkpoint).
@@ -336,12 +341,27 @@ class _Trainer:
             self.save(self.last_path)
             self.next_checkpoint = _next_multiple(step, run.checkpoint_every, total)
         if self.recorder is not None and step >= self.next_video:
-            self.recorder.record(self.agent, step, eval_seed(run.seed, 2**31 + step))
+            self._maybe_record(step)
             self.next_video = min(_next_multiple(step, run.video_every, total), total)
         if step >= self.next_progress:
             if self.progress is not None:
                 self.progress.update(step, self.state.episodes, _recent(self.state))
             self.next_progress = step + self.progress_every
+
+    def _maybe_record(self, step: int) -> None:
+        """Record a video if recording so far stays within its share of the run's time (always at the end).
+
+        An episode with rendering can cost seconds (Acrobot: ~0.7 s for 500 frames), so a fixed
+        interval cannot bound the slowdown on fast runs; the time budget does, and the videos
+        simply come less often than ``video_every`` when they would cost more.
+        """
+        assert self.recorder is not None
+        elapsed = time.perf_counter() - self.t_start
+        if step < self.total and self.video_seconds > VIDEO_TIME_SHARE * (elapsed - self.video_seconds):
+            return
+        start = time.perf_counter()
+        self.recorder.record(self.agent, step, eval_seed(self.config.run.seed, 2**31 + step))
+        self.video_seconds += time.perf_counter() - start
 
     def evaluate(self) -> None:
         """Greedy episodes on the evaluation env; log them, and keep the best checkpoint."""

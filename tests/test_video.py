@@ -8,7 +8,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import logging as tb
-from gymlab import registry, runs, video
+from gymlab import loop, registry, runs, video
 from gymlab.agent import load_agent_class
 from gymlab.config import validate
 from gymlab.loop import train
@@ -119,7 +119,8 @@ def test_play_episode_frames_match_the_episode_length():
     assert episode.ret == episode.length  # CartPole pays 1 per step
 
 
-def test_loop_records_a_video_every_video_every_steps(tmp_path):
+def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", float("inf"))  # no time budget: every due point
     config = make_config(video_every=1000)
     folder = runs.create_run_dir(config, tmp_path / "run")
     train(config, folder)
@@ -135,6 +136,17 @@ def test_loop_records_a_video_every_video_every_steps(tmp_path):
     acc = EventAccumulator(str(folder), size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Images("eval/video")] == [1000, 2000, 3000]
+
+
+def test_videos_are_skipped_when_they_would_exceed_their_time_share(tmp_path, monkeypatch):
+    """A run this fast (a few thousand FrozenLake steps) cannot afford a video every 1000 steps:
+    the first due one and the final one are recorded, those in between are skipped."""
+    monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", 1e-9)
+    config = make_config(video_every=1000)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    names = sorted(p.name for p in (folder / "videos").iterdir())
+    assert names == ["step-000001000.mp4", "step-000003000.mp4"]
 
 
 def test_video_every_zero_records_nothing(tmp_path):
