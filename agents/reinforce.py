@@ -372,6 +372,8 @@ class Reinforce:
         returns = torch.as_tensor(returns_np, dtype=torch.float32, device=self.device)  # (B,)
 
         if self.value is not None:
+            # V is fitted to this batch only after the policy step, so the baseline has not
+            # seen the returns it is subtracted from (the gradient stays unbiased).
             with torch.no_grad():
                 weights = returns - self.value(x).squeeze(-1)
         elif self.cfg.baseline == "mean":
