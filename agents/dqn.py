@@ -1,0 +1,392 @@
+"""Deep Q-Networks (Mnih et al., Nature 2015), with double DQN (van Hasselt et al., 2016) as an option.
+
+The whole algorithm. Every step of every env goes into a replay memory. Every ``train_freq`` env
+steps (once ``learning_starts`` have passed) it takes ``gradient_steps`` Adam steps, each on a
+batch drawn uniformly from the memory, minimising the Huber loss between ``Q(s, a)`` and
+
+    y = r + γ · (1 − terminated) · max_a' Q_target(s', a')          (DQN)
+    y = r + γ · (1 − terminated) · Q_target(s', argmax_a' Q(s', a'))  (double DQN)
+
+with gradients clipped to a global norm. The target network follows the online one every
+``target_update_interval`` env steps, by a hard copy (τ = 1) or Polyak averaging
+(target ← τ·online + (1 − τ)·target). A step cut by a time limit (truncated) still bootstraps:
+the memory holds the true last observation of the episode, whose value is what was cut off.
+The behaviour policy is uniform-random until ``learning_starts``, then ε-greedy with ε decayed
+linearly from ``exploration_initial_eps`` to ``exploration_final_eps`` over the first
+``exploration_fraction`` of the run.
+
+Schedules count env steps summed over all envs (the loop's step), as Stable-Baselines3 does for
+one env. The network is chosen from the observation space: the Nature CNN for images
+(C, H, W) of uint8, kept uint8 in the memory and scaled to [0, 1] on the device; an MLP for
+vectors (and for Discrete observations, one-hot encoded).
+
+Speed: the target network only changes between env steps, so it is fixed during one round of
+gradient steps. A round therefore draws all its batches at once, moves them to the device in one
+transfer, and computes every target in one forward pass (except for double DQN, whose action
+choice needs the online network as it learns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymlab.replay import ReplayBuffer
+from pydantic import BaseModel, ConfigDict, Field
+
+from gymlab.agent import Context, Transition, describe_space
+
+REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
+
+
+class DQNConfig(BaseModel):
+    """Hyperparameters of DQN (names and defaults as Stable-Baselines3's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-4, gt=0, description="Adam step size")
+    buffer_size: int = Field(1_000_000, ge=16, description="replay memory capacity in transitions (frames)")
+    learning_starts: int = Field(100, ge=0, description="env steps of uniform-random play before learning")
+    batch_size: int = Field(32, ge=1, description="transitions per gradient step")
+    tau: float = Field(1.0, gt=0, le=1, description="target update rate: 1 = hard copy, < 1 = Polyak averaging")
+    gamma: float = Field(0.99, ge=0, le=1, description="discount γ")
+    train_freq: int = Field(4, ge=1, description="env steps (summed over envs) between learning rounds")
+    gradient_steps: int = Field(1, ge=1, description="gradient steps per learning round")
+    target_update_interval: int = Field(10_000, ge=1, description="env steps between target network updates")
+    exploration_fraction: float = Field(0.1, gt=0, le=1, description="fraction of the run over which ε decays")
+    exploration_initial_eps: float = Field(1.0, ge=0, le=1, description="ε when learning starts to decay from")
+    exploration_final_eps: float = Field(0.05, ge=0, le=1, description="ε after the decay")
+    max_grad_norm: float = Field(10.0, gt=0, description="clip the gradients' global L2 norm to this")
+    huber_delta: float = Field(1.0, gt=0, description="Huber loss: quadratic within ±δ, linear outside")
+    double_dqn: bool = Field(False, description="pick the next action with the online network (double DQN)")
+    net_arch: list[int] = Field([64, 64], description="hidden layer sizes of the MLP (vector observations)")
+    frame_stack: int | None = Field(
+        None,
+        ge=1,
+        description="observations stack this many frames on axis 0 (None: the channels of a uint8 image, else 1)",
+    )
+    save_replay: bool = Field(False, description="save the replay memory in checkpoints (exact resume; large)")
+
+
+def linear(start: float, end: float, fraction: float) -> float:
+    """Linear schedule: ``start`` at fraction 0, ``end`` from fraction 1 on."""
+    return start + (end - start) * min(max(fraction, 0.0), 1.0)
+
+
+def is_image(space: gym.Space[Any]) -> bool:
+    """A (C, H, W) uint8 Box: frames for the Nature CNN."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+# --- networks ----------------------------------------------------------------------------------
+
+
+class NatureCNN(torch.nn.Module):
+    """The Nature DQN torso and head: 3 convolutions, 512 hidden units, one Q-value per action."""
+
+    def __init__(self, in_channels: int, height: int, width: int, n_actions: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]  # 3136 for 84x84
+        self.head = torch.nn.Sequential(torch.nn.Linear(flat, 512), torch.nn.ReLU(), torch.nn.Linear(512, n_actions))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) uint8 -> (B, A); pixels are scaled on the device, after the transfer."""
+        return self.head(self.conv(obs.float() / 255.0))
+
+
+class MLP(torch.nn.Module):
+    """Fully connected ReLU network on flat (or one-hot) observations."""
+
+    def __init__(self, in_dim: int, hidden: list[int], n_actions: int, one_hot: int = 0) -> None:
+        super().__init__()
+        self.one_hot = one_hot  # > 0: observations are Discrete indices into this many states
+        layers: list[torch.nn.Module] = []
+        for size in hidden:
+            layers += [torch.nn.Linear(in_dim, size), torch.nn.ReLU()]
+            in_dim = size
+        layers.append(torch.nn.Linear(in_dim, n_actions))
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, *obs_shape) -> (B, A)."""
+        if self.one_hot:
+            x = torch.nn.functional.one_hot(obs.long(), self.one_hot).float()  # (B, S)
+        else:
+            x = obs.reshape(obs.shape[0], -1).float()  # (B, D); a no-op for float32 vectors
+        return self.net(x)
+
+
+def q_network(observation_space: gym.Space[Any], n_actions: int, net_arch: list[int]) -> torch.nn.Module:
+    """The Nature CNN for uint8 images, else an MLP."""
+    if is_image(observation_space):
+        c, h, w = observation_space.shape  # type: ignore[misc]
+        return NatureCNN(c, h, w, n_actions)
+    if isinstance(observation_space, gym.spaces.Discrete):
+        return MLP(int(observation_space.n), net_arch, n_actions, one_hot=int(observation_space.n))
+    return MLP(int(np.prod(observation_space.shape or ())), net_arch, n_actions)
+
+
+# --- the loss, as pure functions ---------------------------------------------------------------
+
+
+def td_targets(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q_target: torch.Tensor,
+    gamma: float,
+    next_q_online: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bootstrapped targets y, (B,).
+
+    Args:
+        reward: (B,) float.
+        terminated: (B,) float, 1 where the episode reached a terminal state (no bootstrap).
+            Truncated steps are *not* in it: their next state has a value the time limit cut off.
+        next_q_target: (B, A) target network's values of the next observations.
+        gamma: discount.
+        next_q_online: (B, A) online values of the next observations, for double DQN: the online
+            network picks the action, the target network values it (curbs max's overestimation).
+
+    """
+    if next_q_online is None:
+        next_v = next_q_target.max(dim=1).values  # (B,)
+    else:
+        best = next_q_online.argmax(dim=1, keepdim=True)  # (B, 1)
+        next_v = next_q_target.gather(1, best).squeeze(1)  # (B,)
+    return reward + gamma * (1.0 - terminated) * next_v
+
+
+def q_loss(q_values: torch.Tensor, action: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """Huber loss between Q(s, a) and the targets, averaged over the batch.
+
+    Args:
+        q_values: (B, A) online values of the observations.
+        action: (B,) int64 actions taken.
+        target: (B,) targets y (no gradient flows into them).
+        delta: the Huber threshold: errors beyond ±δ get a constant gradient, so a few large TD
+            errors (common early on, or after reward changes) cannot blow up an update.
+
+    """
+    q_taken = q_values.gather(1, action.unsqueeze(1)).squeeze(1)  # (B,)
+    return torch.nn.functional.huber_loss(q_taken, target, delta=delta)
+
+
+# --- the agent ---------------------------------------------------------------------------------
+
+
+class DQN:
+    """DQN with a replay memory, a target network, Huber loss and Adam; double DQN optional."""
+
+    name: ClassVar[str] = "dqn"
+    summary: ClassVar[str] = "deep Q-network: replay memory, target network, Huber loss (double DQN optional)"
+    spaces: ClassVar[str] = "obs: Box (vectors; uint8 (C,H,W) images -> Nature CNN) or Discrete; actions: Discrete"
+    Config: ClassVar[type[BaseModel]] = DQNConfig
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
+        """Needs Discrete actions (one Q-value each) and Box or Discrete observations."""
+        if isinstance(action_space, gym.spaces.Box):
+            return (
+                f"it needs a Discrete action space (one Q-value per action), but the action space is "
+                f"continuous, {describe_space(action_space)}: for continuous actions use reinforce"
+            )
+        if not isinstance(action_space, gym.spaces.Discrete):
+            return f"it needs a Discrete action space, but the action space is {describe_space(action_space)}"
+        if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
+            return (
+                f"it needs a Box or Discrete observation space, but it is {describe_space(observation_space)} "
+                "(flatten it with a wrapper)"
+            )
+        return None
+
+    def __init__(self, config: DQNConfig, ctx: Context) -> None:
+        obs_space, act_space = ctx.observation_space, ctx.action_space
+        assert isinstance(act_space, gym.spaces.Discrete)
+        self.cfg = config
+        self.device = ctx.device
+        self.total_steps = ctx.total_steps
+        self.n_actions = int(act_space.n)
+        self.act_start = int(act_space.start)
+        self.online = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
+        self.target = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
+        self.target.load_state_dict(self.online.state_dict())
+        self.target.requires_grad_(False)
+        self.online_params: list[torch.Tensor] = list(self.online.parameters())
+        self.target_params: list[torch.Tensor] = list(self.target.parameters())
+        # Adam's fused kernel (one call for all parameters) where available; foreach otherwise.
+        # The default per-tensor loop is what makes Stable-Baselines3's CPU updates slow.
+        fused = self.device.type in ("cuda", "cpu")
+        self.optimizer = torch.optim.Adam(
+            self.online_params, lr=config.learning_rate, fused=fused or None, foreach=None if fused else True
+        )
+
+        frame_stack = config.frame_stack or (obs_space.shape[0] if is_image(obs_space) else 1)  # type: ignore[index]
+        assert obs_space.shape is not None
+        self.replay = ReplayBuffer(
+            config.buffer_size,
+            ctx.num_envs,
+            tuple(obs_space.shape),
+            obs_space.dtype,
+            frame_stack=frame_stack,
+            seed=ctx.seed,
+        )
+        self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
+        self.epsilon = 1.0
+        self.next_train = config.train_freq
+        self.next_target_update = config.target_update_interval
+        self.grad_steps = 0
+        self.target_updates = 0
+        # Sums of (loss, mean target y, gradient norm) since the last report, kept on the device.
+        self._sums = torch.zeros(3, device=self.device)
+        self._summed = 0
+
+    # --- acting ----------------------------------------------------------------------------------
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a Q(obs, a), (N, *obs_shape) -> (N,) int64 (before the action space's start)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(obs).to(self.device, non_blocking=True)
+            return self.online(x).argmax(dim=1).cpu().numpy()
+
+    def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        """ε-greedy actions (greedy when ``explore`` is False), (N, *obs_shape) -> (N,)."""
+        obs = np.asarray(obs)
+        if not explore:
+            actions = self.greedy(obs)
+        else:
+            # One uniform draw per env decides whether to explore (u < ε) and, rescaled to [0, 1),
+            # which random action to take. When every env explores, the network is not run.
+            u = self.rng.random(len(obs))  # (N,)
+            eps = self.epsilon
+            explore_mask = u < eps
+            random_actions = np.minimum((u / max(eps, 1e-12) * self.n_actions).astype(np.int64), self.n_actions - 1)
+            actions = random_actions if explore_mask.all() else np.where(explore_mask, random_actions, self.greedy(obs))
+        return actions + self.act_start if self.act_start else actions
+
+    def observe(self, transition: Transition) -> None:
+        """Put every env's step into the replay memory."""
+        t = transition
+        action = t.action - self.act_start if self.act_start else t.action
+        self.replay.add(t.obs, action, t.reward, t.next_obs, t.terminated, t.truncated)
+
+    # --- learning --------------------------------------------------------------------------------
+
+    def update(self, step: int) -> Mapping[str, float]:
+        """Update ε and the target network on their schedules; run a learning round when due."""
+        cfg = self.cfg
+        if step < cfg.learning_starts:
+            self.epsilon = 1.0  # uniform-random play fills the memory first
+        else:
+            progress = step / self.total_steps / cfg.exploration_fraction
+            self.epsilon = linear(cfg.exploration_initial_eps, cfg.exploration_final_eps, progress)
+        if step >= self.next_target_update:
+            self.update_target()
+            self.next_target_update = (step // cfg.target_update_interval + 1) * cfg.target_update_interval
+        if step < self.next_train:
+            return {}
+        self.next_train = (step // cfg.train_freq + 1) * cfg.train_freq
+        if step <= cfg.learning_starts or self.replay.num_added == 0:
+            return {}
+        self.learn(cfg.gradient_steps)
+        if self._summed < REPORT_EVERY:
+            return {}
+        loss, q_mean, grad_norm = (self._sums / self._summed).tolist()
+        self._sums.zero_()
+        self._summed = 0
+        return {
+            "loss": loss,
+            "target_mean": q_mean,
+            "grad_norm": grad_norm,
+            "epsilon": self.epsilon,
+            "target_updates": float(self.target_updates),
+        }
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Move the target: target ← τ·online + (1 − τ)·target (a copy when τ = 1), all tensors in one call."""
+        if self.cfg.tau >= 1.0:
+            torch._foreach_copy_(self.target_params, self.online_params)
+        else:
+            torch._foreach_lerp_(self.target_params, self.online_params, self.cfg.tau)
+        self.target_updates += 1
+
+    def learn(self, gradient_steps: int) -> None:
+        """``gradient_steps`` Adam steps on fresh uniform batches, the batches moved in one transfer."""
+        cfg, dev, b = self.cfg, self.device, self.cfg.batch_size
+        batch = self.replay.sample(gradient_steps * b)
+        obs = torch.from_numpy(batch.obs).to(dev, non_blocking=True)  # (G·B, *obs_shape)
+        next_obs = torch.from_numpy(batch.next_obs).to(dev, non_blocking=True)
+        action = torch.from_numpy(batch.action).to(dev, non_blocking=True)  # (G·B,)
+        reward = torch.from_numpy(batch.reward).to(dev, non_blocking=True)
+        terminated = torch.from_numpy(batch.terminated).to(dev, non_blocking=True).float()
+        targets = None
+        if not cfg.double_dqn:  # the target network is fixed for the round: all targets at once
+            with torch.no_grad():
+                targets = td_targets(reward, terminated, self.target(next_obs), cfg.gamma)  # (G·B,)
+        for g in range(gradient_steps):
+            sl = slice(g * b, (g + 1) * b)
+            if targets is None:
+                with torch.no_grad():
+                    y = td_targets(
+                        reward[sl], terminated[sl], self.target(next_obs[sl]), cfg.gamma, self.online(next_obs[sl])
+                    )
+            else:
+                y = targets[sl]
+            q_values = self.online(obs[sl])  # (B, A)
+            loss = q_loss(q_values, action[sl], y, cfg.huber_delta)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.online_params, cfg.max_grad_norm, foreach=True)
+            self.optimizer.step()
+            with torch.no_grad():
+                self._sums += torch.stack((loss.detach(), y.mean(), grad_norm))
+        self._summed += gradient_steps
+        self.grad_steps += gradient_steps
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizer, schedules, generators, and the replay memory if ``save_replay``."""
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "epsilon": self.epsilon,
+            "next_train": self.next_train,
+            "next_target_update": self.next_target_update,
+            "grad_steps": self.grad_steps,
+            "target_updates": self.target_updates,
+            "sums": self._sums.cpu(),
+            "summed": self._summed,
+            "replay": self.replay.state_dict() if self.cfg.save_replay else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (without a saved memory, learning resumes on a fresh one)."""
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.epsilon = float(state["epsilon"])
+        self.next_train = int(state["next_train"])
+        self.next_target_update = int(state["next_target_update"])
+        self.grad_steps = int(state["grad_steps"])
+        self.target_updates = int(state["target_updates"])
+        self._sums = state["sums"].to(self.device)
+        self._summed = int(state["summed"])
+        if state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"])
