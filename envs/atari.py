@@ -64,7 +64,7 @@ class EpisodicLifeEnv(gym.Wrapper[Any, Any, Any, Any]):
 
 def clip_reward(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
     """Rewards become -1, 0 or +1: one learning rate fits every game's score scale."""
-    return TransformReward(env, lambda r: float(np.sign(r)))
+    return TransformReward(env, lambda r: float(np.sign(float(r))))
 
 
 def wrap_atari(env: gym.Env[Any, Any], *, train: bool) -> gym.Env[Any, Any]:

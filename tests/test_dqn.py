@@ -1,0 +1,196 @@
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymlab.agents.dqn import DQN, MLP, DQNConfig, NatureCNN, q_loss, td_targets
+from gymlab.replay import ReplayBuffer
+
+from gymlab import checkpoint
+from gymlab.agent import Context, Transition
+from gymlab.config import validate
+from gymlab.loop import train
+
+# RL Zoo's tuned CartPole-v1 settings (also configs/dqn/CartPole-v1.yaml).
+CARTPOLE = {
+    "learning_rate": 2.3e-3,
+    "batch_size": 64,
+    "buffer_size": 100_000,
+    "learning_starts": 1000,
+    "gamma": 0.99,
+    "target_update_interval": 10,
+    "train_freq": 256,
+    "gradient_steps": 128,
+    "exploration_fraction": 0.16,
+    "exploration_final_eps": 0.04,
+    "net_arch": [256, 256],
+}
+
+
+def config(env="CartPole-v1", steps=50_000, seed=0, **hparams):
+    data = {
+        "agent": "dqn",
+        "env": env,
+        "seed": seed,
+        "steps": steps,
+        "device": "cpu",
+        "eval_every": 0,
+        "eval_episodes": 10,
+        "checkpoint_every": 0,
+        "hparams": hparams,
+    }
+    return validate(data, DQNConfig)
+
+
+def make_agent(obs_space, act_space, num_envs=1, **hp) -> DQN:
+    ctx = Context(obs_space, act_space, num_envs, 0, torch.device("cpu"), 10_000)
+    return DQN(DQNConfig(**hp), ctx)
+
+
+def test_td_targets_by_hand():
+    reward = torch.tensor([1.0, 2.0, -1.0])
+    terminated = torch.tensor([0.0, 1.0, 0.0])
+    next_q_target = torch.tensor([[1.0, 3.0], [5.0, 4.0], [-2.0, 0.5]])
+    y = td_targets(reward, terminated, next_q_target, 0.5)
+    assert torch.allclose(y, torch.tensor([1 + 0.5 * 3.0, 2.0, -1 + 0.5 * 0.5]))
+    # Double DQN: the online net picks the action, the target net values it.
+    next_q_online = torch.tensor([[9.0, 0.0], [0.0, 9.0], [9.0, 0.0]])
+    y2 = td_targets(reward, terminated, next_q_target, 0.5, next_q_online)
+    assert torch.allclose(y2, torch.tensor([1 + 0.5 * 1.0, 2.0, -1 + 0.5 * -2.0]))
+
+
+def test_huber_loss_by_hand():
+    q = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
+    action = torch.tensor([1, 0])
+    target = torch.tensor([1.5, 5.0])
+    loss = q_loss(q, action, target)  # errors 0.5 (quadratic) and 3.0 (linear beyond δ = 1)
+    assert loss.item() == pytest.approx((0.5 * 0.5**2 + (3.0 - 0.5)) / 2)
+    loss.backward()
+    assert torch.allclose(q.grad, torch.tensor([[0.0, -0.25], [-0.5, 0.0]]))  # gradients capped at δ / B
+
+
+def test_spaces():
+    box4, disc2 = gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2)
+    assert DQN.check_spaces(box4, disc2) is None
+    assert DQN.check_spaces(gym.spaces.Discrete(16), disc2) is None
+    reason = DQN.check_spaces(box4, gym.spaces.Box(-1, 1, (1,)))
+    assert reason is not None and "reinforce" in reason and "Discrete" in reason
+    assert DQN.check_spaces(gym.spaces.Dict({"a": box4}), disc2) is not None
+    image = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    agent = make_agent(image, gym.spaces.Discrete(6), buffer_size=100)
+    assert isinstance(agent.online, NatureCNN) and agent.replay.frame_stack == 4
+    assert agent.replay.frames.shape[2:] == (84, 84)  # one frame per slot, not a stack
+    assert agent.act(np.zeros((1, 4, 84, 84), np.uint8), explore=False).shape == (1,)
+    assert isinstance(make_agent(gym.spaces.Discrete(16), disc2).online, MLP)
+
+
+def test_continuous_actions_exit_2_with_one_line(cli):
+    result = cli("train", "dqn", "MountainCarContinuous-v0", "--steps", "100")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "reinforce" in lines[0] and "Discrete" in lines[0]
+
+
+def test_schedules_and_target_sync():
+    agent = make_agent(
+        gym.spaces.Box(-1, 1, (3,)),
+        gym.spaces.Discrete(2),
+        learning_starts=100,
+        train_freq=50,
+        gradient_steps=2,
+        batch_size=4,
+        target_update_interval=40,
+        exploration_fraction=0.5,
+        exploration_final_eps=0.1,
+    )
+    rng = np.random.default_rng(0)
+    steps_trained = []
+    for step in range(1, 301):
+        obs = rng.normal(size=(1, 3)).astype(np.float32)
+        agent.observe(Transition(obs, np.array([step % 2]), np.ones(1), obs, np.zeros(1, bool), np.zeros(1, bool)))
+        before = agent.grad_steps
+        agent.update(step)
+        if agent.grad_steps > before:
+            steps_trained.append(step)
+        if step < 100:
+            assert agent.epsilon == 1.0  # uniform-random play before learning starts
+    assert steps_trained == [150, 200, 250, 300]  # multiples of train_freq after learning_starts
+    assert agent.grad_steps == 8 and agent.target_updates == 300 // 40
+    assert agent.epsilon == pytest.approx(1.0 - 0.9 * 300 / 5000)
+    # A hard target update makes the target equal the online network.
+    agent.update_target()
+    for p, q in zip(agent.online.parameters(), agent.target.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.slow
+def test_cartpole_reaches_450_within_50k_steps(tmp_path):
+    result = train(config(**CARTPOLE), tmp_path)
+    assert result.last_eval is not None and result.last_eval >= 450, result.last_eval
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["target_is_online", "latest_batch_only"])
+def test_cartpole_fails_with_broken_learning(tmp_path, monkeypatch, broken):
+    if broken == "target_is_online":
+        # The "target" network is the online one: targets chase the values being fitted.
+        original_init = DQN.__init__
+
+        def init(self, cfg, ctx):
+            original_init(self, cfg, ctx)
+            self.target = self.online
+
+        monkeypatch.setattr(DQN, "__init__", init)
+    else:
+        # Sampling returns the most recent transitions instead of a uniform draw.
+        def latest(self, batch_size):
+            cur = (self.head - 2) % self.lane_size
+            return self.gather(np.zeros(batch_size, np.int64), np.full(batch_size, cur[0]))
+
+        monkeypatch.setattr(ReplayBuffer, "sample", latest)
+    result = train(config(**CARTPOLE), tmp_path)
+    assert result.last_eval is not None and result.last_eval < 450, result.last_eval
+
+
+def _params(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]
+    return {**{f"online.{k}": v for k, v in state["online"].items()}, **state["replay"]}
+
+
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn):
+    hp = {
+        **CARTPOLE,
+        "learning_starts": 300,
+        "train_freq": 100,
+        "gradient_steps": 8,
+        "net_arch": [32, 32],
+        "save_replay": True,
+        "double_dqn": double_dqn,
+        "tau": 0.5,
+        "target_update_interval": 50,
+    }
+    cfg = config(steps=2000, seed=3, **hp)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir()
+    part.mkdir()
+    train(cfg, whole)
+    first = train(cfg, part, stop_at=1150)
+    assert first.interrupted and first.step == 1150
+    ckpt = checkpoint.load(part / "checkpoints" / "last.pt")
+    assert ckpt["agent_state"]["replay"]["frames"].shape[1] > 1000  # the memory travelled with it
+    train(cfg, part, resume=ckpt)
+    a, b = _params(whole), _params(part)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], (torch.Tensor, np.ndarray)):
+            assert np.array_equal(np.asarray(a[key]), np.asarray(b[key])), key
+
+
+def test_vector_envs_feed_one_memory(tmp_path):
+    hp = {**CARTPOLE, "learning_starts": 200, "train_freq": 64, "gradient_steps": 2, "net_arch": [16]}
+    data = config(steps=1000, **hp).to_dict()
+    data["num_envs"] = 4
+    result = train(validate(data, DQNConfig), tmp_path)
+    assert result.step == 1000
