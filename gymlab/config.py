@@ -38,6 +38,9 @@ class RunConfig(BaseModel):
     steps: int = Field(100_000, gt=0, description="env-step budget, summed over all envs")
     num_envs: int = Field(1, ge=1, description="parallel env copies feeding the agent")
     vectorization: Literal["sync", "async"] = Field("sync", description="one process, or one per env")
+    threads: int = Field(
+        1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto|cpu|cuda[:N]")
     eval_every: int = Field(10_000, ge=0, description="env steps between evaluations (0: only at the end)")
     eval_episodes: int = Field(10, ge=1, description="greedy episodes per evaluation")

@@ -34,6 +34,7 @@ BOOKKEEPING_KEYS = frozenset(
         "log_every",
         "video_every",
         "vectorization",
+        "threads",
     }
 )
 
