@@ -264,7 +264,6 @@ class Reinforce:
         self.ep_actions: list[list[np.ndarray]] = [[] for _ in range(self.num_envs)]
         self.ep_rewards: list[list[float]] = [[] for _ in range(self.num_envs)]
         self.complete: list[Episode] = []
-        self._pending: tuple[np.ndarray, np.ndarray] | None = None  # (actions sent to env, raw samples)
 
     # ----------------------------------------------------------------------------- acting
 
@@ -278,8 +277,8 @@ class Reinforce:
     def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
         """Sample from π(· | s) (``explore``) or take its mode: (N, *obs_shape) -> (N,) or (N, D).
 
-        No learning side effects; for Box actions an exploring call remembers its unclipped
-        sample until the matching :meth:`observe`.
+        Pure: no learning side effects. Box actions are returned unclipped; the env gets them
+        clipped to its bounds (``gymlab.agent.env_actions``).
         """
         with torch.no_grad():
             out = self.policy(self._features(obs)).cpu()  # (N, A) logits or (N, D) means
@@ -292,38 +291,30 @@ class Reinforce:
             return result + self.act_start if self.act_start else result
         assert self.log_std is not None
         if not explore:
-            return np.clip(out.numpy(), self.low, self.high).astype(self.act_dtype)
+            return out.numpy().astype(np.float32)  # the mean; the loop clips it to the env's bounds
         noise = torch.randn(out.shape, generator=self.gen)  # (N, D)
-        raw = (out + self.log_std.detach().cpu().exp() * noise).numpy()
-        # The env only sees actions inside its bounds, but the log-probability is that of the
-        # raw sample. The policy is the Gaussian; the clip is best read as part of the env's
-        # dynamics, mapping each sample to what the env can do, so ∇ log N(raw) is the policy
-        # gradient. The Gaussian density of the clipped value is not the probability of anything
-        # (a clipped action is a point mass holding all the Gaussian's mass beyond the bound), and
-        # its gradient would be biased, most where the mean sits near or past a bound. The raw
-        # sample is kept here and recovered in observe() for the step the loop reports back.
-        sent = np.clip(raw, self.low, self.high).astype(self.act_dtype)
-        self._pending = (sent, raw.astype(np.float32))
-        return sent
+        # The raw sample is returned and comes back in observe(): the loop clips it to the bounds
+        # only for the env (gymlab.agent.env_actions), and the log-probability is the raw sample's.
+        # The policy is the Gaussian; the clip is best read as part of the env's dynamics, mapping
+        # each sample to what the env can do, so ∇ log N(raw) is the policy gradient. The Gaussian
+        # density of the clipped value is not the probability of anything (a clipped action is a
+        # point mass holding all the Gaussian's mass beyond the bound), and its gradient would be
+        # biased, most where the mean sits near or past a bound.
+        return (out + self.log_std.detach().cpu().exp() * noise).numpy().astype(np.float32)
 
     # ----------------------------------------------------------------------------- collecting
 
-    def _raw_actions(self, sent: np.ndarray) -> np.ndarray:
-        """Recover the sampled actions behind the ones the env received (the same for Discrete)."""
+    def _actions(self, actions: np.ndarray) -> np.ndarray:
+        """Actions as the policy indexes them: shifted to start at 0 (Discrete) or float32 samples (Box)."""
         if self.discrete:
-            return np.asarray(sent, dtype=np.int64) - self.act_start
-        pending, self._pending = self._pending, None
-        if pending is not None and np.array_equal(pending[0], sent):
-            return pending[1]
-        # A transition that did not come from our last act() (e.g. a test feeding steps by hand):
-        # the action is all we have.
-        return np.asarray(sent, dtype=np.float32)
+            return np.asarray(actions, dtype=np.int64) - self.act_start
+        return np.asarray(actions, dtype=np.float32)
 
     def observe(self, transition: Transition) -> None:
         """Append each env's step to its episode; close the episodes that ended."""
         t = transition
         obs = np.array(t.obs)  # a copy: the rows below must not change if the caller reuses arrays
-        actions = self._raw_actions(t.action)
+        actions = self._actions(t.action)
         rewards = np.asarray(t.reward, dtype=np.float64).tolist()
         for i in range(self.num_envs):
             self.ep_obs[i].append(obs[i])

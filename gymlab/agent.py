@@ -47,7 +47,7 @@ class Transition:
     """
 
     obs: np.ndarray  # (N, *obs_shape)
-    action: np.ndarray  # (N, *action_shape)
+    action: np.ndarray  # (N, *action_shape) as act() chose it (for Box spaces the env got it clipped)
     reward: np.ndarray  # (N,) float
     next_obs: np.ndarray  # (N, *obs_shape)
     terminated: np.ndarray  # (N,) bool: the MDP reached a terminal state
@@ -146,6 +146,18 @@ def check_agent_spaces(
     problem = cls.check_spaces(observation_space, action_space)
     if problem is not None:
         raise GymlabError(f"agent '{cls.name}' cannot train on {env_id}: {problem}")
+
+
+def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
+    """What the env receives for an agent's actions: clipped to the bounds of a Box space.
+
+    Agents return what their policy sampled (a Gaussian sample can leave the bounds) and see that
+    same action again in ``observe``, so the log-probability is the sample's; the clip is treated
+    as part of the env. ``action_space`` is one env's space; ``actions`` are batched (N, D).
+    """
+    if isinstance(action_space, gym.spaces.Box):
+        return np.clip(actions, action_space.low, action_space.high).astype(action_space.dtype, copy=False)
+    return actions
 
 
 def describe_space(space: gym.Space[Any]) -> str:

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
 from gymlab import checkpoint, registry, tblayout, video
 from gymlab import logging as tb
-from gymlab.agent import Agent, Context, Transition, check_agent_spaces, load_agent_class
+from gymlab.agent import Agent, Context, Transition, check_agent_spaces, env_actions, load_agent_class
 from gymlab.config import Config
 from gymlab.errors import GymlabError
 
@@ -173,7 +174,7 @@ def evaluate(
     while (done < quota).any():
         if on_step is not None:
             on_step(obs)
-        obs, _, _, _, infos = envs.step(agent.act(obs, explore=False))
+        obs, _, _, _, infos = envs.step(env_actions(envs.single_action_space, agent.act(obs, explore=False)))
         for i, ret, length in episode_stats(infos):
             if done[i] < quota[i]:
                 done[i] += 1
@@ -292,11 +293,13 @@ class _Trainer:
         """Step envs and agent until the budget is spent; True if stopped early (Ctrl-C or ``stop_at``)."""
         agent, envs, state, window, n = self.agent, self.envs, self.state, self.window, self.envs.num_envs
         obs = self.obs
+        space = envs.single_action_space
+        clip = isinstance(space, gym.spaces.Box)  # Box actions reach the env clipped to its bounds
         last_step = min(self.total, stop_at) if stop_at is not None else self.total
         next_due = self._next_due(last_step)
         while state.step < self.total:
             action = agent.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            next_obs, reward, terminated, truncated, infos = envs.step(env_actions(space, action) if clip else action)
             real_next = next_obs
             if "final_obs" in infos:  # some copy ended an episode: the agent sees its true last obs
                 real_next = next_obs.copy()

@@ -108,11 +108,14 @@ def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
     """Wrap an agent's batched greedy ``act`` as a single-env policy."""
     from gymnasium.vector.utils import batch_space
 
+    from gymlab.agent import env_actions
+
     obs_space = env.observation_space
     batched_actions = batch_space(env.action_space, 1)  # built once: it deep-copies the space
 
     def policy(obs: Any) -> Any:
-        return unbatch_action(batched_actions, agent.act(batch_obs(obs_space, obs), explore=False))
+        actions = env_actions(env.action_space, agent.act(batch_obs(obs_space, obs), explore=False))
+        return unbatch_action(batched_actions, actions)
 
     return policy
 

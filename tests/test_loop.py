@@ -136,3 +136,40 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
     a, b, c = q(tmp_path / "a", 1), q(tmp_path / "b", 1), q(tmp_path / "c", 2)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+class Slider(gym.Env):
+    """A Box(-1, 1) action env that remembers what it received; episodes last 2 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    received: ClassVar[list[float]] = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        Slider.received.append(float(action[0]))
+        self.t += 1
+        return np.zeros(1, np.float32), 0.0, self.t == 2, False, {}
+
+
+class Pusher(Scripted):
+    """Always asks for 5.0, far outside the bounds."""
+
+    def act(self, obs, explore):
+        return np.full((len(obs), 1), 5.0, np.float32)
+
+
+def test_box_actions_reach_the_env_clipped_and_the_agent_sees_its_own(tmp_path):
+    Scripted.seen.clear()
+    Slider.received.clear()
+    cfg = validate(
+        {"agent": f"{__name__}:Pusher", "env": f"{__name__}:Slider", "steps": 4, "eval_every": 0, "eval_episodes": 1},
+        ScriptedConfig,
+    )
+    train(cfg, tmp_path)
+    assert Slider.received == [1.0] * 6  # 4 training steps, then a 2-step evaluation episode
+    assert [float(t.action[0, 0]) for t in Scripted.seen] == [5.0] * 4

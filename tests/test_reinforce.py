@@ -21,7 +21,7 @@ from gymlab.agents.reinforce import (
 )
 
 from gymlab import checkpoint
-from gymlab.agent import Context, Transition, load_agent_class
+from gymlab.agent import Context, Transition, env_actions, load_agent_class
 from gymlab.config import resolve
 from gymlab.loop import train
 
@@ -200,15 +200,15 @@ def test_box_actions_are_clipped_for_the_env_but_learned_from_the_raw_sample():
     space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     agent = make_agent(space, num_envs=64, log_std_init=1.0, baseline="none")
     obs = np.zeros((64, 2), np.float32)
-    sent = agent.act(obs, explore=True)
-    assert sent.dtype == np.float32 and sent.shape == (64, 2)
-    assert np.all(sent >= -1.0) and np.all(sent <= 1.0)
-    step(agent, obs, sent, np.ones(64), obs, terminated=np.ones(64, bool))
-    raw = np.stack([ep.actions[0] for ep in agent.complete])  # (64, 2)
+    raw = agent.act(obs, explore=True)  # what the policy sampled
+    assert raw.dtype == np.float32 and raw.shape == (64, 2)
     assert np.abs(raw).max() > 1.0  # sigma = e: many samples fall outside the bounds
+    sent = env_actions(space, raw)  # what the loop gives the env
+    assert np.all(sent >= -1.0) and np.all(sent <= 1.0)
     np.testing.assert_array_equal(np.clip(raw, -1.0, 1.0), sent)
-    greedy = agent.act(np.full((3, 2), 5.0, np.float32), explore=False)
-    assert np.all(np.abs(greedy) <= 1.0)
+    step(agent, obs, raw, np.ones(64), obs, terminated=np.ones(64, bool))
+    learned = np.stack([ep.actions[0] for ep in agent.complete])  # (64, 2)
+    np.testing.assert_array_equal(learned, raw)  # the log-prob is the raw sample's
 
 
 def test_discrete_sampling_follows_the_policy_and_greedy_takes_the_mode():
