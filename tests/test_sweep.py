@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from gymlab.agents.tabular_q import TabularQ
 
 from gymlab import loop, runs
 from gymlab import sweep as sw
-from gymlab.agents.tabular_q import TabularQ
 from gymlab.config import resolve, validate
 from gymlab.errors import GymlabError
 
@@ -255,3 +255,32 @@ def test_tpe_with_median_pruning_stops_bad_trials(tmp_path: Path) -> None:
     pruned = [r for r in result.rows if r.state == "pruned"]
     assert all(r.step is not None and r.step < 30000 for r in pruned)
     assert all(r.mean is not None for r in pruned)
+
+
+@pytest.mark.slow
+def test_cli_sweep_then_train_best(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    data = {**TAXI, "base": {**TAXI["base"], "steps": 3000, "eval_every": 1500}}
+    data["space"] = {"learning_rate": [0.3, 0.9]}
+    path = write_sweep(tmp_path, data)
+    folder = tmp_path / "sweep"
+    out = run_cli("sweep", str(path), "--max-concurrent", "2", "--run-dir", str(folder), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "trial 0 done" in out.stdout and "trial 1 done" in out.stdout
+    assert "| rank | trial | state | learning_rate |" in out.stdout
+    assert f"best config: {folder / 'best.yaml'}" in out.stdout
+    run = tmp_path / "best-run"
+    out = run_cli(
+        "train", "--config", str(folder / "best.yaml"), "--steps", "1000", "--run-dir", str(run), cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert (run / "checkpoints" / "last.pt").is_file()
+    # Running the finished sweep again resumes it: nothing left to do, nothing redone.
+    out = run_cli("sweep", str(path), "--run-dir", str(folder), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 finished trial(s) kept" in out.stdout and "done:" not in out.stdout and "trial 0 done" not in out.stdout
+    # A mistake in the sweep file is one line and exit code 2.
+    bad = write_sweep(tmp_path, {**data, "space": {"learnin_rate": [0.1]}}, name="bad")
+    out = run_cli("sweep", str(bad), cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("gymlab: error:") and "learning_rate" in out.stderr
