@@ -136,7 +136,7 @@ def load_agent_class(name: str) -> type[Agent]:
     for required in ("Config", "check_spaces", "act", "observe", "update", "state_dict"):
         if not hasattr(cls, required):
             raise GymlabError(f"agent '{name}': {cls.__name__} lacks '{required}' and is not a gymlab Agent")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def check_agent_spaces(

@@ -105,7 +105,7 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
         raise GymlabError(f"checkpoint {path} has format version {data.get('version')}; this gymlab reads {VERSION}")
     if agent is not None and data.get("agent") != agent:
         raise GymlabError(f"checkpoint {path} was written by agent '{data.get('agent')}', not '{agent}'")
-    return decode(data)  # type: ignore[no-any-return]
+    return decode(data)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -120,7 +120,7 @@ def rng_state() -> dict[str, Any]:
     """The states of Python's, numpy's and torch's global generators."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 - the global generator itself
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -131,7 +131,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
     random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002 - the global generator itself
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -43,9 +43,7 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
     positional = [a for a in args if "=" not in a]
     overrides = [a for a in args if "=" in a]
     if len(positional) > 2:
-        raise GymlabError(
-            f"too many arguments {positional[2:]}: expected AGENT ENV then key=value overrides"
-        )
+        raise GymlabError(f"too many arguments {positional[2:]}: expected AGENT ENV then key=value overrides")
     return positional, overrides
 
 
@@ -60,7 +58,9 @@ def train(
     steps: Annotated[int | None, typer.Option(help="env-step budget (with --resume: total steps to reach)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="the run folder to create (must not exist)")] = None,
-    resume: Annotated[Path | None, typer.Option(help="continue this run folder (or checkpoint) where it stopped")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue this run folder (or checkpoint) where it stopped")
+    ] = None,
     seeds: Annotated[
         str | None,
         typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)"),
@@ -68,8 +68,9 @@ def train(
     workers: Annotated[int, typer.Option(min=1, help="with --seeds: runs at once, each in its own process")] = 1,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
-    from gymlab import checkpoint, loop, runs
-    from gymlab.config import resolve
+    from gymlab import loop, runs
+    from gymlab.agent import load_agent_class
+    from gymlab.config import resolve, validate
     from gymlab.console import make_progress
 
     positional, overrides = _split_args(args or [])
@@ -82,15 +83,15 @@ def train(
         if positional or overrides or config is not None or seed is not None or run_dir is not None:
             raise GymlabError("--resume continues a run exactly as configured: give only the run folder (and --steps)")
         cfg, ckpt, ckpt_path = runs.load_run(resume, "last")
-        if device is not None:
-            cfg = resolve(cfg.run.agent, cfg.run.env, None, [f"{k}={v}" for k, v in _flat(cfg.to_dict()).items()], device=device)
+        if device is not None:  # the one thing a resume may change: where it computes
+            cfg = validate({**cfg.to_dict(), "device": device}, load_agent_class(cfg.run.agent).Config)
         folder = runs.run_dir_of(ckpt_path)
         until = steps if steps is not None else cfg.run.steps
         done = int(ckpt["loop"]["step"])
         if done >= until:
             raise GymlabError(f"run {folder} already reached step {done:,}; pass --steps N with N > {done:,} to go on")
     else:
-        agent, env = (positional + [None, None])[:2]
+        agent, env = [*positional, None, None][:2]
         cfg = resolve(agent, env, config, overrides, seed=seed, steps=steps, device=device)
         loop.preflight(cfg)
         folder = runs.create_run_dir(cfg, run_dir)
@@ -112,9 +113,10 @@ def train(
             f"continue with: gymlab train --resume {folder}"
         )
     speed = (result.step - start_step) / max(elapsed, 1e-9)
-    evals = "" if result.last_eval is None else f"; final eval return {result.last_eval:.4g} (best {result.best_eval:.4g})"
+    evals = (
+        "" if result.last_eval is None else f"; final eval return {result.last_eval:.4g} (best {result.best_eval:.4g})"
+    )
     print(f"done: {result.step:,} steps in {elapsed:.1f} s ({speed:,.0f} steps/s){evals}; run: {folder}")
-    del checkpoint
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -181,20 +183,10 @@ def _train_seeds(
     print(f"{len(results)} runs in {elapsed:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
     failed = [r for r in results if r.error is not None]
     if failed:
-        first = failed[0]
+        failure = failed[0]
         raise GymlabError(
-            f"{len(failed)} of {len(results)} seeds failed (first: seed {first.job.config['seed']}: {first.error})"
+            f"{len(failed)} of {len(results)} seeds failed (first: seed {failure.job.config['seed']}: {failure.error})"
         )
-
-
-def _flat(data: dict[str, object], prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        elif not isinstance(value, dict):
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, str)) else value
-    return out
 
 
 @app.command("eval")
@@ -223,7 +215,7 @@ def evaluate(
     result = {
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
-        "episodes": int(len(returns)),
+        "episodes": len(returns),
         "mean_length": float(lengths.mean()),
         "returns": [float(x) for x in returns],
         "checkpoint": str(ckpt_path),

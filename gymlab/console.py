@@ -13,6 +13,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -37,7 +38,7 @@ class RichProgress:
         self.label = label
         self.console = console or Console(stderr=False)
         self._bar: Progress | None = None
-        self._task = 0
+        self._task = TaskID(0)
 
     def start(self, total: int, initial: int) -> None:
         """Show the bar."""

@@ -96,8 +96,10 @@ def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | Non
         module_name, _, attr = env_id.partition(":")
         target = getattr(importlib.import_module(module_name), attr, None)
         if inspect.isclass(target) and attr not in gym.registry:
-            env: gym.Env[Any, Any] = target(**kwargs)
-            return env
+            if not issubclass(target, gym.Env):
+                raise GymlabError(f"environment '{env_id}': {attr} is a class but not a gymnasium.Env")
+            made: gym.Env[Any, Any] = target(**kwargs)
+            return made
         env_id = attr
     try:
         return gym.make(env_id, **kwargs)
@@ -117,7 +119,7 @@ def make_env(
     resolve_env(env_id)
     # Innermost, so episode statistics are the whole game's, before any wrapper that clips rewards
     # or ends training episodes early (e.g. Atari's terminal-on-life-loss).
-    env = gym.wrappers.RecordEpisodeStatistics(_base_env(env_id, env_kwargs or {}, render_mode))
+    env: gym.Env[Any, Any] = gym.wrappers.RecordEpisodeStatistics(_base_env(env_id, env_kwargs or {}, render_mode))
     for name in wrappers:
         wrap: EnvWrapper = _load_attr(WRAPPERS.get(name, name), "wrapper")
         env = wrap(env, train=train)
@@ -170,7 +172,7 @@ def make_vec_env(
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     first = factory()
-    fns = [lambda: first] + fns[1:]
+    fns = [lambda: first, *fns[1:]]
     if isinstance(first.observation_space, ARRAY_SPACES):
         return LeanSyncVectorEnv(fns)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
