@@ -723,13 +723,16 @@ class _Driver:
         self.active: dict[int, _Active] = {}
         self.queue: list[Segment] = []
         self.in_flight = 0
+        self.stopping = False  # a run was stopped by a signal: finish what runs, start nothing
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Run trials until the budget is spent; True if stopped early by a signal to the runs."""
         self._resume_running()
         while True:
-            self._fill()
+            if not self.stopping:
+                self._fill()
             if self.in_flight == 0:
-                break
+                return self.stopping
             for result in self.backend.wait():
                 self.in_flight -= 1
                 self._on_result(result)
@@ -816,7 +819,10 @@ class _Driver:
         if active is None or segment.seed not in active.pending:
             return  # a sibling seed already failed this trial
         if result.interrupted:
-            return  # Ctrl-C: the run stopped at a checkpoint; a resumed sweep continues it
+            # Ctrl-C or SIGTERM reached the workers: the run stopped at a checkpoint, which a
+            # resumed sweep continues. Stop the sweep too (the driver may not have seen the signal).
+            self.stopping = True
+            return
         active.pending.discard(segment.seed)
         if result.run_dir != active.run_dirs[segment.seed]:
             active.run_dirs[segment.seed] = result.run_dir
@@ -909,7 +915,7 @@ def run_sweep(
     sweep: Sweep,
     sweep_dir: Path,
     *,
-    backend: str = "local",
+    backend: str | Backend = "local",
     address: str | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> SweepResult:
@@ -918,18 +924,19 @@ def run_sweep(
     Trials already finished in the folder's journal are kept, trials an interrupted run left
     half-done continue from their checkpoints, and new trials are asked until ``sweep.trials``.
     A trial that fails is recorded with its error; the others go on. Ctrl-C stops every run at
-    a checkpoint and returns with ``interrupted=True``.
+    a checkpoint and returns with ``interrupted=True``. ``backend`` is ``local``, ``ray``, or
+    any object following :class:`Backend`.
     """
     emit = on_event or (lambda _: None)
     study, existed = _open_study(sweep, sweep_dir)
     resumed = len([t for t in study.trials if t.state.is_finished()])
     if existed:
         emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
-    runner = make_backend(backend, address, sweep.max_concurrent)
+    runner = make_backend(backend, address, sweep.max_concurrent) if isinstance(backend, str) else backend
     driver = _Driver(sweep, sweep_dir, study, runner, emit)
     interrupted = False
     try:
-        driver.run()
+        interrupted = driver.run()
     except KeyboardInterrupt:
         interrupted = True
     finally:

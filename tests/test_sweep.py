@@ -284,3 +284,44 @@ def test_cli_sweep_then_train_best(tmp_path: Path) -> None:
     bad = write_sweep(tmp_path, {**data, "space": {"learnin_rate": [0.1]}}, name="bad")
     out = run_cli("sweep", str(bad), cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("gymlab: error:") and "learning_rate" in out.stderr
+
+
+class InlineBackend:
+    """Runs segments in this process; the segment of ``stop_trial`` comes back as if signalled."""
+
+    slots = 1
+
+    def __init__(self, stop_trial: int | None = None) -> None:
+        self.stop_trial = stop_trial
+        self.submitted: list[sw.Segment] = []
+        self.results: list[sw.SegmentResult] = []
+
+    def submit(self, segment: sw.Segment) -> None:
+        self.submitted.append(segment)
+        if segment.trial == self.stop_trial:
+            self.results.append(sw.SegmentResult(segment, segment.run_dir, step=100, interrupted=True))
+        else:
+            self.results.append(sw.run_segment(segment))
+
+    def wait(self) -> list[sw.SegmentResult]:
+        done, self.results = self.results, []
+        return done
+
+    def close(self, cancel: bool) -> None:
+        pass
+
+
+def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path) -> None:
+    data = {**TAXI, "base": {**TAXI["base"], "steps": 3000, "eval_every": 1500}}
+    sweep = sw.load_sweep(write_sweep(tmp_path, data))
+    stopped = InlineBackend(stop_trial=1)
+    first = sw.run_sweep(sweep, tmp_path / "sweep", backend=stopped)
+    # Trial 0 finished; trial 1's run was stopped by a signal the driver never saw: no trial 2.
+    assert first.interrupted
+    assert [s.trial for s in stopped.submitted] == [0, 1]
+    assert {r.number: r.state for r in first.rows} == {0: "complete", 1: "running"}
+    resumed = InlineBackend()
+    second = sw.run_sweep(sweep, tmp_path / "sweep", backend=resumed)
+    assert not second.interrupted and second.resumed == 1
+    assert [s.trial for s in resumed.submitted] == [1, 2, 3]  # trial 0 is not redone
+    assert [r.state for r in second.rows] == ["complete"] * 4
