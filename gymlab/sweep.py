@@ -186,6 +186,9 @@ class SweepSpec(BaseModel):
     )
     max_concurrent: int | None = Field(None, gt=0, description="runs at once (default: the backend's CPUs)")
     sampler_seed: int = Field(0, ge=0, description="seed of the random and TPE samplers")
+    gpus_per_run: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves per run (e.g. 0.25: four runs share one); local: unused"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
@@ -521,7 +524,7 @@ class RayBackend:
     each task writes its run folder where the driver says.
     """
 
-    def __init__(self, address: str | None, slots: int | None) -> None:
+    def __init__(self, address: str | None, slots: int | None, gpus_per_run: float = 0.0) -> None:
         try:
             import ray
         except ImportError:
@@ -544,7 +547,9 @@ class RayBackend:
         self.slots = slots or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # max_retries=0: a segment is not idempotent halfway (its run folder exists), so a dead
         # worker's segment is reported, not re-run behind the user's back.
-        self.task: Any = ray.remote(num_cpus=1, max_retries=0)(run_segment)
+        # Ray hides the GPUs from a task that reserves none (CUDA_VISIBLE_DEVICES=""), so a run
+        # with device auto trains on CPU there unless the sweep asks for a share of a GPU.
+        self.task: Any = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(run_segment)
         self.running: dict[Any, Segment] = {}
 
     def submit(self, segment: Segment) -> None:
@@ -573,7 +578,7 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def make_backend(name: str, address: str | None, max_concurrent: int | None) -> Backend:
+def make_backend(name: str, address: str | None, max_concurrent: int | None, gpus_per_run: float = 0.0) -> Backend:
     """``local``: worker processes; ``ray``: a local Ray instance, or the cluster at ``address``."""
     import os
 
@@ -582,7 +587,7 @@ def make_backend(name: str, address: str | None, max_concurrent: int | None) -> 
             raise GymlabError("--address names a Ray cluster: use it with --backend ray")
         return ProcessBackend(max_concurrent or os.cpu_count() or 1)
     if name == "ray":
-        return RayBackend(address, max_concurrent)
+        return RayBackend(address, max_concurrent, gpus_per_run)
     raise GymlabError(f"unknown backend '{name}': choose local or ray")
 
 
@@ -932,7 +937,10 @@ def run_sweep(
     resumed = len([t for t in study.trials if t.state.is_finished()])
     if existed:
         emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
-    runner = make_backend(backend, address, sweep.max_concurrent) if isinstance(backend, str) else backend
+    if isinstance(backend, str):
+        runner = make_backend(backend, address, sweep.max_concurrent, sweep.spec.gpus_per_run)
+    else:
+        runner = backend
     driver = _Driver(sweep, sweep_dir, study, runner, emit)
     interrupted = False
     try:
