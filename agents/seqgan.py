@@ -31,6 +31,12 @@ generates the argmax sequence; its return is minus its NLL-oracle (harmless, and
 
 Real data and NLL-oracle come from the agent's own copy of the oracle, built from
 ``oracle_seed`` like the env's; the first finished batch checks the two agree.
+
+A caution, measured in this lab (benchmarks/README.md): without a baseline (the paper's update)
+every Q is positive, and reinforcing the generator's own samples sharpens it. That alone lowers
+NLL-oracle: in the paper's oracle world a *constant* reward of 0.5 lowered it as much as the
+discriminator's rewards did. ``baseline: true`` removes that effect (a constant reward then gives
+no gradient at all), so what remains is the discriminator's doing; the learning test uses it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymlab.agents import seqgan
 from gymlab.agents.seqgan import (
     SeqGAN,
     SeqGANConfig,
@@ -182,3 +183,81 @@ def test_resume_is_exact(tmp_path: Path):
     for net in ("generator", "rollout", "discriminator"):
         for key, value in full[net].items():
             assert torch.equal(value, split[net][key]), f"{net}.{key}"
+
+
+# --- learning --------------------------------------------------------------------------------
+# A tiny world where adversarial training has something to fix: a small oracle (vocabulary 50,
+# length 10, sizes 8) and a generator too small to fit it (sizes 4). MLE fits such a generator
+# mode-covering; the discriminator's reward pulls it towards the sequences the oracle likes.
+# With the per-position baseline a constant reward gives exactly no gradient, so the test also
+# shows that the improvement comes from the discriminator's Monte-Carlo rewards.
+LEARN_ENV = {"vocab_size": 50, "seq_len": 10, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+LEARN = {
+    "oracle_embedding_dim": 8,
+    "oracle_hidden_dim": 8,
+    "embedding_dim": 4,
+    "hidden_dim": 4,
+    "baseline": True,
+    "num_real": 10_000,
+    "mle_epochs": 10,
+    "disc_embedding_dim": 64,
+    "filter_sizes": [1, 2, 3, 4, 5],
+    "num_filters": [32, 32, 32, 32, 32],
+    "disc_learning_rate": 1e-3,
+    "disc_samples": 2_000,
+    "disc_pretrain_rounds": 5,
+    "disc_pretrain_epochs": 2,
+    "g_steps": 1,
+    "d_steps": 2,
+    "d_epochs": 1,
+    "nll_samples": 10_000,
+    "nll_every": 5,
+}
+
+
+def learn(tmp_path: Path) -> dict[str, list[float]]:
+    hp = SeqGANConfig(**LEARN)
+    data = {
+        "agent": "seqgan",
+        "env": "SeqGen-v0",
+        "env_kwargs": LEARN_ENV,
+        "seed": 0,
+        "num_envs": 256,
+        "steps": steps_for(hp, 256, 10, 25),
+        "eval_every": 0,
+        "eval_episodes": 1,
+        "checkpoint_every": 0,
+        "log_every": 2560,
+        "device": "cpu",
+        "hparams": LEARN,
+    }
+    train(validate(data, SeqGAN.Config), tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["agent_state"]
+    history: dict[str, list[float]] = {}
+    for phase, _, nll in state["nll_history"]:
+        history.setdefault(phase, []).append(nll)
+    return history
+
+
+def adversarial_gain(history: dict[str, list[float]]) -> float:
+    """NLL-oracle right after MLE minus the mean of the last three adversarial measurements."""
+    return history["mle"][-1] - float(np.mean(history["adversarial"][-3:]))
+
+
+@pytest.mark.slow
+def test_adversarial_training_lowers_nll_oracle_below_mle(tmp_path: Path):
+    history = learn(tmp_path)
+    untrained, after_mle = history["untrained"][0], history["mle"][-1]
+    assert after_mle < untrained - 1.0
+    # Measured on this machine: 3.381 after MLE, 3.35 over the last adversarial epochs.
+    assert adversarial_gain(history) > 0.01, history
+
+
+@pytest.mark.slow
+def test_constant_rollout_reward_does_not_lower_nll_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def constant(policy, sequences, scorer, num_rollouts, generator=None):
+        return torch.full(sequences.shape, 0.5)
+
+    monkeypatch.setattr(seqgan, "rollout_action_values", constant)
+    history = learn(tmp_path)
+    assert adversarial_gain(history) <= 0.01, history
