@@ -23,7 +23,9 @@ vectors (and for Discrete observations, one-hot encoded).
 Speed: the target network only changes between env steps, so it is fixed during one round of
 gradient steps. A round therefore draws all its batches at once, moves them to the device in one
 transfer, and computes every target in one forward pass (except for double DQN, whose action
-choice needs the online network as it learns).
+choice needs the online network as it learns). The online weights and gradients live in two flat
+tensors, so zeroing, clipping and the fused Adam step are one or two tensor ops each: on a CPU,
+per-tensor Python overhead otherwise costs more than a small network's arithmetic.
 """
 
 from __future__ import annotations
