@@ -1,0 +1,170 @@
+"""gymlab DQN vs Stable-Baselines3 DQN: env steps per second and final greedy return.
+
+Both train in this process with the same hyperparameters (RL Zoo's tuned CartPole-v1 settings,
+or its Atari settings on PongNoFrameskip-v4 with ``--atari``), alternated seed by seed so that
+load on the machine hits both alike. Per run: wall time of the whole training call, env steps
+per second, and the mean greedy return over ``--eval-episodes`` episodes after training. The
+summary gives the median (min, max) of the per-seed ratio gymlab / SB3 and of each side's figures.
+
+gymlab's time includes what its loop does by default (TensorBoard logging, the final
+evaluation and checkpoint), so the ratio is conservative. SB3 is timed over ``model.learn``.
+
+    pip install -e .[bench]          # stable-baselines3
+    python benchmarks/dqn_vs_sb3.py [--seeds 5] [--steps 50000] [--threads 1]
+    python benchmarks/dqn_vs_sb3.py --atari --device cuda --steps 200000 --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+from gymlab import registry
+from gymlab.agent import load_agent_class
+from gymlab.config import validate
+from gymlab.loop import train
+
+# RL Zoo (rl-baselines3-zoo, hyperparams/dqn.yml), CartPole-v1.
+CARTPOLE = {
+    "learning_rate": 2.3e-3,
+    "batch_size": 64,
+    "buffer_size": 100_000,
+    "learning_starts": 1000,
+    "gamma": 0.99,
+    "target_update_interval": 10,
+    "train_freq": 256,
+    "gradient_steps": 128,
+    "exploration_fraction": 0.16,
+    "exploration_final_eps": 0.04,
+    "net_arch": [256, 256],
+}
+# RL Zoo's Atari settings (n_timesteps 1e7 there; the budget here is --steps).
+ATARI = {
+    "learning_rate": 1e-4,
+    "batch_size": 32,
+    "buffer_size": 10_000,
+    "learning_starts": 100_000,
+    "target_update_interval": 1000,
+    "train_freq": 4,
+    "gradient_steps": 1,
+    "exploration_fraction": 0.1,
+    "exploration_final_eps": 0.01,
+}
+
+
+def run_gymlab(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str, episodes: int, atari: bool):
+    cls = load_agent_class("dqn")
+    data = {
+        "agent": "dqn",
+        "env": env_id,
+        "seed": seed,
+        "steps": steps,
+        "device": device,
+        "eval_every": 0,  # evaluate once, at the end, like the SB3 side
+        "eval_episodes": episodes,
+        "checkpoint_every": 0,
+        "wrappers": ["atari"] if atari else [],
+        "hparams": hp,
+    }
+    cfg = validate(data, cls.Config)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(cfg, Path(tmp))
+        wall = time.perf_counter() - start
+    return wall, float(result.last_eval if result.last_eval is not None else float("nan"))
+
+
+def run_sb3(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str, episodes: int, atari: bool):
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    kwargs = {k: v for k, v in hp.items() if k != "net_arch"}
+    if "net_arch" in hp:
+        kwargs["policy_kwargs"] = {"net_arch": hp["net_arch"]}
+    if atari:
+        env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed), n_stack=4)
+        eval_env = VecFrameStack(
+            make_atari_env(
+                env_id,
+                n_envs=1,
+                seed=seed + 1000,
+                wrapper_kwargs={"terminal_on_life_loss": False, "clip_reward": False},
+            ),
+            n_stack=4,
+        )
+        policy = "CnnPolicy"
+    else:
+        env, eval_env, policy = gym.make(env_id), gym.make(env_id), "MlpPolicy"
+    model = DQN(policy, env, seed=seed, device=device, verbose=0, **kwargs)
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True)
+    return wall, float(returns)
+
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="env steps (default 50k CartPole, 1M Atari)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda, the same for both")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--atari", action="store_true", help="PongNoFrameskip-v4 with RL Zoo's Atari settings")
+    parser.add_argument("--only", choices=["gymlab", "sb3"], default=None, help="run one side only")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    env_id = "PongNoFrameskip-v4" if args.atari else "CartPole-v1"
+    hp = ATARI if args.atari else CARTPOLE
+    steps = args.steps or (1_000_000 if args.atari else 50_000)
+    if args.atari:
+        registry.resolve_env(env_id)  # registers the ALE ids
+    print(
+        f"{env_id}, {steps} steps, {args.seeds} seeds, device {args.device}, torch threads {args.threads}; "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads of "
+        f"{__import__('os').cpu_count()} CPUs; torch {torch.__version__}, gymnasium {gym.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        flush=True,
+    )
+    rows: dict[str, list[tuple[float, float]]] = {"gymlab": [], "sb3": []}
+    sides = {"gymlab": run_gymlab, "sb3": run_sb3}
+    for seed in range(args.seeds):
+        order = ["gymlab", "sb3"] if seed % 2 == 0 else ["sb3", "gymlab"]  # alternate who goes first
+        for side in order:
+            if args.only and side != args.only:
+                continue
+            wall, ret = sides[side](env_id, hp, steps, seed, args.device, args.eval_episodes, args.atari)
+            rows[side].append((wall, ret))
+            print(
+                f"seed {seed} {side:6s}: {wall:7.1f} s, {steps / wall:8.0f} steps/s, eval return {ret:7.1f}", flush=True
+            )
+
+    for side, runs in rows.items():
+        if runs:
+            walls = [w for w, _ in runs]
+            print(
+                f"{side:6s}: wall {fmt(walls)} s, steps/s {fmt([steps / w for w in walls], 0)}, "
+                f"eval return {fmt([r for _, r in runs])}"
+            )
+    if rows["gymlab"] and rows["sb3"]:
+        ratios = [s / g for (g, _), (s, _) in zip(rows["gymlab"], rows["sb3"], strict=True)]
+        print(f"steps/s ratio gymlab/SB3 per seed: median {fmt(ratios, 2)}  [{', '.join(f'{r:.2f}' for r in ratios)}]")
+
+
+if __name__ == "__main__":
+    main()
