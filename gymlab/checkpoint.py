@@ -202,13 +202,26 @@ def set_env_state(env: gym.Env[Any, Any], layers: list[dict[str, Any]]) -> None:
         layer = layer.env
 
 
+#: Attributes of an unwrapped env that hold a simulator whose state plain data cannot restore.
+OPAQUE_SIMULATORS = ("ale", "world")  # the Arcade Learning Environment; Box2D
+
+
+def capturable(env: gym.Env[Any, Any]) -> bool:
+    """Whether :func:`env_state` restores this env exactly (no opaque simulator inside)."""
+    return not any(hasattr(env.unwrapped, name) for name in OPAQUE_SIMULATORS)
+
+
 def vector_env_state(envs: Any) -> dict[str, Any] | None:
-    """State of a vector env: its own ``state_dict`` if it has one, else each sync copy's layers."""
+    """State of a vector env: its own ``state_dict`` if it has one, else each sync copy's layers.
+
+    None when the episodes in progress cannot be restored exactly (async copies live in other
+    processes; Atari and Box2D simulators are opaque): a resume then starts fresh episodes.
+    """
     if hasattr(envs, "state_dict"):
         return {"native": envs.state_dict()}
-    if hasattr(envs, "envs"):
+    if hasattr(envs, "envs") and all(capturable(e) for e in envs.envs):
         return {"copies": [env_state(e) for e in envs.envs]}
-    return None  # async copies live in other processes: a resume starts fresh episodes
+    return None
 
 
 def set_vector_env_state(envs: Any, state: dict[str, Any] | None) -> bool:

@@ -110,3 +110,12 @@ def test_env_state_restores_the_running_episode(env_id):
             assert ra[4]["episode"]["l"] == rb[4]["episode"]["l"]
             oa, ob = a.reset()[0], b.reset()[0]
             np.testing.assert_allclose(oa, ob)  # the env's generator was restored too
+
+
+def test_opaque_simulators_are_not_claimed_restorable():
+    from gymlab.registry import make_vec_env
+
+    box2d = make_vec_env("LunarLander-v3", 1)
+    assert checkpoint.vector_env_state(box2d) is None  # resume starts fresh episodes
+    assert not checkpoint.set_vector_env_state(box2d, None)
+    assert checkpoint.vector_env_state(make_vec_env("CartPole-v1", 2)) is not None
