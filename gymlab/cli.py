@@ -7,6 +7,7 @@ Every user-facing problem is a :class:`~gymlab.errors.GymlabError`, printed here
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -254,10 +255,15 @@ def list_() -> None:
             agents.add_row(name, "—", f"unavailable: {exc}")
     console.print(agents)
     presets = Table(title=f"shipped configs ({configs_root()})", title_justify="left")
-    for col in ("agent", "env", "file"):
+    for col in ("agent", "preset", "train it with"):
         presets.add_column(col)
     for agent, env, path in shipped_configs():
-        presets.add_row(agent, env, f"{agent}/{path.name}")
+        # A preset named like an env id (Name-vN) loads by itself; a variant (SeqGen-v0-small) via --config.
+        if re.fullmatch(r".+-v\d+", env):
+            command = f"gymlab train {agent} {env}"
+        else:
+            command = f"gymlab train {agent} {env.rsplit('-', 1)[0]} --config {path.relative_to(configs_root().parent)}"
+        presets.add_row(agent, env, command)
     console.print(presets)
 
 
