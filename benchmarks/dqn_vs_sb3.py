@@ -31,22 +31,10 @@ import torch
 
 from gymlab import loop, registry
 from gymlab.agent import load_agent_class
-from gymlab.config import validate
+from gymlab.config import resolve, validate
 
-# RL Zoo (rl-baselines3-zoo, hyperparams/dqn.yml), CartPole-v1.
-CARTPOLE = {
-    "learning_rate": 2.3e-3,
-    "batch_size": 64,
-    "buffer_size": 100_000,
-    "learning_starts": 1000,
-    "gamma": 0.99,
-    "target_update_interval": 10,
-    "train_freq": 256,
-    "gradient_steps": 128,
-    "exploration_fraction": 0.16,
-    "exploration_final_eps": 0.04,
-    "net_arch": [256, 256],
-}
+# RL Zoo's tuned CartPole settings, as the shipped preset gives them to users.
+CARTPOLE = resolve("dqn", "CartPole-v1").hparams.model_dump()
 # RL Zoo's Atari settings (n_timesteps 1e7 there; the budget here is --steps).
 ATARI = {
     "learning_rate": 1e-4,
@@ -99,13 +87,34 @@ def run_gymlab(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: s
     return wall, float(result.last_eval if result.last_eval is not None else float("nan"))
 
 
+SB3_KEYS = frozenset(
+    {
+        "learning_rate",
+        "buffer_size",
+        "learning_starts",
+        "batch_size",
+        "tau",
+        "gamma",
+        "train_freq",
+        "gradient_steps",
+        "target_update_interval",
+        "exploration_fraction",
+        "exploration_initial_eps",
+        "exploration_final_eps",
+        "max_grad_norm",
+    }
+)
+
+
 def run_sb3(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str, episodes: int, atari: bool):
     from stable_baselines3 import DQN
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecFrameStack
 
-    kwargs = {k: v for k, v in hp.items() if k != "net_arch"}
+    # The keys both implementations share; gymlab's own (huber_delta 1, double_dqn off, ...) are at
+    # the values that match SB3's fixed behaviour.
+    kwargs = {k: v for k, v in hp.items() if k in SB3_KEYS}
     if "net_arch" in hp:
         kwargs["policy_kwargs"] = {"net_arch": hp["net_arch"]}
     env: Any
