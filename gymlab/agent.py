@@ -113,11 +113,6 @@ class Agent(Protocol):
         ...
 
 
-def agent_names() -> list[str]:
-    """The built-in agents' names."""
-    return list(AGENTS)
-
-
 def load_agent_class(name: str) -> type[Agent]:
     """Resolve an agent name (or ``module:Class``) to its class, with a clear error if unknown."""
     target = AGENTS.get(name, name)

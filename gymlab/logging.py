@@ -109,10 +109,6 @@ class RunLogger:
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
         self.writer._get_file_writer().add_summary(summary, step)
 
-    def flush(self) -> None:
-        """Push pending events to disk."""
-        self.writer.flush()
-
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.close()

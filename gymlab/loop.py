@@ -109,10 +109,9 @@ class EnvSetup:
     envs: VectorEnv[Any, Any, Any]
     eval_envs: VectorEnv[Any, Any, Any]
     agent: Agent
-    device: torch.device
 
 
-def build(config: Config, *, num_eval_envs: int = 1) -> EnvSetup:
+def build(config: Config) -> EnvSetup:
     """Make the training and evaluation envs and the agent, checking the agent fits the env."""
     run = config.run
     device = resolve_device(run.device)
@@ -123,13 +122,13 @@ def build(config: Config, *, num_eval_envs: int = 1) -> EnvSetup:
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
         check_agent_spaces(agent_cls, run.env, obs_space, act_space)
-        eval_envs = registry.make_vec_env(run.env, num_eval_envs, run.env_kwargs, run.wrappers, train=False)
+        eval_envs = registry.make_vec_env(run.env, 1, run.env_kwargs, run.wrappers, train=False)
         ctx = Context(obs_space, act_space, run.num_envs, run.seed, device, run.steps)
         agent = agent_cls(config.hparams, ctx)  # type: ignore[call-arg]
     except BaseException:
         envs.close()
         raise
-    return EnvSetup(envs, eval_envs, agent, device)
+    return EnvSetup(envs, eval_envs, agent)
 
 
 def preflight(config: Config) -> None:
