@@ -20,6 +20,9 @@ How the numbers are made, for a group of ``n`` runs (seeds) of one metric:
   steps, i.e. the mean value over training (comparable between groups of different lengths);
   steps to threshold = the first step where the mean curve reaches ``--threshold``, linearly
   interpolated between logged steps.
+
+The bootstrap, the IQM and the table renderer are :mod:`gymlab.report`'s, shared with
+``train --seeds`` and sweep summaries.
 """
 
 from __future__ import annotations
@@ -35,11 +38,10 @@ import numpy as np
 import yaml
 
 from gymlab import logging as tb
-from gymlab import tblayout
+from gymlab import report, tblayout
 from gymlab.errors import GymlabError
 
 GroupBy = Literal["agent", "env", "config"]
-BOOTSTRAP_SAMPLES = 2000
 MAX_POINTS = 1000
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -245,28 +247,6 @@ def align(curves: Sequence[RunCurve], grid: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(grid, c.steps, c.values) for c in curves])
 
 
-def bootstrap_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each of ``n`` runs is drawn in each resample: (B, n), rows summing to ``n``."""
-    draws = rng.integers(0, n, size=(samples, n))  # (B, n) run indices
-    return np.stack([np.bincount(row, minlength=n) for row in draws])
-
-
-def bootstrap_band(values: np.ndarray, counts: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap CI of the mean over axis 0 of ``values`` (n, ...), given resample counts (B, n)."""
-    n = values.shape[0]
-    means = np.tensordot(counts / n, values, axes=1)  # (B, ...) the mean of each resample
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
-    return low, high
-
-
-def iqm(values: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
-    from scipy.stats import trim_mean
-
-    return float(trim_mean(values, 0.25))
-
-
 def area_per_step(steps: np.ndarray, mean: np.ndarray) -> float:
     """Area under the curve divided by the span of steps: the curve's average over training."""
     if len(steps) < 2:
@@ -291,15 +271,15 @@ def summarize(
     curves: Sequence[RunCurve],
     threshold: float | None,
     rng: np.random.Generator,
-    samples: int = BOOTSTRAP_SAMPLES,
+    samples: int = report.BOOTSTRAP_SAMPLES,
 ) -> GroupStats:
     """Align a group's runs and compute its band and table row."""
     grid = common_grid(curves)
     aligned = align(curves, grid)  # (n, G)
-    counts = bootstrap_counts(len(curves), samples, rng)
-    low, high = bootstrap_band(aligned, counts)
+    counts = report.bootstrap_counts(len(curves), samples, rng)
+    low, high = report.bootstrap_band(aligned, counts)
     final = aligned[:, -1]
-    final_low, final_high = bootstrap_band(final, counts)
+    final_low, final_high = report.bootstrap_band(final, counts)
     mean = aligned.mean(axis=0)
     longest = max(int(c.steps[-1]) for c in curves)
     notes = []
@@ -320,7 +300,7 @@ def summarize(
         longest=longest,
         final=final,
         final_mean=float(final.mean()),
-        final_iqm=iqm(final),
+        final_iqm=report.iqm(final),
         final_ci=(float(final_low), float(final_high)),
         auc=area_per_step(grid, mean),
         to_threshold=None if threshold is None else steps_to_threshold(grid, mean, threshold),
@@ -331,39 +311,28 @@ def summarize(
 # ---------------------------------------------------------------- output
 
 
-def human_steps(x: float) -> str:
-    """1500 -> 1.5k, 2000000 -> 2M."""
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.4g}{unit}"
-    return f"{x:.4g}"
-
-
-def format_table(comparison: Comparison) -> str:
-    """The per-group table as aligned plain text."""
+def summary_table(comparison: Comparison) -> report.Table:
+    """The per-group table: seeds, how far the curve reaches, final mean, IQM and 95% CI, AUC, steps to threshold."""
     thr = comparison.threshold
     header = ["group", "seeds", "reaches", "final mean", "final IQM", "final 95% CI", "AUC/step"]
     if thr is not None:
         header.append(f"steps to {thr:g}")
-    rows = []
+    right: list[report.Align] = ["right"] * (len(header) - 1)
+    table = report.Table(header, align=["left", *right])
     for g in comparison.groups:
-        reach = human_steps(g.reach) + (f" (longest {human_steps(g.longest)})" if g.longest > g.reach else "")
-        row = [
-            g.label,
-            str(g.n),
-            reach,
-            f"{g.final_mean:.4g}",
-            f"{g.final_iqm:.4g}",
-            f"[{g.final_ci[0]:.4g}, {g.final_ci[1]:.4g}]",
-            f"{g.auc:.4g}",
-        ]
+        steps = report.human_steps
+        reach = steps(g.reach) + (f" (longest {steps(g.longest)})" if g.longest > g.reach else "")
+        row = [g.label, g.n, reach, f"{g.final_mean:.4g}", f"{g.final_iqm:.4g}"]
+        row += [f"[{g.final_ci[0]:.4g}, {g.final_ci[1]:.4g}]", f"{g.auc:.4g}"]
         if thr is not None:
-            row.append("not reached" if g.to_threshold is None else human_steps(g.to_threshold))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+            row.append("not reached" if g.to_threshold is None else steps(g.to_threshold))
+        table.add_row(*row)
+    return table
+
+
+def format_table(comparison: Comparison) -> str:
+    """The per-group table as plain text (each row on one line, starting with the group's label)."""
+    return summary_table(comparison).text()
 
 
 def plot(comparison: Comparison, out: Path) -> Any:
@@ -378,7 +347,8 @@ def plot(comparison: Comparison, out: Path) -> Any:
     colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     for i, g in enumerate(comparison.groups):
         color = colors[i % len(colors)]
-        reach = f"to {human_steps(g.reach)}" + (f", longest {human_steps(g.longest)}" if g.longest > g.reach else "")
+        longest = f", longest {report.human_steps(g.longest)}" if g.longest > g.reach else ""
+        reach = f"to {report.human_steps(g.reach)}{longest}"
         seeds = f"{g.n} seed{'s' if g.n != 1 else ''}"
         marker = "o" if len(g.steps) <= 30 else None
         ax.plot(g.steps, g.mean, color=color, lw=2, marker=marker, ms=4, label=f"{g.label}  ({seeds}, {reach})")
@@ -386,7 +356,7 @@ def plot(comparison: Comparison, out: Path) -> Any:
             ax.fill_between(g.steps, g.low, g.high, color=color, alpha=0.2, lw=0)
     if comparison.threshold is not None:
         ax.axhline(comparison.threshold, color="0.4", ls="--", lw=1, label=f"threshold {comparison.threshold:g}")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_steps(x)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: report.human_steps(x)))
     ax.set_xlabel("env steps")
     ax.set_ylabel(METRIC_LABELS.get(comparison.metric, comparison.metric))
     ax.set_title(f"{comparison.metric}: mean over seeds, shaded 95% bootstrap CI", fontsize=11)
