@@ -37,8 +37,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from gymlab import logging as tb
 from gymlab import report, tblayout
+from gymlab import tblog as tb
 from gymlab.errors import GymlabError
 
 GroupBy = Literal["agent", "env", "config"]

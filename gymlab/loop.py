@@ -32,7 +32,7 @@ import torch
 from gymnasium.vector import VectorEnv
 
 from gymlab import checkpoint, registry, tblayout, video
-from gymlab import logging as tb
+from gymlab import tblog as tb
 from gymlab.agent import Agent, Context, Transition, check_agent_spaces, env_actions, load_agent_class
 from gymlab.config import Config
 from gymlab.errors import GymlabError

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gymlab import logging as tb
+from gymlab import tblog as tb
 
 #: Run-level keys that do not change what is learned: runs differing only in these pool together.
 BOOKKEEPING_KEYS = frozenset(

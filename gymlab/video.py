@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from gymlab.agent import Agent
     from gymlab.config import Config
-    from gymlab.logging import RunLogger
+    from gymlab.tblog import RunLogger
 
 DEFAULT_FPS = 30
 
@@ -196,43 +196,6 @@ def read_frames(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     return np.asarray(iio.imread(str(path), plugin="FFMPEG"))
-
-
-def gif_bytes(
-    frames: list[np.ndarray], fps: float, max_side: int = 200, max_frames: int = 120
-) -> tuple[bytes, int, int]:
-    """A small animated GIF of the frames and its height and width, for TensorBoard's image tab.
-
-    Frames are shrunk to at most ``max_side`` pixels and, for long episodes, every k-th frame is
-    kept with the delay stretched to match, so the clip plays in real time at a bounded size.
-    """
-    from io import BytesIO
-
-    from PIL import Image
-
-    stride = max(1, -(-len(frames) // max_frames))  # ceil division
-    kept = frames[::stride]
-    h, w = kept[0].shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # Fast-octree quantisation: about half the time of Pillow's default median cut, and the
-    # recording's cost matters because it runs beside training.
-    images = [
-        Image.fromarray(even_frame(f))
-        .resize(size, Image.Resampling.BILINEAR)
-        .quantize(256, method=Image.Quantize.FASTOCTREE)
-        for f in kept
-    ]
-    buffer = BytesIO()
-    images[0].save(
-        buffer,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=round(1000 * stride / fps),
-        loop=0,
-    )
-    return buffer.getvalue(), size[1], size[0]
 
 
 class EpisodeRecorder:

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from gymlab import compare as cmp
-from gymlab import logging as tb
 from gymlab import tblayout
+from gymlab import tblog as tb
 from gymlab.errors import GymlabError
 
 METRIC = tb.EVAL_RETURN

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import logging as tb
 from gymlab import loop, registry, runs, video
+from gymlab import tblog as tb
 from gymlab.agent import load_agent_class
 from gymlab.config import validate
 from gymlab.loop import train
@@ -84,7 +84,7 @@ def test_even_frame_pads_with_the_edge_and_makes_grey_rgb():
 
 def test_gif_for_tensorboard_is_small_and_keeps_real_time():
     frames = [np.full((400, 600, 3), i % 256, dtype=np.uint8) for i in range(450)]
-    data, h, w = video.gif_bytes(frames, fps=50)
+    data, h, w = tb.gif_bytes(frames, fps=50)
     gif = Image.open(BytesIO(data))
     assert (gif.width, gif.height) == (w, h) == (200, 133)
     assert gif.n_frames == 113  # every 4th frame of 450 (at most 120 kept)...

@@ -66,6 +66,45 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def gif_bytes(
+    frames: list[np.ndarray], fps: float, max_side: int = 200, max_frames: int = 120
+) -> tuple[bytes, int, int]:
+    """A small animated GIF of the frames and its height and width, for TensorBoard's image tab.
+
+    Frames are shrunk to at most ``max_side`` pixels and, for long episodes, every k-th frame is
+    kept with the delay stretched to match, so the clip plays in real time at a bounded size.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    stride = max(1, -(-len(frames) // max_frames))  # ceil division
+    kept = frames[::stride]
+    h, w = kept[0].shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Fast-octree quantisation: about half the time of Pillow's default median cut, and the
+    # recording's cost matters because it runs beside training.
+    # convert("RGB"): grey (H, W) and RGBA (H, W, 4) frames become (H, W, 3).
+    images = [
+        Image.fromarray(np.asarray(f, dtype=np.uint8))
+        .convert("RGB")
+        .resize(size, Image.Resampling.BILINEAR)
+        .quantize(256, method=Image.Quantize.FASTOCTREE)
+        for f in kept
+    ]
+    buffer = BytesIO()
+    images[0].save(
+        buffer,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 * stride / fps),
+        loop=0,
+    )
+    return buffer.getvalue(), size[1], size[0]
+
+
 class RunLogger:
     """The TensorBoard writer of one run folder."""
 
@@ -101,8 +140,6 @@ class RunLogger:
         bytes are a GIF, which TensorBoard animates) with Pillow, downscaled to stay small.
         """
         from tensorboard.compat.proto.summary_pb2 import Summary
-
-        from gymlab.video import gif_bytes
 
         gif, h, w = gif_bytes(list(frames), fps)
         image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif)
