@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 
 from gymlab import report, tblayout
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError
+from gymlab.runs import iter_runs, read_config
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
@@ -109,24 +109,12 @@ class Comparison:
 # ---------------------------------------------------------------- finding and reading runs
 
 
-def _has_events(folder: Path) -> bool:
-    return any(folder.glob("events.out.tfevents.*"))
-
-
-def _runs_under(path: Path) -> list[Path]:
-    if path.is_file():
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if _has_events(path):
-        return [path]
-    return sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
-
-
 def find_runs(patterns: Sequence[str]) -> list[Path]:
-    """Run folders (folders holding event files) named by paths or globs, searched recursively."""
+    """Run folders named by paths or globs (:func:`gymlab.runs.iter_runs` of each match)."""
     found: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        runs = [run for m in matches if Path(m).exists() for run in _runs_under(Path(m))]
+        runs = [run for m in matches if Path(m).exists() for run in iter_runs(Path(m))]
         if not runs:
             what = "matches nothing" if glob.has_magic(pattern) or not Path(pattern).exists() else "holds no runs"
             raise GymlabError(f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'")
@@ -148,16 +136,6 @@ def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         order = np.argsort(steps, kind="stable")
         out[tag] = (steps[order], values[order])
     return out
-
-
-def read_config(run: Path) -> dict[str, Any]:
-    """A run's resolved ``config.yaml``; without one, agent and env from the folder names."""
-    path = run / "config.yaml"
-    if path.is_file():
-        data = yaml.safe_load(path.read_text())
-        if isinstance(data, dict):
-            return data
-    return {"agent": run.parent.name, "env": run.parent.parent.name}
 
 
 def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list[str]]:

@@ -194,7 +194,7 @@ def resolve(
 ) -> Config:
     """Build a run's config from the command line's pieces, in the documented precedence."""
     from gymlab.agent import load_agent_class  # local: config is imported by the agents' modules
-    from gymlab.registry import env_slug
+    from gymlab.runs import slug as env_slug
 
     file_data = load_yaml(config_file) if config_file is not None else {}
     source = str(config_file) if config_file is not None else "config"

@@ -83,11 +83,6 @@ def resolve_env(env_id: str) -> None:
         raise _unknown_env(env_id)
 
 
-def env_slug(env_id: str) -> str:
-    """A folder-safe name of an env id: ``pkg.mod:MyEnv`` -> ``pkg.mod.MyEnv``."""
-    return re.sub(r"[^A-Za-z0-9_.\-]+", ".", env_id).strip(".")
-
-
 def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | None) -> gym.Env[Any, Any]:
     kwargs = dict(env_kwargs)
     if render_mode is not None:

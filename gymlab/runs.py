@@ -7,6 +7,7 @@ reads runs accepts a run folder or a checkpoint path.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,23 @@ from gymlab.config import Config, validate
 from gymlab.errors import GymlabError
 
 CONFIG_FILE = "config.yaml"
+EVENTS_GLOB = "events.out.tfevents.*"
+
+
+def slug(name: str) -> str:
+    """A name safe as one folder and one TensorBoard tag section: ``pkg.mod:MyEnv`` -> ``pkg.mod.MyEnv``.
+
+    Anything but letters, digits, ``_``, ``.`` and ``-`` becomes ``.``; in particular ``/``, which
+    would split a folder or a tag in two.
+    """
+    return re.sub(r"[^A-Za-z0-9_.\-]+", ".", str(name)).strip(".")
 
 
 def default_run_dir(root: Path, config: Config) -> Path:
     """``root/<env>/<agent>/<time>-s<seed>`` (not created)."""
     run = config.run
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    agent = registry.env_slug(run.agent)
-    return root / registry.env_slug(run.env) / agent / f"{stamp}-s{run.seed}"
+    return root / slug(run.env) / slug(run.agent) / f"{stamp}-s{run.seed}"
 
 
 def create_run_dir(config: Config, run_dir: Path | None, root: Path = Path("runs")) -> Path:
@@ -111,3 +121,31 @@ def load_policy(config: Config, ckpt: dict[str, Any], device: str | None = None)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise GymlabError(f"checkpoint does not fit a {run.agent} agent on {run.env}: {exc}") from None
     return agent, obs_space, act_space
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run folder: it holds a resolved config or TensorBoard event files."""
+    return path.is_dir() and ((path / CONFIG_FILE).is_file() or any(path.glob(EVENTS_GLOB)))
+
+
+def iter_runs(path: Path) -> list[Path]:
+    """The run folders ``path`` names: a checkpoint's run, a run folder, or every run folder below it (sorted)."""
+    if path.is_file():
+        path = run_dir_of(path)
+    if is_run_dir(path):
+        return [path]
+    found = {p.parent for pattern in (CONFIG_FILE, EVENTS_GLOB) for p in path.rglob(pattern)}
+    return sorted(p for p in found if is_run_dir(p))
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """A run folder's resolved config as written, unvalidated; without one, agent and env from the folder names.
+
+    For reading many runs (``compare``) without importing their agents; :func:`load_run` validates.
+    """
+    path = run / CONFIG_FILE
+    if path.is_file():
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {"agent": run.parent.name, "env": run.parent.parent.name}

@@ -299,7 +299,7 @@ def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | N
                 raise GymlabError(f"{source}: config {config_path} is for {key} '{file_data[key]}'")
         data = merge(data, file_data)
     else:
-        from gymlab.registry import env_slug
+        from gymlab.runs import slug as env_slug
 
         preset = preset_path(spec.agent, env_slug(spec.env))
         if preset is not None:

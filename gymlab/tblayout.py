@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gymlab import tblog as tb
+from gymlab.runs import slug
 
 #: Run-level keys that do not change what is learned: runs differing only in these pool together.
 BOOKKEEPING_KEYS = frozenset(
@@ -59,19 +60,14 @@ def config_id(config: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def _slug(name: str) -> str:
-    # Tags are split on "/" into sections, so an env or agent name must not contain one.
-    return re.sub(r"[^A-Za-z0-9_.\-]+", ".", str(name)).strip(".")
-
-
 def group_prefix(config: Mapping[str, Any]) -> str:
     """``compare/<env>/<agent>/<config id>``: the tag prefix of this run's mirrored scalars."""
-    return f"{PREFIX}/{_slug(config['env'])}/{_slug(config['agent'])}/{config_id(config)}"
+    return f"{PREFIX}/{slug(config['env'])}/{slug(config['agent'])}/{config_id(config)}"
 
 
 def layout(config: Mapping[str, Any]) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout this run contributes, as torch's ``add_custom_scalars`` takes it."""
-    env, agent, cid = _slug(config["env"]), _slug(config["agent"]), config_id(config)
+    env, agent, cid = slug(config["env"]), slug(config["agent"]), config_id(config)
     scopes = {
         f"{env}: every agent and config": f"{re.escape(env)}/[^/]+/[^/]+",
         f"{env} · {agent}: every config": f"{re.escape(env)}/{re.escape(agent)}/[^/]+",

@@ -24,7 +24,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from gymlab.agent import Agent
-    from gymlab.config import Config
+    from gymlab.config import Config, RunConfig
     from gymlab.tblog import RunLogger
 
 DEFAULT_FPS = 30
@@ -33,6 +33,24 @@ DEFAULT_FPS = 30
 def render_modes(env: gym.Env[Any, Any]) -> list[str]:
     """The render modes an env declares in its metadata."""
     return list(env.unwrapped.metadata.get("render_modes", []) or [])
+
+
+def render_env(run: RunConfig) -> tuple[gym.Env[Any, Any], str | None]:
+    """A single evaluation env of ``run`` that renders what it can, and that render mode.
+
+    Pixels (``rgb_array``, with headless GL set up) when the env offers them, else its text
+    render (``ansi``), else no render (None). The one place ``watch`` and the video recorder
+    choose how an env is shown.
+    """
+    from gymlab import registry
+
+    probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
+    modes = render_modes(probe)
+    probe.close()
+    mode = "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
+    if mode == "rgb_array":
+        headless_gl()
+    return registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=mode), mode
 
 
 def frame_fps(env: gym.Env[Any, Any], default: int = DEFAULT_FPS) -> int:
@@ -220,16 +238,8 @@ class EpisodeRecorder:
         self._pending: list[Future[Path]] = []
 
     def _make_env(self) -> gym.Env[Any, Any]:
-        from gymlab import registry
-
-        run = self.config.run
-        probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
-        modes = render_modes(probe)
-        probe.close()
-        self._mode = "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
-        if self._mode == "rgb_array":
-            headless_gl()
-        return registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=self._mode)
+        env, self._mode = render_env(self.config.run)
+        return env
 
     def record(self, agent: Agent, step: int, seed: int) -> Path | None:
         """Play and save one episode at env step ``step``; returns the file written (None if nothing)."""

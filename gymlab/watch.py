@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from gymlab import registry, runs, video
+from gymlab import runs, video
 from gymlab.errors import GymlabError
 
 if TYPE_CHECKING:
@@ -217,14 +217,6 @@ def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], p
             time.sleep(poll_s)
 
 
-def _render_mode(config: Config) -> str | None:
-    run = config.run
-    probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
-    modes = video.render_modes(probe)
-    probe.close()
-    return "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
-
-
 def watch(
     target: Path,
     *,
@@ -248,10 +240,7 @@ def watch(
         wait_for_checkpoint(target, which, echo, poll_s)
     policy = FollowedPolicy(target, which, device, follow)
     run = policy.config.run
-    mode = _render_mode(policy.config)
-    if mode == "rgb_array":
-        video.headless_gl()
-    env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=mode)
+    env, mode = video.render_env(run)
     limit = episodes if episodes is not None else (None if follow else 3)
     try:
         if mode != "rgb_array":

@@ -269,3 +269,22 @@ def test_a_trained_run_writes_a_layout_whose_charts_select_its_mirrored_curves(t
     with pytest.raises(GymlabError) as err:
         cmp.compare([str(folder)], metric="nope")
     assert "compare/" not in str(err.value) and tb.EVAL_RETURN in str(err.value)
+
+
+def test_runs_owns_the_layout_compare_reads(tmp_path):
+    from gymlab import runs
+
+    assert runs.slug("pkg.mod:My Env/v0") == "pkg.mod.My.Env.v0"  # no "/" to split a folder or a tag
+    logged = write_run(tmp_path / "CartPole-v1" / "dqn" / "r0", config(), [(0, 1.0)])
+    (tmp_path / "CartPole-v1" / "dqn" / "r1").mkdir()
+    (tmp_path / "CartPole-v1" / "dqn" / "r1" / "config.yaml").write_text("agent: dqn\n")  # failed before logging
+    (logged / "checkpoints").mkdir()
+    (logged / "checkpoints" / "last.pt").write_bytes(b"")
+    assert runs.iter_runs(tmp_path) == [logged, logged.with_name("r1")]
+    assert runs.iter_runs(logged / "checkpoints" / "last.pt") == [logged]
+    assert runs.iter_runs(logged) == [logged]
+    (logged / "config.yaml").unlink()
+    assert runs.read_config(logged) == {"agent": "dqn", "env": "CartPole-v1"}  # from the folder names
+    # The run without a logged metric is named, not silently dropped.
+    result = cmp.compare([str(tmp_path)])
+    assert [g.n for g in result.groups] == [1] and result.skipped == [f"{logged.with_name('r1')}: no '{METRIC}' logged"]

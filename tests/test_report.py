@@ -3,11 +3,14 @@
 import io
 import itertools
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from rich.console import Console
+from test_video import TEXT_ENV
 
-from gymlab import report
+from gymlab import report, video
+from gymlab.config import RunConfig
 
 
 def exact_bootstrap_percentiles(values, q=(2.5, 97.5)):
@@ -108,3 +111,21 @@ def test_table_prints_plain_text_when_not_on_a_terminal():
 def test_a_row_must_fill_the_header():
     with pytest.raises(ValueError, match="2 cells for 3 columns"):
         _table().add_row("a", "b")
+
+
+class _Silent(gym.Env):
+    """An env that declares no render mode at all."""
+
+    observation_space = gym.spaces.Discrete(2)
+    action_space = gym.spaces.Discrete(2)
+
+
+@pytest.mark.parametrize(
+    ("env", "mode"), [("CartPole-v1", "rgb_array"), (TEXT_ENV, "ansi"), ("GymlabTestSilent-v0", None)]
+)
+def test_the_one_render_helper_prefers_pixels_then_text_then_nothing(env, mode):
+    if "GymlabTestSilent-v0" not in gym.registry:
+        gym.register("GymlabTestSilent-v0", entry_point=_Silent)
+    made, chosen = video.render_env(RunConfig(agent="tabular_q", env=env))
+    assert chosen == mode and made.unwrapped.render_mode == mode
+    made.close()
