@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gymlab import report, tblayout
+from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError
 from gymlab.runs import iter_runs, read_config
@@ -145,7 +145,7 @@ def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list
     available: set[str] = set()
     for run in runs:
         scalars = read_scalars(run)
-        available.update(t for t in scalars if not t.startswith(f"{tblayout.PREFIX}/"))
+        available.update(scalars)
         if metric in scalars and len(scalars[metric][0]):
             steps, values = scalars[metric]
             curves.append(RunCurve(run, read_config(run), steps, values))
@@ -175,7 +175,7 @@ def group_key(config: dict[str, Any], by: GroupBy) -> str:
         return str(config.get("agent"))
     if by == "env":
         return str(config.get("env"))
-    return f"{config.get('agent')} · {config.get('env')} · {tblayout.config_id(config)}"
+    return f"{config.get('agent')} · {config.get('env')} · {report.config_id(config)}"
 
 
 def group_curves(curves: Sequence[RunCurve], by: GroupBy) -> dict[str, list[RunCurve]]:
@@ -191,7 +191,7 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
     if by != "config":
         return {key: key for key in groups}
     flats = {
-        key: _flat({k: v for k, v in tblayout.config_identity(runs[0].config).items() if k not in ("agent", "env")})
+        key: _flat({k: v for k, v in report.config_identity(runs[0].config).items() if k not in ("agent", "env")})
         for key, runs in groups.items()
     }
     keys = sorted({k for f in flats.values() for k in f})
@@ -201,7 +201,7 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
         base = f"{runs[0].config.get('agent')} · {runs[0].config.get('env')}"
         parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
-            parts.append(f"… [{tblayout.config_id(runs[0].config)}]")
+            parts.append(f"… [{report.config_id(runs[0].config)}]")
         labels[key] = " · ".join([base, *parts])
     return labels
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
-from gymlab import checkpoint, registry, tblayout, video
+from gymlab import checkpoint, registry, video
 from gymlab import tblog as tb
 from gymlab.agent import Agent, Context, Transition, check_agent_spaces, env_actions, load_agent_class
 from gymlab.config import Config
@@ -270,7 +270,6 @@ class _Trainer:
         self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
         if resume is None:
             self.logger.hparams(config.to_dict())
-        tblayout.install(self.logger, config.to_dict(), write_layout=resume is None)
         # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
         self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
         self.t_start, self.video_seconds = time.perf_counter(), 0.0

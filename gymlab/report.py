@@ -1,7 +1,8 @@
-"""Reporting: the one "mean and 95% CI over seeds", the one table renderer, and number formatting.
+"""Reporting: which runs are seeds of one experiment, the one "mean and 95% CI over seeds", the one table renderer.
 
 Every command that reports a spread over seeds (``compare``, ``train --seeds``, sweep summaries)
-computes it here, and every table they print or write is rendered here.
+computes it here, every table they print or write is rendered here, and ``compare --by config``
+and TensorBoard's HParams tab pool runs by the same :func:`config_id`.
 
 Why a percentile bootstrap over seeds, and not Student-t:
 
@@ -25,8 +26,10 @@ figures.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
 from typing import Any, Literal
@@ -42,6 +45,35 @@ BOOTSTRAP_SAMPLES = 2000
 LEVEL = 0.95
 
 Align = Literal["left", "right"]
+
+#: Run-level keys that do not change what is learned: runs differing only in these pool together.
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "seed",
+        "device",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "log_every",
+        "video_every",
+        "vectorization",
+        "threads",
+    }
+)
+
+
+# ---------------------------------------------------------------- which runs pool as seeds
+
+
+def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without seed and bookkeeping keys: what makes two runs the same experiment."""
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+
+
+def config_id(config: Mapping[str, Any]) -> str:
+    """An 8-character hash of :func:`config_identity`, stable across processes and machines."""
+    text = json.dumps(config_identity(config), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------- mean and 95% CI over seeds

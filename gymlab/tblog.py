@@ -4,6 +4,15 @@ Per-step values (losses, exploration rate, episode returns) are averaged over a 
 ``log_every`` env steps before they are written, so logging costs the same whether an agent
 reports every step or once per update. On resume the writer purges everything logged after the
 checkpoint's step (TensorBoard's ``purge_step``), so a curve has no duplicated steps.
+
+Comparable runs are grouped without writing any curve twice. Each run is one session of the
+HParams tab whose group is ``<env>/<agent>/<config id>`` (the id ``compare --by config`` pools
+by, :func:`gymlab.report.config_id`): TensorBoard shows the seeds of one config as one row, its
+metrics averaged over them and each seed's curves a click away. Runs of one env or agent are the
+run names ``<env>/<agent>/...`` that the run selector filters by (``tensorboard --logdir runs``).
+A custom-scalars layout cannot do this grouping from the run's own tags: its charts select tags
+by regex across every run, never runs, which is why runs once mirrored each headline curve
+under a ``compare/<env>/<agent>/<config id>/`` tag and opened TensorBoard on a duplicate of each.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-#: The tags every run writes; ``compare`` and the custom layouts read these names.
+from gymlab.report import config_id, config_identity
+
+#: The tags every run writes; ``compare`` reads these names.
 EPISODE_RETURN = "rollout/ep_return"
 EPISODE_LENGTH = "rollout/ep_length"
 EVAL_RETURN = "eval/return_mean"
@@ -66,6 +77,11 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def session_group(config: Mapping[str, Any]) -> str:
+    """``<env>/<agent>/<config id>``: the HParams session group that pools a config's seeds."""
+    return f"{config.get('env')}/{config.get('agent')}/{config_id(config)}"
+
+
 def gif_bytes(
     frames: list[np.ndarray], fps: float, max_side: int = 200, max_frames: int = 120
 ) -> tuple[bytes, int, int]:
@@ -110,13 +126,23 @@ class RunLogger:
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
-        #: tag -> second tag the same value is also written under (set by ``gymlab.tblayout``).
-        self.mirror: dict[str, str] = {}
 
     def hparams(self, config: Mapping[str, Any]) -> None:
-        """Show the run's resolved config in the HParams tab, against its evaluation return."""
+        """Make the run one session of its config's group in the HParams tab (see the module docstring).
+
+        The hparams shown are the config's identity (no seed or bookkeeping keys, so every session
+        of a group shows the same values) and its ``config_id``; the metrics are the evaluation and
+        training returns, which the tab averages over the group.
+        """
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
         metrics = {EVAL_RETURN: 0.0, EPISODE_RETURN: 0.0}
-        exp, ssi, sei = hparams_summary(flatten(config), metrics)
+        exp, ssi, sei = hparams_summary({**flatten(config_identity(config)), "config_id": config_id(config)}, metrics)
+        # torch's helper leaves the session's group empty (a group of itself): name it.
+        plugin_data = ssi.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin_data.content)
+        content.session_start_info.group_name = session_group(config)
+        plugin_data.content = content.SerializeToString()
         file_writer = self.writer._get_file_writer()
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
@@ -126,8 +152,6 @@ class RunLogger:
         for key, value in values.items():
             tag = f"{prefix}{key}"
             self.writer.add_scalar(tag, value, step)
-            if tag in self.mirror:
-                self.writer.add_scalar(self.mirror[tag], value, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Write a text entry (e.g. SeqGAN's sample sequences)."""

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from gymlab import compare as cmp
-from gymlab import tblayout
+from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError
 
@@ -178,22 +178,12 @@ def test_a_resumed_run_reads_without_the_purged_steps(tmp_path):
     np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
 
 
-def test_layout_groups_runs_as_compare_does(tmp_path):
+def test_config_id_pools_seeds_and_bookkeeping_only():
     base = config(seed=0)
-    same = config(seed=3, eval_every=99)
+    same = config(seed=3, eval_every=99, device="cuda")
     other = config(lr=0.5)
-    assert tblayout.config_id(base) == tblayout.config_id(same) != tblayout.config_id(other)
-    prefix = tblayout.group_prefix(base)
-    assert prefix == f"compare/CartPole-v1/dqn/{tblayout.config_id(base)}"
-    layout = tblayout.layout(base)
-    import re
-
-    patterns = [tags[1][0] for charts in layout.values() for tags in charts.values()]
-    for short in ("eval_return", "ep_return", "ep_length"):
-        matching = [p for p in patterns if re.fullmatch(p, f"{prefix}/{short}")]
-        assert len(matching) == 3  # env-wide, agent-wide and this config's charts
-        other_env = f"compare/Acrobot-v1/dqn/{tblayout.config_id(base)}/{short}"
-        assert not any(re.fullmatch(p, other_env) for p in patterns)
+    assert report.config_id(base) == report.config_id(same) != report.config_id(other)
+    assert len(report.config_id(base)) == 8 and "seed" not in report.config_identity(base)
 
 
 def test_cli_compare_prints_the_table_and_writes_the_plot(synthetic, tmp_path):
@@ -227,48 +217,72 @@ def test_cli_compare_prints_the_table_and_writes_the_plot(synthetic, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "available: " in bad.stderr
 
 
-def test_a_trained_run_writes_a_layout_whose_charts_select_its_mirrored_curves(tmp_path):
-    import re
+def hparams_session_groups(logdir):
+    """TensorBoard's own HParams backend, asked what its table shows: {group: ([sessions], {metric: mean})}."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
 
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    ctx = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, data_provider=provider))
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_RUNNING],
+        aggregation_type=api_pb2.AGGREGATION_AVG,
+    )
+    response = list_session_groups.Handler(context.RequestContext(), ctx, "", request).run()
+    return {
+        g.name: (sorted(s.name for s in g.sessions), {m.name.tag: m.value for m in g.metric_values})
+        for g in response.session_groups
+    }
+
+
+def test_tensorboard_groups_a_configs_seeds_without_writing_any_curve_twice(tmp_path):
+    """The HParams tab pools the seeds of one config (as compare --by config does); no scalar is mirrored."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2
 
     from gymlab import runs
     from gymlab.agent import load_agent_class
     from gymlab.config import validate
     from gymlab.loop import train
 
-    data = {
-        "agent": "tabular_q",
-        "env": "Taxi-v4",
-        "steps": 2000,
-        "eval_every": 1000,
-        "eval_episodes": 3,
-        "log_every": 500,
-    }
-    config = validate(data, load_agent_class("tabular_q").Config)
-    folder = runs.create_run_dir(config, tmp_path / "run")
-    train(config, folder)
-    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
-    acc.Reload()
-    (event,) = acc.Tensors("custom_scalars__config__")
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(event.tensor_proto.string_val[0])
-    titles = [c.title for c in layout.category]
-    assert titles[0] == "Taxi-v4: every agent and config" and len(titles) == 3
-    scalars = acc.Tags()["scalars"]
-    for category in layout.category:
-        for chart in category.chart:
-            (regex,) = chart.multiline.tag
-            (tag,) = [t for t in scalars if re.fullmatch(regex, t)]
-            original = {"eval_return": tb.EVAL_RETURN, "ep_return": tb.EPISODE_RETURN, "ep_length": tb.EPISODE_LENGTH}
-            # The mirrored curve is the original one, value for value.
-            source = original[tag.rsplit("/", 1)[1]]
-            assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(e.step, e.value) for e in acc.Scalars(source)]
-    # compare hides the mirrors when it lists what a run logged.
-    with pytest.raises(GymlabError) as err:
-        cmp.compare([str(folder)], metric="nope")
-    assert "compare/" not in str(err.value) and tb.EVAL_RETURN in str(err.value)
+    def run(name, seed, gamma):
+        data = {"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000, "seed": seed, "hparams": {"gamma": gamma}}
+        data |= {"eval_every": 500, "eval_episodes": 2, "log_every": 250}
+        config = validate(data, load_agent_class("tabular_q").Config)
+        folder = runs.create_run_dir(config, tmp_path / "Taxi-v4" / "tabular_q" / name)
+        return config.to_dict(), folder, train(config, folder).last_eval
+
+    (a0, a0_dir, a0_eval), (_, a1_dir, a1_eval) = run("a-s0", 0, 0.9), run("a-s1", 1, 0.9)
+    b0, b0_dir, b0_eval = run("b-s0", 0, 0.5)
+
+    last = {}  # folder -> tag -> last value logged
+    for folder in (a0_dir, a1_dir, b0_dir):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        series = {tag: tuple((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+        assert tb.EVAL_RETURN in series and tb.EPISODE_RETURN in series
+        assert len(set(series.values())) == len(series), "a curve is written under two tags"
+        assert "custom_scalars__config__" not in acc.Tags()["tensors"]
+        last[folder] = {tag: values[-1][1] for tag, values in series.items()}
+
+    groups = hparams_session_groups(tmp_path)
+    name = lambda folder: str(folder.relative_to(tmp_path))  # noqa: E731 (TensorBoard's run names)
+    assert groups.keys() == {tb.session_group(a0), tb.session_group(b0)}
+    assert tb.session_group(a0) == f"Taxi-v4/tabular_q/{report.config_id(a0)}"
+    sessions, metrics = groups[tb.session_group(a0)]
+    assert sessions == [name(a0_dir), name(a1_dir)]
+    # Its metrics are the mean over the two seeds of each one's last value.
+    assert metrics[tb.EVAL_RETURN] == pytest.approx((a0_eval + a1_eval) / 2)
+    ep0, ep1 = last[a0_dir][tb.EPISODE_RETURN], last[a1_dir][tb.EPISODE_RETURN]
+    assert ep0 != ep1 and metrics[tb.EPISODE_RETURN] == pytest.approx((ep0 + ep1) / 2)
+    sessions, metrics = groups[tb.session_group(b0)]
+    assert sessions == [name(b0_dir)] and metrics[tb.EVAL_RETURN] == pytest.approx(b0_eval)
 
 
 def test_runs_owns_the_layout_compare_reads(tmp_path):
