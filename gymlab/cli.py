@@ -237,26 +237,19 @@ def evaluate(
 @app.command("list")
 def list_() -> None:
     """Show the agents, the spaces each handles, and the shipped configs."""
-    from rich.console import Console
-    from rich.table import Table
-
     from gymlab.agent import AGENTS, load_agent_class
     from gymlab.config import configs_root, shipped_configs
+    from gymlab.report import Table
 
-    console = Console()
-    agents = Table(title="agents", title_justify="left")
-    for col in ("name", "spaces", "what it is"):
-        agents.add_column(col)
+    agents = Table(["name", "spaces", "what it is"], title="agents")
     for name in AGENTS:
         try:
             cls = load_agent_class(name)
             agents.add_row(name, cls.spaces, cls.summary)
         except GymlabError as exc:
             agents.add_row(name, "—", f"unavailable: {exc}")
-    console.print(agents)
-    presets = Table(title=f"shipped configs ({configs_root()})", title_justify="left")
-    for col in ("agent", "preset", "train it with"):
-        presets.add_column(col)
+    agents.print()
+    presets = Table(["agent", "preset", "train it with"], title=f"shipped configs ({configs_root()})")
     for agent, env, path in shipped_configs():
         # A preset named like an env id (Name-vN) loads by itself; a variant (SeqGen-v0-small) via --config.
         if re.fullmatch(r".+-v\d+", env):
@@ -264,7 +257,7 @@ def list_() -> None:
         else:
             command = f"gymlab train {agent} {env.rsplit('-', 1)[0]} --config {path.relative_to(configs_root().parent)}"
         presets.add_row(agent, env, command)
-    console.print(presets)
+    presets.print()
 
 
 @app.command()
@@ -313,12 +306,12 @@ def compare(
 ) -> None:
     """Plot mean learning curves with 95% bootstrap bands per group, and print a summary table."""
     from gymlab.compare import compare as run_compare
-    from gymlab.compare import format_table
+    from gymlab.compare import summary_table
 
     result = run_compare(runs_, metric=metric, by=by, out=out, threshold=threshold)  # type: ignore[arg-type]
     for note in [*result.skipped, *(n for g in result.groups for n in g.notes)]:
         print(f"note: {note}")
-    print(format_table(result))
+    summary_table(result).print()
     print(f"plot: {result.out}")
 
 
