@@ -24,10 +24,10 @@ EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def slug(name: str) -> str:
-    """A name safe as one folder and one TensorBoard tag section: ``pkg.mod:MyEnv`` -> ``pkg.mod.MyEnv``.
+    """An agent or env name as one folder name (and so one section of a TensorBoard run name).
 
-    Anything but letters, digits, ``_``, ``.`` and ``-`` becomes ``.``; in particular ``/``, which
-    would split a folder or a tag in two.
+    ``pkg.mod:MyEnv`` -> ``pkg.mod.MyEnv``: anything but letters, digits, ``_``, ``.`` and ``-``
+    becomes ``.``, in particular ``/``, which would split the name into two folders.
     """
     return re.sub(r"[^A-Za-z0-9_.\-]+", ".", str(name)).strip(".")
 
