@@ -44,6 +44,9 @@ class RunConfig(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto|cpu|cuda[:N]")
     eval_every: int = Field(10_000, ge=0, description="env steps between evaluations (0: only at the end)")
     eval_episodes: int = Field(10, ge=1, description="greedy episodes per evaluation")
+    eval_max_steps: int = Field(
+        10_000, ge=1, description="steps after which an evaluation episode is cut when the env has no time limit"
+    )
     checkpoint_every: int = Field(50_000, ge=0, description="env steps between checkpoints (0: only at the end)")
     log_every: int = Field(1_000, gt=0, description="env steps between TensorBoard scalar writes")
     video_every: int = Field(0, ge=0, description="env steps between recorded evaluation videos (0: off)")

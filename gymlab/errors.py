@@ -8,3 +8,12 @@ class GymlabError(Exception):
     unsupported spaces, corrupt checkpoints, existing run folders); the CLI prints
     ``gymlab: error: <message>`` and exits with code 2, never a traceback.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM honoured at a safe point; its message is one line saying what was saved.
+
+    Raised once whatever was running (start-up, an evaluation, a video, ``watch``) stopped at its
+    next step and saved what it could. The CLI prints the message and exits with code 130. A plain
+    :class:`KeyboardInterrupt` (a second Ctrl-C) means "stopped at once, nothing more saved".
+    """

@@ -12,10 +12,19 @@ episode's last observation is in ``infos["final_obs"]`` and is what the agent se
 Episode statistics come from ``infos["final_info"]["episode"]``, written by the
 ``RecordEpisodeStatistics`` wrapper that ``registry.make_env`` puts innermost, so an Atari game's
 score is the whole game's even when training ends an episode at each lost life.
+
+Run-time safety: evaluation episodes end at the env's time limit, or at the run key
+``eval_max_steps`` on an env without one (logged, and counted as truncated). The first Ctrl-C or
+SIGTERM stops whatever runs (a training step, an evaluation or video step) at its next step and
+saves a checkpoint; during start-up it stops at once. The first NaN or infinite reward or
+observation (from the env), metric (from ``update``) or parameter (checked before each save)
+stops the run with one line naming the step and the source, leaving the last good checkpoint as
+it was.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import threading
@@ -35,7 +44,8 @@ from gymlab import checkpoint, registry, video
 from gymlab import tblog as tb
 from gymlab.agent import Agent, Context, Transition, check_agent_spaces, env_actions, load_agent_class
 from gymlab.config import Config
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, Interrupted
+from gymlab.vector import EnvProblem, LeanSyncVectorEnv, episode_cap, nonfinite_obs, nonfinite_reward, raised
 
 
 class Progress(Protocol):
@@ -75,7 +85,11 @@ class _LoopState:
     last_eval: float | None = None
     best_eval: float | None = None
     recent_returns: list[float] = field(default_factory=list)
+    eval_due: bool = False  # an evaluation was interrupted at ``step``: a resume plays it first
 
+
+#: TensorBoard scalar: evaluation episodes cut at ``eval_max_steps`` (written only when some were).
+EVAL_CAPPED = "eval/capped_episodes"
 
 #: Largest share of training time that recording videos may take (see ``_Trainer._maybe_record``).
 VIDEO_TIME_SHARE = 0.05
@@ -158,38 +172,129 @@ def evaluate(
     episodes: int,
     seed: int,
     on_step: Callable[[np.ndarray], None] | None = None,
+    *,
+    max_steps: int | None = None,
+    stop: threading.Event | None = None,
+    on_capped: Callable[[int, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``episodes`` whole episodes of the greedy policy; returns their returns and lengths.
 
     Episodes are split evenly over the copies, and each copy's surplus episodes are ignored, so
     short episodes are not over-represented. ``on_step`` sees each step's observations (for video).
+
+    Every episode ends: at the env's own time limit, or, on an env without one, after
+    ``max_steps`` steps (the run key ``eval_max_steps``; its default when None). A cut episode
+    counts as truncated, with its return so far, and is reported to ``on_capped(length, return)``.
+    ``stop`` is checked before each step; once it is set, :class:`Interrupted` is raised. Without
+    one, Ctrl-C and SIGTERM stop the evaluation that way for its duration (``gymlab eval``).
+    A misbehaving env raises :class:`~gymlab.vector.EnvProblem` (a one-line ``GymlabError``).
     """
+    if stop is None:
+        with graceful_stop() as own:
+            return evaluate(agent, envs, episodes, seed, on_step, max_steps=max_steps, stop=own, on_capped=on_capped)
     n = envs.num_envs
+    cap = episode_cap(envs, max_steps)
+    guard = _step_guard(envs)
+    masked_reset = isinstance(envs, (LeanSyncVectorEnv, gym.vector.SyncVectorEnv))
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    done = np.zeros(n, dtype=int)
+    done = np.zeros(n, dtype=np.int64)
+    ep_return = np.zeros(n)  # (N,) return so far of each copy's running episode
+    ep_length = np.zeros(n, dtype=np.int64)  # (N,)
     returns: list[float] = []
     lengths: list[int] = []
-    obs, _ = envs.reset(seed=seed)
+    cuts = 0
+    obs, _ = _env_call(envs.reset, "reset()", seed=seed)
     while (done < quota).any():
+        if stop.is_set():
+            raise Interrupted(f"interrupted during evaluation ({len(returns)} of {episodes} episodes played)")
         if on_step is not None:
             on_step(obs)
-        obs, _, _, _, infos = envs.step(env_actions(envs.single_action_space, agent.act(obs, explore=False)))
+        actions = env_actions(envs.single_action_space, agent.act(obs, explore=False))
+        obs, reward, terminated, truncated, infos = _env_call(envs.step, "step()", actions)
+        if guard is not None:
+            guard(obs, reward)
+        ep_return += reward
+        ep_length += 1
         for i, ret, length in episode_stats(infos):
             if done[i] < quota[i]:
                 done[i] += 1
                 returns.append(ret)
                 lengths.append(length)
+        ended = np.logical_or(terminated, truncated)
+        ep_return[ended], ep_length[ended] = 0.0, 0
+        capped = ep_length >= cap  # (N,) bool: running past the cap on an env without a time limit
+        if capped.any():
+            for c in np.flatnonzero(capped & (done < quota)):
+                done[c] += 1
+                returns.append(float(ep_return[c]))
+                lengths.append(int(ep_length[c]))
+                if on_capped is not None:
+                    on_capped(int(ep_length[c]), float(ep_return[c]))
+            if not (done < quota).any():
+                break
+            # Fresh episodes where the cap struck; copies that cannot be reset alone all start anew.
+            cuts += 1
+            reset_seed = int(np.random.SeedSequence([seed, 0xCA9, cuts]).generate_state(1)[0])
+            mask = capped if masked_reset else np.ones(n, dtype=bool)
+            obs, _ = _env_call(envs.reset, "reset()", seed=reset_seed, options={"reset_mask": mask})
+            ep_return[mask], ep_length[mask] = 0.0, 0
     return np.asarray(returns), np.asarray(lengths)
 
 
+def _env_call(fn: Callable[..., Any], call: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a vector env's ``reset``/``step``, turning what a user env raises into an :class:`EnvProblem`."""
+    try:
+        return fn(*args, **kwargs)
+    except (EnvProblem, Interrupted):
+        raise
+    except Exception as exc:
+        raise raised(call, exc, copy=None) from exc
+
+
+def _step_guard(envs: VectorEnv[Any, Any, Any]) -> Callable[[Any, np.ndarray], None] | None:
+    """The finiteness check of each step's observations and rewards that the vector env leaves to the loop.
+
+    None for :class:`~gymlab.vector.LeanSyncVectorEnv`, which checks as it steps. Otherwise one
+    reduction over the rewards, and one over float array observations (Dict or Tuple
+    observations are not looked into).
+    """
+    if isinstance(envs, LeanSyncVectorEnv):
+        return None
+    space = envs.single_observation_space
+    float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
+
+    def guard(obs: Any, reward: np.ndarray) -> None:
+        if not math.isfinite(np.sum(reward)):  # a NaN/inf, or a sum that overflowed: find the copy
+            for i, r in enumerate(np.asarray(reward, dtype=np.float64).reshape(-1)):
+                if not math.isfinite(r):
+                    raise nonfinite_reward(r, i)
+        if float_obs and not math.isfinite(np.sum(obs)):
+            for i, o in enumerate(obs):
+                if not np.isfinite(o).all():
+                    raise nonfinite_obs(o, "step()", i)
+
+    return guard
+
+
+class StopFlag(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM; the loop, evaluations, videos and ``watch`` check it at each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: While True (start-up: building envs and agent), the first signal raises :class:`Interrupted` at once.
+        self.at_once = False
+
+
 @contextmanager
-def _graceful_stop() -> Iterator[threading.Event]:
-    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks between steps.
+def graceful_stop() -> Iterator[StopFlag]:
+    """Turn the first Ctrl-C / SIGTERM into a flag checked at each step of whatever runs.
 
     Stopping between steps (never inside an update) is what makes the saved checkpoint exact.
-    A second Ctrl-C interrupts at once.
+    With ``at_once`` set (start-up) the first signal raises :class:`Interrupted` right away. A
+    second Ctrl-C interrupts at once (plain ``KeyboardInterrupt``). Outside the main thread no
+    handler can be installed, and the flag is never set.
     """
-    flag = threading.Event()
+    flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -198,6 +303,8 @@ def _graceful_stop() -> Iterator[threading.Event]:
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
+        if flag.at_once:
+            raise Interrupted(f"{signal.Signals(signum).name} while starting up: stopped before anything was saved")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -205,6 +312,9 @@ def _graceful_stop() -> Iterator[threading.Event]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+_graceful_stop = graceful_stop  # the name it had before it was shared with evaluate and watch
 
 
 def _next_multiple(step: int, every: int, total: int) -> int:
@@ -231,18 +341,33 @@ def train(
         stop_at: stop as if interrupted once this many steps are done, leaving a checkpoint.
         progress: receives progress updates for a console display.
 
+    Raises:
+        Interrupted: a signal arrived while the run was starting up (nothing saved).
+        GymlabError: a NaN or infinite reward, observation, metric or parameter, or an env that
+            raised or returned what its space does not allow; the message names the step, the
+            source and the last good checkpoint, which is left as it was.
+
     """
-    trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
-    try:
-        with _graceful_stop() as stop_flag:
-            interrupted = trainer.run(stop_flag, stop_at)
-        if not interrupted:
-            trainer.evaluate()
-        trainer.save(trainer.last_path)
-    finally:
-        trainer.close()
+    with graceful_stop() as stop:
+        stop.at_once = True
+        trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
+        stop.at_once = False
+        try:
+            try:
+                interrupted = trainer.run(stop, stop_at)
+                if not interrupted:
+                    interrupted = not trainer.final_evaluation(stop)
+                trainer.save(trainer.last_path)
+            except (EnvProblem, _NonFinite) as exc:
+                raise GymlabError(trainer.failure(exc)) from None
+        finally:
+            trainer.close()
     s = trainer.state
     return TrainResult(run_dir, s.step, s.episodes, interrupted, s.last_eval, s.best_eval, trainer.last_path)
+
+
+class _NonFinite(Exception):
+    """A NaN or infinite number from the agent (a metric, or a tensor of its state): stop without saving."""
 
 
 class _Trainer:
@@ -258,20 +383,29 @@ class _Trainer:
             # Measured: REINFORCE/DQN-sized nets on 2 cores run up to several times slower with 2
             # threads than with 1 (thread hand-offs cost more than the small matmuls they split).
             torch.set_num_threads(run.threads)
+        self.stop: threading.Event = StopFlag()  # the signal flag, from run() on
+        self.phase = ""  # " during evaluation" / " during a video", for the message of an env problem
         setup = build(config)
         self.envs, self.eval_envs, self.agent = setup.envs, setup.eval_envs, setup.agent
-        self.state = _LoopState()
-        self.window = tb.MeanWindow()
-        self.obs, _ = self.envs.reset(seed=run.seed)
-        if resume is not None:
-            self.obs = _restore(resume, self.agent, self.envs, self.state, self.window, self.obs)
-        # Everything at the checkpoint's step was logged before it was saved; anything later that a
-        # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
-        self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
-        if resume is None:
-            self.logger.hparams(config.to_dict())
-        # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
-        self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
+        self.recorder: video.EpisodeRecorder | None = None
+        try:  # start-up can be interrupted (or fail) anywhere: close what was built
+            self.state = _LoopState()
+            self.window = tb.MeanWindow()
+            self.obs, _ = self.envs.reset(seed=run.seed)
+            if resume is not None:
+                self.obs = _restore(resume, self.agent, self.envs, self.state, self.window, self.obs)
+            # Everything at the checkpoint's step was logged before it was saved; anything later that a
+            # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
+            self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
+            if resume is None:
+                self.logger.hparams(config.to_dict())
+            # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
+            self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
+        except BaseException:
+            self._close_resources()
+            raise
+        # The newest checkpoint known good, and its step (for the message of a run stopped by a NaN).
+        self.saved_step: int | None = self.state.step if resume is not None else None
         self.t_start, self.video_seconds = time.perf_counter(), 0.0
         self.last_path = run_dir / "checkpoints" / "last.pt"
         # Due points are multiples of each interval, so they follow from the step alone (a resume
@@ -288,16 +422,49 @@ class _Trainer:
             progress.start(total, step)
 
     def run(self, stop_flag: threading.Event, stop_at: int | None) -> bool:
-        """Step envs and agent until the budget is spent; True if stopped early (Ctrl-C or ``stop_at``)."""
+        """Step envs and agent until the budget is spent; True if stopped early (Ctrl-C or ``stop_at``).
+
+        A signal stops at the next step of whatever runs: a training step, or a step of an
+        evaluation or a video (which then is neither logged nor kept; an evaluation is played
+        again first thing after a resume, so the curve matches an uninterrupted run's).
+        """
+        self.stop = stop_flag
+        try:
+            if self.state.eval_due:
+                self.evaluate()
+            return self._steps(stop_flag, stop_at)
+        except Interrupted:
+            return True
+
+    def final_evaluation(self, stop_flag: threading.Event) -> bool:
+        """The evaluation at the end of the budget; False if a signal interrupted it."""
+        self.stop = stop_flag
+        try:
+            self.evaluate()
+        except Interrupted:
+            return False
+        return True
+
+    def _steps(self, stop_flag: threading.Event, stop_at: int | None) -> bool:
         agent, envs, state, window, n = self.agent, self.envs, self.state, self.window, self.envs.num_envs
         obs = self.obs
         space = envs.single_action_space
         clip = isinstance(space, gym.spaces.Box)  # Box actions reach the env clipped to its bounds
         last_step = min(self.total, stop_at) if stop_at is not None else self.total
         next_due = self._next_due(last_step)
+        guard = _step_guard(envs)  # None when the vector env checks rewards and observations itself
         while state.step < self.total:
             action = agent.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, infos = envs.step(env_actions(space, action) if clip else action)
+            try:
+                next_obs, reward, terminated, truncated, infos = envs.step(
+                    env_actions(space, action) if clip else action
+                )
+            except EnvProblem:
+                raise
+            except Exception as exc:  # a user env's step raising inside a vector env that does not say which copy
+                raise raised("step()", exc, copy=None) from exc
+            if guard is not None:
+                guard(next_obs, reward)
             real_next = next_obs
             if "final_obs" in infos:  # some copy ended an episode: the agent sees its true last obs
                 real_next = next_obs.copy()
@@ -312,6 +479,8 @@ class _Trainer:
                 if isinstance(value, str):
                     self.logger.text(f"train/{key}", value, state.step)
                 else:
+                    if value - value:  # NaN or infinite (x - x is 0 for every finite number)
+                        raise _NonFinite(f"train/{key} is {value} (reported by the agent's update)")
                     window.add(f"train/{key}", value)
             if state.step >= next_due:
                 self._chores()
@@ -365,14 +534,57 @@ class _Trainer:
         if step < self.total and self.video_seconds > VIDEO_TIME_SHARE * (elapsed - self.video_seconds):
             return
         start = time.perf_counter()
-        self.recorder.record(self.agent, step, eval_seed(self.config.run.seed, 2**31 + step))
+        run = self.config.run
+
+        def capped(length: int, ret: float) -> None:
+            self._note(f"step {step:,}: the video episode was cut at {length:,} steps ({run.env} has no time limit)")
+
+        self.phase = " during a video"
+        self.recorder.record(
+            self.agent,
+            step,
+            eval_seed(run.seed, 2**31 + step),
+            max_steps=run.eval_max_steps,
+            stop=self.stop,
+            on_capped=capped,
+        )
+        self.phase = ""
         self.video_seconds += time.perf_counter() - start
 
+    def _note(self, message: str) -> None:
+        """A line for TensorBoard's text tab (``notes``) and the console."""
+        self.logger.text("notes", message, self.state.step)
+        note = getattr(self.progress, "note", None)
+        if note is not None:
+            note(message)
+
     def evaluate(self) -> None:
-        """Greedy episodes on the evaluation env; log them, and keep the best checkpoint."""
+        """Greedy episodes on the evaluation env; log them, and keep the best checkpoint.
+
+        Interrupted (:class:`Interrupted` from a signal), it logs nothing, leaves best.pt alone
+        and marks the evaluation due, so a resume plays it first.
+        """
         run, state = self.config.run, self.state
         seed = eval_seed(run.seed, state.eval_index)
-        returns, lengths = evaluate(self.agent, self.eval_envs, run.eval_episodes, seed)
+        cut: list[int] = []
+        state.eval_due, self.phase = True, " during evaluation"
+        returns, lengths = evaluate(
+            self.agent,
+            self.eval_envs,
+            run.eval_episodes,
+            seed,
+            max_steps=run.eval_max_steps,
+            stop=self.stop,
+            on_capped=lambda length, ret: cut.append(length),
+        )
+        state.eval_due, self.phase = False, ""
+        if cut:
+            self.logger.scalars({EVAL_CAPPED: float(len(cut))}, state.step)
+            self._note(
+                f"step {state.step:,}: {len(cut)} of {len(returns)} evaluation episodes were cut at "
+                f"{run.eval_max_steps:,} steps ({run.env} has no time limit; run key eval_max_steps) "
+                "and count as truncated"
+            )
         state.eval_index += 1
         state.last_eval = float(returns.mean())
         self.logger.scalars(
@@ -389,19 +601,79 @@ class _Trainer:
             self.save(self.last_path.with_name("best.pt"))
 
     def save(self, path: Path) -> None:
-        """Checkpoint everything needed to continue exactly from here."""
-        checkpoint.save(path, _payload(self.config, self.agent, self.envs, self.state, self.window, self.obs))
+        """Checkpoint everything needed to continue exactly from here, unless the agent's state is not finite.
+
+        A NaN or infinite tensor in the agent's state raises :class:`_NonFinite` before anything is
+        written, so the previous checkpoint stays as it was.
+        """
+        payload = _payload(self.config, self.agent, self.envs, self.state, self.window, self.obs)
+        problem = nonfinite_tensor(payload["agent_state"])
+        if problem is not None:
+            raise _NonFinite(f"the agent's state holds {problem} (checked before saving {path.name})")
+        checkpoint.save(path, payload)
+        if path == self.last_path:
+            self.saved_step = self.state.step
+
+    def failure(self, exc: Exception) -> str:
+        """The one line for a run stopped by a misbehaving env or a non-finite number."""
+        run, step = self.config.run, self.state.step
+        if isinstance(exc, EnvProblem):
+            what, hint = exc.describe(run.env) + self.phase, f"check the env with: gymlab check {run.env}"
+            if not self.phase:  # a training step failed before it was counted: name the step it was
+                step += self.envs.num_envs
+        else:
+            what, hint = f"{exc}{self.phase}", "the agent diverged: try a lower learning rate"
+        if self.last_path.is_file():
+            at = f" (step {self.saved_step:,})" if self.saved_step is not None else ""
+            kept = f"the last good checkpoint is {self.last_path}{at}, left as it was"
+        else:
+            kept = "no checkpoint had been written yet"
+        return f"step {step:,}: {what}; {kept}; {hint}"
 
     def close(self) -> None:
         """Final progress line; close recorder, logger and envs."""
         if self.progress is not None:
             self.progress.update(self.state.step, self.state.episodes, _recent(self.state))
             self.progress.close()
-        if self.recorder is not None:
-            self.recorder.close()
-        self.logger.close()
-        self.envs.close()
-        self.eval_envs.close()
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        try:
+            if self.recorder is not None:
+                self.recorder.close()
+        finally:
+            logger: tb.RunLogger | None = getattr(self, "logger", None)  # None when start-up stopped early
+            if logger is not None:
+                logger.close()
+            self.envs.close()
+            self.eval_envs.close()
+
+
+def nonfinite_tensor(state: Any, name: str = "") -> str | None:
+    """Where a nested state (dicts, lists, tensors, arrays) holds NaN or infinity, e.g. "nan in policy.q"; else None.
+
+    Only float tensors and arrays are looked at: plain numbers in a state are settings or
+    counters (an infinite gradient-norm limit is legitimate).
+    """
+    if isinstance(state, torch.Tensor):
+        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
+            return f"{'nan' if bool(torch.isnan(state).any()) else 'inf'} in {name or 'a tensor'}"
+        return None
+    if isinstance(state, np.ndarray):
+        if state.dtype.kind in "fc" and not np.isfinite(state).all():
+            return f"{'nan' if np.isnan(state).any() else 'inf'} in {name or 'an array'}"
+        return None
+    if isinstance(state, dict):
+        items: Any = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _recent(state: _LoopState) -> float | None:

@@ -8,10 +8,17 @@ info except the finished episodes'. This env writes observations into a prealloc
 emits only ``final_obs`` and ``final_info`` (with their masks) when an episode ends.
 ``registry.make_vec_env`` uses it for array observation spaces and falls back to Gymnasium's
 own vector envs otherwise (Dict or Tuple observations, or ``vectorization: async``).
+
+It also guards the run against a misbehaving env, at almost no cost per step: a reward that is
+NaN or infinite (``r - r`` is 0 for every finite number), a float observation batch holding NaN or
+infinity (one reduction over the batch), a ``reset``/``step`` that raises, or an observation that
+does not fit the observation space (checked in full at each reset; a step's observation of the
+wrong shape fails as it is stored) each raise :class:`EnvProblem` naming the copy and the call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +27,112 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from gymlab.config import RunConfig
+from gymlab.errors import GymlabError
+
 ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+
+
+#: Steps after which an evaluation, video or watch episode is cut on an env without a time limit.
+DEFAULT_EVAL_MAX_STEPS: int = RunConfig.model_fields["eval_max_steps"].default
+
+
+class EnvProblem(GymlabError):
+    """A copy of an env misbehaved: ``problem`` says how (e.g. "reward is nan", "step() raised ValueError: ...").
+
+    ``copy`` is the copy's index in its vector env (0 for a single env; None when unknown), ``call``
+    the env method (``reset()`` or ``step()``). Its message is one line; the loop rewrites it with
+    the run's step, env and last good checkpoint (:meth:`describe`).
+    """
+
+    def __init__(self, problem: str, copy: int | None = 0, call: str = "step()") -> None:
+        self.problem, self.copy, self.call = problem, copy, call
+        super().__init__(self.describe(None))
+
+    def describe(self, env_id: str | None) -> str:
+        """The problem with the env named, e.g. "reward is nan from env CartPole-v1 copy 0"."""
+        env = f"env {env_id}" if env_id is not None else "the env"
+        where = env if self.copy is None else f"{env} copy {self.copy}"
+        if self.problem.startswith(self.call):  # "step() raised ...": name the env first
+            return f"{where}: {self.problem}"
+        return f"{self.problem} from {where}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def raised(call: str, exc: Exception, copy: int | None = 0) -> EnvProblem:
+    """The :class:`EnvProblem` for an exception an env's ``call`` raised."""
+    return EnvProblem(f"{call} raised {_first_line(exc)}", copy, call)
+
+
+def nonfinite_reward(reward: Any, copy: int = 0) -> EnvProblem:
+    """The :class:`EnvProblem` for a reward that is NaN or infinite."""
+    return EnvProblem(f"reward is {float(reward)}", copy)
+
+
+def nonfinite_obs(obs: np.ndarray, call: str = "step()", copy: int = 0) -> EnvProblem:
+    """The :class:`EnvProblem` for an observation holding NaN or infinity."""
+    bad = np.asarray(obs, dtype=np.float64)
+    what = "nan" if np.isnan(bad).any() else "inf"
+    return EnvProblem(f"observation holds {what} (returned by {call})", copy, call)
+
+
+def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
+    """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
+    if not isinstance(space, ARRAY_SPACES):
+        return
+    shape = space.shape or ()
+    arr = np.asarray(obs)
+    if arr.shape != shape:
+        raise EnvProblem(f"{call} returned an observation of shape {arr.shape}, the space says {shape}", copy, call)
+    dtype = np.dtype(space.dtype) if space.dtype is not None else arr.dtype
+    same_kind = arr.dtype.kind == dtype.kind or (dtype.kind in "iu" and arr.dtype.kind in "iub")
+    if not same_kind and not (dtype.kind == "f" and arr.dtype.kind in "iu"):
+        raise EnvProblem(f"{call} returned an observation of dtype {arr.dtype}, the space says {dtype}", copy, call)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise nonfinite_obs(arr, call, copy)
+
+
+def time_limit(env: Any) -> int | None:
+    """The most steps an episode of ``env`` (a single or vector env) can last, when the env says so.
+
+    From a ``TimeLimit`` wrapper, the spec's ``max_episode_steps``, or an ALE game's frame limit
+    (frames bound agent steps from above, whatever the frame skip). None when nothing bounds it:
+    a user's env class, or ``gym.make(id, max_episode_steps=None)`` of an id registered without one.
+    """
+    copies = getattr(env, "envs", None)
+    if copies:
+        env = copies[0]
+    layer = env
+    while True:
+        if isinstance(layer, gym.wrappers.TimeLimit):
+            return int(layer._max_episode_steps)
+        if not isinstance(layer, gym.Wrapper):
+            break
+        layer = layer.env
+    spec = getattr(env, "spec", None)
+    if spec is not None:
+        if spec.max_episode_steps is not None:
+            return int(spec.max_episode_steps)
+        frames = (spec.kwargs or {}).get("max_num_frames_per_episode")
+        if isinstance(frames, int) and frames > 0:
+            return frames
+    return None
+
+
+def episode_cap(env: Any, max_steps: int | None) -> int:
+    """Steps after which an evaluation episode of ``env`` is cut: its own time limit, else ``max_steps``.
+
+    With a time limit the env ends the episode itself first, so the cap only ever cuts episodes of
+    envs without one. ``max_steps`` None means the run key's default.
+    """
+    limit = time_limit(env)
+    if limit is not None:
+        return limit
+    return max_steps if max_steps is not None else DEFAULT_EVAL_MAX_STEPS
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
@@ -41,6 +153,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         self.spec = first.spec
         space = self.single_observation_space
         self._obs = np.zeros((self.num_envs, *(space.shape or ())), dtype=space.dtype)  # (N, *obs_shape)
+        self._float_obs = self._obs.dtype.kind == "f"  # integer observations cannot be non-finite
         self._rewards = np.zeros(self.num_envs, dtype=np.float64)
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
@@ -48,29 +161,61 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset every copy; an int seed gives copy ``i`` the seed ``seed + i``."""
+        """Reset every copy, or those in ``options["reset_mask"]``; an int seed gives copy ``i`` ``seed + i``."""
         if seed is None or isinstance(seed, int):
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         else:
             seeds = list(seed)
+        options = dict(options) if options is not None else None
+        mask = options.pop("reset_mask", None) if options is not None else None
         infos: dict[str, Any] = {}
         for i, (env, env_seed) in enumerate(zip(self.envs, seeds, strict=True)):
-            self._obs[i], info = env.reset(seed=env_seed, options=options)
+            if mask is not None and not mask[i]:
+                continue
+            self._obs[i], info = self._reset_copy(i, env, env_seed, options)
             infos = self._add_info(infos, info, i)
         return self._obs.copy(), infos
+
+    def _reset_copy(
+        self, i: int, env: gym.Env[Any, Any], seed: int | None, options: dict[str, Any] | None
+    ) -> tuple[Any, dict[str, Any]]:
+        try:
+            obs, info = env.reset(seed=seed, options=options)
+        except Exception as exc:
+            raise raised("reset()", exc, i) from exc
+        check_obs(self.single_observation_space, obs, "reset()", i)
+        return obs, info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every copy; a copy whose episode ended is reset in the same call."""
         infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
-            obs, reward, terminated, truncated, info = env.step(actions[i])
+            try:
+                obs, reward, terminated, truncated, info = env.step(actions[i])
+            except Exception as exc:
+                raise raised("step()", exc, i) from exc
+            try:
+                bad = reward - reward  # type: ignore[operator]  # NaN for NaN or infinity; 0 for every finite number
+            except TypeError:
+                raise EnvProblem(f"step() returned a reward of type {type(reward).__name__}, not a number", i) from None
+            if bad:
+                raise nonfinite_reward(reward, i)
             self._rewards[i] = reward
             self._terminated[i] = terminated
             self._truncated[i] = truncated
             if terminated or truncated:
+                check_obs(self.single_observation_space, obs, "step()", i)
                 infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
-                obs, _ = env.reset()
-            self._obs[i] = obs
+                obs, _ = self._reset_copy(i, env, None, None)
+            try:
+                self._obs[i] = obs
+            except (ValueError, TypeError) as exc:
+                check_obs(self.single_observation_space, obs, "step()", i)
+                raise EnvProblem(f"step() returned an observation that does not fit the space ({exc})", i) from exc
+        if self._float_obs and not math.isfinite(self._obs.sum()):
+            for i in range(self.num_envs):  # a NaN/inf, or a sum that overflowed: find the copy
+                if not np.isfinite(self._obs[i]).all():
+                    raise nonfinite_obs(self._obs[i], "step()", i)
         return self._obs.copy(), self._rewards.copy(), self._terminated.copy(), self._truncated.copy(), infos
 
     def render(self) -> tuple[Any, ...] | None:

@@ -8,10 +8,15 @@ An episode is played on a *single* env, not a vector env: a vector env in same-s
 mode has already reset when the final step returns, so its render would show the next episode's
 first frame instead of how this one ended. Frames are taken after every step (the outcome of each
 action), so a recorded episode has exactly as many frames as it has steps.
+
+Every played episode ends: at the env's time limit or, on an env without one, after the run key
+``eval_max_steps`` (the step is marked ``capped``). A stop flag (the loop's Ctrl-C/SIGTERM flag)
+is checked before each step; once set, :class:`~gymlab.errors.Interrupted` is raised.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +27,12 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
+from gymlab.errors import Interrupted
+from gymlab.vector import EnvProblem, check_obs, episode_cap, nonfinite_reward, raised
+
 if TYPE_CHECKING:
+    import threading
+
     from gymlab.agent import Agent
     from gymlab.config import Config, RunConfig
     from gymlab.tblog import RunLogger
@@ -89,6 +99,7 @@ class Step:
     reward: float
     total: float  # return so far, including this step's reward
     done: bool
+    capped: bool = False  # the episode was cut here, at the step cap of an env without a time limit
 
 
 @dataclass
@@ -100,26 +111,53 @@ class Episode:
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 each
     texts: list[str] = field(default_factory=list)
     actions: list[Any] = field(default_factory=list)
+    capped: bool = False  # cut at the step cap (the env has no time limit)
 
 
 def play_steps(
     env: gym.Env[Any, Any],
     policy: Callable[[Any], Any],
     seed: int | None,
+    *,
+    max_steps: int | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[Step]:
     """Play one episode with ``policy`` (single obs -> single action), yielding after each step.
 
-    The env's ``render()`` after each yield shows the state the step led to.
+    The env's ``render()`` after each yield shows the state the step led to. The episode ends at
+    the env's time limit, or after ``max_steps`` steps on an env without one (None: the run key's
+    default). ``stop`` is checked before each step: once set, :class:`Interrupted` is raised.
+    A reset or step that raises, returns a non-finite reward or an observation that does not fit
+    the space raises :class:`~gymlab.vector.EnvProblem`.
     """
-    obs, _ = env.reset(seed=seed)
+    cap = episode_cap(env, max_steps)
+    space = env.observation_space
+    try:
+        obs, _ = env.reset(seed=seed)
+    except Exception as exc:
+        raise raised("reset()", exc) from exc
+    check_obs(space, obs, "reset()")
     total, index, done = 0.0, 0, False
     while not done:
+        if stop is not None and stop.is_set():
+            raise Interrupted(f"interrupted at step {index} of an episode")
         action = policy(obs)
-        obs, reward, terminated, truncated, _ = env.step(action)
+        try:
+            obs, reward, terminated, truncated, _ = env.step(action)
+        except Exception as exc:
+            raise raised("step()", exc) from exc
+        check_obs(space, obs, "step()")
+        try:
+            finite = math.isfinite(float(reward))
+        except (TypeError, ValueError):
+            raise EnvProblem(f"step() returned a reward of type {type(reward).__name__}, not a number") from None
+        if not finite:
+            raise nonfinite_reward(reward)
         index += 1
         total += float(reward)
-        done = bool(terminated or truncated)
-        yield Step(index, action, float(reward), total, done)
+        capped = index >= cap and not (terminated or truncated)
+        done = bool(terminated or truncated or capped)
+        yield Step(index, action, float(reward), total, done, capped)
 
 
 def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
@@ -139,18 +177,27 @@ def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
 
 
 def play_episode(
-    env: gym.Env[Any, Any], agent: Agent, seed: int | None, *, record: str | None = "rgb_array"
+    env: gym.Env[Any, Any],
+    agent: Agent,
+    seed: int | None,
+    *,
+    record: str | None = "rgb_array",
+    max_steps: int | None = None,
+    stop: threading.Event | None = None,
 ) -> Episode:
-    """Play one greedy episode; ``record`` is the env's render mode to capture after each step."""
+    """Play one greedy episode; ``record`` is the env's render mode to capture after each step.
+
+    ``max_steps`` and ``stop`` as in :func:`play_steps`.
+    """
     episode = Episode()
     policy = greedy_policy(agent, env)
-    for step in play_steps(env, policy, seed):
+    for step in play_steps(env, policy, seed, max_steps=max_steps, stop=stop):
         if record == "rgb_array":
             episode.frames.append(np.asarray(env.render(), dtype=np.uint8))
         elif record == "ansi":
             episode.texts.append(str(env.render()))
         episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
-        episode.ret, episode.length = step.total, step.index
+        episode.ret, episode.length, episode.capped = step.total, step.index, step.capped
     return episode
 
 
@@ -241,11 +288,26 @@ class EpisodeRecorder:
         env, self._mode = render_env(self.config.run)
         return env
 
-    def record(self, agent: Agent, step: int, seed: int) -> Path | None:
-        """Play and save one episode at env step ``step``; returns the file written (None if nothing)."""
+    def record(
+        self,
+        agent: Agent,
+        step: int,
+        seed: int,
+        *,
+        max_steps: int | None = None,
+        stop: threading.Event | None = None,
+        on_capped: Callable[[int, float], None] | None = None,
+    ) -> Path | None:
+        """Play and save one episode at env step ``step``; returns the file written (None if nothing).
+
+        ``max_steps`` and ``stop`` as in :func:`play_steps` (an interrupted episode writes nothing);
+        a cut episode is still saved, and reported to ``on_capped(length, return)``.
+        """
         if self._env is None:
             self._env = self._make_env()
-        episode = play_episode(self._env, agent, seed, record=self._mode)
+        episode = play_episode(self._env, agent, seed, record=self._mode, max_steps=max_steps, stop=stop)
+        if episode.capped and on_capped is not None:
+            on_capped(episode.length, episode.ret)
         stem = f"step-{step:09d}"
         if self._mode == "rgb_array" and episode.frames:
             fps = frame_fps(self._env)

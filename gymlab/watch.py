@@ -14,6 +14,10 @@ Which output, decided once at the start:
 
 ``--follow`` watches a run that is still training: before each episode it reloads the run's
 ``last.pt`` if a newer one was written, and stops once it has played the final checkpoint.
+
+Every episode ends: at the env's time limit or, on an env without one, after the run's
+``eval_max_steps`` (said in a line). Ctrl-C or SIGTERM stops at the next frame: the mp4 so far is
+finished (playable) and :class:`~gymlab.errors.Interrupted` says what was written.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import gymnasium as gym
 import numpy as np
 
 from gymlab import runs, video
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, Interrupted
 
 if TYPE_CHECKING:
+    import threading
+
     import pygame
 
     from gymlab.agent import Agent
@@ -143,12 +149,14 @@ class Window:
         self.clock.tick(fps)
         return not stop_requested(pygame.event.get())
 
-    def hold(self, seconds: float) -> bool:
-        """Keep the last frame up for a moment, still answering Esc/close."""
+    def hold(self, seconds: float, stop: threading.Event | None = None) -> bool:
+        """Keep the last frame up for a moment, still answering Esc/close (and ``stop``: :class:`Interrupted`)."""
         import pygame
 
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            if stop is not None and stop.is_set():
+                raise Interrupted("interrupted")
             if stop_requested(pygame.event.get()):
                 return False
             time.sleep(0.02)
@@ -234,22 +242,63 @@ def watch(
 
     ``episodes`` defaults to 3, or to "until the run's final checkpoint has been played" with
     ``follow``. ``echo`` receives the lines meant for the user.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM; at once while loading, else at the next frame, after
+            finishing the mp4 so far (its message names it).
+
     """
-    if follow:
-        which = "last"
-        wait_for_checkpoint(target, which, echo, poll_s)
-    policy = FollowedPolicy(target, which, device, follow)
-    run = policy.config.run
-    env, mode = video.render_env(run)
-    limit = episodes if episodes is not None else (None if follow else 3)
-    try:
-        if mode != "rgb_array":
-            if record is not None:
-                echo(f"{run.env} renders no pixels: --record ignored, printing the episodes instead")
-            return _watch_text(env, policy, mode, limit, seed, echo)
-        return _watch_pixels(env, policy, limit, fps, record, seed, echo)
-    finally:
-        env.close()
+    from gymlab.loop import graceful_stop
+
+    with graceful_stop() as stop:
+        stop.at_once = True  # loading the run and building the env: nothing to finish
+        if follow:
+            which = "last"
+            wait_for_checkpoint(target, which, echo, poll_s)
+        policy = FollowedPolicy(target, which, device, follow)
+        run = policy.config.run
+        env, mode = video.render_env(run)
+        stop.at_once = False
+        limit = episodes if episodes is not None else (None if follow else 3)
+        play = _Play(env, policy, seed, stop, echo)
+        try:
+            if mode != "rgb_array":
+                if record is not None:
+                    echo(f"{run.env} renders no pixels: --record ignored, printing the episodes instead")
+                return _watch_text(play, mode, limit)
+            return _watch_pixels(play, limit, fps, record)
+        finally:
+            env.close()
+
+
+@dataclass
+class _Play:
+    """What both watch modes play with: the env, the (followed) policy, seeds, the stop flag, the user's lines."""
+
+    env: gym.Env[Any, Any]
+    policy: FollowedPolicy
+    seed: int | None
+    stop: threading.Event
+    echo: Callable[[str], None]
+
+    def steps(self, index: int) -> Iterable[video.Step]:
+        """The steps of the ``index``-th episode (0-based), cut at ``eval_max_steps`` on an env without a time limit."""
+        act = video.greedy_policy(self.policy.agent, self.env)
+        cap = self.policy.config.run.eval_max_steps
+        for step in video.play_steps(
+            self.env, act, _episode_seed(self.policy, self.seed, index), max_steps=cap, stop=self.stop
+        ):
+            if step.capped:
+                self.echo(
+                    f"episode {index + 1} cut at {step.index:,} steps: the env has no time limit (eval_max_steps)"
+                )
+            yield step
+
+
+def _interrupted(result: WatchResult) -> Interrupted:
+    played = f"after {len(result.episodes)} whole episode{'s' if len(result.episodes) != 1 else ''}"
+    wrote = f"; the mp4 so far is {result.video}" if result.video is not None else ""
+    return Interrupted(f"watch interrupted {played}{wrote}")
 
 
 def _episode_seed(policy: FollowedPolicy, seed: int | None, index: int) -> int:
@@ -264,23 +313,20 @@ def _more(limit: int | None, played: int, follow_done: bool) -> bool:
     return not follow_done
 
 
-def _watch_text(
-    env: gym.Env[Any, Any],
-    policy: FollowedPolicy,
-    mode: str | None,
-    limit: int | None,
-    seed: int | None,
-    echo: Callable[[str], None],
-) -> WatchResult:
+def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult:
+    env, policy, echo = play.env, play.policy, play.echo
     result = WatchResult("text", reason="the env renders no pixels")
     done_final = False
     try:
         while _more(limit, len(result.episodes), done_final):
             if policy.maybe_reload():
                 echo(f"reloaded checkpoint at step {policy.step:,}")
-            episode = video.play_episode(
-                env, policy.agent, _episode_seed(policy, seed, len(result.episodes)), record=mode
-            )
+            episode = video.Episode()
+            for step in play.steps(len(result.episodes)):
+                if mode == "ansi":
+                    episode.texts.append(str(env.render()))
+                episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
+                episode.ret, episode.length = step.total, step.index
             result.episodes.append((episode.ret, episode.length))
             echo(f"episode {len(result.episodes)}: return {episode.ret:.4g}, length {episode.length}")
             if episode.texts:
@@ -292,7 +338,7 @@ def _watch_text(
             if policy.follow and not done_final and limit is None:
                 time.sleep(FOLLOW_PAUSE_S)
     except KeyboardInterrupt:
-        result.stopped_by_user = True
+        raise _interrupted(result) from None
     return result
 
 
@@ -333,9 +379,9 @@ class _PixelOutput:
             self.writer.append(overlaid(frame, lines))
         return self.window is None or self.window.show(frame, lines, self.fps)
 
-    def end_episode(self) -> bool:
+    def end_episode(self, stop: threading.Event) -> bool:
         """Let the window show how the episode ended; False when the user stopped meanwhile."""
-        return self.window is None or self.window.hold(HOLD_LAST_FRAME_S)
+        return self.window is None or self.window.hold(HOLD_LAST_FRAME_S, stop)
 
     def close(self) -> None:
         """Finish the mp4 and close the window."""
@@ -346,28 +392,20 @@ class _PixelOutput:
             self.window.close()
 
 
-def _watch_pixels(
-    env: gym.Env[Any, Any],
-    policy: FollowedPolicy,
-    limit: int | None,
-    fps: float | None,
-    record: Path | None,
-    seed: int | None,
-    echo: Callable[[str], None],
-) -> WatchResult:
+def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Path | None) -> WatchResult:
+    env, policy, echo = play.env, play.policy, play.echo
     run = policy.config.run
     result = WatchResult("window")
     title = f"gymlab watch: {run.agent} on {run.env}"
     output = _PixelOutput(title, fps or video.frame_fps(env), record, _default_video_path(policy.ckpt_path), result)
-    done_final = False
+    done_final = interrupted = False
     try:
         while not result.stopped_by_user and _more(limit, len(result.episodes), done_final):
             if policy.maybe_reload():
                 echo(f"reloaded checkpoint at step {policy.step:,}")
             ep = len(result.episodes) + 1
             last = (0.0, 0)
-            act = video.greedy_policy(policy.agent, env)
-            for step in video.play_steps(env, act, _episode_seed(policy, seed, ep - 1)):
+            for step in play.steps(ep - 1):
                 lines = [f"episode {ep}", f"step {step.index}", f"return {step.total:.4g}"]
                 if policy.follow:
                     lines.append(f"checkpoint step {policy.step:,}")
@@ -377,14 +415,16 @@ def _watch_pixels(
                 last = (step.total, step.index)
             if not result.stopped_by_user:
                 result.episodes.append(last)
-                result.stopped_by_user = not output.end_episode()
+                result.stopped_by_user = not output.end_episode(play.stop)
             done_final = policy.final
             if policy.follow and not done_final and limit is None and output.window is None:
                 time.sleep(FOLLOW_PAUSE_S)
-    except KeyboardInterrupt:
-        result.stopped_by_user = True
+    except KeyboardInterrupt:  # the stop flag (Interrupted), or a second Ctrl-C
+        interrupted = True
     finally:
-        output.close()
+        output.close()  # the mp4 so far becomes playable
+    if interrupted:
+        raise _interrupted(result)
     return result
 
 

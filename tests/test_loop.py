@@ -1,15 +1,23 @@
 """The rollout loop: same-step autoreset, true final observations, termination vs truncation,
 episode statistics, evaluation, and user-supplied agents and envs given as module:Class."""
 
-from typing import ClassVar
+import math
+import os
+import re
+import signal
+from typing import ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
+import pytest
+import torch
 from pydantic import BaseModel, ConfigDict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import registry
+from gymlab import checkpoint, registry, vector
 from gymlab.agent import Context, Transition
 from gymlab.config import validate
+from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import evaluate, train
 
 
@@ -120,7 +128,7 @@ def test_several_copies_step_together(tmp_path):
 
 def test_evaluation_splits_episodes_over_copies():
     envs = registry.make_vec_env(f"{__name__}:Corridor", 2, train=False)
-    agent = Scripted(ScriptedConfig(), None)
+    agent = Scripted(ScriptedConfig(), cast(Context, None))
     returns, lengths = evaluate(agent, envs, episodes=3, seed=0)
     assert returns.tolist() == [6.0, 6.0, 6.0] and lengths.tolist() == [3, 3, 3]
 
@@ -173,3 +181,316 @@ def test_box_actions_reach_the_env_clipped_and_the_agent_sees_its_own(tmp_path):
     train(cfg, tmp_path)
     assert Slider.received == [1.0] * 6  # 4 training steps, then a 2-step evaluation episode
     assert [float(t.action[0, 0]) for t in Scripted.seen] == [5.0] * 4
+
+
+# --- evaluation always ends ---------------------------------------------------------------------
+
+GUARD_STEPS = 5_000  # the test envs below raise past this, so a loop that never stops fails instead of hanging
+
+
+class Wall(gym.Env):
+    """No time limit: action 1 walks into a wall and the episode goes on for good; action 0 ends it."""
+
+    observation_space = gym.spaces.Discrete(2)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return 0, {}
+
+    def step(self, action):
+        self.t += 1
+        assert self.t <= GUARD_STEPS, "an episode ran past the guard: the evaluation never stopped"
+        return 0, 1.0, int(action) == 0, False, {}
+
+
+def test_evaluation_on_an_env_without_time_limit_cuts_each_episode_at_the_cap():
+    envs = registry.make_vec_env(f"{__name__}:Wall", 2, train=False)
+    cut: list[int] = []
+    agent = Scripted(ScriptedConfig(), cast(Context, None))  # greedy: always 1, into the wall
+    returns, lengths = evaluate(agent, envs, 3, seed=0, max_steps=50, on_capped=lambda n, r: cut.append(n))
+    envs.close()
+    assert lengths.tolist() == [50, 50, 50] and returns.tolist() == [50.0, 50.0, 50.0] and cut == [50, 50, 50]
+
+
+def test_a_run_logs_the_evaluation_episodes_cut_at_eval_max_steps(tmp_path):
+    cfg = validate(
+        {
+            "agent": f"{__name__}:Scripted",
+            "env": f"{__name__}:Wall",
+            "steps": 20,
+            "eval_every": 10,
+            "eval_episodes": 2,
+            "eval_max_steps": 30,
+            "log_every": 10,
+        },
+        ScriptedConfig,
+    )
+    result = train(cfg, tmp_path)
+    assert result.last_eval == 30.0  # cut episodes count, with their return so far
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("eval/capped_episodes")] == [(10, 2.0), (20, 2.0)]
+    notes = [t for t in acc.Tags()["tensors"] if t.startswith("notes")]
+    text = acc.Tensors(notes[0])[0].tensor_proto.string_val[0].decode()
+    assert "2 of 2 evaluation episodes were cut at 30 steps" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "limit"),
+    [
+        ("CartPole-v1", 500),  # a TimeLimit wrapper
+        ("FrozenLake-v1", 100),
+        (f"{__name__}:Wall", None),  # a user's class: nothing bounds it
+    ],
+)
+def test_time_limit_of_single_and_vector_envs(env, limit):
+    single = registry.make_env(env, train=False)
+    envs = registry.make_vec_env(env, 2, train=False)
+    assert vector.time_limit(single) == vector.time_limit(envs) == limit
+    assert vector.episode_cap(envs, 7) == (limit if limit is not None else 7)
+    single.close()
+    envs.close()
+
+
+# --- finite or stop ------------------------------------------------------------------------------
+
+
+class Faulty(gym.Env):
+    """Box(2,) observations, 7-step episodes, no fault until its ``at``-th step, which has the ``fault``."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, fault: str = "", at: int = 0) -> None:
+        self.fault, self.at, self.n = fault, at, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.n += 1
+        self.t += 1
+        obs, reward = np.zeros(2, np.float32), 1.0
+        if self.n == self.at:
+            if self.fault == "raises":
+                raise RuntimeError("boom")
+            if self.fault == "nan_obs":
+                obs[0] = np.nan
+            if self.fault == "shape":
+                obs = np.zeros(3, np.float32)
+            reward = {"nan_reward": math.nan, "inf_reward": math.inf}.get(self.fault, reward)
+        return obs, reward, self.t == 7, False, {}
+
+
+class FaultConfig(ScriptedConfig):
+    fault: str = ""
+    at: int = 0
+
+
+class Diverging(Scripted):
+    """Reports a NaN loss (``fault: nan_loss``) or holds a NaN weight (``fault: nan_param``) from step ``at`` on."""
+
+    Config: ClassVar[type[BaseModel]] = FaultConfig
+
+    def __init__(self, config: FaultConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.fault, self.at, self.w = config.fault, config.at, torch.zeros(1)
+
+    def update(self, step):
+        if self.fault == "nan_param" and step >= self.at:
+            self.w = torch.full((1,), math.nan)
+        return {"loss": math.nan if self.fault == "nan_loss" and step == self.at else 0.5}
+
+    def state_dict(self):
+        return {"policy": {"w": self.w.clone()}, "training": {"i": self.i}}
+
+    def load_state_dict(self, state):
+        self.w, self.i = state["policy"]["w"].clone(), state["training"]["i"]
+
+
+ENV_FAULT = r"step 30: {what} from env test_loop:Faulty copy 0; "
+ENV_CALL = r"step 30: env test_loop:Faulty copy 0: {what}; "
+AGENT_FAULT = r"step {step}: {what}; "
+
+
+@pytest.mark.parametrize(
+    ("env_fault", "agent_fault", "message"),
+    [
+        ("nan_reward", "", ENV_FAULT.format(what="reward is nan")),
+        ("inf_reward", "", ENV_FAULT.format(what="reward is inf")),
+        ("nan_obs", "", ENV_FAULT.format(what=re.escape("observation holds nan (returned by step())"))),
+        ("raises", "", ENV_CALL.format(what=re.escape("step() raised RuntimeError: boom"))),
+        (
+            "shape",
+            "",
+            ENV_CALL.format(what=re.escape("step() returned an observation of shape (3,), the space says (2,)")),
+        ),
+        (
+            "",
+            "nan_loss",
+            AGENT_FAULT.format(step=30, what=re.escape("train/loss is nan (reported by the agent's update)")),
+        ),
+        (
+            "",
+            "nan_param",  # NaN from step 30 on, found when the checkpoint at step 40 is about to be written
+            AGENT_FAULT.format(
+                step=40, what=re.escape("the agent's state holds nan in policy.w (checked before saving last.pt)")
+            ),
+        ),
+    ],
+)
+def test_a_non_finite_number_or_a_broken_env_stops_the_run_keeping_the_last_good_checkpoint(
+    tmp_path, env_fault, agent_fault, message
+):
+    cfg = validate(
+        {
+            "agent": f"{__name__}:Diverging",
+            "env": f"{__name__}:Faulty",
+            "env_kwargs": {"fault": env_fault, "at": 30},
+            "steps": 100,
+            "checkpoint_every": 20,
+            "eval_every": 0,
+            "eval_episodes": 1,
+            "log_every": 10,
+            "hparams": {"fault": agent_fault, "at": 30},
+        },
+        FaultConfig,
+    )
+    last = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(GymlabError) as info:
+        train(cfg, tmp_path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert re.match(message + re.escape(f"the last good checkpoint is {last} (step 20), left as it was"), text), text
+    kept = checkpoint.load(last)
+    assert kept["loop"]["step"] == 20
+    assert torch.isfinite(kept["agent_state"]["policy"]["w"]).all()
+
+
+def test_a_nan_parameter_before_the_first_checkpoint_says_none_was_written(tmp_path):
+    cfg = validate(
+        {
+            "agent": f"{__name__}:Diverging",
+            "env": f"{__name__}:Faulty",
+            "steps": 50,
+            "checkpoint_every": 20,
+            "eval_every": 0,
+            "hparams": {"fault": "nan_param", "at": 1},
+        },
+        FaultConfig,
+    )
+    with pytest.raises(GymlabError, match=r"step 20: .* nan in policy.w .*; no checkpoint had been written yet"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# --- interrupts ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_default_signal_handling():
+    """SIGINT/SIGTERM reaching a handler other than gymlab's fail the test (instead of killing pytest)."""
+
+    def escaped(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} was not handled by gymlab")
+
+    previous = {s: signal.signal(s, escaped) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield escaped
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+class SignalConfig(ScriptedConfig):
+    signal: int = int(signal.SIGINT)
+
+
+class Signaller(Scripted):
+    """Sends itself ``signal`` at its first greedy action (an evaluation's or a video's first step)."""
+
+    Config: ClassVar[type[BaseModel]] = SignalConfig
+    sent: ClassVar[bool] = False
+
+    def __init__(self, config: SignalConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.signal = config.signal
+
+    def act(self, obs, explore):
+        if not explore and not Signaller.sent:
+            Signaller.sent = True
+            os.kill(os.getpid(), self.signal)
+        return super().act(obs, explore)
+
+
+SIGNALS = [signal.SIGINT, signal.SIGTERM]
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    ("during", "keys"),
+    [("evaluation", {"eval_every": 40}), ("video", {"video_every": 40, "eval_every": 0})],
+)
+def test_a_signal_during_an_evaluation_or_a_video_stops_the_run_with_a_checkpoint(
+    tmp_path, no_default_signal_handling, sig, during, keys
+):
+    Signaller.sent = False
+    data = {
+        "agent": f"{__name__}:Signaller",
+        "env": f"{__name__}:Corridor",
+        "steps": 100,
+        "checkpoint_every": 0,
+        "eval_episodes": 2,
+        "log_every": 10,
+        "hparams": {"signal": int(sig)},
+        **keys,
+    }
+    cfg = validate(data, SignalConfig)
+    result = train(cfg, tmp_path)
+    assert result.interrupted and result.step == 40
+    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["loop"]["step"] == 40
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()  # the interrupted evaluation is no result
+    assert not (tmp_path / "videos").exists()  # nor is the interrupted video
+    assert signal.getsignal(sig) is no_default_signal_handling  # the run's handlers are gone
+    if during == "evaluation":
+        assert ckpt["loop"]["eval_due"]
+        acc = EventAccumulator(str(tmp_path))
+        acc.Reload()
+        assert "eval/return_mean" not in acc.Tags()["scalars"]
+        # Resumed, the run plays the interrupted evaluation first: its curve is the uninterrupted one's.
+        train(cfg, tmp_path, resume=ckpt)
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("eval/return_mean")] == [40, 80, 100]
+
+
+class SignalOnInit(Corridor):
+    """Sends itself a signal while it is built, as a Ctrl-C during start-up would arrive."""
+
+    def __init__(self, sig: int = int(signal.SIGINT)) -> None:
+        os.kill(os.getpid(), sig)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_during_start_up_stops_at_once(tmp_path, no_default_signal_handling, sig):
+    cfg = validate(
+        {"agent": f"{__name__}:Scripted", "env": f"{__name__}:SignalOnInit", "env_kwargs": {"sig": int(sig)}},
+        ScriptedConfig,
+    )
+    with pytest.raises(Interrupted, match=f"{sig.name} while starting up: stopped before anything was saved"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_signal_stops_a_standalone_evaluation(no_default_signal_handling, sig):
+    """``gymlab eval``'s path: evaluate() without a stop flag handles the signals itself."""
+    Signaller.sent = False
+    envs = registry.make_vec_env(f"{__name__}:Wall", 1, train=False)
+    agent = Signaller(SignalConfig(signal=int(sig)), cast(Context, None))
+    with pytest.raises(Interrupted, match=r"interrupted during evaluation \(0 of 3 episodes played\)"):
+        evaluate(agent, envs, 3, seed=0)
+    envs.close()
+    assert signal.getsignal(sig) is no_default_signal_handling

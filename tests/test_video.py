@@ -1,15 +1,17 @@
 """mp4 encoding round trips, the TensorBoard GIF summary, and the loop's video_every recording."""
 
 from io import BytesIO
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
 from PIL import Image
+from PIL.GifImagePlugin import GifImageFile
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import loop, registry, runs, video
 from gymlab import tblog as tb
-from gymlab.agent import load_agent_class
+from gymlab.agent import Agent, load_agent_class
 from gymlab.config import validate
 from gymlab.loop import train
 
@@ -21,7 +23,7 @@ class TokenEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
 
-    def __init__(self, render_mode=None):
+    def __init__(self, render_mode: str | None = None) -> None:
         self.observation_space = gym.spaces.Discrete(4)
         self.action_space = gym.spaces.Discrete(2)
         self.render_mode = render_mode
@@ -42,7 +44,7 @@ class TokenEnv(gym.Env):
 
 
 if TEXT_ENV not in gym.registry:
-    gym.register(TEXT_ENV, entry_point=TokenEnv)
+    gym.register(TEXT_ENV, entry_point=f"{__name__}:TokenEnv")
 
 
 def make_config(env="FrozenLake-v1", **run):
@@ -86,6 +88,7 @@ def test_gif_for_tensorboard_is_small_and_keeps_real_time():
     frames = [np.full((400, 600, 3), i % 256, dtype=np.uint8) for i in range(450)]
     data, h, w = tb.gif_bytes(frames, fps=50)
     gif = Image.open(BytesIO(data))
+    assert isinstance(gif, GifImageFile)
     assert (gif.width, gif.height) == (w, h) == (200, 133)
     assert gif.n_frames == 113  # every 4th frame of 450 (at most 120 kept)...
     assert gif.info["duration"] == 80  # ...each shown 4 × 20 ms, so the clip still lasts 9 s
@@ -101,7 +104,8 @@ def test_run_logger_video_is_an_animated_image_summary(tmp_path):
     (event,) = acc.Images("eval/video")
     assert event.step == 7 and (event.width, event.height) == (80, 64)
     assert event.encoded_image_string.startswith(b"GIF8")
-    assert Image.open(BytesIO(event.encoded_image_string)).n_frames == 5
+    gif = Image.open(BytesIO(event.encoded_image_string))
+    assert isinstance(gif, GifImageFile) and gif.n_frames == 5
 
 
 def test_play_episode_frames_match_the_episode_length():
@@ -111,7 +115,7 @@ def test_play_episode_frames_match_the_episode_length():
         def act(self, obs, explore):
             return (obs[:, 2] > 0).astype(np.int64)
 
-    episode = video.play_episode(env, Lean(), seed=3)
+    episode = video.play_episode(env, cast(Agent, Lean()), seed=3)
     env.close()
     assert 8 < episode.length < 500
     assert len(episode.frames) == episode.length == len(episode.actions)

@@ -38,9 +38,10 @@ def greedy_length(folder):
 
 def test_without_a_screen_watch_writes_an_mp4_with_one_frame_per_step(trained_run, monkeypatch, tmp_path):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    lines = []
+    lines: list[str] = []
     result = w.watch(trained_run, episodes=2, echo=lines.append)
     assert result.mode == "mp4" and result.reason == "SDL_VIDEODRIVER=dummy"
+    assert result.video is not None
     assert result.video.parent == trained_run / "videos" and result.video.name.startswith("watch-")
     frames = video.read_frames(result.video)
     assert [length for _, length in result.episodes] == [6, 6] == [greedy_length(trained_run)] * 2
@@ -49,7 +50,7 @@ def test_without_a_screen_watch_writes_an_mp4_with_one_frame_per_step(trained_ru
     # The overlay (episode, step, return) darkens the top-left corner of FrozenLake's pale ice.
     env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False, render_mode="rgb_array")
     env.reset(seed=0)
-    raw = env.render()
+    raw = np.asarray(env.render())
     assert frames[0][:20, :40].mean() < raw[:20, :40].mean() - 40
     np.testing.assert_allclose(frames[0][200:, 100:].mean(), raw[200:, 100:].mean(), atol=30)
 
@@ -99,7 +100,7 @@ def test_an_env_without_pixels_prints_its_samples(tmp_path):
     config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300)
     folder = runs.create_run_dir(config, tmp_path / "run")
     train(config, folder)
-    lines = []
+    lines: list[str] = []
     result = w.watch(folder, episodes=2, echo=lines.append)
     assert result.mode == "text" and len(result.episodes) == 2
     assert lines[0].startswith("episode 1: return ") and lines[0].endswith("length 3")
