@@ -5,6 +5,7 @@ from typing import cast
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from PIL import Image
 from PIL.GifImagePlugin import GifImageFile
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -45,6 +46,27 @@ class TokenEnv(gym.Env):
 
 if TEXT_ENV not in gym.registry:
     gym.register(TEXT_ENV, entry_point=f"{__name__}:TokenEnv")
+
+ENDLESS_ENV = "GymlabTestEndlessTokens-v0"
+GUARD_STEPS = 5_000  # past this the env raises, so an episode that is never cut fails instead of hanging
+
+
+class EndlessTokens(TokenEnv):
+    """Like TokenEnv, but registered without a time limit and never ending an episode by itself."""
+
+    def step(self, action):
+        self.tokens.append(int(action))
+        assert len(self.tokens) <= GUARD_STEPS, "an episode ran past the guard: it was never cut"
+        return min(len(self.tokens), 3), float(action == 1), False, False, {}
+
+    def render(self):
+        return "sample: " + " ".join("ab"[t] for t in self.tokens[-3:])
+
+
+LIMITED_ENV = "GymlabTestEndlessTokensLimited-v0"
+if ENDLESS_ENV not in gym.registry:
+    gym.register(ENDLESS_ENV, entry_point=f"{__name__}:EndlessTokens")
+    gym.register(LIMITED_ENV, entry_point=f"{__name__}:EndlessTokens", max_episode_steps=9)
 
 
 def make_config(env="FrozenLake-v1", **run):
@@ -183,3 +205,34 @@ def test_recording_does_not_change_what_is_learned(tmp_path):
         tables.append(checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["q"])
     assert (tmp_path / "run500" / "videos").is_dir()
     np.testing.assert_array_equal(tables[0], tables[1])
+
+
+def test_a_video_episode_on_an_env_without_time_limit_is_cut_at_eval_max_steps(tmp_path):
+    config = make_config(env=ENDLESS_ENV, steps=600, eval_every=0, log_every=300, video_every=600, eval_max_steps=7)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    assert "length 7" in (folder / "videos" / "step-000000600.txt").read_text()
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    notes = [t for t in acc.Tags()["tensors"] if t.startswith("notes")]
+    texts = [e.tensor_proto.string_val[0].decode() for t in notes for e in acc.Tensors(t)]
+    assert any("the video episode was cut at 7 steps" in t for t in texts), texts
+
+
+@pytest.mark.parametrize(
+    ("env_id", "max_steps", "length", "capped"),
+    [
+        (ENDLESS_ENV, 5, 5, True),  # no time limit: cut at max_steps
+        (LIMITED_ENV, 5, 9, False),  # the env's own time limit wins over max_steps
+        (TEXT_ENV, None, 3, False),  # ends by itself
+    ],
+)
+def test_play_episode_cuts_an_episode_only_where_the_env_has_no_time_limit(env_id, max_steps, length, capped):
+    class Ones:
+        def act(self, obs, explore):
+            return np.ones(len(obs), dtype=np.int64)
+
+    env = registry.make_env(env_id, train=False, render_mode="ansi")
+    episode = video.play_episode(env, cast(Agent, Ones()), seed=0, record="ansi", max_steps=max_steps)
+    env.close()
+    assert (episode.length, episode.capped, len(episode.texts)) == (length, capped, length)

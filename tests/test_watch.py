@@ -3,6 +3,7 @@ pixels, --follow reloading newer checkpoints, and bad input as one-line errors."
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -11,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-from test_video import TEXT_ENV, make_config
+from test_video import ENDLESS_ENV, TEXT_ENV, make_config
 
 from gymlab import registry, runs, video
 from gymlab import watch as w
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import train
 
 
@@ -207,3 +208,49 @@ def test_a_real_window_under_xvfb_shows_a_frame(trained_run, tmp_path):
 def test_watch_of_a_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(GymlabError, match="no run folder or checkpoint"):
         w.watch(tmp_path / "nope", episodes=1, echo=print)
+
+
+def test_watch_cuts_episodes_of_an_env_without_time_limit(tmp_path):
+    config = make_config(env=ENDLESS_ENV, steps=300, eval_every=0, log_every=300, eval_max_steps=7)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    train(config, folder)
+    lines: list[str] = []
+    result = w.watch(folder, episodes=2, echo=lines.append)
+    assert result.episodes[0][1] == result.episodes[1][1] == 7
+    assert "episode 2 cut at 7 steps: the env has no time limit (eval_max_steps)" in lines
+
+
+@pytest.fixture
+def no_default_signal_handling():
+    """SIGINT/SIGTERM reaching a handler other than gymlab's fail the test (instead of killing pytest)."""
+
+    def escaped(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} was not handled by gymlab")
+
+    previous = {s: signal.signal(s, escaped) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield escaped
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_stops_watch_at_the_next_frame_with_the_mp4_so_far(
+    trained_run, monkeypatch, no_default_signal_handling, sig
+):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    frames = 0
+    draw = w.overlaid
+
+    def overlaid_then_signal(frame, lines):
+        nonlocal frames
+        frames += 1
+        if frames == 8:  # the second episode's second frame
+            os.kill(os.getpid(), sig)
+        return draw(frame, lines)
+
+    monkeypatch.setattr(w, "overlaid", overlaid_then_signal)
+    with pytest.raises(Interrupted, match="watch interrupted after 1 whole episode; the mp4 so far is ") as info:
+        w.watch(trained_run, episodes=3, echo=print)
+    path = Path(str(info.value).rsplit(" ", 1)[1])
+    assert len(video.read_frames(path)) == 8 == frames  # finished (playable), nothing after the signal
+    assert signal.getsignal(sig) is no_default_signal_handling
