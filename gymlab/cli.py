@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -209,15 +209,25 @@ def evaluate(
     r = cfg.run
     envs = registry.make_vec_env(r.env, 1, r.env_kwargs, r.wrappers, train=False)
     eval_seed = seed if seed is not None else loop.eval_seed(r.seed, 1_000_000)
+    cut: list[int] = []  # lengths of the episodes cut at eval_max_steps (an env without a time limit)
     try:
-        returns, lengths = loop.evaluate(agent, envs, episodes, eval_seed)
+        returns, lengths = loop.evaluate(
+            agent, envs, episodes, eval_seed, max_steps=r.eval_max_steps, on_capped=lambda n, ret: cut.append(n)
+        )
     finally:
         envs.close()
+    if cut:
+        print(
+            f"note: {len(cut)} of {len(returns)} episodes were cut at {r.eval_max_steps:,} steps "
+            f"({r.env} has no time limit; run key eval_max_steps) and count as truncated",
+            file=sys.stderr,
+        )
     result = {
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
         "episodes": len(returns),
         "mean_length": float(lengths.mean()),
+        "capped_episodes": len(cut),
         "returns": [float(x) for x in returns],
         "checkpoint": str(ckpt_path),
         "step": int(ckpt["loop"]["step"]),
@@ -363,5 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{exc.format_message()} (see {command} --help)")
     except typer.Abort:
         fail("aborted")
+    except Interrupted as exc:  # a signal honoured at a step: what was saved, in one line
+        print(f"gymlab: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:
         fail("interrupted")

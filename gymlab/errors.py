@@ -10,10 +10,12 @@ class GymlabError(Exception):
     """
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(Exception):
     """A Ctrl-C or SIGTERM honoured at a safe point; its message is one line saying what was saved.
 
-    Raised once whatever was running (start-up, an evaluation, a video, ``watch``) stopped at its
-    next step and saved what it could. The CLI prints the message and exits with code 130. A plain
-    :class:`KeyboardInterrupt` (a second Ctrl-C) means "stopped at once, nothing more saved".
+    Raised once whatever was running (start-up, a standalone evaluation, ``watch``) stopped at its
+    next step and saved what it could. The CLI prints the message and exits with code 130. It is
+    an ``Exception``, not a ``KeyboardInterrupt``, so that it reaches the CLI's ``main`` through
+    typer (which turns a ``KeyboardInterrupt`` inside a command into a bare exit code 130). A
+    plain :class:`KeyboardInterrupt` (a second Ctrl-C) means "stopped at once, nothing more saved".
     """

@@ -276,12 +276,19 @@ def _step_guard(envs: VectorEnv[Any, Any, Any]) -> Callable[[Any, np.ndarray], N
     return guard
 
 
+class _InterruptedAtOnce(KeyboardInterrupt):
+    """A signal while starting up, raised by the handler itself; :func:`starting` makes it :class:`Interrupted`.
+
+    A ``KeyboardInterrupt``, so that no ``except Exception`` in the code it interrupts swallows it.
+    """
+
+
 class StopFlag(threading.Event):
     """Set by the first Ctrl-C or SIGTERM; the loop, evaluations, videos and ``watch`` check it at each step."""
 
     def __init__(self) -> None:
         super().__init__()
-        #: While True (start-up: building envs and agent), the first signal raises :class:`Interrupted` at once.
+        #: While True (start-up: building envs and agent), the first signal interrupts at once (see ``starting``).
         self.at_once = False
 
 
@@ -290,9 +297,9 @@ def graceful_stop() -> Iterator[StopFlag]:
     """Turn the first Ctrl-C / SIGTERM into a flag checked at each step of whatever runs.
 
     Stopping between steps (never inside an update) is what makes the saved checkpoint exact.
-    With ``at_once`` set (start-up) the first signal raises :class:`Interrupted` right away. A
-    second Ctrl-C interrupts at once (plain ``KeyboardInterrupt``). Outside the main thread no
-    handler can be installed, and the flag is never set.
+    Inside :func:`starting` (start-up) the first signal interrupts right away, as
+    :class:`Interrupted`. A second Ctrl-C interrupts at once (plain ``KeyboardInterrupt``).
+    Outside the main thread no handler can be installed, and the flag is never set.
     """
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
@@ -304,7 +311,9 @@ def graceful_stop() -> Iterator[StopFlag]:
             raise KeyboardInterrupt
         flag.set()
         if flag.at_once:
-            raise Interrupted(f"{signal.Signals(signum).name} while starting up: stopped before anything was saved")
+            raise _InterruptedAtOnce(
+                f"{signal.Signals(signum).name} while starting up: stopped before anything was saved"
+            )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -315,6 +324,18 @@ def graceful_stop() -> Iterator[StopFlag]:
 
 
 _graceful_stop = graceful_stop  # the name it had before it was shared with evaluate and watch
+
+
+@contextmanager
+def starting(flag: StopFlag) -> Iterator[None]:
+    """Start-up under ``flag``'s handler: a signal stops it at once, raising :class:`Interrupted`."""
+    flag.at_once = True
+    try:
+        yield
+    except _InterruptedAtOnce as exc:
+        raise Interrupted(str(exc)) from None
+    finally:
+        flag.at_once = False
 
 
 def _next_multiple(step: int, every: int, total: int) -> int:
@@ -349,9 +370,8 @@ def train(
 
     """
     with graceful_stop() as stop:
-        stop.at_once = True
-        trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
-        stop.at_once = False
+        with starting(stop):
+            trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
         try:
             try:
                 interrupted = trainer.run(stop, stop_at)

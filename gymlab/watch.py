@@ -248,17 +248,16 @@ def watch(
             finishing the mp4 so far (its message names it).
 
     """
-    from gymlab.loop import graceful_stop
+    from gymlab.loop import graceful_stop, starting
 
     with graceful_stop() as stop:
-        stop.at_once = True  # loading the run and building the env: nothing to finish
-        if follow:
-            which = "last"
-            wait_for_checkpoint(target, which, echo, poll_s)
-        policy = FollowedPolicy(target, which, device, follow)
-        run = policy.config.run
-        env, mode = video.render_env(run)
-        stop.at_once = False
+        with starting(stop):  # loading the run and building the env: nothing to finish
+            if follow:
+                which = "last"
+                wait_for_checkpoint(target, which, echo, poll_s)
+            policy = FollowedPolicy(target, which, device, follow)
+            run = policy.config.run
+            env, mode = video.render_env(run)
         limit = episodes if episodes is not None else (None if follow else 3)
         play = _Play(env, policy, seed, stop, echo)
         try:
@@ -337,7 +336,7 @@ def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult
             done_final = policy.final
             if policy.follow and not done_final and limit is None:
                 time.sleep(FOLLOW_PAUSE_S)
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):  # the stop flag, or a second Ctrl-C
         raise _interrupted(result) from None
     return result
 
@@ -419,7 +418,7 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
             done_final = policy.final
             if policy.follow and not done_final and limit is None and output.window is None:
                 time.sleep(FOLLOW_PAUSE_S)
-    except KeyboardInterrupt:  # the stop flag (Interrupted), or a second Ctrl-C
+    except (Interrupted, KeyboardInterrupt):  # the stop flag, or a second Ctrl-C
         interrupted = True
     finally:
         output.close()  # the mp4 so far becomes playable
