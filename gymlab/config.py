@@ -13,6 +13,8 @@ type or out-of-range value is rejected with one line naming the key and the clos
 from __future__ import annotations
 
 import difflib
+import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -84,29 +86,122 @@ def preset_path(agent: str, env_slug: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing, malformed or non-mapping file."""
+#: The largest YAML file read (configs, sweep files, run files are a few KB).
+MAX_YAML_BYTES = 1_000_000
+#: The most nodes a YAML document may hold once every alias is expanded as a copy of what it names:
+#: a few hundred bytes of nested aliases (``&a [x, x], &b [*a, *a], ...``) otherwise grow into billions.
+MAX_YAML_NODES = 100_000
+#: The deepest nesting of lists and mappings a YAML document may have.
+MAX_YAML_DEPTH = 64
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A YAML document too large once its aliases are expanded, too deep, or recursive."""
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of ``root`` with aliases expanded (without expanding them) and check the limits.
+
+    The composer shares one node object among an anchor and its aliases, so the graph is small
+    while the data it stands for may not be. Sizes are memoised per node object (linear in the
+    document), and a node found inside itself (``&a [*a]``) is recursive data, refused too.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]  # (node, depth, children done)
+    while stack:
+        node, depth, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children: list[yaml.Node] = (
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+        )
+        if children_done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise YamlLimitError(f"it expands to more than {MAX_YAML_NODES:,} values (nested aliases?)")
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise YamlLimitError("an alias refers to the list or mapping that contains it (recursive data)")
+        if depth > MAX_YAML_DEPTH:
+            raise YamlLimitError(f"it nests lists and mappings more than {MAX_YAML_DEPTH} deep")
+        active.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses documents beyond :data:`MAX_YAML_NODES` and :data:`MAX_YAML_DEPTH`."""
+
+    def compose_document(self) -> yaml.Node | None:
+        """Compose the document's node graph, then check its expanded size before anything is built."""
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the safe, bounded loader (may raise :class:`yaml.YAMLError`)."""
     try:
-        text = path.read_text()
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader subclass: plain data only
+    except RecursionError:  # the composer and constructor recurse per nesting level
+        raise YamlLimitError(f"it nests lists and mappings more than {MAX_YAML_DEPTH} deep") from None
+
+
+def read_text_file(path: Path, what: str = "config", limit: int = MAX_YAML_BYTES) -> str:
+    """Read a small UTF-8 text file, with one-line errors for a missing, oversized or non-UTF-8 file.
+
+    ``what`` names the file's role in messages (``config``, ``sweep file``, ``run file``).
+    """
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)  # bounded even for a device or a pipe
     except OSError as exc:
-        raise GymlabError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise GymlabError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise GymlabError(f"{what} {path} is larger than {limit:,} bytes; is it the right file?")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GymlabError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def load_yaml(path: Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing, oversized, non-UTF-8, malformed or non-mapping file.
+
+    ``what`` names the file's role in messages (``config``, ``sweep file``, ``run file``). Aliases are
+    allowed but bounded (see :class:`BoundedLoader`).
+    """
+    text = read_text_file(path, what)
+    try:
+        data = parse_yaml(text)
+    except YamlLimitError as exc:
+        raise GymlabError(f"{what} {path} is refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GymlabError(f"config {path} is not valid YAML{where}: {problem}") from None
+        raise GymlabError(f"{what} {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise GymlabError(f"config {path} must be a mapping of key: value, not a {type(data).__name__}")
+        raise GymlabError(f"{what} {path} must be a mapping of key: value, not a {type(data).__name__}")
     return data
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
+    except YamlLimitError as exc:
+        raise GymlabError(f"override {key}=... is refused: {exc}") from None
     except yaml.YAMLError:
         return text
 
@@ -130,7 +225,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], hparam_keys:
                 child = {}
                 node[part] = child
             node = child
-        node[path[-1]] = _parse_value(raw)
+        node[path[-1]] = _parse_value(key, raw)
     return out
 
 
@@ -156,11 +251,37 @@ def _explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -
         return GymlabError(f"{source}: unknown key '{key}': {hint}")
     if err["type"] == "missing":
         return GymlabError(f"{source}: missing key '{key}'")
-    return GymlabError(f"{source}: '{key}' = {err.get('input')!r}: {err['msg']}")
+    return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` shortened for an error line (a value may be a large list from a config)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    return short.repr(value)
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """The first float in ``value`` (nested mappings and sequences) that is NaN or infinite, with its key path."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, item
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}.{i}") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: str = "config") -> Config:
-    """Validate a merged config mapping against the run schema and the agent's hyperparameters."""
+    """Validate a merged config mapping against the run schema and the agent's hyperparameters.
+
+    Besides each schema's own checks, every number anywhere in the config (run keys, ``env_kwargs``,
+    ``hparams``) must be finite: YAML's ``.inf``/``.nan`` and overrides like ``learning_rate=inf``
+    would otherwise train to all-NaN weights and still "succeed".
+    """
     valid = _valid_keys(hparams_model)
     try:
         run = RunConfig.model_validate(dict(data))
@@ -170,6 +291,10 @@ def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: st
         hparams = hparams_model.model_validate(run.hparams)
     except ValidationError as exc:
         raise _explain(exc, "hparams", valid, source) from None
+    found = _non_finite({**run.model_dump(exclude={"hparams"}), "hparams": hparams.model_dump()}, "")
+    if found is not None:
+        key, value = found
+        raise GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
     run = run.model_copy(update={"hparams": hparams.model_dump(mode="json")})
     return Config(run=run, hparams=hparams)
 

@@ -1,13 +1,29 @@
 """The one exception type the command line turns into a one-line message and exit code 2."""
 
+from __future__ import annotations
+
+#: The longest message a :class:`GymlabError` carries; longer ones (a huge value quoted back, an
+#: exception text from a user's code) are cut, so an error is always one readable line.
+MAX_MESSAGE_CHARS = 1_000
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line (runs of whitespace and line breaks become one space), cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
 
 class GymlabError(Exception):
     """A problem with the user's input or files, stated in one line with how to fix it.
 
     Library code raises it for anything the user can act on (unknown names, bad configs,
     unsupported spaces, corrupt checkpoints, existing run folders); the CLI prints
-    ``gymlab: error: <message>`` and exits with code 2, never a traceback.
+    ``gymlab: error: <message>`` and exits with code 2, never a traceback. The message is made
+    one line and capped at :data:`MAX_MESSAGE_CHARS` here, whatever it quotes.
     """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(one_line(str(message)))
 
 
 class Interrupted(Exception):

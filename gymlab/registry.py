@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,88 @@ WRAPPERS: Mapping[str, str] = {
 EnvWrapper = Callable[..., gym.Env[Any, Any]]
 
 
+#: Optional dependencies: the module an env's entry point (or a wrapper) lives in -> (extra, modules it needs).
+EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "gymnasium.envs.box2d": ("box2d", ("Box2D",)),
+    "ale_py": ("atari", ("ale_py",)),
+    "gymlab.envs.atari": ("atari", ("ale_py", "cv2")),
+}
+
+#: Which extra installs a module that optional envs import.
+EXTRA_OF_MODULE: Mapping[str, str] = {"Box2D": "box2d", "ale_py": "atari", "cv2": "atari", "swig": "box2d"}
+
+#: Atari ids as ale-py registers them: ``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``Pong-ramDeterministic-v4``.
+_ATARI_ID = re.compile(
+    r"^(ALE/[A-Za-z]+(-ram)?-v\d+"  # ALE/Pong-v5
+    r"|[A-Z][A-Za-z]*(-ram)?(NoFrameskip|Deterministic)-v[04]"  # PongNoFrameskip-v4
+    r"|[A-Z][A-Za-z]*-ram-v[04])$"  # Pong-ram-v4
+)
+
+#: Plain ``Name-v0``/``-v4``/``-v5``, which are Atari games when ale-py is installed (``Pong-v4``).
+_MAYBE_ATARI_ID = re.compile(r"^[A-Z][A-Za-z]*-v[045]$")
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs one of gymlab's extras."""
+    return f'pip install "gymlab[{extra}]"'
+
+
+def _module_missing(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        return True
+
+
+def missing_extra(entry_point: object) -> tuple[str, list[str]] | None:
+    """For an entry point (``module:attr`` or a callable), the extra it needs and which of its modules are missing."""
+    module = entry_point if isinstance(entry_point, str) else getattr(entry_point, "__module__", "") or ""
+    module = module.partition(":")[0]
+    for prefix, (extra, needs) in EXTRAS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            missing = [m for m in needs if _module_missing(m)]
+            return (extra, missing) if missing else None
+    return None
+
+
+def _missing_dependency(exc: BaseException) -> tuple[str, str] | None:
+    """For an ImportError or gymnasium's DependencyNotInstalled: (missing module, the extra that installs it)."""
+    if not isinstance(exc, (ImportError, gym.error.DependencyNotInstalled)):
+        return None
+    name = getattr(exc, "name", None)
+    if isinstance(name, str) and name.partition(".")[0] in EXTRA_OF_MODULE:
+        top = name.partition(".")[0]
+        return top, EXTRA_OF_MODULE[top]
+    text = str(exc).lower()
+    for module, extra in EXTRA_OF_MODULE.items():
+        if module.lower() in text:
+            return module, extra
+    if "opencv" in text:
+        return "opencv", "atari"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as ``Type: message`` for one error line (the message may be empty)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
+    """A one-line error for an exception the env raised in ``call`` (e.g. ``"step()"``, ``"reset(seed=3)"``).
+
+    For the loop and other callers of a user's env: ``raise registry.env_error(id, "step()", exc) from exc``.
+    A GymlabError passes through unchanged; a missing optional dependency names its extra.
+    """
+    if isinstance(exc, GymlabError):
+        return exc
+    missing = _missing_dependency(exc)
+    if missing is not None:
+        module, extra = missing
+        return GymlabError(f"environment '{env_id}' needs {module} (gymlab's {extra} extra): {install_hint(extra)}")
+    return GymlabError(f"environment '{env_id}': {call} raised {_describe(exc)}")
+
+
 def _register_lab_envs() -> None:
     """Make the lab's own envs (and Atari, when ale-py is installed) known to gym.make."""
     importlib.import_module("gymlab.envs")  # registers SeqGen and friends on import
@@ -43,63 +126,121 @@ def _register_atari() -> bool:
     return True
 
 
-def _import(module_name: str, what: str) -> Any:
+def import_module(module_name: str, what: str) -> Any:
+    """Import a user's module, turning whatever its import raises into one line naming ``what`` and the cause.
+
+    ``what`` says what the module was imported for (``environment 'my.envs:Grid'``). A missing module
+    asks whether it is installed; a missing optional dependency names the extra that installs it.
+    """
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise GymlabError(f"{what}: cannot import '{module_name}' ({exc}); is it installed?") from None
+        missing = _missing_dependency(exc)
+        if missing is not None:
+            raise GymlabError(
+                f"{what} needs {missing[0]} (gymlab's {missing[1]} extra): {install_hint(missing[1])}"
+            ) from None
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):  # the module or its package
+            raise GymlabError(f"{what}: cannot import '{module_name}' ({exc}); is it installed?") from None
+        raise GymlabError(f"{what}: importing '{module_name}' failed: {exc}; is it installed?") from None
+    except GymlabError:
+        raise
+    except (Exception, SystemExit) as exc:  # the user's module body raised (or called sys.exit)
+        raise GymlabError(f"{what}: importing '{module_name}' raised {_describe(exc)}") from None
 
 
 def _load_attr(path: str, what: str) -> Any:
     module_name, _, attr = path.partition(":")
-    module = _import(module_name, f"{what} '{path}'")
+    module = import_module(module_name, f"{what} '{path}'")
     if not hasattr(module, attr):
         raise GymlabError(f"{what} '{path}': module '{module_name}' has no attribute '{attr}'")
     return getattr(module, attr)
 
 
 def _unknown_env(env_id: str) -> GymlabError:
+    atari_missing = _module_missing("ale_py")
+    if atari_missing and _ATARI_ID.match(env_id):
+        return GymlabError(f"environment '{env_id}' is an Atari game, which needs ale-py: {install_hint('atari')}")
     names = list(gym.registry)
     close = difflib.get_close_matches(env_id, names, n=3, cutoff=0.6)
     if not close:  # try ignoring the version, e.g. Taxi-v3 -> Taxi-v4
         stem = re.sub(r"-v\d+$", "", env_id)
         close = [n for n in names if re.sub(r"-v\d+$", "", n).lower() == stem.lower()][:3]
     hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the ids"
+    if atari_missing and _MAYBE_ATARI_ID.match(env_id):
+        hint += f" If it is an Atari game, install ale-py: {install_hint('atari')}"
     return GymlabError(f"unknown environment '{env_id}': {hint} (your own env: module:EnvClass or module:Env-v0)")
 
 
+def _check_extra(env_id: str, name: str) -> None:
+    """Refuse a registered id whose entry point needs an extra that is not installed, naming the install command."""
+    spec = gym.registry.get(name)
+    if spec is None:
+        return
+    need = missing_extra(spec.entry_point)
+    if need is not None:
+        extra, missing = need
+        raise GymlabError(
+            f"environment '{env_id}' needs {', '.join(missing)} (gymlab's {extra} extra): {install_hint(extra)}"
+        )
+
+
 def resolve_env(env_id: str) -> None:
-    """Check that ``env_id`` names an env, raising a one-line error with close names if not."""
+    """Check that ``env_id`` names an env, raising a one-line error with close names if not.
+
+    Also refuses an id whose optional dependencies are missing (Box2D, ale-py), naming the extra
+    and its install command, and a user module that fails to import, naming the cause.
+    """
     _register_lab_envs()
     if ":" in env_id:
         module_name, _, attr = env_id.partition(":")
-        module = _import(module_name, f"environment '{env_id}'")  # importing registers its ids
-        if attr in gym.registry or inspect.isclass(getattr(module, attr, None)):
+        module = import_module(module_name, f"environment '{env_id}'")  # importing registers its ids
+        if attr in gym.registry:
+            _check_extra(env_id, attr)
+            return
+        if inspect.isclass(getattr(module, attr, None)):
             return
         raise GymlabError(
             f"environment '{env_id}': '{module_name}' neither registers '{attr}' nor defines a class of that name"
         )
     if env_id not in gym.registry and not (_register_atari() and env_id in gym.registry):
         raise _unknown_env(env_id)
+    _check_extra(env_id, env_id)
 
 
 def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | None) -> gym.Env[Any, Any]:
     kwargs = dict(env_kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
+    name = env_id
     if ":" in env_id:
         module_name, _, attr = env_id.partition(":")
-        target = getattr(importlib.import_module(module_name), attr, None)
+        target = getattr(import_module(module_name, f"environment '{env_id}'"), attr, None)
         if inspect.isclass(target) and attr not in gym.registry:
             if not issubclass(target, gym.Env):
                 raise GymlabError(f"environment '{env_id}': {attr} is a class but not a gymnasium.Env")
-            made: gym.Env[Any, Any] = target(**kwargs)
+            try:
+                made: gym.Env[Any, Any] = target(**kwargs)
+            except Exception as exc:
+                raise _construct_error(env_id, env_kwargs, exc) from None
             return made
-        env_id = attr
+        name = attr
     try:
-        return gym.make(env_id, **kwargs)
-    except TypeError as exc:
-        raise GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {exc}") from None
+        return gym.make(name, **kwargs)
+    except Exception as exc:
+        raise _construct_error(env_id, env_kwargs, exc) from None
+
+
+def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception) -> GymlabError:
+    """One line for an env whose construction failed: bad env_kwargs, a missing extra, or the env's own error."""
+    if isinstance(exc, GymlabError):
+        return exc
+    if _missing_dependency(exc) is not None:
+        return env_error(env_id, "construction", exc)
+    given = f" with env_kwargs {dict(env_kwargs)}" if env_kwargs else ""
+    if isinstance(exc, TypeError) and "argument" in str(exc):  # an unknown or missing keyword
+        return GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {exc}")
+    return GymlabError(f"environment '{env_id}'{given}: its constructor raised {_describe(exc)}")
 
 
 def make_env(
@@ -110,14 +251,24 @@ def make_env(
     train: bool,
     render_mode: str | None = None,
 ) -> gym.Env[Any, Any]:
-    """Build one env with the named wrappers; ``train`` tells them training from evaluation."""
+    """Build one env with the named wrappers; ``train`` tells them training from evaluation.
+
+    Whatever goes wrong building it (bad env_kwargs, a constructor or wrapper that raises, a
+    missing optional dependency) is one :class:`GymlabError` naming the env and the cause.
+    """
     resolve_env(env_id)
     # Innermost, so episode statistics are the whole game's, before any wrapper that clips rewards
     # or ends training episodes early (e.g. Atari's terminal-on-life-loss).
     env: gym.Env[Any, Any] = gym.wrappers.RecordEpisodeStatistics(_base_env(env_id, env_kwargs or {}, render_mode))
     for name in wrappers:
         wrap: EnvWrapper = _load_attr(WRAPPERS.get(name, name), "wrapper")
-        env = wrap(env, train=train)
+        try:
+            env = wrap(env, train=train)
+        except Exception as exc:
+            env.close()
+            if _missing_dependency(exc) is not None:
+                raise env_error(env_id, f"wrapper '{name}'", exc) from None
+            raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {_describe(exc)}") from None
     return env
 
 
@@ -150,12 +301,15 @@ def make_vec_env(
     transition, and the loop never has to discard the "reset step" that next-step mode inserts.
     """
     if has_native_vector_env(env_id):
-        venv = gym.make_vec(
-            env_id.rpartition(":")[2],
-            num_envs=num_envs,
-            vectorization_mode="vector_entry_point",
-            **dict(env_kwargs or {}),
-        )
+        try:
+            venv = gym.make_vec(
+                env_id.rpartition(":")[2],
+                num_envs=num_envs,
+                vectorization_mode="vector_entry_point",
+                **dict(env_kwargs or {}),
+            )
+        except Exception as exc:
+            raise _construct_error(env_id, env_kwargs or {}, exc) from None
         if venv.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
             raise GymlabError(f"environment '{env_id}': its vector env must use same-step autoreset")
         return venv

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gymlab.config import apply_overrides, resolve
+from gymlab.config import apply_overrides, load_yaml, resolve
 from gymlab.errors import GymlabError
 
 
@@ -76,3 +76,113 @@ def test_resolved_config_round_trips_through_its_dict():
     from gymlab.config import validate
 
     assert validate(cfg.to_dict(), TabularQConfig).to_dict() == cfg.to_dict()
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A few hundred bytes of YAML whose nested aliases stand for width**levels values."""
+    lines = ["agent: tabular_q", "env: FrozenLake-v1", "env_kwargs:", f"  a0: &a0 [{', '.join(['x'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+# Each case: the file's bytes -> a fragment of the one-line error. All fail in load_yaml/resolve, before any env.
+BAD_FILES = {
+    "not-utf8": (b"steps: 10\n# caf\xe9 in latin-1\n", "is not UTF-8 text (byte 0xe9 at offset 15)"),
+    "alias-bomb": (alias_bomb().encode(), "expands to more than 100,000 values"),
+    "recursive-alias": (b"env_kwargs:\n  x: &a [1, *a]\n", "recursive data"),
+    "too-deep": (
+        b"env_kwargs:\n  x: " + b"[" * 200 + b"1" + b"]" * 200 + b"\n",
+        "nests lists and mappings more than 64",
+    ),
+    "too-large": (b"steps: 10\n" + b"# padding\n" * 110_000, "larger than 1,000,000 bytes"),
+    "nan-hparam": (b"agent: tabular_q\nenv: FrozenLake-v1\nhparams:\n  initial_q: .nan\n", "'hparams.initial_q' = nan"),
+    "inf-env-kwarg": (b"env_kwargs:\n  desc: [1.0, -.inf]\n", "'env_kwargs.desc.1' = -inf: must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_config_files_are_one_line_errors_naming_the_file(tmp_path, case):
+    content, fragment = BAD_FILES[case]
+    f = tmp_path / f"{case}.yaml"
+    f.write_bytes(content)
+    with pytest.raises(GymlabError) as info:
+        resolve("tabular_q", "FrozenLake-v1", f)
+    message = str(info.value)
+    assert fragment in message and f"{case}.yaml" in message and "\n" not in message
+
+
+def test_aliases_within_bounds_still_load(tmp_path):
+    f = tmp_path / "anchors.yaml"
+    f.write_text("x: &b {gamma: 0.9}\nhparams:\n  <<: *b\n  learning_rate: 0.2\n")
+    data = load_yaml(f)
+    assert data["hparams"] == {"gamma": 0.9, "learning_rate": 0.2}
+    assert load_yaml(tmp_path / "anchors.yaml", "sweep file") == data
+    f.write_bytes(b"\xef\xbb\xbfsteps: 5\n")  # a UTF-8 byte-order mark is fine
+    assert load_yaml(f) == {"steps": 5}
+
+
+def test_the_file_role_is_named(tmp_path):
+    f = tmp_path / "sweep.yaml"
+    f.write_bytes(b"\xff\xfe")
+    with pytest.raises(GymlabError, match=r"^sweep file .*sweep.yaml is not UTF-8 text"):
+        load_yaml(f, "sweep file")
+
+
+# Each case: agent, override -> fragment. Non-finite numbers anywhere in the merged config are refused at validation.
+NON_FINITE = [
+    ("dqn", "learning_rate=inf", "'hparams.learning_rate' = inf: must be a finite number"),
+    ("tabular_q", "initial_q=.nan", "'hparams.initial_q' = nan: must be a finite number"),
+    ("reinforce", "hparams.log_std_init=.nan", "'hparams.log_std_init' = nan"),
+    ("dqn", "max_grad_norm=.inf", "'hparams.max_grad_norm' = inf"),
+    ("tabular_q", "env_kwargs.slip=-.inf", "'env_kwargs.slip' = -inf"),
+    ("tabular_q", "env_kwargs.nested={a: [1, .nan]}", "'env_kwargs.nested.a.1' = nan"),
+]
+
+
+@pytest.mark.parametrize(("agent", "override", "fragment"), NON_FINITE)
+def test_non_finite_values_are_refused_naming_the_key(agent, override, fragment):
+    env = {"dqn": "CartPole-v1", "reinforce": "CartPole-v1"}.get(agent, "FrozenLake-v1")
+    with pytest.raises(GymlabError) as info:
+        resolve(agent, env, None, [override])
+    assert fragment in str(info.value)
+
+
+def test_an_alias_bomb_in_an_override_is_refused():
+    bomb = "[" + ", ".join(["&a [" + ", ".join(["1"] * 50) + "]", *["*a"] * 10]) + "]"
+    assert len(resolve("tabular_q", "FrozenLake-v1", None, [f"env_kwargs.x={bomb}"]).run.env_kwargs["x"]) == 11
+    nested = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+    nested += "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
+    nested += "&e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], [*e, *e, *e]]"
+    with pytest.raises(GymlabError, match=r"override env_kwargs.x=\.\.\. is refused: it expands to more than"):
+        resolve("tabular_q", "FrozenLake-v1", None, [f"env_kwargs.x={nested}"])
+
+
+def test_a_huge_quoted_value_is_cut_to_one_short_line():
+    with pytest.raises(GymlabError) as info:
+        resolve("tabular_q", "FrozenLake-v1", None, ["steps=[" + ", ".join(["123456789"] * 5000) + "]"])
+    assert len(str(info.value)) <= 1_000 and "'steps' = [" in str(info.value)
+
+
+# The same classes end to end: one line on stderr, exit 2, no traceback, no run folder.
+CLI_CASES = {
+    "not-utf8": (
+        ["train", "--config", "c.yaml"],
+        b"agent: tabular_q\nenv: Taxi-v4\n# \xff\n",
+        "config c.yaml is not UTF-8",
+    ),
+    "alias-bomb": (["train", "--config", "c.yaml", "--steps", "10"], alias_bomb().encode(), "expands to more than"),
+    "inf": (["train", "dqn", "CartPole-v1", "learning_rate=inf"], None, "'hparams.learning_rate' = inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_bad_config_input_on_the_command_line(cli, tmp_path, case):
+    argv, content, fragment = CLI_CASES[case]
+    if content is not None:
+        (tmp_path / "c.yaml").write_bytes(content)
+    proc = cli(*argv, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gymlab: error: ") and fragment in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists()
