@@ -341,10 +341,32 @@ def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult
     return result
 
 
-def _open_window(frame: np.ndarray, title: str) -> tuple[Window | None, str]:
+def window_problem() -> str | None:
+    """Why no window can open here (None when one can), probing SDL's video driver itself.
+
+    Called before the first frame is rendered: when no window can open, SDL is switched to its
+    offscreen driver, because envs that draw their frames with pygame (toy-text, classic control)
+    initialise the display even for ``rgb_array``, and with the user's unusable driver (e.g.
+    ``SDL_VIDEODRIVER`` empty, unknown or unavailable) they would fail instead of filling the mp4.
+    """
+    import pygame
+
     reason = no_display_reason()
-    if reason is not None:
-        return None, reason
+    driver = os.environ.get("SDL_VIDEODRIVER")
+    if reason is None:
+        try:
+            pygame.display.init()
+        except pygame.error as exc:
+            reason = f"cannot open a window ({f'SDL_VIDEODRIVER={driver!r}: ' if driver is not None else ''}{exc})"
+    if reason is not None and (driver or "").lower() not in ("dummy", "offscreen"):
+        pygame.display.quit()
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
+    return reason
+
+
+def _open_window(frame: np.ndarray, title: str, problem: str | None) -> tuple[Window | None, str]:
+    if problem is not None:
+        return None, problem
     try:
         return Window(frame.shape, title), ""
     except Exception as exc:  # pygame.error and friends: no usable screen after all
@@ -360,10 +382,11 @@ class _PixelOutput:
         self.window: Window | None = None
         self.writer: video.Mp4Writer | None = None
         self.opened = False
+        self.problem = window_problem()  # before the env renders its first frame
 
     def _open(self, frame: np.ndarray) -> None:
         self.opened = True
-        self.window, self.result.reason = _open_window(frame, self.title)
+        self.window, self.result.reason = _open_window(frame, self.title, self.problem)
         if self.window is None:
             self.result.mode = "mp4"
             self.record = self.record or self.default_path

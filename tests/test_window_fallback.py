@@ -1,0 +1,44 @@
+"""`watch` when no window can open: it writes the mp4 and says why, whatever SDL's video driver is set to."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gymlab import video
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A short tabular Q run on FrozenLake (its frames are drawn with pygame, which needs a display driver)."""
+    cwd = tmp_path_factory.mktemp("fallback")
+    train = ["train", "tabular_q", "FrozenLake-v1", "--steps", "300", "--run-dir", "run", "eval_episodes=1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", *train], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "run"
+
+
+# SDL_VIDEODRIVER values with which a display looks usable (DISPLAY is set) but SDL cannot open one.
+UNUSABLE_DRIVERS = {"empty": "", "unknown": "no-such-driver", "x11-without-server": "x11"}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_DRIVERS))
+def test_an_unusable_video_driver_falls_back_to_the_mp4(run_folder, case):
+    driver = UNUSABLE_DRIVERS[case]
+    env = {**os.environ, "SDL_VIDEODRIVER": driver, "DISPLAY": ":97"}  # no X server listens on :97
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", "watch", str(run_folder), "--episodes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("no screen"))
+    assert f"cannot open a window (SDL_VIDEODRIVER={driver!r}" in line
+    written = line.rsplit("wrote ", 1)[1]
+    assert len(video.read_frames(run_folder.parent / written)) >= 1
