@@ -37,3 +37,14 @@ def cli(tmp_path: Path):
         return run_cli(*args, cwd=tmp_path, timeout=timeout, env=env)
 
     return _run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` keep each ``xdist_group`` on one worker (``--dist loadgroup``).
+
+    The contract suite trains each case once in a module-scoped fixture shared by that case's
+    tests; xdist's default ``load`` distribution would send them to both workers and train twice.
+    Tests without a group are distributed exactly as under ``load``.
+    """
+    if getattr(config.option, "dist", None) == "load":
+        config.option.dist = "loadgroup"
