@@ -31,17 +31,18 @@ per-tensor Python overhead otherwise costs more than a small network's arithmeti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymlab.replay import ReplayBuffer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
+MB = 2**20
 
 
 class DQNConfig(BaseModel):
@@ -64,13 +65,34 @@ class DQNConfig(BaseModel):
     max_grad_norm: float = Field(10.0, gt=0, description="clip the gradients' global L2 norm to this")
     huber_delta: float = Field(1.0, gt=0, description="Huber loss: quadratic within ±δ, linear outside")
     double_dqn: bool = Field(False, description="pick the next action with the online network (double DQN)")
-    net_arch: list[int] = Field([64, 64], description="hidden layer sizes of the MLP (vector observations)")
+    net_arch: list[Annotated[int, Field(gt=0)]] = Field(
+        [64, 64], description="hidden layer sizes of the MLP (vector observations)"
+    )
     frame_stack: int | None = Field(
         None,
         ge=1,
         description="observations stack this many frames on axis 0 (None: the channels of a uint8 image, else 1)",
     )
-    save_replay: bool = Field(False, description="save the replay memory in checkpoints (exact resume; large)")
+    save_replay: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="keep the replay memory in checkpoints (exact resume): auto = when within replay_save_budget_mb",
+    )
+    replay_save_budget_mb: float = Field(
+        1024.0, gt=0, description="save_replay=auto: largest replay memory (MB, as allocated) saved in checkpoints"
+    )
+
+    @field_validator("save_replay", mode="before")
+    @classmethod
+    def _bool_means_always_or_never(cls, value: Any) -> Any:
+        """Earlier configs said true/false."""
+        return {True: "always", False: "never"}.get(value, value) if isinstance(value, bool) else value
+
+
+def frames_per_observation(config: DQNConfig, observation_space: gym.Space[Any]) -> int:
+    """Frames stacked in one observation: ``frame_stack``, else an image's channels, else 1."""
+    if config.frame_stack is not None:
+        return config.frame_stack
+    return int(observation_space.shape[0]) if is_image(observation_space) else 1  # type: ignore[index]
 
 
 def linear(start: float, end: float, fraction: float) -> float:
@@ -227,6 +249,16 @@ class DQN:
     summary: ClassVar[str] = "deep Q-network: replay memory, target network, Huber loss (double DQN optional)"
     spaces: ClassVar[str] = "obs: Box (vectors; uint8 (C,H,W) images -> Nature CNN) or Discrete; actions: Discrete"
     Config: ClassVar[type[BaseModel]] = DQNConfig
+    #: A run of seconds: a small net and memory, learning from the start in small rounds.
+    smoke: ClassVar[Mapping[str, Any]] = {
+        "net_arch": [16],
+        "buffer_size": 512,
+        "learning_starts": 32,
+        "batch_size": 8,
+        "train_freq": 16,
+        "gradient_steps": 2,
+        "target_update_interval": 64,
+    }
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
@@ -242,6 +274,17 @@ class DQN:
             return (
                 f"it needs a Box or Discrete observation space, but it is {describe_space(observation_space)} "
                 "(flatten it with a wrapper)"
+            )
+        return None
+
+    @classmethod
+    def check_config(cls, config: DQNConfig, ctx: Context) -> str | None:
+        """The replay memory must give every env's lane room for a frame stack and a transition."""
+        per_env = frames_per_observation(config, ctx.observation_space) + 2
+        if config.buffer_size // ctx.num_envs < per_env:
+            return (
+                f"buffer_size={config.buffer_size} is too small for num_envs={ctx.num_envs}: each env needs "
+                f"{per_env} slots, so set buffer_size >= {per_env * ctx.num_envs} or use fewer envs"
             )
         return None
 
@@ -270,7 +313,7 @@ class DQN:
             [self.flat_param], lr=config.learning_rate, fused=fused or None, foreach=None if fused else True
         )
 
-        frame_stack = config.frame_stack or (obs_space.shape[0] if is_image(obs_space) else 1)  # type: ignore[index]
+        frame_stack = frames_per_observation(config, obs_space)
         assert obs_space.shape is not None
         self.replay = ReplayBuffer(
             config.buffer_size,
@@ -280,6 +323,8 @@ class DQN:
             frame_stack=frame_stack,
             seed=ctx.seed,
         )
+        self.text = ctx.text
+        self._told_replay_left_out = False
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
         self.epsilon = 1.0
         self.next_train = config.train_freq
@@ -395,35 +440,73 @@ class DQN:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
+    def replay_saved(self) -> bool:
+        """Whether checkpoints carry the replay memory: ``save_replay``, with "auto" meaning "if within the budget"."""
+        mode = self.cfg.save_replay
+        return mode == "always" or (mode == "auto" and self.replay.nbytes <= self.cfg.replay_save_budget_mb * MB)
+
     def state_dict(self) -> dict[str, Any]:
-        """Networks, optimizer, schedules, generators, and the replay memory if ``save_replay``."""
+        """Policy: the online network. Training: target network, optimizer, schedules, generators, replay memory.
+
+        The memory is left out when ``save_replay`` says so ("never", or "auto" over the budget); the
+        first such checkpoint says so on the text channel, since a resume from it cannot be exact.
+        """
+        replay = None
+        if self.replay_saved():
+            replay = self.replay.state_dict()
+        elif not self._told_replay_left_out:
+            self._told_replay_left_out = True
+            self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
         return {
-            "online": self.online.state_dict(),
-            "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "epsilon": self.epsilon,
-            "next_train": self.next_train,
-            "next_target_update": self.next_target_update,
-            "grad_steps": self.grad_steps,
-            "target_updates": self.target_updates,
-            "sums": self._sums.cpu(),
-            "summed": self._summed,
-            "replay": self.replay.state_dict() if self.cfg.save_replay else None,
+            "policy": {"online": self.online.state_dict()},
+            "training": {
+                "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "epsilon": self.epsilon,
+                "next_train": self.next_train,
+                "next_target_update": self.next_target_update,
+                "grad_steps": self.grad_steps,
+                "target_updates": self.target_updates,
+                "sums": self._sums.cpu(),
+                "summed": self._summed,
+                "replay": replay,
+            },
         }
 
+    def _replay_left_out(self, consequence: str) -> str:
+        size = self.replay.nbytes / MB
+        if self.cfg.save_replay == "never":
+            why = "save_replay=never"
+        else:
+            why = f"its {size:,.0f} MB exceed replay_save_budget_mb={self.cfg.replay_save_budget_mb:g}"
+        return (
+            f"the replay memory is not saved ({why}): {consequence} (the memory refills from fresh play); "
+            "set save_replay=always or raise replay_save_budget_mb to keep it"
+        )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (without a saved memory, learning resumes on a fresh one)."""
-        self.online.load_state_dict(state["online"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        self.epsilon = float(state["epsilon"])
-        self.next_train = int(state["next_train"])
-        self.next_target_update = int(state["next_target_update"])
-        self.grad_steps = int(state["grad_steps"])
-        self.target_updates = int(state["target_updates"])
-        self._sums = state["sums"].to(self.device)
-        self._summed = int(state["summed"])
-        if state.get("replay") is not None:
-            self.replay.load_state_dict(state["replay"])
+        """Restore :meth:`state_dict`; a policy-only state restores the online network alone.
+
+        Without a saved memory, learning resumes on an empty one (said on the text channel).
+        """
+        self.online.load_state_dict(state["policy"]["online"])
+        if "training" not in state:
+            self.target.load_state_dict(self.online.state_dict())
+            return
+        training = state["training"]
+        self.target.load_state_dict(training["target"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.rng.bit_generator.state = training["rng"]
+        self.epsilon = float(training["epsilon"])
+        self.next_train = int(training["next_train"])
+        self.next_target_update = int(training["next_target_update"])
+        self.grad_steps = int(training["grad_steps"])
+        self.target_updates = int(training["target_updates"])
+        self._sums = training["sums"].to(self.device)
+        self._summed = int(training["summed"])
+        if training["replay"] is not None:
+            self.replay.load_state_dict(training["replay"])
+        else:
+            self._told_replay_left_out = True  # said now, at resume; not again at the next save
+            self.text("replay", self._replay_left_out("this resume is not exact"))

@@ -189,6 +189,8 @@ class Reinforce:
     summary: ClassVar[str] = "REINFORCE: Monte-Carlo policy gradient with a learned value baseline"
     spaces: ClassVar[str] = "obs: Box or Discrete; actions: Discrete or Box (1-D)"
     Config: ClassVar[type[BaseModel]] = ReinforceConfig
+    #: A run of seconds: small networks, short value fits, an update every couple of episodes.
+    smoke: ClassVar[Mapping[str, Any]] = {"hidden_sizes": [16], "value_steps": 2, "episodes_per_update": 2}
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
@@ -440,40 +442,55 @@ class Reinforce:
         return tuple(self.obs_space.shape or ())
 
     def state_dict(self) -> dict[str, Any]:
-        """Networks, optimizers, sampler, baseline statistics and every partly collected episode."""
+        """Policy: the policy network and log-std; training: everything else of an exact resume.
+
+        Training holds the value network, optimizers, sampler, baseline statistics and every partly
+        collected episode (one buffer per env).
+        """
         return {
-            "policy": self.policy.state_dict(),
-            "log_std": self.log_std.detach().clone() if self.log_std is not None else None,
-            "policy_opt": self.policy_opt.state_dict(),
-            "value": self.value.state_dict() if self.value is not None else None,
-            "value_opt": self.value_opt.state_dict() if self.value_opt is not None else None,
-            "gen": self.gen.get_state(),
-            "mean_baseline": self.mean_baseline,
-            "baseline_updates": self.baseline_updates,
-            "updates": self.updates,
-            "buffers": self._buffers_state(),
-            "complete": [ep.as_dict() for ep in self.complete],
+            "policy": {
+                "net": self.policy.state_dict(),
+                "log_std": self.log_std.detach().clone() if self.log_std is not None else None,
+            },
+            "training": {
+                "policy_opt": self.policy_opt.state_dict(),
+                "value": self.value.state_dict() if self.value is not None else None,
+                "value_opt": self.value_opt.state_dict() if self.value_opt is not None else None,
+                "gen": self.gen.get_state(),
+                "mean_baseline": self.mean_baseline,
+                "baseline_updates": self.baseline_updates,
+                "updates": self.updates,
+                "buffers": self._buffers_state(),
+                "complete": [ep.as_dict() for ep in self.complete],
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
+        """Restore :meth:`state_dict`; a policy-only state (any number of envs) restores the policy alone."""
+        policy = state["policy"]
+        self.policy.load_state_dict(policy["net"])
         if self.log_std is not None:
+            if policy["log_std"] is None:
+                raise ValueError("the checkpoint's policy is for Discrete actions, this env's are continuous")
             with torch.no_grad():
-                self.log_std.copy_(state["log_std"])
-        self.policy_opt.load_state_dict(state["policy_opt"])
-        if self.value is not None and self.value_opt is not None:
-            if state["value"] is None:
-                raise ValueError("the checkpoint has no value network, but this config's baseline is 'value'")
-            self.value.load_state_dict(state["value"])
-            self.value_opt.load_state_dict(state["value_opt"])
-        self.gen.set_state(state["gen"])
-        self.mean_baseline = float(state["mean_baseline"])
-        self.baseline_updates = int(state["baseline_updates"])
-        self.updates = int(state["updates"])
-        buffers = state["buffers"]
+                self.log_std.copy_(policy["log_std"])
+        if "training" in state:
+            self._load_training(state["training"])
+
+    def _load_training(self, training: dict[str, Any]) -> None:
+        buffers = training["buffers"]
         if len(buffers) != self.num_envs:
             raise ValueError(f"the checkpoint has {len(buffers)} env buffers, this run has {self.num_envs} envs")
+        self.policy_opt.load_state_dict(training["policy_opt"])
+        if self.value is not None and self.value_opt is not None:
+            if training["value"] is None:
+                raise ValueError("the checkpoint has no value network, but this config's baseline is 'value'")
+            self.value.load_state_dict(training["value"])
+            self.value_opt.load_state_dict(training["value_opt"])
+        self.gen.set_state(training["gen"])
+        self.mean_baseline = float(training["mean_baseline"])
+        self.baseline_updates = int(training["baseline_updates"])
+        self.updates = int(training["updates"])
         self.ep_obs = [list(b["obs"]) for b in buffers]
         self.ep_actions = [list(b["actions"]) for b in buffers]
         self.ep_rewards = [np.asarray(b["rewards"], dtype=np.float64).tolist() for b in buffers]
@@ -485,6 +502,5 @@ class Reinforce:
                 final_obs=np.asarray(e["final_obs"]),
                 truncated=bool(e["truncated"]),
             )
-            for e in state["complete"]
+            for e in training["complete"]
         ]
-        self._pending = None

@@ -270,6 +270,24 @@ class SeqGAN:
     )
     spaces: ClassVar[str] = "obs: token prefix MultiDiscrete([V+1]*T) (SeqGen-v0); actions: Discrete(V)"
     Config: ClassVar[type[BaseModel]] = SeqGANConfig
+    #: A run of seconds: tiny networks and data, one iteration of each pre-training phase.
+    smoke: ClassVar[Mapping[str, Any]] = {
+        "num_real": 64,
+        "embedding_dim": 8,
+        "hidden_dim": 8,
+        "mle_epochs": 1,
+        "disc_embedding_dim": 8,
+        "filter_sizes": [1, 2],
+        "num_filters": [4, 4],
+        "disc_samples": 32,
+        "disc_pretrain_rounds": 1,
+        "disc_pretrain_epochs": 1,
+        "num_rollouts": 1,
+        "d_steps": 1,
+        "d_epochs": 1,
+        "nll_samples": 32,
+        "nll_every": 1,
+    }
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
@@ -293,6 +311,7 @@ class SeqGAN:
         assert isinstance(ctx.observation_space, gym.spaces.MultiDiscrete)
         self.cfg = config
         self.device = ctx.device
+        self.text = ctx.text
         self.vocab_size = int(ctx.action_space.n)
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
         if max(config.filter_sizes) > self.seq_len:
@@ -360,9 +379,9 @@ class SeqGAN:
 
     # --- learning ------------------------------------------------------------------------
 
-    def update(self, step: int) -> Mapping[str, float | str]:
+    def update(self, step: int) -> Mapping[str, float]:
         """Run the schedule: one pre-training epoch/round per call, then one adversarial epoch per batch."""
-        metrics: dict[str, float | str]
+        metrics: dict[str, float]
         if self.calls == 0:
             metrics = {"nll_oracle": self._record_nll("untrained", 0)}
         elif self.phase == MLE:
@@ -385,7 +404,7 @@ class SeqGAN:
             self.phase = ADVERSARIAL
             self.rollout.load_state_dict(self.generator.state_dict())  # the delayed copy starts equal
 
-    def _mle_epoch(self) -> dict[str, float | str]:
+    def _mle_epoch(self) -> dict[str, float]:
         self.generator.train()
         losses = []
         for idx in self._batches(len(self.real), self.cfg.gen_batch_size):
@@ -393,26 +412,26 @@ class SeqGAN:
             self._generator_step(self.mle_opt, loss)
             losses.append(loss.item())
         self.mle_epoch += 1
-        metrics: dict[str, float | str] = {"g_mle_loss": float(np.mean(losses)), "mle_epoch": self.mle_epoch}
+        metrics: dict[str, float] = {"g_mle_loss": float(np.mean(losses)), "mle_epoch": self.mle_epoch}
         if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
             metrics["nll_oracle"] = self._record_nll(MLE, self.mle_epoch)
         return metrics
 
-    def _disc_pretrain_round(self) -> dict[str, float | str]:
+    def _disc_pretrain_round(self) -> dict[str, float]:
         loss, acc = self._train_discriminator(self.cfg.disc_pretrain_epochs)
         self.disc_round += 1
         return {"d_loss": loss, "d_accuracy": acc, "d_pretrain_round": self.disc_round}
 
-    def _adversarial_g_step(self) -> dict[str, float | str]:
+    def _adversarial_g_step(self) -> dict[str, float]:
         assert self.finished is not None and self.finished_reward is not None
         sequences, env_reward = self.finished, self.finished_reward
         self.finished, self.finished_reward = None, None
-        metrics: dict[str, float | str] = {}
+        metrics: dict[str, float] = {}
         if not self.oracle_checked:
             self.oracle_checked = True
             warning = self._check_env_oracle(sequences, env_reward)
             if warning:
-                metrics["warning"] = warning
+                self.text("warning", warning)
         values = rollout_action_values(
             self.rollout, sequences, self.discriminator.prob_real, self.cfg.num_rollouts, self.rng
         )  # (N, T)
@@ -444,7 +463,7 @@ class SeqGAN:
             metrics["nll_oracle"] = self._record_nll(ADVERSARIAL, self.adv_epoch)
         if self.cfg.text_samples:
             rows = sequences[: self.cfg.text_samples].tolist()
-            metrics["samples"] = "  \n".join(" ".join(map(str, row)) for row in rows)
+            self.text("samples", "  \n".join(" ".join(map(str, row)) for row in rows))
         return metrics
 
     def _generator_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -506,43 +525,48 @@ class SeqGAN:
     # --- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Networks, optimizers, generators' states, schedule counters and the pending batch."""
+        """Policy: the generator. Training: the other networks, optimizers, generators' states, counters, batch."""
         return {
-            "generator": self.generator.state_dict(),
-            "rollout": self.rollout.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "mle_opt": self.mle_opt.state_dict(),
-            "pg_opt": self.pg_opt.state_dict(),
-            "disc_opt": self.disc_opt.state_dict(),
-            "rng": self.rng.get_state(),
-            "index_rng": self.index_rng.get_state(),
-            "phase": self.phase,
-            "counters": [self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
-            "batch_fresh": self.batch_fresh,
-            "finished": None if self.finished is None else self.finished.cpu(),
-            "finished_reward": self.finished_reward,
-            "oracle_checked": self.oracle_checked,
-            "nll_history": [list(item) for item in self.nll_history],
+            "policy": {"generator": self.generator.state_dict()},
+            "training": {
+                "rollout": self.rollout.state_dict(),
+                "discriminator": self.discriminator.state_dict(),
+                "mle_opt": self.mle_opt.state_dict(),
+                "pg_opt": self.pg_opt.state_dict(),
+                "disc_opt": self.disc_opt.state_dict(),
+                "rng": self.rng.get_state(),
+                "index_rng": self.index_rng.get_state(),
+                "phase": self.phase,
+                "counters": [self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
+                "batch_fresh": self.batch_fresh,
+                "finished": None if self.finished is None else self.finished.cpu(),
+                "finished_reward": self.finished_reward,
+                "oracle_checked": self.oracle_checked,
+                "nll_history": [list(item) for item in self.nll_history],
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.generator.load_state_dict(state["generator"])
-        self.rollout.load_state_dict(state["rollout"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.mle_opt.load_state_dict(state["mle_opt"])
-        self.pg_opt.load_state_dict(state["pg_opt"])
-        self.disc_opt.load_state_dict(state["disc_opt"])
-        self.rng.set_state(state["rng"])
-        self.index_rng.set_state(state["index_rng"])
-        self.phase = str(state["phase"])
+        """Restore :meth:`state_dict`; a policy-only state restores the generator alone."""
+        self.generator.load_state_dict(state["policy"]["generator"])
+        if "training" not in state:
+            return
+        training = state["training"]
+        self.rollout.load_state_dict(training["rollout"])
+        self.discriminator.load_state_dict(training["discriminator"])
+        self.mle_opt.load_state_dict(training["mle_opt"])
+        self.pg_opt.load_state_dict(training["pg_opt"])
+        self.disc_opt.load_state_dict(training["disc_opt"])
+        self.rng.set_state(training["rng"])
+        self.index_rng.set_state(training["index_rng"])
+        self.phase = str(training["phase"])
         self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (
-            int(v) for v in state["counters"]
+            int(v) for v in training["counters"]
         )
-        self.batch_fresh = bool(state["batch_fresh"])
-        finished = state["finished"]
+        self.batch_fresh = bool(training["batch_fresh"])
+        finished = training["finished"]
         self.finished = None if finished is None else finished.to(self.device)
-        reward = state["finished_reward"]
+        reward = training["finished_reward"]
         self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
-        self.oracle_checked = bool(state["oracle_checked"])
-        self.nll_history = [(str(p), int(e), float(v)) for p, e, v in state["nll_history"]]
+        self.oracle_checked = bool(training["oracle_checked"])
+        self.nll_history = [(str(p), int(e), float(v)) for p, e, v in training["nll_history"]]

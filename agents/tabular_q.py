@@ -54,6 +54,8 @@ class TabularQ:
     summary: ClassVar[str] = "tabular Q-learning with decaying ε-greedy exploration"
     spaces: ClassVar[str] = "obs: Discrete; actions: Discrete"
     Config: ClassVar[type[BaseModel]] = TabularQConfig
+    #: Nothing to shrink: a table is as small as its env, and an update costs microseconds.
+    smoke: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
@@ -140,23 +142,29 @@ class TabularQ:
         return {"epsilon": self.epsilon, "learning_rate": self.alpha, "rms_td_error": rms_td}
 
     def state_dict(self) -> dict[str, Any]:
-        """The table, the schedules' current values and the exploration generator."""
+        """Policy: the table. Training: the schedules' current values and the exploration generator."""
         return {
-            "q": self.q,
-            "epsilon": self.epsilon,
-            "alpha": self.alpha,
-            "rng": self.rng.bit_generator.state,
-            "updates": self._updates,
-            "sq_td_sum": self._sq_td_sum,
+            "policy": {"q": self.q},
+            "training": {
+                "epsilon": self.epsilon,
+                "alpha": self.alpha,
+                "rng": self.rng.bit_generator.state,
+                "updates": self._updates,
+                "sq_td_sum": self._sq_td_sum,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        if state["q"].shape != self.q.shape:
-            raise ValueError(f"Q-table shape {state['q'].shape} does not match this env's {self.q.shape}")
-        self.q = np.array(state["q"], dtype=np.float64)
-        self.epsilon = float(state["epsilon"])
-        self.alpha = float(state["alpha"])
-        self.rng.bit_generator.state = state["rng"]
-        self._updates = int(state["updates"])
-        self._sq_td_sum = float(state["sq_td_sum"])
+        """Restore :meth:`state_dict`; a policy-only state restores the table alone."""
+        q = state["policy"]["q"]
+        if q.shape != self.q.shape:
+            raise ValueError(f"Q-table shape {q.shape} does not match this env's {self.q.shape}")
+        self.q = np.array(q, dtype=np.float64)
+        if "training" not in state:
+            return
+        training = state["training"]
+        self.epsilon = float(training["epsilon"])
+        self.alpha = float(training["alpha"])
+        self.rng.bit_generator.state = training["rng"]
+        self._updates = int(training["updates"])
+        self._sq_td_sum = float(training["sq_td_sum"])

@@ -49,7 +49,7 @@ def run_once(preset: Path, seed: int, device: str, threads: int, constant: bool)
         start = time.perf_counter()
         train(cfg, Path(tmp))
         wall = time.perf_counter() - start
-        state = checkpoint.load(Path(tmp) / "checkpoints" / "last.pt")["agent_state"]
+        state = checkpoint.load(Path(tmp) / "checkpoints" / "last.pt")["agent_state"]["training"]
     history = state["nll_history"]
     last = {phase: nll for phase, _, nll in history}  # each phase's last measurement
     figures = {"random": last["untrained"], "MLE": last.get("mle", float("nan")), "SeqGAN": last["adversarial"]}

@@ -8,6 +8,11 @@ to sync a target network, when an episode batch is complete. One training iterat
     agent.observe(Transition(...))                  # every step of every env
     metrics = agent.update(step)                    # learns if due; {} when nothing happened
 
+Before the first env step the loop runs the agent's offline phases, if it has any (pre-training
+without env interaction: ``run_phase(name, index)`` per iteration). ``state_dict()`` splits what
+acting needs ("policy") from the rest of an exact resume ("training"), so ``gymlab eval`` and
+``watch`` build any run's agent with one env and load its policy alone.
+
 Agents are named in :data:`AGENTS` (lazy import paths, so ``gymlab list`` stays fast) or given
 as ``module:Class`` for a user's own agent.
 """
@@ -16,14 +21,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 import torch
 from pydantic import BaseModel
+from typing_extensions import get_protocol_members
 
 from gymlab.errors import GymlabError
 
@@ -33,6 +39,7 @@ AGENTS: Mapping[str, str] = {
     "dqn": "gymlab.agents.dqn:DQN",
     "reinforce": "gymlab.agents.reinforce:Reinforce",
     "seqgan": "gymlab.agents.seqgan:SeqGAN",
+    "random": "gymlab.agents.random_agent:RandomAgent",
 }
 
 
@@ -54,6 +61,10 @@ class Transition:
     truncated: np.ndarray  # (N,) bool: cut by a time limit; the value of next_obs still counts
 
 
+def ignore_text(tag: str, message: str) -> None:
+    """The text channel of a context that has nowhere to show text (e.g. ``gymlab eval``)."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What an agent is told about its surroundings when it is built."""
@@ -64,11 +75,20 @@ class Context:
     seed: int  # seeds the agent's own generators
     device: torch.device
     total_steps: int  # the run's env-step budget, for schedules given as fractions of it
+    env_id: str = ""  # the run's env, as the config names it
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)  # the env's keyword arguments (read only)
+    #: ``text(tag, message)``: text for the user (sample outputs, warnings), which the loop writes to
+    #: TensorBoard under ``train/<tag>`` and shows on the console. Metrics stay numbers.
+    text: Callable[[str, str], None] = ignore_text
+
+
+#: Top-level keys of ``Agent.state_dict()``: what acting needs, and the rest of an exact resume.
+POLICY, TRAINING = "policy", "training"
 
 
 @runtime_checkable
 class Agent(Protocol):
-    """What the loop, the checkpoints and the CLI need from an algorithm.
+    """What the loop, the checkpoints and the CLI need from an algorithm (an instance).
 
     Class attributes:
         name: registry name, also written into checkpoints to catch a wrong-agent load.
@@ -76,7 +96,17 @@ class Agent(Protocol):
         spaces: the observation and action spaces it handles, in words, for ``gymlab list``.
         Config: a pydantic model of its hyperparameters, each declared once with a description.
 
-    The constructor takes ``(config: Config, ctx: Context)``.
+    The constructor is ``__init__(self, config: <its Config>, ctx: Context)`` (see :class:`AgentClass`).
+
+    Optional members, used when present (see :func:`check_config`, :func:`agent_phases`,
+    :func:`smoke_hparams`):
+
+    - ``check_config(cls, config, ctx) -> str | None`` (classmethod): why this config cannot run
+      (e.g. a replay memory smaller than the number of envs), checked before any folder exists.
+    - ``phases(self) -> Sequence[tuple[str, int]]`` and ``run_phase(self, name, index) -> Mapping[str, float]``:
+      offline phases (pre-training without env interaction) that the loop runs, iteration by
+      iteration, before the first env step; ``steps`` counts env steps only.
+    - ``smoke: ClassVar[Mapping[str, Any]]``: hparams that shrink the agent to a run of seconds.
     """
 
     name: ClassVar[str]
@@ -100,21 +130,51 @@ class Agent(Protocol):
         """Record one step of every env."""
         ...
 
-    def update(self, step: int) -> Mapping[str, float | str]:
-        """Learn if due at env step ``step``; return scalars (and text) to log, {} if nothing happened."""
+    def update(self, step: int) -> Mapping[str, float]:
+        """Learn if due at env step ``step``; return numbers to log, {} if nothing happened (text: ``ctx.text``)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed for an exact resume: tensors, numpy arrays and plain types only."""
+        """``{"policy": {...}, "training": {...}}``: tensors, numpy arrays and plain types only.
+
+        "policy" is all that acting needs (weights, tables, normalisers); "training" is the rest
+        of an exact resume (optimizers, replay, per-env episode buffers, counters, generators).
+        """
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned; a state without "training" restores the policy only."""
         ...
 
 
-def load_agent_class(name: str) -> type[Agent]:
-    """Resolve an agent name (or ``module:Class``) to its class, with a clear error if unknown."""
+class AgentClass(Protocol):
+    """An agent's class, as :func:`load_agent_class` returns it: the class members and the constructor."""
+
+    name: str
+    summary: str
+    spaces: str
+    Config: type[BaseModel]
+
+    def check_spaces(self, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
+        """See :meth:`Agent.check_spaces`."""
+        ...
+
+    def __call__(self, config: Any, ctx: Context) -> Agent:
+        """Build the agent: ``config`` is an instance of its ``Config``."""
+        ...
+
+
+#: The members every agent class must have: the whole :class:`Agent` protocol.
+REQUIRED_MEMBERS: frozenset[str] = frozenset(get_protocol_members(Agent))
+_CLASS_STRINGS = ("name", "summary", "spaces")
+
+
+def load_agent_class(name: str) -> AgentClass:
+    """Resolve an agent name (or ``module:Class``) to its class, checking the whole protocol.
+
+    Raises a one-line :class:`GymlabError` for an unknown name, an import failure, or a class
+    that lacks (or mistypes) any member of :class:`Agent`.
+    """
     target = AGENTS.get(name, name)
     if ":" not in target:
         close = difflib.get_close_matches(name, AGENTS, n=3, cutoff=0.4)
@@ -128,14 +188,56 @@ def load_agent_class(name: str) -> type[Agent]:
     cls = getattr(module, attr, None)
     if cls is None:
         raise GymlabError(f"agent '{name}': module '{module_name}' has no attribute '{attr}'")
-    for required in ("Config", "check_spaces", "act", "observe", "update", "state_dict"):
-        if not hasattr(cls, required):
-            raise GymlabError(f"agent '{name}': {cls.__name__} lacks '{required}' and is not a gymlab Agent")
-    return cls
+    problem = protocol_problem(cls)
+    if problem is not None:
+        raise GymlabError(f"agent '{name}': {problem}, so it is not a gymlab Agent (see gymlab/agent.py)")
+    return cast(AgentClass, cls)
+
+
+def protocol_problem(cls: Any) -> str | None:
+    """What keeps ``cls`` from being an agent class (a missing or mistyped member), or None."""
+    label = getattr(cls, "__name__", repr(cls))
+    if not isinstance(cls, type):
+        return f"{label} is not a class"
+    missing = sorted(m for m in REQUIRED_MEMBERS if not hasattr(cls, m))
+    if missing:
+        return f"{label} lacks {', '.join(repr(m) for m in missing)}"
+    for member in _CLASS_STRINGS:
+        if not isinstance(getattr(cls, member), str):
+            return f"{label}.{member} is not a string"
+    config = getattr(cls, "Config")  # noqa: B009 - cls is any object here, not yet known to be an agent
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        return f"{label}.Config is not a pydantic model class"
+    for member in [*sorted(REQUIRED_MEMBERS - {"Config", *_CLASS_STRINGS}), "check_config", "phases", "run_phase"]:
+        if hasattr(cls, member) and not callable(getattr(cls, member)):
+            return f"{label}.{member} is not callable"
+    if hasattr(cls, "phases") != hasattr(cls, "run_phase"):
+        return f"{label} has only one of 'phases' and 'run_phase' (offline phases need both)"
+    smoke = getattr(cls, "smoke", {})
+    if not isinstance(smoke, Mapping) or not set(smoke) <= set(config.model_fields):
+        return f"{label}.smoke must map hyperparameter names of its Config to values"
+    return None
+
+
+def check_config(cls: AgentClass, config: BaseModel, ctx: Context) -> str | None:
+    """The agent's own ``check_config(config, ctx)`` verdict, or None when it has none."""
+    check = getattr(cls, "check_config", None)
+    return None if check is None else cast("str | None", check(config, ctx))
+
+
+def agent_phases(agent: Agent) -> list[tuple[str, int]]:
+    """The agent's offline phases as ``(name, iterations)``, [] when it has none."""
+    phases = getattr(agent, "phases", None)
+    return [] if phases is None else [(str(n), int(k)) for n, k in phases()]
+
+
+def smoke_hparams(cls: AgentClass) -> Mapping[str, Any]:
+    """The agent's ``smoke`` hparams (tiny sizes for runs of a few seconds), {} when it has none."""
+    return cast("Mapping[str, Any]", getattr(cls, "smoke", {}))
 
 
 def check_agent_spaces(
-    cls: type[Agent], env_id: str, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    cls: AgentClass, env_id: str, observation_space: gym.Space[Any], action_space: gym.Space[Any]
 ) -> None:
     """Raise a one-line error when the agent cannot handle the env's spaces."""
     problem = cls.check_spaces(observation_space, action_space)

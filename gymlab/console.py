@@ -61,6 +61,10 @@ class RichProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, episodes=episodes, ret=recent_return)
 
+    def note(self, message: str) -> None:
+        """Print a line above the bar."""
+        self.console.print(f"{self.label}: {message}", markup=False, highlight=False)
+
     def close(self) -> None:
         """Leave the final state of the bar on screen."""
         if self._bar is not None:
@@ -103,6 +107,10 @@ class PlainProgress:
             file=self.stream,
             flush=True,
         )
+
+    def note(self, message: str) -> None:
+        """Print the line."""
+        print(f"{self.label}: {message}", file=self.stream, flush=True)
 
     def close(self) -> None:
         """Nothing to clean up."""

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -42,7 +43,17 @@ from gymnasium.vector import VectorEnv
 
 from gymlab import checkpoint, registry, video
 from gymlab import tblog as tb
-from gymlab.agent import Agent, Context, Transition, check_agent_spaces, env_actions, load_agent_class
+from gymlab.agent import (
+    Agent,
+    AgentClass,
+    Context,
+    Transition,
+    check_agent_spaces,
+    check_config,
+    env_actions,
+    ignore_text,
+    load_agent_class,
+)
 from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.vector import EnvProblem, LeanSyncVectorEnv, episode_cap, nonfinite_obs, nonfinite_reward, raised
@@ -57,6 +68,10 @@ class Progress(Protocol):
 
     def update(self, step: int, episodes: int, recent_return: float | None) -> None:
         """Called a few hundred times per run."""
+        ...
+
+    def note(self, message: str) -> None:
+        """Show one line of text from the agent (``Context.text``) without disturbing the display."""
         ...
 
     def close(self) -> None:
@@ -125,8 +140,35 @@ class EnvSetup:
     agent: Agent
 
 
-def build(config: Config) -> EnvSetup:
-    """Make the training and evaluation envs and the agent, checking the agent fits the env."""
+def make_context(
+    config: Config,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
+    *,
+    num_envs: int | None = None,
+    device: torch.device | None = None,
+    text: Callable[[str, str], None] = ignore_text,
+) -> Context:
+    """The agent's :class:`Context` for this config (``num_envs`` and ``device`` default to the config's)."""
+    run = config.run
+    return Context(
+        observation_space,
+        action_space,
+        run.num_envs if num_envs is None else num_envs,
+        run.seed,
+        resolve_device(run.device) if device is None else device,
+        run.steps,
+        env_id=run.env,
+        env_kwargs=MappingProxyType(run.env_kwargs),
+        text=text,
+    )
+
+
+def build(config: Config, text: Callable[[str, str], None] = ignore_text) -> EnvSetup:
+    """Make the training and evaluation envs and the agent, checking the agent fits the env and config.
+
+    ``text`` is the agent's text channel (``Context.text``).
+    """
     run = config.run
     device = resolve_device(run.device)
     agent_cls = load_agent_class(run.agent)
@@ -136,9 +178,14 @@ def build(config: Config) -> EnvSetup:
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
         check_agent_spaces(agent_cls, run.env, obs_space, act_space)
+        ctx = make_context(config, obs_space, act_space, device=device, text=text)
+        _check_config(agent_cls, config, ctx)
         eval_envs = registry.make_vec_env(run.env, 1, run.env_kwargs, run.wrappers, train=False)
-        ctx = Context(obs_space, act_space, run.num_envs, run.seed, device, run.steps)
-        agent = agent_cls(config.hparams, ctx)  # type: ignore[call-arg]
+        try:
+            agent = agent_cls(config.hparams, ctx)
+        except BaseException:
+            eval_envs.close()
+            raise
     except BaseException:
         envs.close()
         raise
@@ -146,14 +193,21 @@ def build(config: Config) -> EnvSetup:
 
 
 def preflight(config: Config) -> None:
-    """Check, before any folder is created, that the env exists and the agent can handle its spaces."""
+    """Check, before any folder is created, that the env exists and the agent can handle its spaces and config."""
     run = config.run
     agent_cls = load_agent_class(run.agent)
     env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=True)
     try:
         check_agent_spaces(agent_cls, run.env, env.observation_space, env.action_space)
+        _check_config(agent_cls, config, make_context(config, env.observation_space, env.action_space))
     finally:
         env.close()
+
+
+def _check_config(agent_cls: AgentClass, config: Config, ctx: Context) -> None:
+    problem = check_config(agent_cls, config.hparams, ctx)
+    if problem is not None:
+        raise GymlabError(f"agent '{config.run.agent}' cannot run this config: {problem}")
 
 
 def episode_stats(infos: dict[str, Any]) -> Iterator[tuple[int, float, int]]:
@@ -405,11 +459,13 @@ class _Trainer:
             torch.set_num_threads(run.threads)
         self.stop: threading.Event = StopFlag()  # the signal flag, from run() on
         self.phase = ""  # " during evaluation" / " during a video", for the message of an env problem
-        setup = build(config)
+        self.state = _LoopState()
+        # Text the agent sends before the logger exists (while it is built or restored); None after.
+        self._pending_text: list[tuple[str, str]] | None = []
+        setup = build(config, text=self.text)
         self.envs, self.eval_envs, self.agent = setup.envs, setup.eval_envs, setup.agent
         self.recorder: video.EpisodeRecorder | None = None
         try:  # start-up can be interrupted (or fail) anywhere: close what was built
-            self.state = _LoopState()
             self.window = tb.MeanWindow()
             self.obs, _ = self.envs.reset(seed=run.seed)
             if resume is not None:
@@ -419,6 +475,9 @@ class _Trainer:
             self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
             if resume is None:
                 self.logger.hparams(config.to_dict())
+            for tag, message in self._pending_text or ():
+                self.logger.text(f"train/{tag}", message, self.state.step)
+            self._pending_text = None
             # Videos: one greedy episode on a separate rendering env at each multiple of video_every.
             self.recorder = video.EpisodeRecorder(config, run_dir, self.logger) if run.video_every > 0 else None
         except BaseException:
@@ -494,20 +553,25 @@ class _Trainer:
             agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
             obs = self.obs = next_obs
             state.step += n
-            metrics = agent.update(state.step)
-            for key, value in metrics.items():
-                if isinstance(value, str):
-                    self.logger.text(f"train/{key}", value, state.step)
-                else:
-                    if value - value:  # NaN or infinite (x - x is 0 for every finite number)
-                        raise _NonFinite(f"train/{key} is {value} (reported by the agent's update)")
-                    window.add(f"train/{key}", value)
+            for key, value in agent.update(state.step).items():
+                if value - value:  # NaN or infinite (x - x is 0 for every finite number)
+                    raise _NonFinite(f"train/{key} is {value} (reported by the agent's update)")
+                window.add(f"train/{key}", value)
             if state.step >= next_due:
                 self._chores()
                 next_due = self._next_due(last_step)
             if stop_flag.is_set() or state.step >= last_step:
                 return state.step < self.total
         return False
+
+    def text(self, tag: str, message: str) -> None:
+        """The agent's text channel: TensorBoard text under ``train/<tag>`` at this step, and the console."""
+        if self._pending_text is not None:
+            self._pending_text.append((tag, message))
+        else:
+            self.logger.text(f"train/{tag}", message, self.state.step)
+        if self.progress is not None:
+            self.progress.note(f"{tag}: {message}")
 
     def _next_due(self, last_step: int) -> int:
         return min(self.next_log, self.next_eval, self.next_checkpoint, self.next_video, self.next_progress, last_step)

@@ -105,19 +105,26 @@ def load_run(target: Path, which: str = "last") -> tuple[Config, dict[str, Any],
 
 
 def load_policy(config: Config, ckpt: dict[str, Any], device: str | None = None) -> tuple[Agent, Any, Any]:
-    """Rebuild a trained agent for acting: returns ``(agent, observation_space, action_space)``."""
-    from gymlab.agent import Context  # local: keep this module light for the CLI's startup
-    from gymlab.loop import resolve_device
+    """Rebuild a trained agent for acting: returns ``(agent, observation_space, action_space)``.
+
+    The agent is built for one env and given the checkpoint's policy state only, so any run
+    (whatever its ``num_envs`` or memory settings) can be evaluated and watched.
+    """
+    from gymlab.agent import POLICY  # local: keep this module light for the CLI's startup
+    from gymlab.loop import make_context, resolve_device
 
     run = config.run
     env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     agent_cls = load_agent_class(run.agent)
-    ctx = Context(obs_space, act_space, 1, run.seed, resolve_device(device or run.device), run.steps)
-    agent = agent_cls(config.hparams, ctx)  # type: ignore[call-arg]
+    ctx = make_context(config, obs_space, act_space, num_envs=1, device=resolve_device(device or run.device))
+    agent = agent_cls(config.hparams, ctx)
+    state = ckpt.get("agent_state")
+    if not isinstance(state, dict) or POLICY not in state:
+        raise GymlabError(f"checkpoint of {run.agent} on {run.env} holds no policy state; it is not from this gymlab")
     try:
-        agent.load_state_dict(ckpt["agent_state"])
+        agent.load_state_dict({POLICY: state[POLICY]})
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise GymlabError(f"checkpoint does not fit a {run.agent} agent on {run.env}: {exc}") from None
     return agent, obs_space, act_space

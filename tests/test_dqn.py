@@ -151,7 +151,7 @@ def test_cartpole_fails_with_broken_learning(tmp_path, monkeypatch, broken):
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]
-    return {**{f"online.{k}": v for k, v in state["online"].items()}, **state["replay"]}
+    return {**{f"online.{k}": v for k, v in state["policy"]["online"].items()}, **state["training"]["replay"]}
 
 
 @pytest.mark.parametrize("double_dqn", [False, True])
@@ -175,7 +175,7 @@ def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn):
     first = train(cfg, part, stop_at=1150)
     assert first.interrupted and first.step == 1150
     ckpt = checkpoint.load(part / "checkpoints" / "last.pt")
-    assert ckpt["agent_state"]["replay"]["frames"].shape[1] > 1000  # the memory travelled with it
+    assert ckpt["agent_state"]["training"]["replay"]["frames"].shape[1] > 1000  # the memory travelled with it
     train(cfg, part, resume=ckpt)
     a, b = _params(whole), _params(part)
     assert a.keys() == b.keys()

@@ -139,7 +139,7 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
 
     def q(folder, seed):
         train(resolve("tabular_q", "FrozenLake-v1", None, ["steps=5000", "eval_every=0"], seed=seed), folder)
-        return checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["q"]
+        return checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
 
     a, b, c = q(tmp_path / "a", 1), q(tmp_path / "b", 1), q(tmp_path / "c", 2)
     np.testing.assert_array_equal(a, b)

@@ -265,7 +265,7 @@ def test_state_dict_round_trip_through_a_checkpoint_is_exact(tmp_path, act_space
     clone.load_state_dict(checkpoint.load(tmp_path / "a.pt")["agent_state"])
 
     assert drive(agent, 12, np.random.default_rng(1)) == drive(clone, 12, np.random.default_rng(1))
-    mine, theirs = agent.state_dict()["policy"], clone.state_dict()["policy"]
+    mine, theirs = agent.state_dict()["policy"]["net"], clone.state_dict()["policy"]["net"]
     for key, value in mine.items():
         assert torch.equal(value, theirs[key]), key
 
@@ -296,16 +296,16 @@ def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
     first = train(cfg, parts, stop_at=1500)  # mid-batch: episodes in flight and complete, unused
     assert first.interrupted
     ckpt = checkpoint.load(parts / "checkpoints" / "last.pt")
-    state = ckpt["agent_state"]
+    state = ckpt["agent_state"]["training"]
     assert state["updates"] > 0 and any(len(b["rewards"]) for b in state["buffers"])
     train(cfg, parts, resume=ckpt)
     a = checkpoint.load(whole / "checkpoints" / "last.pt")["agent_state"]
     b = checkpoint.load(parts / "checkpoints" / "last.pt")["agent_state"]
-    assert a["updates"] == b["updates"] > 0
-    for net in ("policy", "value"):
-        for key, value in a[net].items():
-            assert torch.equal(value, b[net][key]), (net, key)
-    assert torch.equal(a["log_std"], b["log_std"])
+    assert a["training"]["updates"] == b["training"]["updates"] > 0
+    for part, net in (("policy", "net"), ("training", "value")):
+        for key, value in a[part][net].items():
+            assert torch.equal(value, b[part][net][key]), (net, key)
+    assert torch.equal(a["policy"]["log_std"], b["policy"]["log_std"])
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "InvertedPendulum-v5"])
@@ -321,7 +321,7 @@ def test_trains_and_round_trips_on_cuda(tmp_path):
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, overrides, seed=0, device="cuda")
     result = train(cfg, tmp_path)
     state = checkpoint.load(result.checkpoint)["agent_state"]
-    assert state["updates"] > 0 and state["log_std"].is_cuda
+    assert state["training"]["updates"] > 0 and state["policy"]["log_std"].is_cuda
     space = gym.spaces.Box(-3.0, 3.0, (1,), np.float32)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
     ctx = Context(obs_space, space, 2, 0, torch.device("cuda"), 2000)

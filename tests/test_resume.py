@@ -36,7 +36,7 @@ def scalars(run_dir):
 
 
 def q_table(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]["q"]
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path):

@@ -60,11 +60,11 @@ def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
         config = validate({**CONFIG, "seed": seed}, cls.Config)
         alone = train(config, runs.create_run_dir(config, tmp_path / "alone" / f"s{seed}"))
         assert (result.step, result.last_eval, result.best_eval) == (alone.step, alone.last_eval, alone.best_eval)
-        q_parallel = checkpoint.load(result.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["q"]
-        q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["q"]
+        q_parallel = checkpoint.load(result.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
+        q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["policy"]["q"]
         np.testing.assert_array_equal(q_parallel, q_alone)
     # Different seeds really are different runs.
-    tables = [checkpoint.load(r.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["q"] for r in results]
+    tables = [checkpoint.load(r.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for r in results]
     assert not np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[1], tables[2])
 
 

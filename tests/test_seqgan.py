@@ -162,7 +162,7 @@ def tiny_config(adversarial_epochs: int, **run: object):
 
 def test_schedule_runs_every_phase_through_the_loop(tmp_path: Path):
     result = train(tiny_config(3), tmp_path)
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]["training"]
     phases = [p for p, _, _ in state["nll_history"]]
     assert phases == ["untrained", "mle", "mle", "adversarial", "adversarial", "adversarial"]
     assert state["phase"] == "adversarial" and state["counters"][3] == 3  # adversarial epochs done
@@ -179,10 +179,10 @@ def test_resume_is_exact(tmp_path: Path):
     train(cfg, tmp_path / "split", resume=ckpt)
     full = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["agent_state"]
     split = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")["agent_state"]
-    assert full["nll_history"] == split["nll_history"]
-    for net in ("generator", "rollout", "discriminator"):
-        for key, value in full[net].items():
-            assert torch.equal(value, split[net][key]), f"{net}.{key}"
+    assert full["training"]["nll_history"] == split["training"]["nll_history"]
+    for part, net in (("policy", "generator"), ("training", "rollout"), ("training", "discriminator")):
+        for key, value in full[part][net].items():
+            assert torch.equal(value, split[part][net][key]), f"{net}.{key}"
 
 
 # --- learning --------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def learn(tmp_path: Path) -> dict[str, list[float]]:
         "hparams": LEARN,
     }
     train(validate(data, SeqGAN.Config), tmp_path)
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["agent_state"]
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["agent_state"]["training"]
     history: dict[str, list[float]] = {}
     for phase, _, nll in state["nll_history"]:
         history.setdefault(phase, []).append(nll)

@@ -89,7 +89,7 @@ def train_preset(tmp_path: Path, env: str, *overrides: str):
 @pytest.mark.slow
 def test_frozenlake_greedy_policy_succeeds_70_percent(tmp_path):
     _, ckpt = train_preset(tmp_path, "FrozenLake-v1")
-    success = frozenlake_success_probability(ckpt["agent_state"]["q"])
+    success = frozenlake_success_probability(ckpt["agent_state"]["policy"]["q"])
     assert success >= 0.70  # the optimum within 100 steps is 0.744
 
 
@@ -103,4 +103,4 @@ def test_learning_fails_without_the_update(tmp_path, monkeypatch):
     """The learning tests measure learning: with the update removed the same budget learns nothing."""
     monkeypatch.setattr(TabularQ, "update", lambda self, step: {})
     _, ckpt = train_preset(tmp_path, "FrozenLake-v1", "steps=20000")
-    assert frozenlake_success_probability(ckpt["agent_state"]["q"]) < 0.1
+    assert frozenlake_success_probability(ckpt["agent_state"]["policy"]["q"]) < 0.1

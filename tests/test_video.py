@@ -202,7 +202,7 @@ def test_recording_does_not_change_what_is_learned(tmp_path):
         config = make_config(video_every=every, env_kwargs={"is_slippery": True})
         folder = runs.create_run_dir(config, tmp_path / f"run{every}")
         train(config, folder)
-        tables.append(checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["q"])
+        tables.append(checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"])
     assert (tmp_path / "run500" / "videos").is_dir()
     np.testing.assert_array_equal(tables[0], tables[1])
 

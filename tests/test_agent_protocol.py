@@ -1,0 +1,186 @@
+"""The agent protocol (gymlab/agent.py): the whole protocol checked on load, the policy/training split
+(any run evaluates with one env), config checks before any folder exists, and the random baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymlab.agents.random_agent import RandomAgent
+from pydantic import BaseModel, ConfigDict
+
+from gymlab import agent as agent_module
+from gymlab import checkpoint, runs
+from gymlab.agent import AGENTS, Context, load_agent_class, smoke_hparams
+from gymlab.config import resolve
+from gymlab.errors import GymlabError
+from gymlab.loop import evaluate, train
+from gymlab.registry import make_vec_env
+
+
+class EmptyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoUpdate:
+    """An agent class missing ``update`` and ``load_state_dict``."""
+
+    name: ClassVar[str] = "no_update"
+    summary: ClassVar[str] = "broken"
+    spaces: ClassVar[str] = "any"
+    Config: ClassVar[type[BaseModel]] = EmptyConfig
+
+    @classmethod
+    def check_spaces(cls, observation_space, action_space):
+        return None
+
+    def act(self, obs, explore):
+        return obs
+
+    def observe(self, transition):
+        pass
+
+    def state_dict(self):
+        return {"policy": {}, "training": {}}
+
+
+class BadSmoke(RandomAgent):
+    smoke: ClassVar[dict] = {"no_such_hparam": 1}
+
+
+def test_load_agent_class_checks_every_protocol_member():
+    with pytest.raises(GymlabError, match="lacks 'load_state_dict', 'update'"):
+        load_agent_class(f"{__name__}:NoUpdate")
+    with pytest.raises(GymlabError, match="smoke must map hyperparameter names"):
+        load_agent_class(f"{__name__}:BadSmoke")
+    assert {"Config", "check_spaces", "act", "update", "load_state_dict", "name"} <= agent_module.REQUIRED_MEMBERS
+    for name in AGENTS:
+        assert load_agent_class(name).name == name
+
+
+# --- policy-only loading: eval and watch build the agent with one env ----------------------------
+
+#: One shipped preset per agent, trained here with several envs and the agent's smoke hparams.
+PRESETS = {
+    "tabular_q": ("FrozenLake-v1", ["num_envs=3"]),
+    "dqn": ("CartPole-v1", ["num_envs=2", "save_replay=always"]),
+    "reinforce": ("CartPole-v1", ["num_envs=4"]),
+    "seqgan": ("SeqGen-v0", ["num_envs=4"]),
+    "random": ("CartPole-v1", ["num_envs=3"]),
+}
+
+
+def smoke_config(agent: str, env: str, overrides: list[str], steps: int):
+    smoke = [f"hparams.{k}={v}" for k, v in smoke_hparams(load_agent_class(agent)).items()]
+    extra = ["eval_every=0", "eval_episodes=1", "checkpoint_every=0", "device=cpu", *smoke, *overrides]
+    return resolve(agent, env, None, extra, seed=0, steps=steps)
+
+
+def test_every_agent_is_covered_here():
+    assert set(PRESETS) == set(AGENTS)
+
+
+@pytest.mark.parametrize("agent", sorted(PRESETS))
+def test_policy_only_load_with_one_env_after_training_with_several(tmp_path: Path, agent: str):
+    env, overrides = PRESETS[agent]
+    cfg = smoke_config(agent, env, overrides, steps=480)
+    train(cfg, tmp_path)
+    config, ckpt, _ = runs.load_run(tmp_path)
+    assert set(ckpt["agent_state"]) == {"policy", "training"}
+    policy, _, _ = runs.load_policy(config, ckpt, "cpu")
+    assert policy.state_dict()["policy"].keys() == ckpt["agent_state"]["policy"].keys()
+    for key, value in ckpt["agent_state"]["policy"].items():
+        mine = policy.state_dict()["policy"][key]
+        if isinstance(value, dict):  # a torch state dict
+            assert all(torch.equal(mine[k], v) for k, v in value.items()), key
+        else:
+            assert np.array_equal(mine, value), key
+    envs = make_vec_env(config.run.env, 1, config.run.env_kwargs, config.run.wrappers, train=False)
+    try:
+        returns, _ = evaluate(policy, envs, 1, seed=0)
+    finally:
+        envs.close()
+    assert returns.shape == (1,) and np.isfinite(returns).all()
+
+
+def test_reinforce_preset_run_evaluates_from_the_command_line(cli):
+    """The issue's reproduction: 8 envs in training, one in eval."""
+    trained = cli("train", "reinforce", "CartPole-v1", "--steps", "3000", "--run-dir", "rf", "eval_every=0")
+    assert trained.returncode == 0, trained.stderr
+    result = cli("eval", "rf", "--episodes", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"episodes": 2' in result.stdout
+
+
+def test_a_checkpoint_without_a_policy_state_is_refused_in_one_line(tmp_path: Path):
+    cfg = smoke_config("tabular_q", "FrozenLake-v1", [], steps=50)
+    train(cfg, tmp_path)
+    config, ckpt, _ = runs.load_run(tmp_path)
+    ckpt["agent_state"] = {"q": ckpt["agent_state"]["policy"]["q"]}  # an older, unsplit state
+    with pytest.raises(GymlabError, match="holds no policy state"):
+        runs.load_policy(config, ckpt, "cpu")
+
+
+# --- config checks: one line, exit 2, before any folder ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["buffer_size=16", "num_envs=8"], "buffer_size=16 is too small for num_envs=8"),
+        (["net_arch=[-4]"], "hparams.net_arch.0"),
+    ],
+)
+def test_dqn_config_errors_are_one_line_before_any_folder(cli, tmp_path: Path, args, expected):
+    result = cli("train", "dqn", "CartPole-v1", "--steps", "100", "--run-dir", "r", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# --- the random baseline -------------------------------------------------------------------------
+
+SPACES = [
+    gym.spaces.Discrete(3, start=-1),
+    gym.spaces.Box(-2.0, 2.0, (2, 3), np.float32),
+    gym.spaces.MultiDiscrete([2, 5]),
+    gym.spaces.MultiBinary(4),
+    gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Box(0, 1, (2,))}),
+    gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.MultiBinary(3))),
+    gym.spaces.Text(5),
+]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: type(s).__name__)
+def test_random_agent_samples_every_action_space_and_resumes_exactly(space):
+    obs_space = gym.spaces.Box(-1, 1, (3,))
+    ctx = Context(obs_space, space, 4, 0, torch.device("cpu"), 100)
+    agent = RandomAgent(RandomAgent.Config(), ctx)
+    assert RandomAgent.check_spaces(obs_space, space) is None
+    obs = np.zeros((4, 3), np.float32)
+    actions = agent.act(obs, explore=True)
+    batched = gym.vector.utils.batch_space(space, 4)
+    assert batched.contains(actions)
+    clone = RandomAgent(RandomAgent.Config(), ctx)
+    clone.load_state_dict(checkpoint.decode(checkpoint.encode(agent.state_dict())))
+    one = np.zeros((1, 3), np.float32)  # evaluation's single env
+    assert str(agent.act(one, explore=False)) == str(clone.act(one, explore=False))
+    draws = [agent.act(obs, explore=True) for _ in range(3)]
+    assert len({str(d) for d in draws}) > 1  # it does move
+
+
+def test_random_agent_is_uniform_over_discrete_actions():
+    ctx = Context(gym.spaces.Discrete(2), gym.spaces.Discrete(4), 1000, 3, torch.device("cpu"), 100)
+    actions = RandomAgent(RandomAgent.Config(), ctx).act(np.zeros(1000, np.int64), explore=False)
+    assert np.bincount(actions, minlength=4) == pytest.approx([250] * 4, abs=60)
+
+
+def test_random_agent_gets_chance_return_on_cartpole(tmp_path: Path):
+    cfg = smoke_config("random", "CartPole-v1", ["eval_episodes=20"], steps=500)
+    result = train(cfg, tmp_path)
+    assert result.last_eval is not None and 12 < result.last_eval < 40  # chance is about 22
