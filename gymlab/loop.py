@@ -29,6 +29,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,12 @@ class _LoopState:
     recent_returns: list[float] = field(default_factory=list)
     eval_due: bool = False  # an evaluation was interrupted at ``step``: a resume plays it first
 
+
+# The finiteness checks compute NaN on purpose when a number is not finite, then stop the run in
+# one line; numpy's warning about that NaN would be a second line.
+warnings.filterwarnings(
+    "ignore", r"(invalid value|overflow) encountered in (reduce|scalar subtract)", RuntimeWarning, r"gymlab\.loop$"
+)
 
 #: TensorBoard scalar: evaluation episodes cut at ``eval_max_steps`` (written only when some were).
 EVAL_CAPPED = "eval/capped_episodes"

