@@ -260,7 +260,7 @@ def test_time_limit_of_single_and_vector_envs(env, limit):
 class Faulty(gym.Env):
     """Box(2,) observations, 7-step episodes, no fault until its ``at``-th step, which has the ``fault``."""
 
-    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    observation_space: gym.spaces.Space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
     def __init__(self, fault: str = "", at: int = 0) -> None:
@@ -284,6 +284,20 @@ class Faulty(gym.Env):
                 obs = np.zeros(3, np.float32)
             reward = {"nan_reward": math.nan, "inf_reward": math.inf}.get(self.fault, reward)
         return obs, reward, self.t == 7, False, {}
+
+
+class DictFaulty(Faulty):
+    """Faulty with Dict observations, so the run steps a Gymnasium SyncVectorEnv, not the lab's lean one."""
+
+    observation_space: gym.spaces.Space = gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        return {"x": obs}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return {"x": obs}, reward, terminated, truncated, info
 
 
 class FaultConfig(ScriptedConfig):
@@ -314,12 +328,16 @@ class Diverging(Scripted):
 
 ENV_FAULT = r"step 30: {what} from env test_loop:Faulty copy 0; "
 ENV_CALL = r"step 30: env test_loop:Faulty copy 0: {what}; "
+DICT_FAULT = r"step 30: {what} from env test_loop:DictFaulty copy 0; "
+DICT_CALL = r"step 30: env test_loop:DictFaulty: {what}; "  # Gymnasium's vector env does not say which copy
 AGENT_FAULT = r"step {step}: {what}; "
 
 
 @pytest.mark.parametrize(
     ("env_fault", "agent_fault", "message"),
     [
+        ("dict:nan_reward", "", DICT_FAULT.format(what="reward is nan")),
+        ("dict:raises", "", DICT_CALL.format(what=re.escape("step() raised RuntimeError: boom"))),
         ("nan_reward", "", ENV_FAULT.format(what="reward is nan")),
         ("inf_reward", "", ENV_FAULT.format(what="reward is inf")),
         ("nan_obs", "", ENV_FAULT.format(what=re.escape("observation holds nan (returned by step())"))),
@@ -349,8 +367,8 @@ def test_a_non_finite_number_or_a_broken_env_stops_the_run_keeping_the_last_good
     cfg = validate(
         {
             "agent": f"{__name__}:Diverging",
-            "env": f"{__name__}:Faulty",
-            "env_kwargs": {"fault": env_fault, "at": 30},
+            "env": f"{__name__}:{'DictFaulty' if env_fault.startswith('dict:') else 'Faulty'}",
+            "env_kwargs": {"fault": env_fault.removeprefix("dict:"), "at": 30},
             "steps": 100,
             "checkpoint_every": 20,
             "eval_every": 0,
