@@ -53,7 +53,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint, registry
-from gymlab.agent import AGENTS, load_agent_class
+from gymlab.agent import AGENTS, load_agent_class, smoke_hparams
 from gymlab.cli import main
 from gymlab.config import RunConfig, shipped_configs
 
@@ -116,7 +116,7 @@ class Case:
         }
         if "eval_max_steps" in RunConfig.model_fields:
             keys["eval_max_steps"] = EVAL_MAX_STEPS
-        smoke: Mapping[str, Any] = getattr(load_agent_class(self.agent), "smoke", {})
+        smoke = smoke_hparams(load_agent_class(self.agent))
         overrides = [f"{k}={v}" for k, v in keys.items()]
         overrides += [f"hparams.{k}={json.dumps(v)}" for k, v in smoke.items()]
         config = ["--config", str(self.preset)] if self.preset is not None else []
@@ -153,15 +153,7 @@ CASES = contract_cases()
 
 #: Tests that fail on main until the issue-11 fix named lands: ``(test, case id pattern) -> reason``.
 #: Strict, so a case that starts passing shows up (XPASS) and its line here is deleted.
-PENDING: dict[tuple[str, str], str] = {
-    ("test_eval_json", "reinforce-*"): "issue 11 #1: eval must load the policy only (preset has num_envs 8)",
-    ("test_watch_record", "reinforce-*"): "issue 11 #1: watch must load the policy only (preset has num_envs 8)",
-    ("test_interrupt_then_resume_matches_the_uninterrupted_run", "dqn-Acrobot-v1"): (
-        "issue 11 #5: DQN must save its replay memory by default (learning_starts 0 here)"
-    ),
-}
-#: Cases too slow at the preset's own sizes until the agent class gets its ``smoke`` hparams (PLAN §1).
-WAITING_FOR_SMOKE = ("seqgan-*",)
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _marks(test: str, case: Case) -> list[pytest.MarkDecorator]:
@@ -169,10 +161,6 @@ def _marks(test: str, case: Case) -> list[pytest.MarkDecorator]:
     for (name, pattern), reason in PENDING.items():
         if name == test and fnmatch.fnmatch(case.id, pattern):
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
-    if any(fnmatch.fnmatch(case.id, p) for p in WAITING_FOR_SMOKE) and not hasattr(
-        load_agent_class(case.agent), "smoke"
-    ):
-        marks.append(pytest.mark.skip(reason="needs the agent's smoke hparams (PLAN §1, H1)"))
     return marks
 
 
@@ -220,7 +208,7 @@ def gymlab(*argv: Any) -> Result:
 @contextmanager
 def ctrl_c_after_update(agent: str, stop: int) -> Iterator[None]:
     """Send SIGINT to this process once, right after the agent's update at env step ``stop`` or later."""
-    cls = load_agent_class(agent)
+    cls: Any = load_agent_class(agent)  # Any: its update is swapped for the duration
     original = cls.__dict__["update"]
     fired: list[int] = []
 
@@ -231,11 +219,11 @@ def ctrl_c_after_update(agent: str, stop: int) -> Iterator[None]:
             os.kill(os.getpid(), signal.SIGINT)
         return metrics
 
-    cls.update = update  # type: ignore[method-assign]
+    cls.update = update
     try:
         yield
     finally:
-        cls.update = original  # type: ignore[method-assign]
+        cls.update = original
 
 
 # --- the shared runs -----------------------------------------------------------------------------
