@@ -270,6 +270,26 @@ def list_() -> None:
     presets.print()
 
 
+@app.command("check")
+def check_env(
+    env: Annotated[str, typer.Argument(metavar="ENV", help="env id, module:Env-v0 or module:EnvClass")],
+    env_kwargs: Annotated[
+        list[str] | None, typer.Argument(metavar="[KEY=VALUE ...]", help="keyword arguments for the env")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="random steps for the finite-values and in-space checks")] = 300,
+) -> None:
+    """Check your own env before training: Gymnasium's checker plus the lab's points, one verdict each."""
+    from rich.console import Console
+
+    from gymlab import envcheck
+
+    report = envcheck.check(env, envcheck.parse_env_kwargs(env_kwargs or []), steps=steps)
+    Console().print(envcheck.render(report))
+    if not report.ok:
+        raise GymlabError(envcheck.summary(report))
+    print(envcheck.summary(report))
+
+
 @app.command()
 def watch(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],

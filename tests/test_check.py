@@ -1,0 +1,236 @@
+"""`gymlab check ENV`: one verdict per point for a user's env, exit 2 when one fails, and whatever the env
+raises reported as a verdict, never a traceback. The broken envs are defined here (``test_check:Name``)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from gymlab import envcheck
+from gymlab.envcheck import FAIL, PASS, WARN
+
+
+class Walk(gym.Env):
+    """A well-behaved env without a time limit: a seeded random walk on a line, observed as (position, speed)."""
+
+    observation_space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, length: int = 5) -> None:
+        self.length = length
+        self.pos = 0.0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = float(self.np_random.uniform(-1, 1))
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([self.pos, 0.0], np.float32)
+
+    def step(self, action):
+        self.pos += (1.0 if action else -1.0) * float(self.np_random.uniform(0.5, 1.0))
+        terminated = abs(self.pos) >= self.length
+        return self._obs(), 1.0, terminated, False, {}
+
+
+class SelfTruncating(Walk):
+    """Cuts its own episodes after 20 steps (a time limit without a registered one)."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.t += 1
+        obs, reward, terminated, _, info = super().step(action)
+        return obs, reward, terminated, self.t >= 20, info
+
+
+class UnseededReset(Walk):
+    """Draws its start from numpy's global generator, so reset(seed=...) does not fix it."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = float(np.random.uniform(-1, 1))  # noqa: NPY002 - the global generator, on purpose
+        return self._obs(), {}
+
+
+class UnseededStep(Walk):
+    """Seeded reset, but each step's noise comes from the global generator."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward + float(np.random.uniform()), terminated, truncated, info  # noqa: NPY002
+
+
+class NaNObservation(Walk):
+    """Its third step's observation is NaN."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.t += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        return (np.full(2, np.nan, np.float32) if self.t == 3 else obs), reward, terminated, truncated, info
+
+
+class InfReward(Walk):
+    """Its rewards are infinite."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("inf"), terminated, truncated, info
+
+
+class RaisingStep(Walk):
+    """Its step raises."""
+
+    def step(self, action):
+        raise RuntimeError("physics diverged")
+
+
+class WrongShape(Walk):
+    """Its steps return three numbers where the space says two."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return np.append(obs, 0.0).astype(np.float32), reward, terminated, truncated, info
+
+
+class OldStepAPI(Walk):
+    """Gym's old four-value step (no terminated/truncated split)."""
+
+    def step(self, action):
+        obs, reward, terminated, _, info = super().step(action)
+        return obs, reward, terminated, info
+
+
+class RaisingConstructor(Walk):
+    """Cannot be built."""
+
+    def __init__(self, length: int = 5) -> None:
+        raise OSError("serial port /dev/ttyUSB0 not found")
+
+
+class BinaryActions(Walk):
+    """An action space no built-in agent handles."""
+
+    action_space = gym.spaces.MultiBinary(3)
+
+    def step(self, action):
+        return super().step(int(action[0]))
+
+
+# Each case: the env (module:Class or id) and env_kwargs -> the verdicts expected {point: (status, fragment)}.
+CASES = {
+    "healthy-with-time-limit": (
+        "CartPole-v1",
+        {},
+        {
+            "time limit": (PASS, "truncated at 500 steps"),
+            "determinism": (PASS, "equal"),
+            "finite values": (PASS, "finite over 200 random steps"),
+            "observations in space": (PASS, "inside Box"),
+            "agents": (PASS, "dqn, reinforce, random support its spaces (not tabular_q, seqgan)"),
+        },
+    ),
+    "no-time-limit": ("test_check:Walk", {}, {"time limit": (WARN, "eval_max_steps"), "determinism": (PASS, "")}),
+    "self-truncating": ("test_check:SelfTruncating", {}, {"time limit": (PASS, "truncates episodes itself")}),
+    "unseeded-reset": ("test_check:UnseededReset", {}, {"determinism": (FAIL, "reset(seed=0) gave two different")}),
+    "unseeded-step": ("test_check:UnseededStep", {}, {"determinism": (FAIL, "step 1 after reset(seed=0)")}),
+    "nan-observation": ("test_check:NaNObservation", {}, {"finite values": (FAIL, "step 3: the observation")}),
+    "inf-reward": ("test_check:InfReward", {}, {"finite values": (FAIL, "step 1: the reward is inf")}),
+    "raising-step": (
+        "test_check:RaisingStep",
+        {},
+        {
+            "gymnasium checker": (FAIL, "RuntimeError: physics diverged"),
+            "determinism": (FAIL, "step() raised RuntimeError: physics diverged"),
+            "finite values": (FAIL, "step() raised RuntimeError"),
+            "observations in space": (FAIL, "step() raised RuntimeError"),
+            "agents": (PASS, "dqn"),
+        },
+    ),
+    "wrong-shape": (
+        "test_check:WrongShape",
+        {},
+        {"observations in space": (FAIL, "step 1: ndarray of shape (3,) and dtype float32 is not in Box")},
+    ),
+    "old-step-api": ("test_check:OldStepAPI", {}, {"determinism": (FAIL, "(expected 5, got 4)")}),
+    "raising-constructor": ("test_check:RaisingConstructor", {}, {"builds": (FAIL, "OSError: serial port")}),
+    "no-agent-fits": (
+        "test_check:BinaryActions",
+        {},
+        {"agents": (WARN, "no learning agent supports")},
+    ),
+    "env-kwargs-reach-the-env": ("test_check:Walk", {"length": 2}, {"determinism": (PASS, "whole episode")}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_point_has_its_verdict(case):
+    env_id, kwargs, expected = CASES[case]
+    report = envcheck.check(env_id, kwargs, steps=200)
+    verdicts = {v.point: v for v in report.verdicts}
+    for point, (status, fragment) in expected.items():
+        assert verdicts[point].status == status, verdicts[point]
+        assert fragment in verdicts[point].detail, verdicts[point]
+    assert report.ok == all(v.status != FAIL for v in report.verdicts)
+    assert all("\n" not in v.detail for v in report.verdicts)
+
+
+def test_a_healthy_env_passes_every_point():
+    report = envcheck.check("test_check:SelfTruncating", {}, steps=100)
+    assert [v.point for v in report.verdicts] == [
+        "gymnasium checker",
+        "time limit",
+        "determinism",
+        "finite values",
+        "observations in space",
+        "agents",
+    ]
+    assert report.ok and all(v.status == PASS for v in report.verdicts), report.verdicts
+    assert envcheck.summary(report) == "test_check:SelfTruncating: every check passed"
+
+
+def test_env_kwargs_words_are_parsed_as_yaml():
+    assert envcheck.parse_env_kwargs(["map_name=8x8", "is_slippery=false", "env_kwargs.size=3"]) == {
+        "map_name": "8x8",
+        "is_slippery": False,
+        "size": 3,
+    }
+
+
+TESTS_DIR = str(Path(__file__).parent)
+
+# End to end: argv -> exit code, a fragment of stdout (the table or the summary), a fragment of stderr's one line.
+CLI_CASES = {
+    "passes": (["check", "FrozenLake-v1", "is_slippery=false", "--steps", "50"], 0, "every check passed", ""),
+    "warns-only": (["check", "test_check:Walk", "--steps", "50"], 0, "with warnings on: time limit", ""),
+    "nan": (["check", "test_check:NaNObservation", "--steps", "50"], 2, "finite values", "checks failed (finite"),
+    "raising-step": (["check", "test_check:RaisingStep", "--steps", "50"], 2, "physics diverged", "checks failed"),
+    "unknown-env": (["check", "Taxi-v3"], 2, "", "unknown environment 'Taxi-v3'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_check_on_the_command_line(tmp_path, case):
+    argv, code, out, err = CLI_CASES[case]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert out in proc.stdout
+    if code == 0:
+        assert proc.stderr == "" or "XDG_RUNTIME_DIR" in proc.stderr
+    else:
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gymlab: error: ") and err in proc.stderr
