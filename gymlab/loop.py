@@ -465,7 +465,7 @@ class _Trainer:
             # threads than with 1 (thread hand-offs cost more than the small matmuls they split).
             torch.set_num_threads(run.threads)
         self.stop: threading.Event = StopFlag()  # the signal flag, from run() on
-        self.phase = ""  # " during evaluation" / " during a video", for the message of an env problem
+        self.during = ""  # " during evaluation" / " during a video", for the message of an env problem
         self.state = _LoopState()
         # Text the agent sends before the logger exists (while it is built or restored); None after.
         self._pending_text: list[tuple[str, str]] | None = []
@@ -630,7 +630,7 @@ class _Trainer:
         def capped(length: int, ret: float) -> None:
             self._note(f"step {step:,}: the video episode was cut at {length:,} steps ({run.env} has no time limit)")
 
-        self.phase = " during a video"
+        self.during = " during a video"
         self.recorder.record(
             self.agent,
             step,
@@ -639,15 +639,14 @@ class _Trainer:
             stop=self.stop,
             on_capped=capped,
         )
-        self.phase = ""
+        self.during = ""
         self.video_seconds += time.perf_counter() - start
 
     def _note(self, message: str) -> None:
         """A line for TensorBoard's text tab (``notes``) and the console."""
         self.logger.text("notes", message, self.state.step)
-        note = getattr(self.progress, "note", None)
-        if note is not None:
-            note(message)
+        if self.progress is not None:
+            self.progress.note(message)
 
     def evaluate(self) -> None:
         """Greedy episodes on the evaluation env; log them, and keep the best checkpoint.
@@ -658,7 +657,7 @@ class _Trainer:
         run, state = self.config.run, self.state
         seed = eval_seed(run.seed, state.eval_index)
         cut: list[int] = []
-        state.eval_due, self.phase = True, " during evaluation"
+        state.eval_due, self.during = True, " during evaluation"
         returns, lengths = evaluate(
             self.agent,
             self.eval_envs,
@@ -668,7 +667,7 @@ class _Trainer:
             stop=self.stop,
             on_capped=lambda length, ret: cut.append(length),
         )
-        state.eval_due, self.phase = False, ""
+        state.eval_due, self.during = False, ""
         if cut:
             self.logger.scalars({EVAL_CAPPED: float(len(cut))}, state.step)
             self._note(
@@ -709,11 +708,11 @@ class _Trainer:
         """The one line for a run stopped by a misbehaving env or a non-finite number."""
         run, step = self.config.run, self.state.step
         if isinstance(exc, EnvProblem):
-            what, hint = exc.describe(run.env) + self.phase, f"check the env with: gymlab check {run.env}"
-            if not self.phase:  # a training step failed before it was counted: name the step it was
+            what, hint = exc.describe(run.env) + self.during, f"check the env with: gymlab check {run.env}"
+            if not self.during:  # a training step failed before it was counted: name the step it was
                 step += self.envs.num_envs
         else:
-            what, hint = f"{exc}{self.phase}", "the agent diverged: try a lower learning rate"
+            what, hint = f"{exc}{self.during}", "the agent diverged: try a lower learning rate"
         if self.last_path.is_file():
             at = f" (step {self.saved_step:,})" if self.saved_step is not None else ""
             kept = f"the last good checkpoint is {self.last_path}{at}, left as it was"

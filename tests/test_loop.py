@@ -237,6 +237,27 @@ def test_a_run_logs_the_evaluation_episodes_cut_at_eval_max_steps(tmp_path):
     assert "2 of 2 evaluation episodes were cut at 30 steps" in text
 
 
+def test_gymlab_eval_of_a_greedy_policy_stuck_against_a_wall_ends_and_says_so(tmp_path, capsys):
+    """CliffWalking has no time limit; an untrained greedy policy walks up into the wall for good."""
+    import json
+
+    from gymlab import cli, runs
+    from gymlab.config import resolve
+
+    cfg = resolve("tabular_q", "CliffWalking-v1", None, ["steps=300", "eval_every=0", "eval_max_steps=50"])
+    folder = runs.create_run_dir(cfg, tmp_path / "run")
+    assert train(cfg, folder).last_eval == -50.0  # the final evaluation was cut too
+    capsys.readouterr()
+    cli.main(["eval", str(folder), "--json", "--episodes", "3"])
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["returns"] == [-50.0] * 3 and result["capped_episodes"] == 3
+    assert err == (
+        "note: 3 of 3 episodes were cut at 50 steps (CliffWalking-v1 has no time limit; run key eval_max_steps) "
+        "and count as truncated\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "limit"),
     [
