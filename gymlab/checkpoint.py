@@ -11,6 +11,7 @@ old file: a kill at any instant leaves the previous checkpoint whole and readabl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -70,15 +71,32 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: temp file, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a checkpoint atomically: temp file, fsync, rename over ``path``.
+
+    If the write fails (a full disk, a folder that turned read-only), the temp file is removed,
+    the previous checkpoint at ``path`` is left as it was, and the failure is one line.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = {"format": FORMAT, "version": VERSION, **encode(payload)}
-    with open(tmp, "wb") as fh:
-        torch.save(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if path.is_file() else "no earlier checkpoint exists"
+        raise GymlabError(
+            f"cannot write checkpoint {path}: {exc.strerror or _first_line(exc)}; {kept} "
+            "(free disk space or make the folder writable, then resume)"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -106,6 +124,36 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     if agent is not None and data.get("agent") != agent:
         raise GymlabError(f"checkpoint {path} was written by agent '{data.get('agent')}', not '{agent}'")
     return decode(data)
+
+
+#: What a run checkpoint (``loop._payload``) must hold for resume, eval and watch: key -> allowed types.
+RUN_PAYLOAD: dict[str, tuple[type, ...]] = {
+    "agent": (str,),
+    "env": (str,),
+    "config": (dict,),
+    "agent_state": (dict,),
+    "loop": (dict,),
+    "loop.step": (int,),
+    "loop.episodes": (int,),
+    "loop.window": (dict,),
+    "rng": (dict,),
+    "envs": (dict, type(None)),
+}
+
+
+def check_run_payload(data: dict[str, Any], path: Path) -> None:
+    """Refuse in one line a valid file whose run-checkpoint internals are missing or of the wrong type."""
+    for key, types in RUN_PAYLOAD.items():
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise GymlabError(f"checkpoint {path} is damaged: '{key}' is missing; use another checkpoint")
+            node = node[part]
+        if not isinstance(node, types) or (isinstance(node, bool) and bool not in types):
+            raise GymlabError(
+                f"checkpoint {path} is damaged: '{key}' is a {type(node).__name__}, "
+                f"expected {' or '.join(t.__name__ for t in types)}; use another checkpoint"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -91,6 +91,7 @@ class TrainResult:
     last_eval: float | None
     best_eval: float | None
     checkpoint: Path | None
+    stopped: bool = False  # ended early because ``on_eval`` asked (e.g. a sweep pruned it); checkpoint saved
 
 
 @dataclass
@@ -412,6 +413,7 @@ def train(
     until: int | None = None,
     stop_at: int | None = None,
     progress: Progress | None = None,
+    on_eval: Callable[[int, float], bool] | None = None,
 ) -> TrainResult:
     """Train ``config``'s agent on its env, writing TensorBoard events and checkpoints to ``run_dir``.
 
@@ -422,6 +424,8 @@ def train(
         until: total env steps to reach (default: the config's ``steps``, the schedules' budget).
         stop_at: stop as if interrupted once this many steps are done, leaving a checkpoint.
         progress: receives progress updates for a console display.
+        on_eval: called as ``on_eval(step, mean_return)`` after each evaluation; True stops the run
+            there with a checkpoint (``TrainResult.stopped``), as a sweep's pruner does.
 
     Raises:
         Interrupted: a signal arrived while the run was starting up (nothing saved).
@@ -433,6 +437,7 @@ def train(
     with graceful_stop() as stop:
         with starting(stop):
             trainer = _Trainer(config, run_dir, resume, until if until is not None else config.run.steps, progress)
+        trainer.on_eval = on_eval
         try:
             try:
                 interrupted = trainer.run(stop, stop_at)
@@ -443,8 +448,10 @@ def train(
                 raise GymlabError(trainer.failure(exc)) from None
         finally:
             trainer.close()
-    s = trainer.state
-    return TrainResult(run_dir, s.step, s.episodes, interrupted, s.last_eval, s.best_eval, trainer.last_path)
+    s, stopped = trainer.state, trainer.stopped
+    return TrainResult(
+        run_dir, s.step, s.episodes, interrupted and not stopped, s.last_eval, s.best_eval, trainer.last_path, stopped
+    )
 
 
 class _NonFinite(Exception):
@@ -453,6 +460,9 @@ class _NonFinite(Exception):
 
 class _Trainer:
     """One run's envs, agent, logger and due points; :meth:`run` is the rollout loop itself."""
+
+    on_eval: Callable[[int, float], bool] | None = None  # see train()
+    stopped = False  # on_eval asked to stop
 
     def __init__(
         self, config: Config, run_dir: Path, resume: dict[str, Any] | None, total: int, progress: Progress | None
@@ -567,7 +577,7 @@ class _Trainer:
             if state.step >= next_due:
                 self._chores()
                 next_due = self._next_due(last_step)
-            if stop_flag.is_set() or state.step >= last_step:
+            if stop_flag.is_set() or self.stopped or state.step >= last_step:
                 return state.step < self.total
         return False
 
@@ -689,6 +699,8 @@ class _Trainer:
         if state.best_eval is None or state.last_eval > state.best_eval:
             state.best_eval = state.last_eval
             self.save(self.last_path.with_name("best.pt"))
+        if self.on_eval is not None and self.on_eval(state.step, state.last_eval) and state.step < self.total:
+            self.stopped = True
 
     def save(self, path: Path) -> None:
         """Checkpoint everything needed to continue exactly from here, unless the agent's state is not finite.

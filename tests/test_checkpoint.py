@@ -41,10 +41,11 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(GymlabError, match="cannot write checkpoint .*disk full; the previous checkpoint is kept"):
         checkpoint.save(path, {"agent": "a", "step": 2})
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
 def test_truncated_file_is_reported_as_corrupt(tmp_path):

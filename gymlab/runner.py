@@ -1,0 +1,428 @@
+"""The one path from a config to a run folder and on to a finished or interrupted run.
+
+``gymlab train``, ``train --seeds`` and sweeps all describe a run as a :class:`RunSpec` (plain,
+picklable data, so it crosses into worker processes and Ray tasks) and hand it to :func:`run`
+(in this process, with a progress display, raising :class:`~gymlab.errors.GymlabError` for bad
+input) or :func:`execute` (in a worker: never raises, every ending is a :class:`RunOutcome`).
+
+What a run does with its folder (the ownership rules of :mod:`gymlab.runs`):
+
+- ``mode="new"``: create the folder (``run_dir``, or a fresh default name under ``root``), write
+  ``config.yaml``, take the folder's lock, train. With ``source`` (a checkpoint of another run,
+  e.g. an older ``best.pt``) the new folder starts from that checkpoint, with the source run's
+  TensorBoard events copied in, so its curve continues; the source folder is never written.
+- ``mode="resume"``: take the folder's lock, then continue from its newest checkpoint. A named
+  checkpoint older than the folder's newest is refused (it would rewrite later history).
+- ``mode="auto"`` (sweeps, and a retry after a worker died): resume the folder if it has a
+  checkpoint, start it if it does not exist, and replace a failed start (a folder with no
+  checkpoint that no live process holds).
+
+A run that fails or is interrupted before its first checkpoint removes the folder it created,
+so retrying the same command works. A checkpoint written meanwhile is always kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from gymlab.errors import GymlabError
+
+Mode = Literal["new", "resume", "auto"]
+Status = Literal["finished", "stopped", "interrupted", "failed", "cancelled"]
+#: ``on_eval(step, mean_return) -> stop?``; must be picklable (a module-level function or a partial of one).
+OnEval = Callable[[int, float], bool]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to bring about, as plain picklable data.
+
+    Attributes:
+        config: the resolved config as plain data (``Config.to_dict()``); for ``mode="resume"``
+            leave it None: the folder's own config is used.
+        run_dir: the run folder (``new``: to create, None for a default name under ``root``;
+            ``resume``: the folder or one of its checkpoints; ``auto``: required).
+        mode: ``new``, ``resume`` or ``auto`` (see the module docstring).
+        source: with ``mode="new"``, a checkpoint to start the new folder from.
+        until: total env steps to reach (default: the config's ``steps``).
+        stop_at: stop as if interrupted once this many steps are done (a checkpoint is saved).
+        device: a resume may move the run to another device (the only config key it may change).
+        on_eval: ``fn(step, mean_return)`` after each evaluation; True stops the run (status ``stopped``).
+        trust: modules the user trusts for code named inside the run folder (``--trust``).
+        threads: torch CPU threads in this process (None: leave as configured).
+        root: where default-named folders go.
+        tag: anything picklable the caller wants back in the outcome (a seed, a trial number).
+        attempt: 1 for the first try; the pool retries a run whose worker died once, as attempt 2.
+
+    """
+
+    config: Mapping[str, Any] | None = None
+    run_dir: Path | None = None
+    mode: Mode = "new"
+    source: Path | None = None
+    until: int | None = None
+    stop_at: int | None = None
+    device: str | None = None
+    on_eval: OnEval | None = None
+    trust: tuple[str, ...] = ()
+    threads: int | None = None
+    root: Path = Path("runs")
+    tag: Any = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended.
+
+    ``status``: ``finished`` (reached its target), ``stopped`` (``on_eval`` stopped it, checkpoint
+    saved), ``interrupted`` (a signal stopped it; ``checkpoint`` is what was saved, None if it
+    stopped before its first one, in which case the folder it created was removed), or ``failed``
+    (``error`` says why in one line), or ``cancelled`` (a pool stopped before it started it).
+    """
+
+    spec: RunSpec
+    status: Status
+    run_dir: Path | None = None
+    step: int = 0
+    start_step: int = 0
+    last_eval: float | None = None
+    best_eval: float | None = None
+    checkpoint: Path | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run ended as asked (finished, or stopped by its ``on_eval``)."""
+        return self.status in ("finished", "stopped")
+
+    def describe(self) -> str:
+        """One line for people: what happened, what was saved, how to go on."""
+        where = f"; run: {self.run_dir}" if self.run_dir is not None else ""
+        evals = "" if self.last_eval is None else f", final eval return {self.last_eval:.4g}"
+        if self.status == "finished":
+            return f"done: {self.step:,} steps{evals}{where}"
+        if self.status == "stopped":
+            return f"stopped by its evaluation callback at step {self.step:,}{evals}{where}"
+        if self.status == "failed":
+            return f"failed: {self.error}"
+        if self.status == "cancelled":
+            return "not started (the others were interrupted)"
+        return interrupted_message(self)
+
+
+def interrupted_message(outcome: RunOutcome) -> str:
+    """What an interrupted run saved and how to continue it, in one line."""
+    if outcome.checkpoint is None:
+        if outcome.run_dir is not None:
+            return (
+                f"interrupted before any checkpoint; {outcome.run_dir} holds none (kept); "
+                f"continue with: gymlab train --resume {outcome.run_dir}"
+            )
+        return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
+    return (
+        f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
+        f"continue with: gymlab train --resume {outcome.run_dir}"
+    )
+
+
+def run(spec: RunSpec, progress: Any = None) -> RunOutcome:
+    """Bring ``spec`` about in this process: create or open its folder, lock it, train.
+
+    Raises :class:`~gymlab.errors.GymlabError` for bad input (before anything is created, or after
+    removing what this call created). A Ctrl-C or SIGTERM is an outcome, not an exception: status
+    ``interrupted``, with the checkpoint saved (or none, during start-up, with nothing left behind).
+    ``progress`` is a :class:`gymlab.loop.Progress` display (not part of the spec: it is not picklable).
+    """
+    start = time.perf_counter()
+    opened: _Opened | None = None
+    try:
+        opened = _open(spec)
+        return _train(spec, opened, progress, start)
+    except KeyboardInterrupt:  # during start-up, or a second Ctrl-C inside the loop
+        return _interrupted(spec, opened, start)
+    except BaseException:
+        if opened is not None:
+            opened.abandon()
+        raise
+    finally:
+        if opened is not None:
+            opened.lock.release()
+
+
+def execute(spec: RunSpec) -> RunOutcome:
+    """:func:`run` for a worker process or a Ray task: never raises; a failure is a ``failed`` outcome.
+
+    SIGTERM (how the pool stops its workers) stops the run gracefully: before the loop starts it
+    aborts the start-up, inside the loop it saves a checkpoint between two steps.
+    """
+    import torch
+
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    start = time.perf_counter()
+    previous = _sigterm_interrupts()
+    try:
+        return run(spec)
+    except GymlabError as exc:
+        return RunOutcome(spec, "failed", spec.run_dir, error=str(exc), seconds=time.perf_counter() - start)
+    except Exception as exc:  # a crashing run is reported, never allowed to stop the others
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{Path(frame.filename).name}:{frame.lineno}"
+        error = f"{type(exc).__name__}: {exc} ({where})"
+        return RunOutcome(spec, "failed", spec.run_dir, error=error, seconds=time.perf_counter() - start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_interrupts() -> Any:
+    """In the main thread, make SIGTERM raise KeyboardInterrupt (the loop swaps in its graceful handler)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@dataclass
+class _Opened:
+    """A run folder ready to train: config, checkpoint to continue from, the lock, what was created."""
+
+    config: Any  # gymlab.config.Config
+    folder: Path
+    ckpt: dict[str, Any] | None
+    until: int
+    lock: Any  # runs.RunLock
+    created: bool
+    done: bool = False  # already at its target (mode auto): nothing to train
+
+    def abandon(self) -> None:
+        """After a failure: remove the folder if this process created it and no checkpoint was saved."""
+        from gymlab import runs
+
+        self.lock.release()
+        if self.created and runs.newest_checkpoint(self.folder) is None:
+            runs.remove_run_dir(self.folder)
+
+
+def _open(spec: RunSpec) -> _Opened:
+    from gymlab import runs
+
+    if spec.mode == "resume":
+        if spec.run_dir is None:
+            raise GymlabError("a resume needs the run folder (or one of its checkpoints)")
+        return _open_existing(spec, spec.run_dir, explicit=spec.run_dir.is_file())
+    if spec.source is not None:
+        return _open_branch(spec)
+    if spec.config is None:
+        raise GymlabError(f"a {spec.mode} run needs its config")
+    if spec.mode == "auto":
+        if spec.run_dir is None:
+            raise GymlabError("mode auto needs a run folder")
+        if spec.run_dir.exists():
+            if runs.newest_checkpoint(spec.run_dir) is not None:
+                return _open_existing(spec, spec.run_dir, explicit=False)
+            _clear_failed_start(spec.run_dir)
+    return _open_new(spec, _validated(spec.config, spec.device))
+
+
+def _validated(raw: Mapping[str, Any], device: str | None) -> Any:
+    from gymlab.agent import load_agent_class
+    from gymlab.config import validate
+
+    data = dict(raw)
+    if device is not None:
+        data["device"] = device
+    return validate(data, load_agent_class(str(data.get("agent"))).Config, source="run config")
+
+
+def _open_new(spec: RunSpec, config: Any, ckpt: dict[str, Any] | None = None) -> _Opened:
+    from gymlab import loop, runs
+
+    loop.preflight(config)  # before any folder exists: a config that cannot run leaves nothing
+    folder = runs.create_run_dir(config, spec.run_dir, spec.root)
+    try:
+        lock = runs.lock_run(folder)
+    except BaseException:
+        runs.remove_run_dir(folder)
+        raise
+    until = spec.until if spec.until is not None else config.run.steps
+    return _Opened(config, folder, ckpt, until, lock, created=True)
+
+
+def _open_branch(spec: RunSpec) -> _Opened:
+    """A new folder continuing from ``spec.source`` (a checkpoint of another run), with its curve so far."""
+    from gymlab import runs
+
+    assert spec.source is not None
+    source_cfg, ckpt, ckpt_path = runs.load_run(spec.source, "last", spec.trust)
+    config = source_cfg if spec.device is None else _validated(source_cfg.to_dict(), spec.device)
+    if spec.run_dir is None:
+        raise GymlabError("starting a new run from a checkpoint needs --run-dir NEW")
+    opened = _open_new(replace(spec, until=spec.until or max(config.run.steps, int(ckpt["loop"]["step"]))), config)
+    opened.ckpt = ckpt
+    source_dir = runs.run_dir_of(ckpt_path)
+    try:
+        for events in sorted(source_dir.glob("events.out.tfevents.*")):
+            shutil.copy2(events, opened.folder / events.name)
+    except OSError as exc:
+        opened.abandon()
+        raise GymlabError(f"cannot copy {source_dir}'s TensorBoard events: {exc.strerror or exc}") from None
+    _check_target(opened, explicit=True)
+    return opened
+
+
+def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> _Opened:
+    """Lock an existing folder and load its newest checkpoint (a named one must be that newest)."""
+    from gymlab import checkpoint, runs
+
+    folder = runs.run_dir_of(target) if target.is_file() else target
+    if not target.exists():
+        raise GymlabError(f"no run folder or checkpoint at {target}")
+    if runs.folder_config(folder) is None:
+        raise GymlabError(
+            f"{folder} is not a run folder (no {runs.CONFIG_FILE}); to train on from a loose checkpoint, "
+            f"give --run-dir NEW: gymlab train --resume {target} --run-dir NEW"
+        )
+    lock = runs.lock_run(folder)
+    try:
+        newest = runs.newest_checkpoint(folder)
+        if newest is None:
+            raise GymlabError(
+                f"run folder {folder} has no checkpoint to resume from; start the run again in a new --run-dir"
+            )
+        if explicit and target.resolve() != newest.resolve():
+            named = int(checkpoint.load(target).get("loop", {}).get("step", -1))
+            latest = int(checkpoint.load(newest).get("loop", {}).get("step", -1))
+            if named < latest:
+                raise GymlabError(
+                    f"{target} (step {named:,}) is older than {newest} (step {latest:,}); resuming from it would "
+                    f"rewrite this run's later history: continue {folder} as it is, or start a new run from it "
+                    f"with --run-dir NEW"
+                )
+            newest = target
+        config, ckpt, _ = runs.load_run(newest, "last", spec.trust)
+        if spec.device is not None:
+            config = _validated(config.to_dict(), spec.device)
+        if spec.config is not None:  # auto: the folder must be the run the caller asks for
+            differ = runs.config_differences(spec.config, ckpt["config"])
+            if differ:
+                raise GymlabError(
+                    f"run folder {folder} holds another run (its config differs in {', '.join(differ[:5])}); "
+                    "choose another folder"
+                )
+    except BaseException:
+        lock.release()
+        raise
+    until = spec.until if spec.until is not None else config.run.steps
+    opened = _Opened(config, folder, ckpt, until, lock, created=False)
+    _check_target(opened, explicit=spec.mode == "resume")
+    return opened
+
+
+def _check_target(opened: _Opened, *, explicit: bool) -> None:
+    """A resume must have steps left; in ``auto`` mode a run already at its target is simply done."""
+    assert opened.ckpt is not None
+    done = int(opened.ckpt["loop"]["step"])
+    if done < opened.until:
+        return
+    if not explicit:
+        opened.done = True
+        return
+    opened.lock.release()
+    raise GymlabError(f"run {opened.folder} already reached step {done:,}; pass --steps N with N > {done:,} to go on")
+
+
+def _clear_failed_start(folder: Path) -> None:
+    """Remove a folder left by a start that died before its first checkpoint (no live process holds it)."""
+    from gymlab import runs
+
+    if runs.folder_config(folder) is None and any(folder.iterdir()):
+        raise GymlabError(f"{folder} exists and is not a run folder; choose another folder")
+    with runs.lock_run(folder):  # refused if a live process is still starting it
+        pass
+    runs.remove_run_dir(folder)
+
+
+def _train(spec: RunSpec, opened: _Opened, progress: Any, start: float) -> RunOutcome:
+    from gymlab import loop
+
+    start_step = int(opened.ckpt["loop"]["step"]) if opened.ckpt is not None else 0
+    if opened.done:
+        assert opened.ckpt is not None
+        state = opened.ckpt["loop"]
+        return RunOutcome(
+            spec,
+            "finished",
+            opened.folder,
+            start_step,
+            start_step,
+            state.get("last_eval"),
+            state.get("best_eval"),
+            opened.folder / "checkpoints" / "last.pt",
+        )
+    try:
+        result = loop.train(
+            opened.config,
+            opened.folder,
+            resume=opened.ckpt,
+            until=opened.until,
+            stop_at=spec.stop_at,
+            progress=progress,
+            on_eval=spec.on_eval,
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        if opened.ckpt is not None and _raised_in(exc, "_restore"):
+            raise GymlabError(
+                f"checkpoint of {opened.folder} does not fit a {opened.config.run.agent} agent on "
+                f"{opened.config.run.env} ({type(exc).__name__}: {exc}); it is damaged or from another version"
+            ) from None
+        raise
+    if result.stopped:
+        status: Status = "stopped"
+    elif result.interrupted and not (spec.stop_at is not None and result.step >= spec.stop_at):
+        status = "interrupted"
+    else:
+        status = "finished"
+    return RunOutcome(
+        spec,
+        status,
+        opened.folder,
+        result.step,
+        start_step,
+        result.last_eval,
+        result.best_eval,
+        result.checkpoint,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    return any(frame.name == function for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def _interrupted(spec: RunSpec, opened: _Opened | None, start: float) -> RunOutcome:
+    """A KeyboardInterrupt outside the loop's graceful stop: keep any checkpoint, else leave nothing."""
+    from gymlab import checkpoint, runs
+
+    seconds = time.perf_counter() - start
+    newest = runs.newest_checkpoint(opened.folder) if opened is not None else None
+    if opened is None or newest is None:
+        if opened is not None:
+            opened.abandon()  # created by this call and holds no checkpoint: gone, so a retry works
+        return RunOutcome(spec, "interrupted", seconds=seconds)
+    try:
+        step = int(checkpoint.load(newest)["loop"]["step"])
+    except (GymlabError, KeyError, TypeError):
+        step = 0
+    start_step = int(opened.ckpt["loop"]["step"]) if opened.ckpt is not None else 0
+    return RunOutcome(spec, "interrupted", opened.folder, step, start_step, checkpoint=newest, seconds=seconds)
