@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from gymlab.errors import GymlabError, Interrupted
+
+if TYPE_CHECKING:
+    from gymlab.runner import RunSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -33,10 +37,31 @@ except ImportError:  # pragma: no cover - older typer uses the click package
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 
+EXIT_INTERRUPTED = 130
+#: Longest message printed (longer ones are cut, so a huge value in an error stays one readable line).
+MAX_MESSAGE = 300
+
+
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C or SIGTERM; the message says what was saved and how to continue."""
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def fail(message: str) -> NoReturn:
     """Print one error line and exit with code 2."""
-    print(f"gymlab: error: {message}", file=sys.stderr)
+    print(f"gymlab: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR)
+
+
+def interrupted(message: str) -> NoReturn:
+    """Print one line saying what an interrupt left behind and exit with code 130."""
+    print(f"gymlab: {one_line(message, 2 * MAX_MESSAGE)}", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -48,6 +73,16 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return positional, overrides
 
 
+TrustOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trust",
+        metavar="MODULE",
+        help="import MODULE when a run folder names code from it (module:Class agents, envs, wrappers); repeatable",
+    ),
+]
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     args: Annotated[
@@ -55,69 +90,75 @@ def train(
         typer.Argument(metavar="AGENT ENV [KEY=VALUE ...]", help="agent, env id, then config overrides"),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
-    steps: Annotated[int | None, typer.Option(help="env-step budget (with --resume: total steps to reach)")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="random seed")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="env-step budget (with --resume: total steps to reach)")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="the run folder to create (must not exist)")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="the run folder to create (must not exist); with --resume: a new folder"),
+    ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="continue this run folder (or checkpoint) where it stopped")
+        Path | None,
+        typer.Option(help="continue this run folder from its newest checkpoint (an older checkpoint: with --run-dir)"),
     ] = None,
     seeds: Annotated[
         str | None,
         typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)"),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="with --seeds: runs at once, each in its own process")] = 1,
+    trust: TrustOption = None,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
-    from gymlab import loop, runs
-    from gymlab.agent import load_agent_class
-    from gymlab.config import resolve, validate
-    from gymlab.console import make_progress
+    from gymlab import runs
+    from gymlab.config import resolve
+    from gymlab.runner import RunSpec
 
     positional, overrides = _split_args(args or [])
+    trusted = tuple(trust or ())
     if seeds is not None:
         if resume is not None or seed is not None:
             raise GymlabError("--seeds starts new runs: it does not combine with --seed or --resume")
         _train_seeds(positional, overrides, config, parse_seeds(seeds), workers, steps, device, run_dir)
         return
     if resume is not None:
-        if positional or overrides or config is not None or seed is not None or run_dir is not None:
+        if positional or overrides or config is not None or seed is not None:
             raise GymlabError("--resume continues a run exactly as configured: give only the run folder (and --steps)")
-        cfg, ckpt, ckpt_path = runs.load_run(resume, "last")
-        if device is not None:  # the one thing a resume may change: where it computes
-            cfg = validate({**cfg.to_dict(), "device": device}, load_agent_class(cfg.run.agent).Config)
-        folder = runs.run_dir_of(ckpt_path)
-        until = steps if steps is not None else cfg.run.steps
-        done = int(ckpt["loop"]["step"])
-        if done >= until:
-            raise GymlabError(f"run {folder} already reached step {done:,}; pass --steps N with N > {done:,} to go on")
+        if run_dir is None:
+            spec = RunSpec(run_dir=resume, mode="resume", until=steps, device=device, trust=trusted)
+        else:  # a new run folder starting from this checkpoint; the source folder is not written
+            spec = RunSpec(run_dir=run_dir, mode="new", source=resume, until=steps, device=device, trust=trusted)
+        folder = runs.run_dir_of(resume) if resume.is_file() else resume
+        known = runs.read_config(folder) if folder.is_dir() else None
+        label = f"{known['agent']} on {known['env']} (seed {known.get('seed', 0)})" if known else str(resume)
     else:
         agent, env = [*positional, None, None][:2]
         cfg = resolve(agent, env, config, overrides, seed=seed, steps=steps, device=device)
-        loop.preflight(cfg)
-        folder = runs.create_run_dir(cfg, run_dir)
-        ckpt, until = None, cfg.run.steps
+        spec = RunSpec(config=cfg.to_dict(), run_dir=run_dir, mode="new")
+        label = f"{cfg.run.agent} on {cfg.run.env} (seed {cfg.run.seed})"
+    _train_one(spec, label)
 
-    label = f"{cfg.run.agent} on {cfg.run.env} (seed {cfg.run.seed})"
-    start = time.perf_counter()
-    start_step = int(ckpt["loop"]["step"]) if ckpt is not None else 0
-    try:
-        result = loop.train(cfg, folder, resume=ckpt, until=until, progress=make_progress(label))
-    except KeyboardInterrupt:
-        raise GymlabError(
-            f"interrupted twice: stopped without saving; the last periodic checkpoint is in {folder / 'checkpoints'}"
-        ) from None
-    elapsed = time.perf_counter() - start
-    if result.interrupted:
-        raise GymlabError(
-            f"interrupted at step {result.step:,}: checkpoint saved to {result.checkpoint}; "
-            f"continue with: gymlab train --resume {folder}"
-        )
-    speed = (result.step - start_step) / max(elapsed, 1e-9)
+
+def _train_one(spec: RunSpec, label: str) -> None:
+    """Run one spec through the runner with a progress display; report how it ended."""
+    from gymlab import runner
+    from gymlab.console import make_progress
+
+    outcome = runner.run(spec, progress=make_progress(label))
+    if outcome.status == "interrupted":
+        raise Interrupted(outcome.describe())
+    speed = (outcome.step - outcome.start_step) / max(outcome.seconds, 1e-9)
     evals = (
-        "" if result.last_eval is None else f"; final eval return {result.last_eval:.4g} (best {result.best_eval:.4g})"
+        ""
+        if outcome.last_eval is None
+        else f"; final eval return {outcome.last_eval:.4g} (best {outcome.best_eval:.4g})"
     )
-    print(f"done: {result.step:,} steps in {elapsed:.1f} s ({speed:,.0f} steps/s){evals}; run: {folder}")
+    what = "done" if outcome.status == "finished" else "stopped by its evaluation callback"
+    print(
+        f"{what}: {outcome.step:,} steps in {outcome.seconds:.1f} s ({speed:,.0f} steps/s){evals}; "
+        f"run: {outcome.run_dir}"
+    )
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -145,10 +186,11 @@ def _train_seeds(
     device: str | None,
     run_dir: Path | None,
 ) -> None:
-    """Train one run per seed, ``workers`` at a time in separate processes; one line per finished run."""
-    from gymlab import loop, runs
+    """Train one run per seed, ``workers`` at a time in separate processes; one line per ended run."""
+    from gymlab import loop, report, runs
     from gymlab.config import resolve
-    from gymlab.parallel import Job, JobResult, run_jobs
+    from gymlab.parallel import run_all
+    from gymlab.runner import RunOutcome, RunSpec
 
     agent, env = [*positional, None, None][:2]
     cfgs = [resolve(agent, env, config, overrides, seed=s, steps=steps, device=device) for s in seeds]
@@ -160,33 +202,32 @@ def _train_seeds(
     taken = [str(f) for f in folders if f.exists()]
     if taken:
         raise GymlabError(f"run folders already exist: {', '.join(taken)}; choose a new --run-dir")
-    jobs = [Job(c.to_dict(), f) for c, f in zip(cfgs, folders, strict=True)]
+    specs = [RunSpec(config=c.to_dict(), run_dir=f, tag=s) for s, c, f in zip(seeds, cfgs, folders, strict=True)]
     first = cfgs[0].run
-    print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(jobs))} at a time")
+    print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(specs))} at a time", flush=True)
 
-    def done(r: JobResult) -> None:
-        seed_ = r.job.config["seed"]
-        if r.error is not None:
-            print(f"seed {seed_}: failed: {r.error}")
-        else:
-            ev = "" if r.last_eval is None else f", final eval return {r.last_eval:.4g}"
-            print(f"seed {seed_}: {r.step:,} steps{ev}; run: {r.job.run_dir}")
+    def done(outcome: RunOutcome) -> None:
+        print(f"seed {outcome.spec.tag}: {outcome.describe()}", flush=True)
 
     start = time.perf_counter()
-    results = run_jobs(jobs, workers, on_done=done)
-    evals = [r.last_eval for r in results if r.error is None and r.last_eval is not None]
+    outcomes = run_all(specs, workers, on_done=done)
+    evals = [o.last_eval for o in outcomes if o.ok and o.last_eval is not None]
     if evals:
-        import statistics
-
-        spread = f" ± {statistics.stdev(evals):.4g}" if len(evals) > 1 else ""
-        print(f"final eval return over {len(evals)} seeds: {statistics.mean(evals):.4g}{spread}")
+        print(f"final eval return: {report.mean_ci(evals).text()}")
     elapsed = time.perf_counter() - start
-    print(f"{len(results)} runs in {elapsed:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
-    failed = [r for r in results if r.error is not None]
+    print(f"{len(outcomes)} runs in {elapsed:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
+    stopped = [o for o in outcomes if o.status in ("interrupted", "cancelled")]
+    if stopped:
+        saved = [f"gymlab train --resume {o.run_dir}" for o in stopped if o.checkpoint is not None]
+        unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
+        parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
+        if unstarted:
+            parts.append(f"seeds {', '.join(unstarted)} saved nothing (start them again with --seeds)")
+        raise Interrupted("interrupted: " + "; ".join(parts))
+    failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        failure = failed[0]
         raise GymlabError(
-            f"{len(failed)} of {len(results)} seeds failed (first: seed {failure.job.config['seed']}: {failure.error})"
+            f"{len(failed)} of {len(outcomes)} seeds failed (first: seed {failed[0].spec.tag}: {failed[0].error})"
         )
 
 
@@ -196,15 +237,16 @@ def evaluate(
     episodes: Annotated[int, typer.Option(min=1, help="episodes to play")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
-    seed: Annotated[int | None, typer.Option(help="seed of the evaluation episodes")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="seed of the evaluation episodes")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    trust: TrustOption = None,
 ) -> None:
     """Play the greedy policy of a run's checkpoint; print mean ± std return."""
     from gymlab import loop, registry, runs
 
     if which not in ("last", "best"):
         raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
-    cfg, ckpt, ckpt_path = runs.load_run(run, which)
+    cfg, ckpt, ckpt_path = runs.load_run(run, which, trust or ())
     agent, _, _ = runs.load_policy(cfg, ckpt, device)
     r = cfg.run
     envs = registry.make_vec_env(r.env, 1, r.env_kwargs, r.wrappers, train=False)
@@ -300,11 +342,15 @@ def watch(
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
     which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
-    seed: Annotated[int | None, typer.Option(help="seed of the first episode (then +1 each)")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="seed of the first episode (then +1 each)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    trust: TrustOption = None,
 ) -> None:
     """Play a run's greedy policy in a window (an mp4 without a screen; text for envs without pixels)."""
+    from gymlab import runs
     from gymlab.watch import watch as play
+
+    runs.trust_modules(trust or ())
 
     if which not in ("last", "best"):
         raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
@@ -380,9 +426,14 @@ def sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the command, turning every user error into one line and exit code 2."""
+    """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
-        app(args=argv, prog_name="gymlab", standalone_mode=False)
+        code = app(args=argv, prog_name="gymlab", standalone_mode=False)
+    except Interrupted as exc:
+        interrupted(str(exc))
+    except KeyboardInterrupt:  # outside a command (typer turns one inside a command into code 130)
+        code = EXIT_INTERRUPTED
     except GymlabError as exc:
         fail(str(exc))
     except click_exceptions.NoArgsIsHelpError as exc:
@@ -393,8 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{exc.format_message()} (see {command} --help)")
     except typer.Abort:
         fail("aborted")
-    except Interrupted as exc:  # a signal honoured at a step: what was saved, in one line
-        print(f"gymlab: {exc}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except KeyboardInterrupt:
-        fail("interrupted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == EXIT_INTERRUPTED:  # a Ctrl-C that no command turned into a saved checkpoint
+        interrupted("interrupted: nothing was saved or changed; run the same command again")

@@ -1,91 +1,243 @@
-"""Several runs at once in local worker processes (many seeds, or a sweep's trials).
+"""The one process pool for several runs at once (``train --seeds`` and local sweeps).
 
-Each job is a resolved config and the run folder to create; each runs ``loop.train`` in a
-fresh ``spawn``-ed process (no state shared with the parent, same result as running it alone),
-quietly, with torch's threads divided among the workers. A job that fails is reported with its
-error and does not stop the others. For many machines, use the Ray backend of ``gymlab sweep``.
+Each run is a :class:`~gymlab.runner.RunSpec` executed by :func:`gymlab.runner.execute` in a
+fresh ``spawn``-ed worker process (no state shared with the parent, so the same result as running
+it alone), with torch's threads divided among the workers. A run that fails is reported as its
+outcome and does not stop the others. For many machines, use the Ray backend of ``gymlab sweep``.
+
+Interrupts. Workers run in their own process group and ignore SIGINT, so a Ctrl-C in the
+terminal reaches only the parent. The parent then stops them itself (:meth:`RunPool.stop`): runs
+not started yet are cancelled, and each running worker gets SIGTERM, which the rollout loop turns
+into a stop between two steps with a checkpoint. A second Ctrl-C sends a second SIGTERM (the loop
+then stops at once, keeping its last periodic checkpoint). Every run's outcome says what was
+saved; the parent should run no other child processes while a pool is open, since the stop
+signals every child it has.
+
+A worker that dies (killed, out of memory, a crash in native code) breaks the whole pool, taking
+the other running workers with it; since nobody can tell whose run caused it, each of those runs
+is retried once in a new pool, continuing from its newest checkpoint (``mode="auto"``), and
+reported as failed if its worker dies again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from pathlib import Path
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any
 
-from gymlab.errors import GymlabError
+from gymlab.runner import RunOutcome, RunSpec, execute
+
+_STOP: Any = None  # in a worker: the pool's stop event (a multiprocessing.Event)
 
 
-@dataclass(frozen=True)
-class Job:
-    """One run to do: its resolved config (as plain data) and the run folder to create."""
-
-    config: dict[str, Any]
-    run_dir: Path
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """How a job ended: its run folder, final evaluation, or the error that stopped it."""
-
-    job: Job
-    step: int = 0
-    last_eval: float | None = None
-    best_eval: float | None = None
-    interrupted: bool = False
-    error: str | None = None
+def _worker_init(stop: Any) -> None:
+    """Leave the terminal's process group, ignore SIGINT, and ignore SIGTERM while idle."""
+    global _STOP
+    _STOP = stop
+    with contextlib.suppress(OSError):
+        os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def run_job(job: Job, threads: int = 1) -> JobResult:
-    """Create the job's run folder and train it to the end (runs in a worker process)."""
-    import torch
-
-    from gymlab import loop, runs
-    from gymlab.agent import load_agent_class
-    from gymlab.config import validate
-
-    torch.set_num_threads(threads)
+def _work(spec: RunSpec) -> RunOutcome:
+    """Run one spec in a worker unless the pool is stopping (SIGTERM interrupts it only while it runs)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        cls = load_agent_class(job.config["agent"])
-        config = validate(job.config, cls.Config, source=str(job.run_dir))
-        loop.preflight(config)
-        folder = runs.create_run_dir(config, job.run_dir)
-        result = loop.train(config, folder)
-    except GymlabError as exc:
-        return JobResult(job, error=str(exc))
-    except Exception as exc:  # a crashing job is reported, never allowed to stop the others
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        return JobResult(job, error=f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})")
-    return JobResult(job, result.step, result.last_eval, result.best_eval, result.interrupted)
+        if _STOP is not None and _STOP.is_set():
+            return RunOutcome(spec, "cancelled")
+        return execute(spec)
+    except KeyboardInterrupt:  # SIGTERM between execute's own handling and here
+        return RunOutcome(spec, "cancelled")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, on_done: Callable[[JobResult], None] | None = None) -> list[JobResult]:
-    """Run jobs in up to ``workers`` processes; results come back in the jobs' order."""
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            results.append(run_job(job, threads=torch_threads(1)))
-            if on_done is not None:
-                on_done(results[-1])
-        return results
-    threads = torch_threads(workers)
-    by_job: dict[int, JobResult] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_job, job, threads): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
+class RunPool:
+    """Up to ``workers`` runs at once in spawned worker processes.
+
+    Use it as a context manager (leaving it on an exception, Ctrl-C included, stops the workers
+    gracefully). ``submit`` queues a run; ``wait`` blocks until at least one run ends and returns
+    every ended one (dead workers' runs are resubmitted once, not returned); ``stop`` ends
+    everything gracefully and returns the outcomes of the runs that were still open.
+    """
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        self.workers = max(1, workers)
+        self.threads = threads if threads is not None else torch_threads(self.workers)
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._pool = self._new_pool()
+        self._running: dict[Future[RunOutcome], RunSpec] = {}
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=self._context, initializer=_worker_init, initargs=(self._stop,)
+        )
+
+    def __len__(self) -> int:
+        """Runs submitted whose outcome has not been returned yet."""
+        return len(self._running)
+
+    def submit(self, spec: RunSpec) -> None:
+        """Queue a run (with this pool's torch threads unless the spec sets its own)."""
+        if spec.threads is None:
+            spec = replace(spec, threads=self.threads)
+        try:
+            future = self._pool.submit(_work, spec)
+        except BrokenProcessPool:
+            self._renew()
+            future = self._pool.submit(_work, spec)
+        self._running[future] = spec
+
+    def wait(self, timeout: float | None = None) -> list[RunOutcome]:
+        """Block until a run ends (or ``timeout`` seconds pass); return every ended run's outcome."""
+        if not self._running:
+            return []
+        done, _ = wait(list(self._running), timeout=timeout, return_when=FIRST_COMPLETED)
+        outcomes: list[RunOutcome] = []
+        lost: list[RunSpec] = []
+        for future in done:
+            spec = self._running.pop(future)
             try:
-                by_job[i] = future.result()
-            except Exception as exc:  # the worker process itself died
-                by_job[i] = JobResult(jobs[i], error=f"worker died: {type(exc).__name__}: {exc}")
-            if on_done is not None:
-                on_done(by_job[i])
-    return [by_job[i] for i in range(len(jobs))]
+                outcomes.append(future.result())
+            except BrokenProcessPool:
+                lost.append(spec)
+            except Exception as exc:  # e.g. the spec could not be pickled
+                outcomes.append(RunOutcome(spec, "failed", spec.run_dir, error=f"worker failed: {exc!r}"))
+        if lost:
+            lost += self._running.values()  # the broken pool took every running worker with it
+            self._running.clear()
+            self._renew()
+            for spec in lost:
+                if spec.attempt >= 2:
+                    error = "its worker process died twice (killed, out of memory, or a crash in native code)"
+                    outcomes.append(RunOutcome(spec, "failed", spec.run_dir, error=error))
+                else:
+                    self.submit(retry_spec(spec))
+        return outcomes
+
+    def stop(self) -> list[RunOutcome]:
+        """Stop every run gracefully (each saves a checkpoint) and return their outcomes.
+
+        Runs not started are ``cancelled``. A Ctrl-C while waiting signals the workers again (the
+        loop then stops at once, keeping its last periodic checkpoint); a third kills them.
+        """
+        self._stop.set()
+        outcomes = [RunOutcome(spec, "cancelled") for future, spec in self._running.items() if future.cancel()]
+        self._running = {f: s for f, s in self._running.items() if not f.cancelled()}
+        for attempt in range(3):
+            self._signal(signal.SIGTERM if attempt < 2 else signal.SIGKILL)
+            try:
+                while self._running:
+                    done, _ = wait(list(self._running))
+                    for future in done:
+                        spec = self._running.pop(future)
+                        try:
+                            outcomes.append(future.result())
+                        except BrokenProcessPool:
+                            outcomes.append(_lost(spec))
+                break
+            except KeyboardInterrupt:
+                continue
+        outcomes += [_lost(spec) for spec in self._running.values()]
+        self._running.clear()
+        self.close()
+        return outcomes
+
+    def _signal(self, signum: int) -> None:
+        for child in multiprocessing.active_children():
+            if child.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(child.pid, signum)
+
+    def _renew(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def close(self) -> None:
+        """Release the workers (after their current runs end)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> RunPool:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.stop()
+
+
+def _lost(spec: RunSpec) -> RunOutcome:
+    return RunOutcome(spec, "interrupted", spec.run_dir, error="its worker was stopped before it reported")
+
+
+def retry_spec(spec: RunSpec) -> RunSpec:
+    """The spec to retry after its worker died: continue the folder from its newest checkpoint, if any."""
+    mode = "auto" if spec.run_dir is not None and spec.mode == "new" and spec.source is None else spec.mode
+    return replace(spec, mode=mode, attempt=spec.attempt + 1)
+
+
+def run_all(
+    specs: Sequence[RunSpec], workers: int, on_done: Callable[[RunOutcome], None] | None = None
+) -> list[RunOutcome]:
+    """Run every spec, ``workers`` at a time; outcomes come back in the specs' order.
+
+    With one worker the runs go one after another in this process. On Ctrl-C (or SIGTERM, which
+    the CLI turns into one) the runs stop gracefully: the outcomes then say which were
+    ``interrupted`` (and what each saved) and which were ``cancelled`` before they started.
+    """
+    if workers <= 1 or len(specs) <= 1:
+        return _run_here(specs, on_done)
+    outcomes: dict[int, RunOutcome] = {}
+    pool = RunPool(workers)
+    try:
+        for i, spec in enumerate(specs):
+            pool.submit(replace(spec, tag=(i, spec.tag)))  # the index finds the spec's place again
+        while len(pool):
+            for outcome in pool.wait():
+                _collect(outcome, outcomes, on_done)
+    except KeyboardInterrupt:
+        for outcome in pool.stop():
+            _collect(outcome, outcomes, on_done)
+    finally:
+        pool.close()
+    return [_untag(outcomes[i]) if i in outcomes else RunOutcome(s, "cancelled") for i, s in enumerate(specs)]
+
+
+def _collect(outcome: RunOutcome, into: dict[int, RunOutcome], on_done: Callable[[RunOutcome], None] | None) -> None:
+    i = outcome.spec.tag[0]
+    into[i] = outcome
+    if on_done is not None:
+        on_done(_untag(outcome))
+
+
+def _untag(outcome: RunOutcome) -> RunOutcome:
+    tag = outcome.spec.tag
+    if isinstance(tag, tuple) and len(tag) == 2 and isinstance(tag[0], int):
+        return replace(outcome, spec=replace(outcome.spec, tag=tag[1]))
+    return outcome
+
+
+def _run_here(specs: Iterable[RunSpec], on_done: Callable[[RunOutcome], None] | None) -> list[RunOutcome]:
+    """One run after another in this process; after an interrupt the rest are cancelled."""
+    outcomes: list[RunOutcome] = []
+    for spec in specs:
+        if outcomes and outcomes[-1].status in ("interrupted", "cancelled"):
+            outcome = RunOutcome(spec, "cancelled")
+        else:
+            outcome = execute(replace(spec, threads=spec.threads or 1))
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return outcomes
 
 
 def torch_threads(workers: int) -> int:

@@ -22,6 +22,16 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def assert_interrupted(proc, *fragments):
+    """Exit 130 and one line on stderr saying what was saved and how to continue."""
+    assert proc.returncode == 130, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gymlab: ") and "Traceback" not in proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def test_train_then_eval_then_list(cli, tmp_path):
     proc = cli("train", "tabular_q", "FrozenLake-v1", "--steps", "3000", "--seed", "1", "eval_episodes=20")
     assert proc.returncode == 0, proc.stderr
@@ -153,7 +163,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert_one_line_error(
+    assert_interrupted(
         subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
         "interrupted at step",
         "gymlab train --resume r",

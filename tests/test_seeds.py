@@ -14,7 +14,8 @@ from gymlab.cli import parse_seeds
 from gymlab.config import validate
 from gymlab.errors import GymlabError
 from gymlab.loop import train
-from gymlab.parallel import Job, run_jobs
+from gymlab.parallel import run_all
+from gymlab.runner import RunSpec
 
 CONFIG = {
     "agent": "tabular_q",
@@ -50,21 +51,21 @@ def assert_complete(folder, seed):
 
 def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
     seeds = [0, 1, 2]
-    jobs = [Job({**CONFIG, "seed": s}, tmp_path / "parallel" / f"s{s}") for s in seeds]
-    results = run_jobs(jobs, workers=2)
-    assert [r.error for r in results] == [None] * 3
+    specs = [RunSpec({**CONFIG, "seed": s}, tmp_path / "parallel" / f"s{s}", tag=s) for s in seeds]
+    results = run_all(specs, workers=2)
+    assert [(r.status, r.error, r.spec.tag) for r in results] == [("finished", None, s) for s in seeds]
 
     cls = load_agent_class("tabular_q")
     for seed, result in zip(seeds, results, strict=True):
-        assert_complete(result.job.run_dir, seed)
+        assert_complete(result.run_dir, seed)
         config = validate({**CONFIG, "seed": seed}, cls.Config)
         alone = train(config, runs.create_run_dir(config, tmp_path / "alone" / f"s{seed}"))
         assert (result.step, result.last_eval, result.best_eval) == (alone.step, alone.last_eval, alone.best_eval)
-        q_parallel = checkpoint.load(result.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
+        q_parallel = checkpoint.load(result.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
         q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["policy"]["q"]
         np.testing.assert_array_equal(q_parallel, q_alone)
     # Different seeds really are different runs.
-    tables = [checkpoint.load(r.job.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for r in results]
+    tables = [checkpoint.load(r.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for r in results]
     assert not np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[1], tables[2])
 
 
@@ -93,7 +94,7 @@ def test_cli_seeds_with_run_dir_make_one_folder_per_seed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for seed in (0, 1):
         assert_complete(tmp_path / "many" / f"s{seed}", seed)
-        assert f"seed {seed}: 2,000 steps" in proc.stdout
+        assert f"seed {seed}: done: 2,000 steps" in proc.stdout
     assert "compare them: gymlab compare many" in proc.stdout
     # Running it again would overwrite: refused before anything starts.
     again = gymlab(*args, cwd=tmp_path)
