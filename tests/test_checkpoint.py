@@ -41,7 +41,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(GymlabError, match="cannot write checkpoint .*disk full; the previous checkpoint is kept"):
+    with pytest.raises(GymlabError, match=r"cannot write checkpoint .*disk full; the previous checkpoint is kept"):
         checkpoint.save(path, {"agent": "a", "step": 2})
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
