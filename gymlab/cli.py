@@ -6,13 +6,15 @@ Every user-facing problem is a :class:`~gymlab.errors.GymlabError`, printed here
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -42,8 +44,28 @@ EXIT_INTERRUPTED = 130
 MAX_MESSAGE = 300
 
 
-class Interrupted(Exception):
+class _Stopped(Exception):
     """A command stopped by Ctrl-C or SIGTERM; the message says what was saved and how to continue."""
+
+
+#: What a plain interrupt (no message of its own) left behind: nothing.
+NOTHING_SAVED = "interrupted: nothing was saved or changed; run the same command again"
+
+
+def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Let an interrupt inside ``command`` reach :func:`main` with its message (typer turns it into a bare 130)."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Interrupted as exc:
+            raise _Stopped(str(exc) or NOTHING_SAVED) from None
+        except KeyboardInterrupt:
+            raise _Stopped(NOTHING_SAVED) from None
+
+    guarded.__gymlab_guarded__ = True  # type: ignore[attr-defined]
+    return guarded
 
 
 def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -426,13 +448,20 @@ def sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130."""
+    """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
+
+    Every registered command (whoever added it) is wrapped by :func:`_guard`, so an interrupt
+    anywhere, start-up included, prints what was saved instead of exiting silently.
+    """
+    for info in app.registered_commands:
+        if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
+            info.callback = _guard(info.callback)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
         code = app(args=argv, prog_name="gymlab", standalone_mode=False)
-    except Interrupted as exc:
+    except _Stopped as exc:
         interrupted(str(exc))
-    except KeyboardInterrupt:  # outside a command (typer turns one inside a command into code 130)
+    except KeyboardInterrupt:  # outside any command (parsing the command line)
         code = EXIT_INTERRUPTED
     except GymlabError as exc:
         fail(str(exc))
@@ -446,5 +475,5 @@ def main(argv: list[str] | None = None) -> None:
         fail("aborted")
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if code == EXIT_INTERRUPTED:  # a Ctrl-C that no command turned into a saved checkpoint
-        interrupted("interrupted: nothing was saved or changed; run the same command again")
+    if code == EXIT_INTERRUPTED:
+        interrupted(NOTHING_SAVED)
