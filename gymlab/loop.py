@@ -571,7 +571,14 @@ class _Trainer:
             obs = self.obs = next_obs
             state.step += n
             for key, value in agent.update(state.step).items():
-                if value - value:  # NaN or infinite (x - x is 0 for every finite number)
+                try:
+                    bad = value - value  # NaN for NaN or infinity; 0 for every finite number
+                except TypeError:
+                    raise GymlabError(
+                        f"agent '{self.config.run.agent}': update() returned train/{key} = {value!r}, not a number "
+                        "(text goes through ctx.text)"
+                    ) from None
+                if bad:
                     raise _NonFinite(f"train/{key} is {value} (reported by the agent's update)")
                 window.add(f"train/{key}", value)
             if state.step >= next_due:

@@ -338,6 +338,8 @@ class Diverging(Scripted):
     def update(self, step):
         if self.fault == "nan_param" and step >= self.at:
             self.w = torch.full((1,), math.nan)
+        if self.fault == "text_metric" and step == self.at:
+            return {"loss": "diverged"}
         return {"loss": math.nan if self.fault == "nan_loss" and step == self.at else 0.5}
 
     def state_dict(self):
@@ -425,6 +427,21 @@ def test_a_nan_parameter_before_the_first_checkpoint_says_none_was_written(tmp_p
     with pytest.raises(GymlabError, match=r"step 20: .* nan in policy.w .*; no checkpoint had been written yet"):
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_metric_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    cfg = validate(
+        {
+            "agent": f"{__name__}:Diverging",
+            "env": f"{__name__}:Faulty",
+            "steps": 50,
+            "eval_every": 0,
+            "hparams": {"fault": "text_metric", "at": 5},
+        },
+        FaultConfig,
+    )
+    with pytest.raises(GymlabError, match=r"update\(\) returned train/loss = 'diverged', not a number"):
+        train(cfg, tmp_path)
 
 
 # --- interrupts ----------------------------------------------------------------------------------
