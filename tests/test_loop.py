@@ -522,6 +522,36 @@ def test_a_signal_during_an_evaluation_or_a_video_stops_the_run_with_a_checkpoin
         assert [e.step for e in acc.Scalars("eval/return_mean")] == [40, 80, 100]
 
 
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_real_signal_stops_gymlab_train_while_it_evaluates_a_policy_stuck_against_a_wall(tmp_path, sig):
+    """Issue 11's reproduction: CliffWalking has no time limit and an untrained greedy policy walks into the
+    wall for good, so the evaluation at step 500 would last its whole cap (here 10^9 steps); a signal
+    must stop it at its next step."""
+    import subprocess
+    import sys
+    import time
+
+    args = ["tabular_q", "CliffWalking-v1", "--run-dir", "r", "--steps", "1000", "learning_rate=1e-9"]
+    keys = ["eval_every=500", "eval_episodes=1", "eval_max_steps=1000000000", "checkpoint_every=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", "train", *args, *keys],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores SIGINT
+    )
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "r").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # start-up is over: the 500 training steps take milliseconds, the evaluation hours
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (2, 130) and err.count("\n") == 1 and "interrupted at step 500" in err, err
+    assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"] == 500
+    assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
+
+
 class SignalOnInit(Corridor):
     """Sends itself a signal while it is built, as a Ctrl-C during start-up would arrive."""
 
