@@ -343,7 +343,7 @@ def read_config(run: Path) -> dict[str, Any]:
     """
     path = run / CONFIG_FILE
     if path.is_file():
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path, "run file")  # one line for a non-UTF-8, oversized or alias-bomb file
         if isinstance(data, dict):
             return data
     return {"agent": run.parent.name, "env": run.parent.parent.name}

@@ -186,3 +186,12 @@ def test_bad_config_input_on_the_command_line(cli, tmp_path, case):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gymlab: error: ") and fragment in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_file_that_is_not_utf8_is_named(cli, tmp_path):
+    train = cli("train", "tabular_q", "FrozenLake-v1", "--steps", "200", "eval_every=100", "--run-dir", "r")
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "r" / "config.yaml").write_bytes(b"agent: tabular_q\n# \xff\n")
+    proc = cli("compare", "r", "--out", "c.png", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith("gymlab: error: run file r/config.yaml is not UTF-8 text")
