@@ -552,6 +552,27 @@ def test_a_real_signal_stops_gymlab_train_while_it_evaluates_a_policy_stuck_agai
     assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
 
 
+class DoubleSignaller(Signaller):
+    """Sends itself SIGINT twice at its first greedy action, as an impatient user pressing Ctrl-C twice."""
+
+    def act(self, obs, explore):
+        if not explore and not Signaller.sent:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().act(obs, explore)
+
+
+def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling):
+    Signaller.sent = False
+    cfg = validate(
+        {"agent": f"{__name__}:DoubleSignaller", "env": f"{__name__}:Corridor", "steps": 100, "eval_every": 40},
+        SignalConfig,
+    )
+    with pytest.raises(KeyboardInterrupt):  # not the flag: the evaluation does not get to its next step
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is no_default_signal_handling
+
+
 class SignalOnInit(Corridor):
     """Sends itself a signal while it is built, as a Ctrl-C during start-up would arrive."""
 
