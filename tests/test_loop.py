@@ -304,6 +304,8 @@ class Faulty(gym.Env):
             if self.fault == "shape":
                 obs = np.zeros(3, np.float32)
             reward = {"nan_reward": math.nan, "inf_reward": math.inf}.get(self.fault, reward)
+        if self.fault == "dtype" and self.n >= self.at:  # from step ``at`` on: booleans, not float32
+            obs = np.zeros(2, bool)
         return obs, reward, self.t == 7, False, {}
 
 
@@ -369,6 +371,13 @@ AGENT_FAULT = r"step {step}: {what}; "
             "shape",
             "",
             ENV_CALL.format(what=re.escape("step() returned an observation of shape (3,), the space says (2,)")),
+        ),
+        (  # stored into the float batch it passes unnoticed; the full check at the episode's end (35) catches it
+            "dtype",
+            "",
+            ENV_CALL.replace("step 30", "step 35").format(
+                what=re.escape("step() returned an observation of dtype bool, the space says float32")
+            ),
         ),
         (
             "",
