@@ -20,7 +20,6 @@ as ``module:Class`` for a user's own agent.
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
@@ -181,10 +180,9 @@ def load_agent_class(name: str) -> AgentClass:
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(AGENTS)}"
         raise GymlabError(f"unknown agent '{name}': {hint} (or give your own as module:Class; see `gymlab list`)")
     module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise GymlabError(f"agent '{name}': cannot import '{module_name}' ({exc}); is it installed?") from None
+    from gymlab.registry import import_module  # local: the registry imports the config, which imports this module
+
+    module = import_module(module_name, f"agent '{name}'")  # whatever the module raises is one line
     cls = getattr(module, attr, None)
     if cls is None:
         raise GymlabError(f"agent '{name}': module '{module_name}' has no attribute '{attr}'")

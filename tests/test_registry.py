@@ -145,6 +145,12 @@ CLI_CASES = {
         "its constructor raised OSError: device busy",
     ),
     "import-raises": ("", ["train", "tabular_q", "user_env:Grid"], "1 / 0", "raised ZeroDivisionError"),
+    "agent-import-raises": (
+        "",
+        ["train", "user_env:Agent", "CartPole-v1"],
+        "raise ImportError('needs jax')",
+        "agent 'user_env:Agent': importing 'user_env' raised ImportError: needs jax",
+    ),
 }
 
 
