@@ -263,14 +263,75 @@ def read_frames(path: Path) -> np.ndarray:
     return np.asarray(iio.imread(str(path), plugin="FFMPEG"))
 
 
+#: Frames of a recorded episode held in memory (about 0.7 GB of CartPole's 400x600 frames); past
+#: them the episode streams to the encoder as it is played, so a long one (up to eval_max_steps)
+#: never holds all its frames at once.
+BUFFERED_FRAMES = 1000
+#: Frames a streamed episode keeps for its TensorBoard GIF (every k-th, k doubling as it grows;
+#: ``gif_bytes`` thins them further).
+GIF_SAMPLE = 240
+
+
+class _FrameStream:
+    """Frames on their way to one mp4, encoded in the recorder's thread as they arrive (bounded queue)."""
+
+    _END, _ABORT = object(), object()
+
+    def __init__(self, path: Path, fps: int, step: int, logger: RunLogger) -> None:
+        import queue
+
+        self.path, self.fps, self.step, self.logger = path, fps, step, logger
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self.future: Any = None  # the encoding task, set when it is submitted
+
+    def put(self, item: Any) -> None:
+        """Queue a frame (or an end marker), waiting while the encoder is behind; raise if it failed."""
+        import queue
+
+        while True:
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.future is not None and self.future.done():
+                    self.future.result()  # re-raises the encoder's failure
+                    return
+
+    def run(self) -> Path:
+        """The encoding task: mp4 frame by frame, then the GIF of a thinned sample (deleted if aborted)."""
+        writer = Mp4Writer(self.path, self.fps)
+        sample: list[np.ndarray] = []
+        stride, index = 1, 0
+        try:
+            while True:
+                item = self.queue.get()
+                if item is self._END or item is self._ABORT:
+                    break
+                writer.append(item)
+                if index % stride == 0:
+                    sample.append(item)
+                    if len(sample) > GIF_SAMPLE:
+                        sample, stride = sample[::2], stride * 2
+                index += 1
+        finally:
+            writer.close()
+        if item is self._ABORT:
+            self.path.unlink(missing_ok=True)
+            return self.path
+        self.logger.video("eval/video", sample, self.step, self.fps / stride)
+        return self.path
+
+
 class EpisodeRecorder:
     """The loop's video hook: every ``video_every`` steps, one greedy episode to mp4 and TensorBoard.
 
     It owns a separate single env with ``render_mode="rgb_array"``, built on first use. The
     episode is played (and rendered) in the training thread, where the agent lives; encoding the
     mp4 and the TensorBoard GIF happens in one background thread (ffmpeg in its own process), so
-    training goes on meanwhile. For an env with no pixels (e.g. token generation) it records the
-    episode's text render instead, as ``videos/step-N.txt`` and a TensorBoard text entry.
+    training goes on meanwhile. An episode longer than :data:`BUFFERED_FRAMES` streams its frames
+    to that thread as it is played, so memory stays bounded. For an env with no pixels (e.g. token
+    generation) it records the episode's text render instead, as ``videos/step-N.txt`` and a
+    TensorBoard text entry.
     """
 
     def __init__(self, config: Config, run_dir: Path, logger: RunLogger) -> None:
@@ -305,22 +366,66 @@ class EpisodeRecorder:
         """
         if self._env is None:
             self._env = self._make_env()
+        stem = f"step-{step:09d}"
+        if self._mode == "rgb_array":
+            return self._record_pixels(agent, self.folder / f"{stem}.mp4", step, seed, max_steps, stop, on_capped)
         episode = play_episode(self._env, agent, seed, record=self._mode, max_steps=max_steps, stop=stop)
         if episode.capped and on_capped is not None:
             on_capped(episode.length, episode.ret)
-        stem = f"step-{step:09d}"
-        if self._mode == "rgb_array" and episode.frames:
-            fps = frame_fps(self._env)
-            path = self.folder / f"{stem}.mp4"
-            self._collect(wait=False)
-            self._pending.append(self._encoder.submit(self._encode, path, episode.frames, step, fps))
-            return path
         text = episode.texts[-1] if episode.texts else f"actions: {episode.actions}"
         text = f"return {episode.ret:.4g}, length {episode.length}\n{text}"
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{stem}.txt"
         path.write_text(text + "\n")
         self.logger.text("eval/sample", f"```\n{text}\n```", step)
+        return path
+
+    def _record_pixels(
+        self,
+        agent: Agent,
+        path: Path,
+        step: int,
+        seed: int,
+        max_steps: int | None,
+        stop: threading.Event | None,
+        on_capped: Callable[[int, float], None] | None,
+    ) -> Path | None:
+        """Play one episode rendering each step; frames go to the encoder in one piece, or streamed when many."""
+        env = self._env
+        assert env is not None
+        fps = frame_fps(env)
+        frames: list[np.ndarray] = []  # (H, W, 3) uint8 each
+        stream: _FrameStream | None = None
+        last: Step | None = None
+        try:
+            for played in play_steps(env, greedy_policy(agent, env), seed, max_steps=max_steps, stop=stop):
+                last = played
+                frame = np.asarray(env.render(), dtype=np.uint8)
+                if stream is not None:
+                    stream.put(frame)
+                    continue
+                frames.append(frame)
+                if len(frames) > BUFFERED_FRAMES:  # a long episode: stream it
+                    stream = _FrameStream(path, fps, step, self.logger)
+                    self._collect(wait=False)
+                    stream.future = self._encoder.submit(stream.run)
+                    self._pending.append(stream.future)
+                    for buffered in frames:
+                        stream.put(buffered)
+                    frames = []
+        except BaseException:
+            if stream is not None:
+                stream.put(_FrameStream._ABORT)  # an interrupted (or failed) episode leaves no file
+            raise
+        if last is None:
+            return None
+        if last.capped and on_capped is not None:
+            on_capped(last.index, last.total)
+        if stream is not None:
+            stream.put(_FrameStream._END)
+            return path
+        self._collect(wait=False)
+        self._pending.append(self._encoder.submit(self._encode, path, frames, step, fps))
         return path
 
     def _encode(self, path: Path, frames: list[np.ndarray], step: int, fps: int) -> Path:

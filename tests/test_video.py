@@ -145,8 +145,10 @@ def test_play_episode_frames_match_the_episode_length():
     assert episode.ret == episode.length  # CartPole pays 1 per step
 
 
-def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("buffered", [video.BUFFERED_FRAMES, 2], ids=["in-one-piece", "streamed"])
+def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch, buffered):
     monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", float("inf"))  # no time budget: every due point
+    monkeypatch.setattr(video, "BUFFERED_FRAMES", buffered)  # 2: episodes past 2 frames stream to the encoder
     config = make_config(video_every=1000)
     folder = runs.create_run_dir(config, tmp_path / "run")
     train(config, folder)
@@ -236,3 +238,30 @@ def test_play_episode_cuts_an_episode_only_where_the_env_has_no_time_limit(env_i
     episode = video.play_episode(env, cast(Agent, Ones()), seed=0, record="ansi", max_steps=max_steps)
     env.close()
     assert (episode.length, episode.capped, len(episode.texts)) == (length, capped, length)
+
+
+def test_an_interrupted_streamed_video_leaves_no_file(tmp_path, monkeypatch):
+    """A signal in the middle of a long (streamed) video episode: the run stops, the partial mp4 is deleted."""
+    import os
+    import signal
+
+    monkeypatch.setattr(video, "BUFFERED_FRAMES", 2)
+    greedy = video.greedy_policy
+
+    def signalling_policy(agent, env):
+        act, calls = greedy(agent, env), [0]
+
+        def policy(obs):
+            calls[0] += 1
+            if calls[0] == 5:  # the 5th step of the first video: 3 frames already streamed
+                os.kill(os.getpid(), signal.SIGINT)
+            return act(obs)
+
+        return policy
+
+    monkeypatch.setattr(video, "greedy_policy", signalling_policy)
+    config = make_config(video_every=1000)
+    folder = runs.create_run_dir(config, tmp_path / "run")
+    result = train(config, folder)
+    assert result.interrupted and result.step == 1000
+    assert list((folder / "videos").glob("*.mp4")) == []
