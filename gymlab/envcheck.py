@@ -45,7 +45,7 @@ DETERMINISM_STEPS = 100
 #: Built-in agents that accept any spaces but learn nothing: their fit alone is no reason to pass.
 BASELINES = ("random",)
 #: Longest detail kept per verdict.
-MAX_DETAIL = 300
+MAX_DETAIL = 400
 
 
 @dataclass(frozen=True)
@@ -276,20 +276,24 @@ class EnvChecker:
                 return Verdict("time limit", PASS, f"episodes are truncated at {limit:,} steps")
             _reset(env, seed=self.seed)
             env.action_space.seed(self.seed)
+            length = longest = ended = 0
             for step in range(1, self.steps + 1):
                 _, _, terminated, truncated = _step(env, env.action_space.sample())
+                length += 1
                 if truncated:
                     return Verdict("time limit", PASS, f"the env truncates episodes itself (seen at step {step:,})")
                 if terminated:
+                    longest, ended, length = max(longest, length), ended + 1, 0
                     _reset(env)
         finally:
             _close(env)
+        seen = f" ({ended} random episodes ended by themselves, the longest after {longest:,} steps)" if ended else ""
         return Verdict(
             "time limit",
             WARN,
-            f"none: evaluation episodes stop at the run key eval_max_steps ({_eval_max_steps_default():,} by "
-            "default); register the env "
-            "with max_episode_steps or wrap it in gymnasium.wrappers.TimeLimit to end them sooner",
+            f"none registered{seen}; evaluation cuts an episode that never ends at the run key eval_max_steps "
+            f"({_eval_max_steps_default():,} by default); register the env with max_episode_steps or wrap it in "
+            "gymnasium.wrappers.TimeLimit",
         )
 
     def determinism(self) -> Verdict:

@@ -141,7 +141,12 @@ CASES = {
             "agents": (PASS, "dqn, reinforce, random support its spaces (not tabular_q, seqgan)"),
         },
     ),
-    "no-time-limit": ("test_check:Walk", {}, {"time limit": (WARN, "eval_max_steps"), "determinism": (PASS, "")}),
+    "no-time-limit": ("test_check:Walk", {"length": 1000}, {"time limit": (WARN, "none registered; evaluation cuts")}),
+    "no-time-limit-but-episodes-end": (
+        "test_check:Walk",
+        {},
+        {"time limit": (WARN, "random episodes ended by themselves"), "determinism": (PASS, "")},
+    ),
     "self-truncating": ("test_check:SelfTruncating", {}, {"time limit": (PASS, "truncates episodes itself")}),
     "unseeded-reset": ("test_check:UnseededReset", {}, {"determinism": (FAIL, "reset(seed=0) gave two different")}),
     "unseeded-step": ("test_check:UnseededStep", {}, {"determinism": (FAIL, "step 1 after reset(seed=0)")}),
