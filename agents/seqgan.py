@@ -19,18 +19,19 @@ The schedule of the paper's synthetic experiment:
    generated in the env, then ``d_steps`` rounds of D training on fresh negatives
    (``d_epochs`` epochs each); the rollout policy moves towards G at rate ``1 − rollout_update_rate``.
 
-How it meets the loop: the loop steps the batched env one token at a time, so one batch of N
-sequences (N = ``num_envs``, the paper's 64) takes T loop steps, i.e. N·T env steps (tokens).
-Pre-training happens inside ``update``: each call in those phases runs one MLE epoch or one D
-round (the tokens the loop generates meanwhile are ignored). In the adversarial phase ``update``
-waits for a batch that was generated entirely by the current G, computes the MC action values
-with its own D (the env's terminal reward, the oracle's log-likelihood, is not the training
-signal: it only lets the loop log NLL-oracle as episode returns), and runs the g-step and d-steps.
-:func:`steps_for` gives the env-step budget of a schedule. The greedy evaluation the loop runs
-generates the argmax sequence; its return is minus its NLL-oracle (harmless, and a quick check).
+How it meets the loop: steps 1 and 2 need no env, so they are the agent's offline phases
+(``phases``/``run_phase``: one MLE epoch or one D round per iteration), which the loop runs,
+shows, logs and checkpoints before the first env step. Then the loop steps the batched env one
+token at a time: one batch of N sequences (N = ``num_envs``, the paper's 64) takes T loop steps,
+i.e. N·T env steps (tokens), and ``update`` runs one g-step per finished batch, computing the MC
+action values with its own D (the env's terminal reward, the oracle's log-likelihood, is not the
+training signal: it only lets the loop log NLL-oracle as episode returns), and the d-steps after
+the epoch's g-steps. So ``steps`` = adversarial epochs × ``g_steps`` × N·T. The greedy evaluation
+the loop runs generates the argmax sequence; its return is minus its NLL-oracle (a quick check).
 
-Real data and NLL-oracle come from the agent's own copy of the oracle, built from
-``oracle_seed`` like the env's; the first finished batch checks the two agree.
+The oracle is configured once, in the env's ``env_kwargs`` (``oracle_seed``,
+``oracle_embedding_dim``, ``oracle_hidden_dim``); the agent reads them from its context and
+builds the same oracle for its real data and its NLL-oracle measurements.
 
 A caution, measured in this lab (benchmarks/README.md): without a baseline (the paper's update)
 every Q is positive, and reinforcing the generator's own samples sharpens it. That alone lowers
@@ -41,7 +42,6 @@ no gradient at all), so what remains is the discriminator's doing; the learning 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -49,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence, sample_dataset, sample_tokens
+from gymlab.envs.seqgen import oracle_settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -66,10 +67,7 @@ class SeqGANConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # The oracle and its data (the env builds the same oracle from its own env_kwargs).
-    oracle_seed: int = Field(0, ge=0, description="seed of the oracle's N(0,1) parameters; = env_kwargs.oracle_seed")
-    oracle_embedding_dim: int = Field(32, ge=1, description="oracle embedding size; = env_kwargs.oracle_embedding_dim")
-    oracle_hidden_dim: int = Field(32, ge=1, description="oracle LSTM size; = env_kwargs.oracle_hidden_dim")
+    # The oracle's data (the oracle itself is the env's: env_kwargs oracle_seed/_embedding_dim/_hidden_dim).
     num_real: int = Field(10_000, ge=1, description="real sequences sampled from the oracle")
     data_seed: int = Field(0, ge=0, description="seed of the real-data sample")
     # Generator.
@@ -104,7 +102,9 @@ class SeqGANConfig(BaseModel):
     # Reporting.
     nll_samples: int = Field(10_000, ge=1, description="generated sequences scored for each NLL-oracle")
     nll_every: int = Field(5, ge=1, description="MLE / adversarial epochs between NLL-oracle measurements")
-    text_samples: int = Field(3, ge=0, description="sample sequences logged as text per adversarial epoch")
+    text_samples: int = Field(
+        3, ge=0, description="sample sequences shown as text at each adversarial NLL-oracle measurement"
+    )
 
     @model_validator(mode="after")
     def _filters_match(self) -> SeqGANConfig:
@@ -113,17 +113,6 @@ class SeqGANConfig(BaseModel):
         if min(self.filter_sizes) < 1 or min(self.num_filters) < 1:
             raise ValueError("filter sizes and counts must be positive")
         return self
-
-
-def steps_for(config: SeqGANConfig, num_envs: int, seq_len: int, adversarial_epochs: int) -> int:
-    """The env-step budget (tokens) that runs the pre-training and ``adversarial_epochs`` epochs.
-
-    One loop step generates ``num_envs`` tokens and hosts one pre-training call (the first one
-    measures the untrained generator); adversarial batches then start at the next batch boundary.
-    """
-    pretrain_calls = 1 + config.mle_epochs + config.disc_pretrain_rounds
-    loop_steps = math.ceil(pretrain_calls / seq_len) * seq_len + adversarial_epochs * config.g_steps * seq_len
-    return loop_steps * num_envs
 
 
 # --- networks --------------------------------------------------------------------------------
@@ -306,6 +295,17 @@ class SeqGAN:
             )
         return None
 
+    @classmethod
+    def check_config(cls, config: SeqGANConfig, ctx: Context) -> str | None:
+        """The discriminator's widest filter must fit in a sequence."""
+        seq_len = int(np.prod(ctx.observation_space.shape or ()))
+        if max(config.filter_sizes) > seq_len:
+            return (
+                f"discriminator filter width {max(config.filter_sizes)} exceeds the sequence length {seq_len}; "
+                "drop the wider filter_sizes (and their num_filters)"
+            )
+        return None
+
     def __init__(self, config: SeqGANConfig, ctx: Context) -> None:
         assert isinstance(ctx.action_space, gym.spaces.Discrete)
         assert isinstance(ctx.observation_space, gym.spaces.MultiDiscrete)
@@ -314,14 +314,8 @@ class SeqGAN:
         self.text = ctx.text
         self.vocab_size = int(ctx.action_space.n)
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
-        if max(config.filter_sizes) > self.seq_len:
-            raise ValueError(
-                f"discriminator filter width {max(config.filter_sizes)} exceeds the sequence length "
-                f"{self.seq_len}; drop the wider filter_sizes (and their num_filters)"
-            )
-        self.oracle = make_oracle(
-            self.vocab_size, config.oracle_embedding_dim, config.oracle_hidden_dim, config.oracle_seed
-        )
+        oracle_seed, oracle_embedding_dim, oracle_hidden_dim = oracle_settings(ctx.env_kwargs)
+        self.oracle = make_oracle(self.vocab_size, oracle_embedding_dim, oracle_hidden_dim, oracle_seed)
         self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed).to(self.device)
         self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)
@@ -339,18 +333,13 @@ class SeqGAN:
         # Sampling (actions, rollouts, negatives) on the device; shuffling indices on the CPU.
         self.rng = torch.Generator(device=self.device).manual_seed(ctx.seed)
         self.index_rng = torch.Generator().manual_seed(ctx.seed + 1)
-        self.phase = MLE
-        self.calls = 0  # update calls that did pre-training work (the first measures the untrained G)
         self.mle_epoch = 0
         self.disc_round = 0
         self.adv_epoch = 0
         self.g_step_in_epoch = 0
-        self.batch_fresh = False  # was the batch in the env started by the current policy, adversarially?
         self.finished: torch.Tensor | None = None  # (N, T) the last finished batch, awaiting a g-step
         self.finished_reward: np.ndarray | None = None  # (N,) the env's rewards for it
-        self.oracle_checked = False
         self.nll_history: list[tuple[str, int, float]] = []  # (phase, epoch, NLL-oracle)
-        self._advance_phase()  # with mle_epochs or disc_pretrain_rounds 0, skip those phases
 
     # --- acting --------------------------------------------------------------------------
 
@@ -368,41 +357,40 @@ class SeqGAN:
         return actions.cpu().numpy()
 
     def observe(self, transition: Transition) -> None:
-        """Keep each finished batch of sequences (the true final observations) for the g-step."""
-        if (transition.obs == self.vocab_size).all():  # the first token of a new batch
-            self.batch_fresh = self.phase == ADVERSARIAL
+        """Keep each finished batch of sequences (the true final observations) for the g-step.
+
+        Every batch is the current G's: the g-step comes when a batch ends, before the next begins.
+        """
         if transition.terminated.all():
-            if self.batch_fresh:
-                self.finished = torch.as_tensor(transition.next_obs, dtype=torch.long, device=self.device)
-                self.finished_reward = np.asarray(transition.reward, dtype=np.float64)
-            self.batch_fresh = False
+            self.finished = torch.as_tensor(transition.next_obs, dtype=torch.long, device=self.device)
+            self.finished_reward = np.asarray(transition.reward, dtype=np.float64)
 
     # --- learning ------------------------------------------------------------------------
 
-    def update(self, step: int) -> Mapping[str, float]:
-        """Run the schedule: one pre-training epoch/round per call, then one adversarial epoch per batch."""
-        metrics: dict[str, float]
-        if self.calls == 0:
-            metrics = {"nll_oracle": self._record_nll("untrained", 0)}
-        elif self.phase == MLE:
-            metrics = self._mle_epoch()
-        elif self.phase == DISC_PRETRAIN:
-            metrics = self._disc_pretrain_round()
-        elif self.finished is not None:
-            return self._adversarial_g_step()
-        else:
-            return {}
-        self.calls += 1
-        self._advance_phase()
+    def phases(self) -> list[tuple[str, int]]:
+        """MLE pre-training of G, then pre-training of D: ``(name, iterations)``, run before any env step."""
+        return [(MLE, self.cfg.mle_epochs), (DISC_PRETRAIN, self.cfg.disc_pretrain_rounds)]
+
+    def run_phase(self, name: str, index: int) -> Mapping[str, float]:
+        """One MLE epoch or one D pre-training round (the first iteration also measures the untrained G)."""
+        done = self.mle_epoch if name == MLE else self.disc_round
+        if name not in (MLE, DISC_PRETRAIN) or index != done:
+            raise ValueError(f"SeqGAN: phase {name!r} iteration {index} out of order ({done} done)")
+        metrics = self._measure_untrained()
+        metrics.update(self._mle_epoch() if name == MLE else self._disc_pretrain_round())
         return metrics
 
-    def _advance_phase(self) -> None:
-        """Move on as soon as a phase is done, so the next batch the env starts is adversarial."""
-        if self.phase == MLE and self.mle_epoch >= self.cfg.mle_epochs:
-            self.phase = DISC_PRETRAIN
-        if self.phase == DISC_PRETRAIN and self.disc_round >= self.cfg.disc_pretrain_rounds:
-            self.phase = ADVERSARIAL
-            self.rollout.load_state_dict(self.generator.state_dict())  # the delayed copy starts equal
+    def update(self, step: int) -> Mapping[str, float]:
+        """One adversarial g-step per finished batch (and the epoch's d-steps after its last g-step)."""
+        if self.finished is None:
+            return {}
+        return self._adversarial_g_step()
+
+    def _measure_untrained(self) -> dict[str, float]:
+        """NLL-oracle of the untrained generator, once, before its first training step."""
+        if self.nll_history:
+            return {}
+        return {"nll_oracle_untrained": self._record_nll("untrained", 0)}
 
     def _mle_epoch(self) -> dict[str, float]:
         self.generator.train()
@@ -412,7 +400,9 @@ class SeqGAN:
             self._generator_step(self.mle_opt, loss)
             losses.append(loss.item())
         self.mle_epoch += 1
-        metrics: dict[str, float] = {"g_mle_loss": float(np.mean(losses)), "mle_epoch": self.mle_epoch}
+        # The delayed rollout copy starts the adversarial phase equal to the pre-trained G.
+        self.rollout.load_state_dict(self.generator.state_dict())
+        metrics = {"g_mle_loss": float(np.mean(losses))}
         if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
             metrics["nll_oracle"] = self._record_nll(MLE, self.mle_epoch)
         return metrics
@@ -420,18 +410,13 @@ class SeqGAN:
     def _disc_pretrain_round(self) -> dict[str, float]:
         loss, acc = self._train_discriminator(self.cfg.disc_pretrain_epochs)
         self.disc_round += 1
-        return {"d_loss": loss, "d_accuracy": acc, "d_pretrain_round": self.disc_round}
+        return {"d_loss": loss, "d_accuracy": acc}
 
     def _adversarial_g_step(self) -> dict[str, float]:
         assert self.finished is not None and self.finished_reward is not None
         sequences, env_reward = self.finished, self.finished_reward
         self.finished, self.finished_reward = None, None
-        metrics: dict[str, float] = {}
-        if not self.oracle_checked:
-            self.oracle_checked = True
-            warning = self._check_env_oracle(sequences, env_reward)
-            if warning:
-                self.text("warning", warning)
+        metrics = self._measure_untrained()  # when both pre-training phases are empty
         values = rollout_action_values(
             self.rollout, sequences, self.discriminator.prob_real, self.cfg.num_rollouts, self.rng
         )  # (N, T)
@@ -461,9 +446,9 @@ class SeqGAN:
             metrics.update({"d_loss": float(np.mean(d_losses)), "d_accuracy": float(np.mean(d_accs))})
         if self.adv_epoch % self.cfg.nll_every == 0 or self.adv_epoch == 1:
             metrics["nll_oracle"] = self._record_nll(ADVERSARIAL, self.adv_epoch)
-        if self.cfg.text_samples:
-            rows = sequences[: self.cfg.text_samples].tolist()
-            self.text("samples", "  \n".join(" ".join(map(str, row)) for row in rows))
+            if self.cfg.text_samples:
+                rows = sequences[: self.cfg.text_samples].tolist()
+                self.text("samples", "  \n".join(" ".join(map(str, row)) for row in rows))
         return metrics
 
     def _generator_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -509,19 +494,6 @@ class SeqGAN:
         self.nll_history.append((phase, epoch, nll))
         return nll
 
-    def _check_env_oracle(self, sequences: torch.Tensor, env_reward: np.ndarray) -> str | None:
-        """The env's default reward is minus the oracle NLL: a mismatch means two different oracles."""
-        if not np.any(env_reward):
-            return None  # a scorer-less env ("zero")
-        own = -nll_per_sequence(self.oracle, sequences).cpu().double().numpy()
-        if np.allclose(own, env_reward, atol=1e-3):
-            return None
-        return (
-            "the env's rewards are not this agent's oracle log-likelihoods: set env_kwargs "
-            "oracle_seed/oracle_embedding_dim/oracle_hidden_dim equal to the hparams of the same names, "
-            "or the logged episode returns are not the NLL-oracle of the agent's real data"
-        )
-
     # --- checkpoints ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -536,12 +508,9 @@ class SeqGAN:
                 "disc_opt": self.disc_opt.state_dict(),
                 "rng": self.rng.get_state(),
                 "index_rng": self.index_rng.get_state(),
-                "phase": self.phase,
-                "counters": [self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
-                "batch_fresh": self.batch_fresh,
+                "counters": [self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
                 "finished": None if self.finished is None else self.finished.cpu(),
                 "finished_reward": self.finished_reward,
-                "oracle_checked": self.oracle_checked,
                 "nll_history": [list(item) for item in self.nll_history],
             },
         }
@@ -559,14 +528,9 @@ class SeqGAN:
         self.disc_opt.load_state_dict(training["disc_opt"])
         self.rng.set_state(training["rng"])
         self.index_rng.set_state(training["index_rng"])
-        self.phase = str(training["phase"])
-        self.calls, self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (
-            int(v) for v in training["counters"]
-        )
-        self.batch_fresh = bool(training["batch_fresh"])
+        self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (int(v) for v in training["counters"])
         finished = training["finished"]
         self.finished = None if finished is None else finished.to(self.device)
         reward = training["finished_reward"]
         self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
-        self.oracle_checked = bool(training["oracle_checked"])
         self.nll_history = [(str(p), int(e), float(v)) for p, e, v in training["nll_history"]]

@@ -24,7 +24,7 @@ prefix and the finished sequences travel in ``infos["final_obs"]``, with their r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -34,6 +34,22 @@ from gymnasium.vector.utils import batch_space
 
 #: Scores finished sequences: (M, T) int64 -> (M,) float.
 Scorer = Callable[[np.ndarray], np.ndarray]
+
+#: The oracle's defaults, as SeqGen's keyword arguments name them (the paper's: seed 0, sizes 32).
+ORACLE_SEED, ORACLE_EMBEDDING_DIM, ORACLE_HIDDEN_DIM = 0, 32, 32
+
+
+def oracle_settings(env_kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(oracle_seed, oracle_embedding_dim, oracle_hidden_dim)`` of an env built with ``env_kwargs``.
+
+    The one place an agent learns which oracle the env scores by (SeqGAN samples its real data
+    from the same oracle), so the oracle is configured once, in the run's ``env_kwargs``.
+    """
+    return (
+        int(env_kwargs.get("oracle_seed", ORACLE_SEED)),
+        int(env_kwargs.get("oracle_embedding_dim", ORACLE_EMBEDDING_DIM)),
+        int(env_kwargs.get("oracle_hidden_dim", ORACLE_HIDDEN_DIM)),
+    )
 
 
 class OracleScorer:
@@ -93,9 +109,9 @@ class SeqGenEnv(gym.Env[np.ndarray, np.int64]):
         vocab_size: int = 5_000,
         seq_len: int = 20,
         scorer: str | Scorer = "oracle",
-        oracle_seed: int = 0,
-        oracle_embedding_dim: int = 32,
-        oracle_hidden_dim: int = 32,
+        oracle_seed: int = ORACLE_SEED,
+        oracle_embedding_dim: int = ORACLE_EMBEDDING_DIM,
+        oracle_hidden_dim: int = ORACLE_HIDDEN_DIM,
         render_mode: str | None = None,
     ) -> None:
         _check_sizes(vocab_size, seq_len)
@@ -147,9 +163,9 @@ class SeqGenVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         vocab_size: int = 5_000,
         seq_len: int = 20,
         scorer: str | Scorer = "oracle",
-        oracle_seed: int = 0,
-        oracle_embedding_dim: int = 32,
-        oracle_hidden_dim: int = 32,
+        oracle_seed: int = ORACLE_SEED,
+        oracle_embedding_dim: int = ORACLE_EMBEDDING_DIM,
+        oracle_hidden_dim: int = ORACLE_HIDDEN_DIM,
         render_mode: str | None = None,
     ) -> None:
         _check_sizes(vocab_size, seq_len)

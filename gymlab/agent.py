@@ -229,6 +229,11 @@ def agent_phases(agent: Agent) -> list[tuple[str, int]]:
     return [] if phases is None else [(str(n), int(k)) for n, k in phases()]
 
 
+def run_phase(agent: Agent, name: str, index: int) -> Mapping[str, float]:
+    """Iteration ``index`` of the agent's offline phase ``name`` (only for an agent with :func:`agent_phases`)."""
+    return cast("Mapping[str, float]", getattr(agent, "run_phase")(name, index))  # noqa: B009 - optional member
+
+
 def smoke_hparams(cls: AgentClass) -> Mapping[str, Any]:
     """The agent's ``smoke`` hparams (tiny sizes for runs of a few seconds), {} when it has none."""
     return cast("Mapping[str, Any]", getattr(cls, "smoke", {}))

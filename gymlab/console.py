@@ -61,6 +61,12 @@ class RichProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, episodes=episodes, ret=recent_return)
 
+    def phase(self, name: str, done: int, total: int) -> None:
+        """Show an offline phase's progress in the bar's label (the env steps wait for it)."""
+        if self._bar is not None:
+            label = self.label if done >= total else f"{self.label} · {name} {done}/{total}"
+            self._bar.update(self._task, description=label)
+
     def note(self, message: str) -> None:
         """Print a line above the bar."""
         self.console.print(f"{self.label}: {message}", markup=False, highlight=False)
@@ -107,6 +113,18 @@ class PlainProgress:
             file=self.stream,
             flush=True,
         )
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        """A line at each tenth of an offline phase, or every 30 s, and at its end."""
+        now = time.perf_counter()
+        if (
+            done < total
+            and done * 10 // total == (done - 1) * 10 // total
+            and now - self._last_print < self.every_seconds
+        ):
+            return
+        self._last_print = now
+        print(f"{self.label}: {name} {done}/{total} (before the first env step)", file=self.stream, flush=True)
 
     def note(self, message: str) -> None:
         """Print the line."""

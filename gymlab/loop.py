@@ -49,11 +49,13 @@ from gymlab.agent import (
     AgentClass,
     Context,
     Transition,
+    agent_phases,
     check_agent_spaces,
     check_config,
     env_actions,
     ignore_text,
     load_agent_class,
+    run_phase,
 )
 from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
@@ -69,6 +71,10 @@ class Progress(Protocol):
 
     def update(self, step: int, episodes: int, recent_return: float | None) -> None:
         """Called a few hundred times per run."""
+        ...
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        """An offline phase (pre-training before any env step) has done ``done`` of its ``total`` iterations."""
         ...
 
     def note(self, message: str) -> None:
@@ -103,6 +109,7 @@ class _LoopState:
     best_eval: float | None = None
     recent_returns: list[float] = field(default_factory=list)
     eval_due: bool = False  # an evaluation was interrupted at ``step``: a resume plays it first
+    phase_done: int = 0  # iterations of the agent's offline phases done, over all its phases
 
 
 # The finiteness checks compute NaN on purpose when a number is not finite, then stop the run in
@@ -113,6 +120,9 @@ warnings.filterwarnings(
 
 #: TensorBoard scalar: evaluation episodes cut at ``eval_max_steps`` (written only when some were).
 EVAL_CAPPED = "eval/capped_episodes"
+
+#: Longest time between two checkpoints while an agent's offline phases run (and one at each phase's end).
+PHASE_CHECKPOINT_SECONDS = 60.0
 
 #: Largest share of training time that recording videos may take (see ``_Trainer._maybe_record``).
 VIDEO_TIME_SHARE = 0.05
@@ -489,8 +499,15 @@ class _Trainer:
                 self.obs = _restore(resume, self.agent, self.envs, self.state, self.window, self.obs)
             # Everything at the checkpoint's step was logged before it was saved; anything later that a
             # killed run logged is discarded by TensorBoard, so the curve has no doubled steps.
-            self.logger = tb.RunLogger(run_dir, purge_step=self.state.step + 1 if resume is not None else None)
-            if resume is None:
+            # Offline phases log at steps -P..-1 (P: their iterations), before the env steps' curves;
+            # a resume in the middle of them purges what followed its checkpoint there instead.
+            self.phase_total = sum(iterations for _, iterations in agent_phases(self.agent))
+            mid_phase = resume is not None and self.state.phase_done < self.phase_total
+            purge = None if resume is None else self.state.step + 1
+            if mid_phase:
+                purge = self._phase_step(self.state.phase_done + 1)
+            self.logger = tb.RunLogger(run_dir, purge_step=purge)
+            if resume is None or mid_phase:  # (a purge at a negative step drops the HParams summary too)
                 self.logger.hparams(config.to_dict())
             for tag, message in self._pending_text or ():
                 self.logger.text(f"train/{tag}", message, self.state.step)
@@ -526,11 +543,47 @@ class _Trainer:
         """
         self.stop = stop_flag
         try:
+            if self._phases(stop_flag):
+                return True
             if self.state.eval_due:
                 self.evaluate()
             return self._steps(stop_flag, stop_at)
         except Interrupted:
             return True
+
+    def _phase_step(self, iteration: int) -> int:
+        """TensorBoard step of the ``iteration``-th (1-based) offline-phase iteration: -P..-1."""
+        return iteration - self.phase_total - 1
+
+    def _phases(self, stop_flag: threading.Event) -> bool:
+        """Run the agent's offline phases from where they stand; True if a signal stopped them.
+
+        Each iteration's metrics go to TensorBoard as ``<phase>/<key>``; a checkpoint is saved at
+        the end of each phase and at least every ``PHASE_CHECKPOINT_SECONDS``, and a signal stops
+        between two iterations (``train`` then saves), so a resume continues mid-phase exactly.
+        """
+        if self.state.phase_done >= self.phase_total:
+            return False
+        done, last_save = 0, time.perf_counter()
+        for name, iterations in agent_phases(self.agent):
+            for index in range(iterations):
+                done += 1
+                if done <= self.state.phase_done:
+                    continue
+                metrics = run_phase(self.agent, name, index)
+                for key, value in metrics.items():
+                    if value - value:  # NaN or infinite
+                        raise _NonFinite(f"{name}/{key} is {value} (reported by the agent's phase '{name}')")
+                self.logger.scalars({f"{name}/{key}": value for key, value in metrics.items()}, self._phase_step(done))
+                self.state.phase_done = done
+                if self.progress is not None:
+                    self.progress.phase(name, index + 1, iterations)
+                if stop_flag.is_set():
+                    return True
+                if index == iterations - 1 or time.perf_counter() - last_save >= PHASE_CHECKPOINT_SECONDS:
+                    self.save(self.last_path)
+                    last_save = time.perf_counter()
+        return False
 
     def final_evaluation(self, stop_flag: threading.Event) -> bool:
         """The evaluation at the end of the budget; False if a signal interrupted it."""

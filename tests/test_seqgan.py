@@ -16,11 +16,11 @@ from gymlab.agents.seqgan import (
     discriminator_loss,
     policy_gradient_loss,
     rollout_action_values,
-    steps_for,
 )
 from gymlab.envs.oracle import TokenLSTM
 
 from gymlab import checkpoint
+from gymlab.agent import Context
 from gymlab.config import validate
 from gymlab.loop import train
 
@@ -111,18 +111,34 @@ def test_config_rejects_mismatched_filters():
         SeqGANConfig(filter_sizes=[1, 2], num_filters=[3])
 
 
-def test_steps_for_counts_pretraining_calls_and_batches():
-    cfg = SeqGANConfig()
-    # The paper: 1 + 120 + 50 pre-training calls fill 9 batches of 20 steps, then 200 epochs × 20.
-    assert steps_for(cfg, 64, 20, 200) == (180 + 4000) * 64
+def test_filters_wider_than_the_sequence_are_one_line_before_any_folder(cli, tmp_path: Path):
+    result = cli("train", "seqgan", "SeqGen-v0", "--run-dir", "r", "env_kwargs.seq_len=4", "env_kwargs.vocab_size=10")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "filter width 20 exceeds the sequence length 4" in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_oracle_is_the_envs(tmp_path: Path):
+    """One place configures the oracle: the agent's real data come from the env_kwargs' oracle."""
+    from gymlab.envs.oracle import make_oracle, nll_per_sequence
+
+    ctx_kwargs = {"vocab_size": 12, "seq_len": 5, "oracle_seed": 7, "oracle_embedding_dim": 6, "oracle_hidden_dim": 5}
+    space = gym.spaces.MultiDiscrete(np.full(5, 13))
+    ctx = Context(space, gym.spaces.Discrete(12), 2, 0, torch.device("cpu"), 100, env_kwargs=ctx_kwargs)
+    agent = SeqGAN(SeqGANConfig(**{**TINY, "filter_sizes": [1, 2]}), ctx)
+    same = make_oracle(12, 6, 5, 7)
+    for mine, theirs in zip(agent.oracle.parameters(), same.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert "oracle_seed" not in SeqGANConfig.model_fields
+    other = make_oracle(12, 6, 5, 8)
+    assert nll_per_sequence(same, agent.real).mean() < nll_per_sequence(other, agent.real).mean()
 
 
 # --- through the loop ------------------------------------------------------------------------
 
 TINY_ENV = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
 TINY = {
-    "oracle_embedding_dim": 8,
-    "oracle_hidden_dim": 8,
     "num_real": 256,
     "embedding_dim": 8,
     "hidden_dim": 8,
@@ -142,13 +158,12 @@ TINY = {
 
 
 def tiny_config(adversarial_epochs: int, **run: object):
-    hp = SeqGANConfig(**TINY)
     data = {
         "agent": "seqgan",
         "env": "SeqGen-v0",
         "env_kwargs": TINY_ENV,
         "num_envs": 8,
-        "steps": steps_for(hp, 8, 6, adversarial_epochs),
+        "steps": adversarial_epochs * 6 * 8,  # epochs × (1 g-step × 6 tokens × 8 sequences): env steps only
         "eval_every": 0,
         "eval_episodes": 1,
         "checkpoint_every": 0,
@@ -160,14 +175,87 @@ def tiny_config(adversarial_epochs: int, **run: object):
     return validate(data, SeqGAN.Config)
 
 
-def test_schedule_runs_every_phase_through_the_loop(tmp_path: Path):
-    result = train(tiny_config(3), tmp_path)
+class PhaseProgress:
+    """Records what the loop shows of the offline phases."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, int, int]] = []
+        self.started: list[tuple[int, int]] = []
+
+    def start(self, total, initial):
+        self.started.append((total, initial))
+
+    def phase(self, name, done, total):
+        self.phases.append((name, done, total))
+
+    def update(self, step, episodes, recent_return):
+        pass
+
+    def note(self, message):
+        pass
+
+    def close(self):
+        pass
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_pretraining_runs_as_offline_phases_before_the_env_steps(tmp_path: Path):
+    progress = PhaseProgress()
+    result = train(tiny_config(3), tmp_path, progress=progress)
     state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]["training"]
     phases = [p for p, _, _ in state["nll_history"]]
     assert phases == ["untrained", "mle", "mle", "adversarial", "adversarial", "adversarial"]
-    assert state["phase"] == "adversarial" and state["counters"][3] == 3  # adversarial epochs done
+    assert state["counters"] == [2, 2, 3, 0]  # MLE epochs, D rounds, adversarial epochs, g-step in epoch
+    # steps counts env steps only: 3 batches of 8 sequences of 6 tokens, one adversarial epoch each.
+    assert result.step == 3 * 6 * 8 and result.episodes == 3 * 8
+    assert progress.phases == [("mle", 1, 2), ("mle", 2, 2), ("disc_pretrain", 1, 2), ("disc_pretrain", 2, 2)]
+    logged = scalars(tmp_path)
+    # The 4 phase iterations are logged at steps -4..-1, before the env steps' curves.
+    assert [s for s, _ in logged["mle/g_mle_loss"]] == [-4, -3]
+    assert [s for s, _ in logged["disc_pretrain/d_accuracy"]] == [-2, -1]
+    assert [s for s, _ in logged["mle/nll_oracle_untrained"]] == [-4]
+    assert all(step > 0 for step, _ in logged["train/g_pg_loss"])
     # The greedy evaluation's return is minus the NLL-oracle of the argmax sequence.
     assert result.last_eval is not None and -math.log(20) * 3 < result.last_eval < 0
+
+
+def test_stopped_in_the_middle_of_a_phase_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C during the second MLE epoch: a checkpoint after it, and a resume that ends as the whole run."""
+    import os
+    import signal
+
+    cfg = tiny_config(2, **{"hparams": {**TINY, "mle_epochs": 3}})
+    train(cfg, tmp_path / "full")
+    original = SeqGAN.run_phase
+
+    def interrupted(self, name, index):
+        if (name, index) == ("mle", 1):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the loop stops after this iteration
+        return original(self, name, index)
+
+    monkeypatch.setattr(SeqGAN, "run_phase", interrupted)
+    first = train(cfg, tmp_path / "split")
+    assert first.interrupted and first.step == 0
+    ckpt = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert ckpt["loop"]["phase_done"] == 2 and ckpt["agent_state"]["training"]["counters"][0] == 2
+    monkeypatch.setattr(SeqGAN, "run_phase", original)
+    train(cfg, tmp_path / "split", resume=ckpt)
+    full = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["agent_state"]
+    split = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")["agent_state"]
+    assert full["training"]["nll_history"] == split["training"]["nll_history"]
+    for part, net in (("policy", "generator"), ("training", "rollout"), ("training", "discriminator")):
+        for key, value in full[part][net].items():
+            assert torch.equal(value, split[part][net][key]), f"{net}.{key}"
+    a, b = scalars(tmp_path / "full"), scalars(tmp_path / "split")
+    phase_tags = [t for t in a if t.startswith(("mle/", "disc_pretrain/"))]
+    assert phase_tags and {t: a[t] for t in phase_tags} == {t: b[t] for t in phase_tags}
 
 
 def test_resume_is_exact(tmp_path: Path):
@@ -193,8 +281,6 @@ def test_resume_is_exact(tmp_path: Path):
 # shows that the improvement comes from the discriminator's Monte-Carlo rewards.
 LEARN_ENV = {"vocab_size": 50, "seq_len": 10, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
 LEARN = {
-    "oracle_embedding_dim": 8,
-    "oracle_hidden_dim": 8,
     "embedding_dim": 4,
     "hidden_dim": 4,
     "baseline": True,
@@ -216,14 +302,13 @@ LEARN = {
 
 
 def learn(tmp_path: Path) -> dict[str, list[float]]:
-    hp = SeqGANConfig(**LEARN)
     data = {
         "agent": "seqgan",
         "env": "SeqGen-v0",
         "env_kwargs": LEARN_ENV,
         "seed": 0,
         "num_envs": 256,
-        "steps": steps_for(hp, 256, 10, 25),
+        "steps": 25 * 10 * 256,  # 25 adversarial epochs of one batch of 256 sequences of 10 tokens
         "eval_every": 0,
         "eval_episodes": 1,
         "checkpoint_every": 0,
