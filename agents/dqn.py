@@ -23,9 +23,10 @@ vectors (and for Discrete observations, one-hot encoded).
 Speed: the target network only changes between env steps, so it is fixed during one round of
 gradient steps. A round therefore draws all its batches at once, moves them to the device in one
 transfer, and computes every target in one forward pass (except for double DQN, whose action
-choice needs the online network as it learns). The online weights and gradients live in two flat
-tensors, so zeroing, clipping and the fused Adam step are one or two tensor ops each: on a CPU,
-per-tensor Python overhead otherwise costs more than a small network's arithmetic.
+choice needs the online network as it learns). Each gradient step uses public torch only: Adam's
+fused kernel (CPU and CUDA) and ``clip_grad_norm_(foreach=True)``. An earlier version kept the
+weights and gradients in two flat tensors and called private ``torch._foreach_*`` ops; it was no
+faster (benchmarks/dqn_update.py times both side by side; figures in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -163,37 +164,6 @@ def q_network(observation_space: gym.Space[Any], n_actions: int, net_arch: list[
     return MLP(int(np.prod(observation_space.shape or ())), net_arch, n_actions)
 
 
-def flatten_parameters(params: list[torch.Tensor]) -> tuple[torch.nn.Parameter, torch.Tensor]:
-    """Move ``params`` into one flat parameter and give them gradients that are views of one flat buffer.
-
-    Afterwards each tensor in ``params`` is a view of the returned parameter, and its ``.grad`` a
-    view of the returned gradient; backward adds into existing gradients in place, so the flat
-    gradient is always the whole gradient, and an optimizer stepping the flat parameter updates
-    every weight. Returns (flat parameter (P,), flat gradient (P,)).
-    """
-    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat_grad = torch.zeros_like(flat)
-    flat.grad = flat_grad
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
-        p.grad = flat_grad[offset : offset + n].view_as(p)
-        offset += n
-    return flat, flat_grad
-
-
-def clip_grad_norm(flat_grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Scale the gradient down to global L2 norm ``max_norm`` if above it; return the norm before.
-
-    The same rule as ``torch.nn.utils.clip_grad_norm_`` (coefficient max_norm / (norm + 1e-6),
-    at most 1), on one flat tensor.
-    """
-    norm = torch.linalg.vector_norm(flat_grad)
-    flat_grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
-
-
 # --- the loss, as pure functions ---------------------------------------------------------------
 
 
@@ -302,15 +272,10 @@ class DQN:
         self.target.requires_grad_(False)
         self.online_params: list[torch.Tensor] = list(self.online.parameters())
         self.target_params: list[torch.Tensor] = list(self.target.parameters())
-        # All online weights and their gradients live in two flat tensors (the parameters are views
-        # into them), so zeroing, clipping and Adam each cost one or two tensor ops per gradient
-        # step instead of one per weight tensor: on CPU that per-tensor overhead costs more than
-        # the arithmetic of a small network.
-        self.flat_param, self.flat_grad = flatten_parameters(self.online_params)
-        # Adam's fused kernel where available (CPU and CUDA), foreach otherwise.
+        # Adam's fused kernel where available (CPU and CUDA), the foreach one otherwise.
         fused = self.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.Adam(
-            [self.flat_param], lr=config.learning_rate, fused=fused or None, foreach=None if fused else True
+            self.online_params, lr=config.learning_rate, fused=fused or None, foreach=None if fused else True
         )
 
         frame_stack = frames_per_observation(config, obs_space)
@@ -398,11 +363,12 @@ class DQN:
 
     @torch.no_grad()
     def update_target(self) -> None:
-        """Move the target: target ← τ·online + (1 − τ)·target (a copy when τ = 1), all tensors in one call."""
-        if self.cfg.tau >= 1.0:
-            torch._foreach_copy_(self.target_params, self.online_params)
-        else:
-            torch._foreach_lerp_(self.target_params, self.online_params, self.cfg.tau)
+        """Move the target: target ← τ·online + (1 − τ)·target (a copy when τ = 1)."""
+        for target, online in zip(self.target_params, self.online_params, strict=True):
+            if self.cfg.tau >= 1.0:
+                target.copy_(online)
+            else:
+                target.lerp_(online, self.cfg.tau)
         self.target_updates += 1
 
     def learn(self, gradient_steps: int) -> None:
@@ -429,14 +395,19 @@ class DQN:
                 y = targets[sl]
             q_values = self.online(obs[sl])  # (B, A)
             loss = q_loss(q_values, action[sl], y, cfg.huber_delta)
-            self.flat_grad.zero_()  # not set_to_none: backward must accumulate into the flat views
-            loss.backward()
-            grad_norm = clip_grad_norm(self.flat_grad, cfg.max_grad_norm)
-            self.optimizer.step()
+            grad_norm = self.optimize(loss)
             with torch.no_grad():
                 self._sums += torch.stack((loss.detach(), y.mean(), grad_norm))
         self._summed += gradient_steps
         self.grad_steps += gradient_steps
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """One Adam step on ``loss`` with the gradient clipped to ``max_grad_norm``; the norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.online_params, self.cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        return grad_norm
 
     # --- checkpoints -----------------------------------------------------------------------------
 

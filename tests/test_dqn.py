@@ -161,8 +161,7 @@ def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn):
         "learning_starts": 300,
         "train_freq": 100,
         "gradient_steps": 8,
-        "net_arch": [32, 32],
-        "save_replay": True,
+        "net_arch": [32, 32],  # save_replay is left at its default: the memory fits the budget
         "double_dqn": double_dqn,
         "tau": 0.5,
         "target_update_interval": 50,
@@ -190,3 +189,70 @@ def test_vector_envs_feed_one_memory(tmp_path):
     data["num_envs"] = 4
     result = train(validate(data, DQNConfig), tmp_path)
     assert result.step == 1000
+
+
+class Notes:
+    """A progress display that keeps the agent's text lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def start(self, total, initial):
+        pass
+
+    def phase(self, name, done, total):
+        pass
+
+    def update(self, step, episodes, recent_return):
+        pass
+
+    def note(self, message):
+        self.lines.append(message)
+
+    def close(self):
+        pass
+
+
+def test_replay_over_the_budget_is_said_once_at_save_and_again_at_resume(tmp_path):
+    hp = {**CARTPOLE, "learning_starts": 100, "train_freq": 50, "gradient_steps": 2, "net_arch": [16]}
+    data = config(steps=600, **{**hp, "replay_save_budget_mb": 0.5}).to_dict()  # 100k slots: 3.2 MB
+    data.update(checkpoint_every=200, eval_every=200, eval_episodes=1)
+    cfg = validate(data, DQNConfig)
+    notes = Notes()
+    first = train(cfg, tmp_path, stop_at=400, progress=notes)
+    assert first.interrupted
+    # Checkpoints at 200 and 400 (and best.pt after each evaluation): one line, saying why and what to do.
+    assert len(notes.lines) == 1, notes.lines
+    line = notes.lines[0]
+    assert line.startswith("replay: ") and "exceed replay_save_budget_mb=0.5" in line and "not exact" in line
+    assert "save_replay=always" in line
+    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["agent_state"]["training"]["replay"] is None
+    resumed = Notes()
+    train(cfg, tmp_path, resume=ckpt, progress=resumed)
+    assert len(resumed.lines) == 1 and "this resume is not exact" in resumed.lines[0], resumed.lines
+
+
+def test_replay_is_saved_by_default_and_never_when_asked(tmp_path):
+    hp = {**CARTPOLE, "learning_starts": 100, "train_freq": 50, "gradient_steps": 2, "net_arch": [16]}
+    train(config(steps=300, **hp), tmp_path / "auto")
+    state = checkpoint.load(tmp_path / "auto" / "checkpoints" / "last.pt")["agent_state"]["training"]
+    assert state["replay"]["num_added"] == 300
+    train(config(steps=300, **{**hp, "save_replay": "never"}), tmp_path / "never")
+    assert checkpoint.load(tmp_path / "never" / "checkpoints" / "last.pt")["agent_state"]["training"]["replay"] is None
+    assert DQNConfig(save_replay=True).save_replay == "always"  # earlier configs' booleans still read
+
+
+def test_check_config_rejects_a_memory_smaller_than_the_envs_need():
+    box4, disc2 = gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2)
+    ctx = Context(box4, disc2, 8, 0, torch.device("cpu"), 1000)
+    problem = DQN.check_config(DQNConfig(buffer_size=16), ctx)
+    assert problem is not None and "buffer_size >= 24" in problem
+    assert DQN.check_config(DQNConfig(buffer_size=24), ctx) is None
+    image = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # 4 stacked frames: 6 slots per env
+    assert DQN.check_config(DQNConfig(buffer_size=40), Context(image, disc2, 8, 0, torch.device("cpu"), 1)) is not None
+
+
+def test_net_arch_must_be_positive():
+    with pytest.raises(ValueError, match="greater than 0"):
+        DQNConfig(net_arch=[64, -4])
