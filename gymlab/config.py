@@ -234,7 +234,8 @@ def _valid_keys(hparams_model: type[BaseModel]) -> list[str]:
     return keys + [f"hparams.{k}" for k in hparams_model.model_fields]
 
 
-def _explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -> GymlabError:
+def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -> GymlabError:
+    """One line for a pydantic error: the key, and for an unknown key the closest valid one ("did you mean")."""
     err = exc.errors()[0]
     key = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
     if err["type"] == "extra_forbidden":
@@ -286,11 +287,11 @@ def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: st
     try:
         run = RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise _explain(exc, "", valid, source) from None
+        raise explain(exc, "", valid, source) from None
     try:
         hparams = hparams_model.model_validate(run.hparams)
     except ValidationError as exc:
-        raise _explain(exc, "hparams", valid, source) from None
+        raise explain(exc, "hparams", valid, source) from None
     found = _non_finite({**run.model_dump(exclude={"hparams"}), "hparams": hparams.model_dump()}, "")
     if found is not None:
         key, value = found
