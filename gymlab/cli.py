@@ -429,7 +429,10 @@ def sweep(
     ] = None,
 ) -> None:
     """Search a config's keys with Optuna; each trial's seeds are normal run folders; resumable."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise GymlabError('gymlab sweep needs Optuna, which is not installed: pip install "gymlab[sweep]"') from None
 
     from gymlab import sweep as sweeps
 
@@ -438,13 +441,17 @@ def sweep(
     folder = run_dir if run_dir is not None else sweeps.default_sweep_dir(spec)
     what = f"{spec.spec.agent} on {spec.spec.env}, {spec.spec.method} search, {spec.trials} trials"
     print(f"sweep {spec.name}: {what}; folder {folder}")
-    result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=print)
-    print(sweeps.format_table(result.rows, spec), end="")
+    resume = f"finished trials are kept; resume with the same command (sweep folder {folder})"
+    try:
+        result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=print)
+    except KeyboardInterrupt:  # a second Ctrl-C, while the summary was being written
+        raise Interrupted(f"interrupted while writing the summary: {resume}") from None
+    sweeps.table(result.rows, spec).print()
     print(f"summary: {result.summary_csv} and {result.summary_md}")
     if result.best_yaml is not None:
         print(f"best config: {result.best_yaml} (gymlab train --config {result.best_yaml})")
     if result.interrupted:
-        fail(f"interrupted: finished trials are kept; resume with the same command (sweep folder {folder})")
+        raise Interrupted(f"interrupted: {resume}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,14 @@
-"""Sweeps: schema checks, local and Ray backends, crashing trials, resume, exact pruning segments."""
+"""Sweeps: schema checks, Optuna samplers and pruners, local and Ray backends, crashing trials, resume, Ctrl-C."""
 
 from __future__ import annotations
 
 import csv
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +16,12 @@ import pytest
 import yaml
 from gymlab.agents.tabular_q import TabularQ
 
-from gymlab import loop, runs
+from gymlab import cli, loop, runs
 from gymlab import sweep as sw
-from gymlab.config import resolve, validate
+from gymlab.config import resolve
 from gymlab.errors import GymlabError
+from gymlab.runner import RunOutcome, RunSpec, execute
+from gymlab.sweep import driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +56,9 @@ def check_summary(result: sw.SweepResult, n_complete: int) -> None:
     """All trials complete, best first; the CSV holds the same order; best.yaml is the top trial."""
     complete = [r for r in result.rows if r.state == "complete"]
     assert len(complete) == n_complete
-    means = [r.mean for r in complete]
-    assert all(m is not None for m in means)
-    assert means == sorted(means, reverse=True)  # type: ignore[type-var]
+    means = [r.mean for r in complete if r.mean is not None]
+    assert len(means) == n_complete
+    assert means == sorted(means, reverse=True)
     assert means[0] > means[-1]  # the grid's points really differ
     with result.summary_csv.open() as f:
         rows = list(csv.DictReader(f))
@@ -66,7 +72,7 @@ def check_summary(result: sw.SweepResult, n_complete: int) -> None:
     assert result.best_yaml is not None
     best = yaml.safe_load(result.best_yaml.read_text())
     for key, value in complete[0].params.items():
-        assert best["hparams"][key.removeprefix("hparams.")] == value
+        assert best["hparams"][key] == value
 
 
 def train_best(best_yaml: Path, tmp_path: Path) -> loop.TrainResult:
@@ -84,6 +90,7 @@ def test_dimension_forms() -> None:
     d = sw.Dimension.model_validate({"loguniform": [1e-4, 1e-2]})
     assert (d.kind, d.low, d.high, d.corners()) == ("loguniform", 1e-4, 1e-2, [1e-4, 1e-2])
     assert sw.Dimension.model_validate({"int": [1, 8]}).corners() == [1, 8]
+    bad: Any
     for bad in ({"uniform": [1.0]}, {"loguniform": [0.0, 1.0]}, {"int": [1.5, 3]}, {"uniform": [2, 1]}, {"x": 1}, []):
         with pytest.raises(ValueError):
             sw.Dimension.model_validate(bad)
@@ -91,10 +98,11 @@ def test_dimension_forms() -> None:
 
 def test_load_sweep_resolves_keys_and_counts_grid(tmp_path: Path) -> None:
     sweep = sw.load_sweep(write_sweep(tmp_path, {**TAXI, "space": {**TAXI["space"], "num_envs": [1, 2]}}))
-    assert list(sweep.space) == ["hparams.learning_rate", "hparams.exploration_fraction", "num_envs"]
-    assert sweep.trials == 8 and len(sweep.grid()) == 8
-    assert sweep.base["steps"] == 20000 and sweep.base["hparams"]["gamma"] == 0.99  # preset under base
-    cfg = sweep.trial_config({"hparams.learning_rate": 0.3, "num_envs": 2}, seed=5)
+    assert list(sweep.space) == ["learning_rate", "exploration_fraction", "num_envs"]
+    assert sweep.trials == 8 and sweep.grid()["num_envs"] == [1, 2]
+    base = sweep.base_config()
+    assert base["steps"] == 20000 and base["hparams"]["gamma"] == 0.99  # preset under base
+    cfg = sweep.trial_config({"learning_rate": 0.3, "num_envs": 2}, seed=5)
     assert (cfg["seed"], cfg["num_envs"], cfg["hparams"]["learning_rate"]) == (5, 2, 0.3)
     assert sw.load_sweep(sweep.source, trials=3).trials == 3
     assert sw.load_sweep(sweep.source, trials=100).trials == 8  # a grid has only so many points
@@ -103,12 +111,17 @@ def test_load_sweep_resolves_keys_and_counts_grid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"space": {"learnin_rate": [0.1]}}, "did you mean 'learning_rate'"),
+        # Searched keys and base keys resolve like `key=value` on the command line, with its "did you mean".
+        ({"space": {"learnin_rate": [0.1]}}, "unknown key 'learnin_rate': did you mean 'hparams.learning_rate'"),
+        ({"space": {"hparams.gama": [0.9]}}, "did you mean 'hparams.gamma'"),
+        ({"base": {"eval_evry": 100}}, "unknown key 'eval_evry': did you mean 'eval_every'"),
+        ({"space": {"seed": [1, 2]}}, "'seed' cannot be searched"),
         ({"space": {"learning_rate": [0.1, 2.0]}}, "hparams.learning_rate"),  # 2.0 > le=1, caught up front
         ({"space": {"learning_rate": {"uniform": [0.1, 0.5]}}}, "grid search needs listed values"),
         ({"method": "tpe", "pruning": {"pruner": "median", "every": 7000}}, "multiple of eval_every"),
         ({"agent": "nope"}, "unknown agent"),
-        ({"metod": "grid"}, "metod"),
+        ({"metod": "grid"}, "unknown key 'metod': did you mean 'method'"),
+        ({"pruning": {"prunr": "median"}}, "did you mean 'pruning.pruner'"),
     ],
 )
 def test_sweep_file_mistakes_are_one_line_errors(tmp_path: Path, change: dict[str, Any], message: str) -> None:
@@ -116,10 +129,24 @@ def test_sweep_file_mistakes_are_one_line_errors(tmp_path: Path, change: dict[st
         sw.load_sweep(write_sweep(tmp_path, {**TAXI, **change}))
 
 
-def test_rungs() -> None:
-    pruning = sw.PruningSpec(pruner="median", every=10000)
-    assert sw.rungs({"steps": 35000, "eval_every": 5000}, pruning) == [10000, 20000, 30000]
-    assert sw.rungs({"steps": 35000, "eval_every": 5000}, sw.PruningSpec()) == []
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"agent: tabular_q\nenv: Taxi-v4 \xff\xfe\n", "is not UTF-8"), (b"agent: [tabular_q\n", "is not valid YAML")],
+)
+def test_unreadable_sweep_files_are_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(GymlabError, match=f"sweep file {path} {message}"):
+        sw.load_sweep(path)
+
+
+def test_check_pruning() -> None:
+    assert (
+        sw.check_pruning({"eval_every": 5000}, sw.PruningSpec.model_validate({"pruner": "median", "every": 10000}))
+        == 10000
+    )
+    assert sw.check_pruning({"eval_every": 5000}, sw.PruningSpec.model_validate({"pruner": "halving"})) == 5000
+    assert sw.check_pruning({"eval_every": 5000}, sw.PruningSpec.model_validate({})) is None
 
 
 def test_cli_import_stays_light() -> None:
@@ -128,30 +155,33 @@ def test_cli_import_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# ---- segments: pruning stops and resumes runs; the numbers must not change ----------------------
+# ---- pruning inside the runs ------------------------------------------------------------------
 
 
-def test_segmented_run_equals_unbroken_run(tmp_path: Path) -> None:
-    data = {
-        "agent": "tabular_q",
-        "env": "Taxi-v4",
-        "steps": 20000,
-        "eval_every": 5000,
-        "eval_episodes": 10,
-        "checkpoint_every": 0,
-        "hparams": {"learning_rate": 0.9, "exploration_fraction": 0.6},
-    }
-    config = validate(data, TabularQ.Config).to_dict()
-    whole = sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "whole"), None))
-    parts = [sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "split"), at)) for at in (5000, 10000, None)]
-    assert whole.error is None and all(p.error is None for p in parts)
-    assert [p.step for p in parts] == [5000, 10000, 20000]
-    assert not any(p.interrupted for p in parts)
-    assert whole.last_eval is not None and whole.last_eval > -200  # learned something: a telling number
-    assert parts[-1].last_eval == whole.last_eval and parts[-1].best_eval == whole.best_eval
-    # Asking again for a target already reached returns the checkpoint's figures without training.
-    again = sw.run_segment(sw.Segment(0, 0, config, str(tmp_path / "split"), None))
-    assert (again.step, again.last_eval) == (20000, whole.last_eval)
+def test_prune_check_reports_the_mean_over_seeds_and_stops_every_seed(tmp_path: Path) -> None:
+    import optuna
+
+    journal = tmp_path / sw.study.JOURNAL_FILE
+    pruning = sw.PruningSpec.model_validate({"pruner": "median", "startup_trials": 1})
+    study = optuna.create_study(
+        study_name=sw.study.STUDY_NAME,
+        storage=sw.study.open_storage(journal),
+        direction="maximize",
+        pruner=sw.study.make_pruner(pruning, 1000),
+    )
+    good = study.ask()
+    good.report(5.0, 1000)
+    study.tell(good, 5.0)
+    number = study.ask().number
+    checks = [sw.study.PruneCheck(str(journal), number, seed, (0, 1), 1000, 3000, pruning) for seed in (0, 1)]
+    assert checks[0](500, -1.0) is False  # not a check step
+    assert checks[0](1000, -1.0) is False  # seed 1 has not reported step 1000: nothing is judged yet
+    assert study.trials[number].intermediate_values == {}
+    assert checks[1](1000, -3.0) is True  # the last seed reports the mean, and the median rule prunes
+    trial = study.trials[number]
+    assert trial.intermediate_values == {1000: -2.0} and trial.user_attrs[sw.study.PRUNED_AT] == 1000
+    assert checks[0](2000, -1.0) is True  # the seed that ran ahead stops at its next check
+    assert checks[0](3000, -1.0) is False  # the final evaluation is the result, never a check
 
 
 # ---- whole sweeps -------------------------------------------------------------------------------
@@ -163,7 +193,7 @@ def test_local_sweep_of_four_trials(tmp_path: Path) -> None:
     result = sw.run_sweep(sweep, tmp_path / "sweep", backend="local")
     assert not result.interrupted and len(result.rows) == 4
     check_summary(result, 4)
-    assert {tuple(r.params.values()) for r in result.rows} == {(a, b) for a in (0.2, 0.9) for b in (0.2, 0.6)}
+    assert sorted(tuple(r.params.values()) for r in result.rows) == [(a, b) for a in (0.2, 0.9) for b in (0.2, 0.6)]
     trained = train_best(result.best_yaml, tmp_path)  # type: ignore[arg-type]
     assert trained.step == 2000 and trained.last_eval is not None
 
@@ -192,12 +222,12 @@ def test_a_crashing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
     sweep = sw.load_sweep(write_sweep(tmp_path, data), max_concurrent=2)
     events: list[str] = []
     result = sw.run_sweep(sweep, tmp_path / "sweep", on_event=events.append)
-    states = {r.params["hparams.learning_rate"]: r for r in result.rows}
+    states = {r.params["learning_rate"]: r for r in result.rows}
     assert states[0.9].state == "failed"
     assert "RuntimeError: boom: learning rate too high" in (states[0.9].error or "")
     assert states[0.2].state == states[0.3].state == "complete"
     assert result.rows[-1].state == "failed"  # failures sort last
-    assert any("trial 1 failed" in e and "boom" in e for e in events)
+    assert any(f"trial {states[0.9].number} failed" in e and "boom" in e for e in events)
     assert "boom" in result.summary_csv.read_text()
 
 
@@ -269,7 +299,7 @@ def test_cli_sweep_then_train_best(tmp_path: Path) -> None:
     out = run_cli("sweep", str(path), "--max-concurrent", "2", "--run-dir", str(folder), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "trial 0 done" in out.stdout and "trial 1 done" in out.stdout
-    assert "| rank | trial | state | learning_rate |" in out.stdout
+    assert re.search(r"rank +trial +state +learning_rate +seeds +return_mean", out.stdout)
     assert f"best config: {folder / 'best.yaml'}" in out.stdout
     run = tmp_path / "best-run"
     out = run_cli(
@@ -280,31 +310,32 @@ def test_cli_sweep_then_train_best(tmp_path: Path) -> None:
     # Running the finished sweep again resumes it: nothing left to do, nothing redone.
     out = run_cli("sweep", str(path), "--run-dir", str(folder), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "2 finished trial(s) kept" in out.stdout and "done:" not in out.stdout and "trial 0 done" not in out.stdout
+    assert "2 finished trial(s) kept" in out.stdout and "done:" not in out.stdout
     # A mistake in the sweep file is one line and exit code 2.
     bad = write_sweep(tmp_path, {**data, "space": {"learnin_rate": [0.1]}}, name="bad")
     out = run_cli("sweep", str(bad), cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("gymlab: error:") and "learning_rate" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 class InlineBackend:
-    """Runs segments in this process; the segment of ``stop_trial`` comes back as if signalled."""
+    """Trains seed runs in this process; the runs of ``stop_trial`` come back as if signalled."""
 
     slots = 1
 
     def __init__(self, stop_trial: int | None = None) -> None:
         self.stop_trial = stop_trial
-        self.submitted: list[sw.Segment] = []
-        self.results: list[sw.SegmentResult] = []
+        self.submitted: list[RunSpec] = []
+        self.results: list[RunOutcome] = []
 
-    def submit(self, segment: sw.Segment) -> None:
-        self.submitted.append(segment)
-        if segment.trial == self.stop_trial:
-            self.results.append(sw.SegmentResult(segment, segment.run_dir, step=100, interrupted=True))
+    def submit(self, spec: RunSpec) -> None:
+        self.submitted.append(spec)
+        if spec.tag[0] == self.stop_trial:
+            self.results.append(RunOutcome(spec, "interrupted", spec.run_dir, step=100))
         else:
-            self.results.append(sw.run_segment(segment))
+            self.results.append(execute(spec))
 
-    def wait(self) -> list[sw.SegmentResult]:
+    def wait(self) -> list[RunOutcome]:
         done, self.results = self.results, []
         return done
 
@@ -312,17 +343,89 @@ class InlineBackend:
         pass
 
 
+SMALL = {**TAXI, "base": {**TAXI["base"], "steps": 3000, "eval_every": 1500}}
+
+
 def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path) -> None:
-    data = {**TAXI, "base": {**TAXI["base"], "steps": 3000, "eval_every": 1500}}
-    sweep = sw.load_sweep(write_sweep(tmp_path, data))
+    sweep = sw.load_sweep(write_sweep(tmp_path, SMALL))
     stopped = InlineBackend(stop_trial=1)
     first = sw.run_sweep(sweep, tmp_path / "sweep", backend=stopped)
     # Trial 0 finished; trial 1's run was stopped by a signal the driver never saw: no trial 2.
     assert first.interrupted
-    assert [s.trial for s in stopped.submitted] == [0, 1]
+    assert [s.tag[0] for s in stopped.submitted] == [0, 1]
     assert {r.number: r.state for r in first.rows} == {0: "complete", 1: "running"}
     resumed = InlineBackend()
     second = sw.run_sweep(sweep, tmp_path / "sweep", backend=resumed)
     assert not second.interrupted and second.resumed == 1
-    assert [s.trial for s in resumed.submitted] == [1, 2, 3]  # trial 0 is not redone
+    assert [s.tag[0] for s in resumed.submitted] == [1, 2, 3]  # trial 0 is not redone
     assert [r.state for r in second.rows] == ["complete"] * 4
+
+
+def test_grid_search_is_optunas_grid_sampler(tmp_path: Path) -> None:
+    import optuna
+
+    sweep = sw.load_sweep(write_sweep(tmp_path, {**SMALL, "space": {"learning_rate": [0.3, 0.6, 0.9]}}))
+    sampler = sw.study.make_sampler(sweep)
+    assert isinstance(sampler, optuna.samplers.GridSampler)
+    result = sw.run_sweep(sweep, tmp_path / "sweep", backend=InlineBackend())
+    assert sorted(r.params["learning_rate"] for r in result.rows) == [0.3, 0.6, 0.9]  # each point once
+    storage = sw.study.open_storage(tmp_path / "sweep" / sw.study.JOURNAL_FILE)
+    trials = optuna.load_study(study_name=sw.study.STUDY_NAME, storage=storage).get_trials()
+    # The sampler chose each point (it tags its trials with a grid id); nothing was queued by hand.
+    assert sorted(t.system_attrs["grid_id"] for t in trials) == [0, 1, 2]
+    assert not any("fixed_params" in t.system_attrs for t in trials)
+    # A resumed, finished grid asks for nothing more even with a larger --trials.
+    again = InlineBackend()
+    sw.run_sweep(sw.load_sweep(sweep.source, trials=10), tmp_path / "sweep", backend=again)
+    assert again.submitted == []
+
+
+def test_sweep_without_optuna_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", str(write_sweep(tmp_path, SMALL))])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gymlab: error:") and 'pip install "gymlab[sweep]"' in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_the_summary_is_written_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "make_backend", lambda *args: InlineBackend())
+    monkeypatch.setattr(driver, "write_summary", interrupted)
+    data = {**SMALL, "space": {"learning_rate": [0.5]}}
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", str(write_sweep(tmp_path, data)), "--run-dir", str(tmp_path / "sweep")])
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gymlab: interrupted") and "resume with the same command" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_sweep_exits_130_with_one_line(tmp_path: Path) -> None:
+    data = {**TAXI, "base": {**TAXI["base"], "steps": 2_000_000, "eval_every": 1_000_000}}
+    data["space"] = {"learning_rate": [0.5]}
+    path = write_sweep(tmp_path, data)
+    folder = tmp_path / "sweep"
+    command = [sys.executable, "-m", "gymlab", "sweep", str(path), "--run-dir", str(folder), "--max-concurrent", "1"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("trial-0000-s0/events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # as a Ctrl-C in the terminal: the driver and its workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("gymlab: interrupted") and len(err.strip().splitlines()) == 1
+    assert (folder / "trial-0000-s0" / "checkpoints" / "last.pt").is_file()  # the run stopped at a checkpoint
+    assert (folder / "summary.md").is_file()
