@@ -348,10 +348,11 @@ def _step_guard(envs: VectorEnv[Any, Any, Any]) -> Callable[[Any, np.ndarray], N
     return guard
 
 
-class _InterruptedAtOnce(KeyboardInterrupt):
-    """A signal while starting up, raised by the handler itself; :func:`starting` makes it :class:`Interrupted`.
+class StartUpInterrupt(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM while starting up (see :func:`starting`), raised by the signal handler itself.
 
-    A ``KeyboardInterrupt``, so that no ``except Exception`` in the code it interrupts swallows it.
+    A ``KeyboardInterrupt``, as a Ctrl-C there always was: no ``except Exception`` in the code it
+    interrupts swallows it, and the runner and the CLI treat it as "stopped, nothing saved".
     """
 
 
@@ -370,7 +371,7 @@ def graceful_stop() -> Iterator[StopFlag]:
 
     Stopping between steps (never inside an update) is what makes the saved checkpoint exact.
     Inside :func:`starting` (start-up) the first signal interrupts right away, as
-    :class:`Interrupted`. A second Ctrl-C interrupts at once (plain ``KeyboardInterrupt``).
+    :class:`StartUpInterrupt`. A second Ctrl-C interrupts at once (plain ``KeyboardInterrupt``).
     Outside the main thread no handler can be installed, and the flag is never set.
     """
     flag = StopFlag()
@@ -383,7 +384,7 @@ def graceful_stop() -> Iterator[StopFlag]:
             raise KeyboardInterrupt
         flag.set()
         if flag.at_once:
-            raise _InterruptedAtOnce(
+            raise StartUpInterrupt(
                 f"{signal.Signals(signum).name} while starting up: stopped before anything was saved"
             )
 
@@ -400,12 +401,10 @@ _graceful_stop = graceful_stop  # the name it had before it was shared with eval
 
 @contextmanager
 def starting(flag: StopFlag) -> Iterator[None]:
-    """Start-up under ``flag``'s handler: a signal stops it at once, raising :class:`Interrupted`."""
+    """Start-up under ``flag``'s handler: a signal stops it at once, raising :class:`StartUpInterrupt`."""
     flag.at_once = True
     try:
         yield
-    except _InterruptedAtOnce as exc:
-        raise Interrupted(str(exc)) from None
     finally:
         flag.at_once = False
 
@@ -438,7 +437,8 @@ def train(
             there with a checkpoint (``TrainResult.stopped``), as a sweep's pruner does.
 
     Raises:
-        Interrupted: a signal arrived while the run was starting up (nothing saved).
+        StartUpInterrupt: a signal arrived while the run was starting up (a ``KeyboardInterrupt``;
+            nothing saved).
         GymlabError: a NaN or infinite reward, observation, metric or parameter, or an env that
             raised or returned what its space does not allow; the message names the step, the
             source and the last good checkpoint, which is left as it was.

@@ -244,8 +244,9 @@ def watch(
     ``follow``. ``echo`` receives the lines meant for the user.
 
     Raises:
-        Interrupted: Ctrl-C or SIGTERM; at once while loading, else at the next frame, after
-            finishing the mp4 so far (its message names it).
+        Interrupted: Ctrl-C or SIGTERM at the next frame, after finishing the mp4 so far (its
+            message names it). While loading, a signal stops at once (``StartUpInterrupt``, a
+            ``KeyboardInterrupt``).
 
     """
     from gymlab.loop import graceful_stop, starting

@@ -18,7 +18,7 @@ from gymlab import checkpoint, registry, vector
 from gymlab.agent import Context, Transition
 from gymlab.config import validate
 from gymlab.errors import GymlabError, Interrupted
-from gymlab.loop import evaluate, train
+from gymlab.loop import StartUpInterrupt, evaluate, train
 
 
 class Corridor(gym.Env):
@@ -595,9 +595,41 @@ def test_a_signal_during_start_up_stops_at_once(tmp_path, no_default_signal_hand
         {"agent": f"{__name__}:Scripted", "env": f"{__name__}:SignalOnInit", "env_kwargs": {"sig": int(sig)}},
         ScriptedConfig,
     )
-    with pytest.raises(Interrupted, match=f"{sig.name} while starting up: stopped before anything was saved"):
-        train(cfg, tmp_path)
+    with pytest.raises(StartUpInterrupt, match=f"{sig.name} while starting up: stopped before anything was saved"):
+        train(cfg, tmp_path)  # a KeyboardInterrupt: the runner and the CLI take it as "stopped, nothing saved"
     assert not (tmp_path / "checkpoints").exists()
+
+
+class SignalWhenBuilt(Scripted):
+    """Sends itself ``signal`` in its constructor: the run's start-up (the CLI's preflight builds no agent)."""
+
+    Config: ClassVar[type[BaseModel]] = SignalConfig
+
+    def __init__(self, config: SignalConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        os.kill(os.getpid(), config.signal)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_real_signal_during_start_up_stops_gymlab_train_at_once_leaving_no_folder(tmp_path, sig):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    args = [f"{__name__}:SignalWhenBuilt", f"{__name__}:Corridor", "--run-dir", "r", f"signal={int(sig)}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gymlab", "train", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores SIGINT
+    )
+    assert proc.returncode == 130 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "interrupted during start-up" in proc.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
