@@ -262,17 +262,26 @@ def _short_repr(value: Any) -> str:
     return short.repr(value)
 
 
-def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
-    """The first float in ``value`` (nested mappings and sequences) that is NaN or infinite, with its key path."""
+#: The value types a config may hold: what YAML's plain data becomes, and what survives the run folder's
+#: config.yaml and the checkpoint unchanged (a date, a set or ``!!binary`` bytes would come back different).
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _data_problem(value: Any, path: str) -> tuple[str, str] | None:
+    """The first value in ``value`` (nested mappings and lists) that is not finite plain data: (key path, why)."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return where, item
+            return where, f"{item}: must be a finite number"
         if isinstance(item, Mapping):
             stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{where}.{i}") for i, v in reversed(list(enumerate(item))))
+        elif not isinstance(item, PLAIN_TYPES):
+            return where, (
+                f"a {type(item).__name__}: must be text, a number, a boolean, a list or a mapping (quote it as text)"
+            )
     return None
 
 
@@ -292,10 +301,13 @@ def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: st
         hparams = hparams_model.model_validate(run.hparams)
     except ValidationError as exc:
         raise explain(exc, "hparams", valid, source) from None
-    found = _non_finite({**run.model_dump(exclude={"hparams"}), "hparams": hparams.model_dump()}, "")
-    if found is not None:
-        key, value = found
-        raise GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
+    # The raw run keys and hparams as given (env_kwargs and any Any-typed field keep what YAML made), then the
+    # validated hparams (a schema may turn the text "inf" into a float).
+    for tree in ({**run.model_dump(), "hparams": run.hparams}, {"hparams": hparams.model_dump()}):
+        found = _data_problem(tree, "")
+        if found is not None:
+            key, why = found
+            raise GymlabError(f"{source}: '{key}' = {why}")
     run = run.model_copy(update={"hparams": hparams.model_dump(mode="json")})
     return Config(run=run, hparams=hparams)
 

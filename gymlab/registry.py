@@ -239,7 +239,9 @@ def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception)
         return env_error(env_id, "construction", exc)
     given = f" with env_kwargs {dict(env_kwargs)}" if env_kwargs else ""
     if isinstance(exc, TypeError) and "argument" in str(exc):  # an unknown or missing keyword
-        return GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {exc}")
+        # gym.make appends " was raised from the environment creator for ID with kwargs (...)": said already
+        reason = str(exc).split(" was raised from the environment creator", 1)[0]
+        return GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {reason}")
     return GymlabError(f"environment '{env_id}'{given}: its constructor raised {_describe(exc)}")
 
 

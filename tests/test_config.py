@@ -129,7 +129,8 @@ def test_the_file_role_is_named(tmp_path):
         load_yaml(f, "sweep file")
 
 
-# Each case: agent, override -> fragment. Non-finite numbers anywhere in the merged config are refused at validation.
+# Each case: agent, override -> fragment. Non-finite numbers (or values that are not plain data) anywhere in the
+# merged config are refused at validation.
 NON_FINITE = [
     ("dqn", "learning_rate=inf", "'hparams.learning_rate' = inf: must be a finite number"),
     ("tabular_q", "initial_q=.nan", "'hparams.initial_q' = nan: must be a finite number"),
@@ -137,6 +138,10 @@ NON_FINITE = [
     ("dqn", "max_grad_norm=.inf", "'hparams.max_grad_norm' = inf"),
     ("tabular_q", "env_kwargs.slip=-.inf", "'env_kwargs.slip' = -inf"),
     ("tabular_q", "env_kwargs.nested={a: [1, .nan]}", "'env_kwargs.nested.a.1' = nan"),
+    # Not plain data: a traceback when the run folder's config is written, or a different value after resume.
+    ("tabular_q", "env_kwargs.x=!!binary /w==", "'env_kwargs.x' = a bytes: must be text, a number"),
+    ("tabular_q", "env_kwargs.start=2020-01-01", "'env_kwargs.start' = a date"),
+    ("tabular_q", "env_kwargs.tags=!!set {a, b}", "'env_kwargs.tags' = a set"),
 ]
 
 
