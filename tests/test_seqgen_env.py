@@ -142,3 +142,16 @@ def test_token_lstm_step_by_step_matches_teacher_forcing():
         step_logits = model.out(states[t][0].squeeze(0))
         torch.testing.assert_close(torch.log_softmax(step_logits, -1), full[:, t])
         torch.testing.assert_close(model.next_logits(tokens[:, :t]), step_logits)
+
+
+def test_oracle_settings_are_the_envs_defaults_unless_env_kwargs_say_otherwise():
+    """SeqGAN reads its oracle from the run's env_kwargs through oracle_settings: the env's own defaults."""
+    import inspect
+
+    from gymlab.envs.seqgen import SeqGenEnv, oracle_settings
+
+    defaults = inspect.signature(SeqGenVectorEnv).parameters
+    names = ("oracle_seed", "oracle_embedding_dim", "oracle_hidden_dim")
+    assert oracle_settings({}) == tuple(defaults[n].default for n in names)
+    assert oracle_settings({}) == tuple(inspect.signature(SeqGenEnv).parameters[n].default for n in names)
+    assert oracle_settings({"oracle_seed": 4, "oracle_hidden_dim": 8, "vocab_size": 9}) == (4, 32, 8)
