@@ -486,6 +486,7 @@ class _Trainer:
             torch.set_num_threads(run.threads)
         self.stop: threading.Event = StopFlag()  # the signal flag, from run() on
         self.during = ""  # " during evaluation" / " during a video", for the message of an env problem
+        self.evaluated_at: int | None = None  # the step of the last evaluation played to its end
         self.state = _LoopState()
         # Text the agent sends before the logger exists (while it is built or restored); None after.
         self._pending_text: list[tuple[str, str]] | None = []
@@ -586,8 +587,13 @@ class _Trainer:
         return False
 
     def final_evaluation(self, stop_flag: threading.Event) -> bool:
-        """The evaluation at the end of the budget; False if a signal interrupted it."""
+        """The evaluation at the end of the budget; False if a signal interrupted it.
+
+        Already done when the run resumed from an interrupted final evaluation (:meth:`run` played it).
+        """
         self.stop = stop_flag
+        if self.evaluated_at == self.state.step:
+            return True
         try:
             self.evaluate()
         except Interrupted:
@@ -737,7 +743,7 @@ class _Trainer:
             stop=self.stop,
             on_capped=lambda length, ret: cut.append(length),
         )
-        state.eval_due, self.during = False, ""
+        state.eval_due, self.during, self.evaluated_at = False, "", state.step
         if cut:
             self.logger.scalars({EVAL_CAPPED: float(len(cut))}, state.step)
             self._note(

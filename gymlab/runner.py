@@ -333,7 +333,7 @@ def _check_target(opened: _Opened, *, explicit: bool) -> None:
     """A resume must have steps left; in ``auto`` mode a run already at its target is simply done."""
     assert opened.ckpt is not None
     done = int(opened.ckpt["loop"]["step"])
-    if done < opened.until:
+    if done < opened.until or opened.ckpt["loop"].get("eval_due"):  # eval_due: the final evaluation was interrupted
         return
     if not explicit:
         opened.done = True

@@ -582,6 +582,22 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling
     assert signal.getsignal(signal.SIGINT) is no_default_signal_handling
 
 
+def test_a_resume_finishes_an_interrupted_final_evaluation_once(tmp_path, no_default_signal_handling):
+    Signaller.sent = False
+    data = {"agent": f"{__name__}:Signaller", "env": f"{__name__}:Corridor", "steps": 50, "eval_every": 0}
+    cfg = validate(data, SignalConfig)
+    result = train(cfg, tmp_path)  # the only greedy action is the final evaluation's: interrupted there
+    assert result.interrupted and result.step == 50 and result.last_eval is None
+    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["loop"]["eval_due"]
+    result = train(cfg, tmp_path, resume=ckpt)
+    assert not result.interrupted and result.last_eval == 6.0
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/return_mean")] == [50]  # played once, not twice
+    assert not checkpoint.load(tmp_path / "checkpoints" / "last.pt")["loop"]["eval_due"]
+
+
 class SignalOnInit(Corridor):
     """Sends itself a signal while it is built, as a Ctrl-C during start-up would arrive."""
 
