@@ -40,6 +40,8 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 
 
 EXIT_INTERRUPTED = 130
+
+
 class _Stopped(Exception):
     """A command stopped by Ctrl-C or SIGTERM; the message says what was saved and how to continue."""
 
