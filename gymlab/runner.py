@@ -123,10 +123,7 @@ def interrupted_message(outcome: RunOutcome) -> str:
     """What an interrupted run saved and how to continue it, in one line."""
     if outcome.checkpoint is None:
         if outcome.run_dir is not None:
-            return (
-                f"interrupted before any checkpoint; {outcome.run_dir} holds none (kept); "
-                f"continue with: gymlab train --resume {outcome.run_dir}"
-            )
+            return f"interrupted before any checkpoint: {outcome.run_dir} holds none; remove it and start again"
         return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
     return (
         f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
