@@ -5,12 +5,22 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import io
+import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from gymlab.agent import load_agent_class
+from gymlab.cli import main
 
 # Tests run two at a time on two cores (pytest -n 2): one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -48,3 +58,58 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if getattr(config.option, "dist", None) == "load":
         config.option.dist = "loadgroup"
+
+
+# --- gymlab in this process (tests/test_contract.py, tests/test_regressions.py) ---------------------
+
+
+@dataclass
+class Result:
+    """Exit code and output of one in-process ``gymlab`` command (code None: it raised)."""
+
+    argv: list[str]
+    code: int | None
+    out: str
+    err: str
+
+    def ok(self) -> str:
+        """The failure message to show when a command expected to succeed did not."""
+        return f"gymlab {' '.join(self.argv)} -> {self.code}\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
+
+
+def gymlab_inprocess(*argv: Any) -> Result:
+    """Run ``gymlab ARGV`` through ``gymlab.cli.main`` in this process, capturing its output."""
+    args = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    code: int | None
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # a traceback: the test shows it
+            code = None
+            err.write(traceback.format_exc())
+    return Result(args, code, out.getvalue(), err.getvalue())
+
+
+@contextmanager
+def ctrl_c_after_update(agent: str, stop: int) -> Iterator[None]:
+    """Send SIGINT to this process once, right after the agent's update at env step ``stop`` or later."""
+    cls: Any = load_agent_class(agent)  # Any: its update is swapped for the duration
+    original = cls.__dict__["update"]
+    fired: list[int] = []
+
+    def update(self: Any, step: int) -> Any:
+        metrics = original(self, step)
+        if step >= stop and not fired:
+            fired.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    cls.update = update
+    try:
+        yield
+    finally:
+        cls.update = original

@@ -32,15 +32,10 @@ all tests of a case share an xdist group, so ``pytest -n 2`` trains each case on
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import math
-import os
 import re
-import signal
-import traceback
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +45,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import Result, ctrl_c_after_update, gymlab_inprocess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint, registry
 from gymlab.agent import AGENTS, load_agent_class, smoke_hparams
-from gymlab.cli import main
 from gymlab.config import RunConfig, shipped_configs
 
 #: Envs tried, in order, for an agent that ships no preset: the first its check_spaces accepts.
@@ -174,58 +169,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # --- running the CLI in-process ------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    """Exit code and output of one in-process ``gymlab`` command (code None: it raised)."""
-
-    argv: list[str]
-    code: int | None
-    out: str
-    err: str
-
-    def ok(self) -> str:
-        """The failure message to show when a command expected to succeed did not."""
-        return f"gymlab {' '.join(self.argv)} -> {self.code}\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
-
-
-def gymlab(*argv: Any) -> Result:
-    """Run ``gymlab ARGV`` through ``gymlab.cli.main`` in this process, capturing its output."""
-    args = [str(a) for a in argv]
-    out, err = io.StringIO(), io.StringIO()
-    code: int | None
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Exception:  # a traceback: the test shows it
-            code = None
-            err.write(traceback.format_exc())
-    return Result(args, code, out.getvalue(), err.getvalue())
-
-
-@contextmanager
-def ctrl_c_after_update(agent: str, stop: int) -> Iterator[None]:
-    """Send SIGINT to this process once, right after the agent's update at env step ``stop`` or later."""
-    cls: Any = load_agent_class(agent)  # Any: its update is swapped for the duration
-    original = cls.__dict__["update"]
-    fired: list[int] = []
-
-    def update(self: Any, step: int) -> Any:
-        metrics = original(self, step)
-        if step >= stop and not fired:
-            fired.append(step)
-            os.kill(os.getpid(), signal.SIGINT)
-        return metrics
-
-    cls.update = update
-    try:
-        yield
-    finally:
-        cls.update = original
-
-
 # --- the shared runs -----------------------------------------------------------------------------
 
 
@@ -247,7 +190,7 @@ def runs(case: Case, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """Train the case once, uninterrupted (the other runs are made lazily by :func:`resumed`)."""
     root = tmp_path_factory.mktemp(case.id)
     whole = root / "whole"
-    return Runs(case, whole, gymlab(*case.train_args(), "--run-dir", whole), root / "parts")
+    return Runs(case, whole, gymlab_inprocess(*case.train_args(), "--run-dir", whole), root / "parts")
 
 
 @pytest.fixture(scope="module")
@@ -255,10 +198,10 @@ def resumed(runs: Runs) -> Runs:
     """The same run, Ctrl-C'd after step ``case.stop``, then continued with ``--resume``."""
     if runs.interrupted is None:
         with ctrl_c_after_update(runs.case.agent, runs.case.stop):
-            runs.interrupted = gymlab(*runs.case.train_args(), "--run-dir", runs.parts)
+            runs.interrupted = gymlab_inprocess(*runs.case.train_args(), "--run-dir", runs.parts)
         if (runs.parts / "checkpoints" / "last.pt").is_file():
             runs.stopped_at = int(last_checkpoint(runs.parts)["loop"]["step"])
-        runs.resumed = gymlab("train", "--resume", runs.parts)
+        runs.resumed = gymlab_inprocess("train", "--resume", runs.parts)
     return runs
 
 
@@ -370,7 +313,7 @@ def test_train(case: Case, runs: Runs) -> None:
 @pytest.mark.parametrize("which", ["last", "best"])
 def test_eval_json(case: Case, runs: Runs, which: str) -> None:
     run = trained(runs)
-    ev = gymlab("eval", run, "--json", "--episodes", 2, "--checkpoint", which)
+    ev = gymlab_inprocess("eval", run, "--json", "--episodes", 2, "--checkpoint", which)
     assert ev.code == 0, ev.ok()
     result = json.loads(ev.out.strip().splitlines()[-1])
     assert result["episodes"] == 2 and len(result["returns"]) == 2, result
@@ -383,7 +326,7 @@ def test_eval_json(case: Case, runs: Runs, which: str) -> None:
 def test_watch_record(case: Case, runs: Runs, tmp_path: Path) -> None:
     run = trained(runs)
     out = tmp_path / "out.mp4"
-    shown = gymlab("watch", run, "--record", out, "--episodes", 1)
+    shown = gymlab_inprocess("watch", run, "--record", out, "--episodes", 1)
     assert shown.code == 0, shown.ok()
     if renders_pixels(run):
         assert out.is_file(), shown.ok()
@@ -426,7 +369,7 @@ def test_compare(case: Case, resumed: Runs, tmp_path: Path) -> None:
     whole = trained(resumed)
     assert resumed.resumed is not None and resumed.resumed.code == 0, resumed.resumed and resumed.resumed.ok()
     out = tmp_path / "x.png"
-    shown = gymlab("compare", whole, resumed.parts, "--out", out)
+    shown = gymlab_inprocess("compare", whole, resumed.parts, "--out", out)
     assert shown.code == 0, shown.ok()
     image = iio.imread(out)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
