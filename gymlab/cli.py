@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gymlab.errors import GymlabError, Interrupted
+from gymlab.errors import GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
     from gymlab.runner import RunSpec
@@ -40,8 +40,6 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 
 
 EXIT_INTERRUPTED = 130
-#: Longest message printed (longer ones are cut, so a huge value in an error stays one readable line).
-MAX_MESSAGE = 300
 
 
 class _Stopped(Exception):
@@ -68,12 +66,6 @@ def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
-    """``message`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def fail(message: str) -> NoReturn:
     """Print one error line and exit with code 2."""
     print(f"gymlab: error: {one_line(message)}", file=sys.stderr)
@@ -82,7 +74,7 @@ def fail(message: str) -> NoReturn:
 
 def interrupted(message: str) -> NoReturn:
     """Print one line saying what an interrupt left behind and exit with code 130."""
-    print(f"gymlab: {one_line(message, 2 * MAX_MESSAGE)}", file=sys.stderr)
+    print(f"gymlab: {one_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_INTERRUPTED)
 
 

@@ -117,6 +117,7 @@ class PlainProgress:
     def phase(self, name: str, done: int, total: int) -> None:
         """A line at each tenth of an offline phase, or every 30 s, and at its end."""
         now = time.perf_counter()
+        self._t0 = now  # steps/s and the ETA count env steps, which start after the phases
         if (
             done < total
             and done * 10 // total == (done - 1) * 10 // total

@@ -176,7 +176,16 @@ class RunPool:
 
 
 def _lost(spec: RunSpec) -> RunOutcome:
-    return RunOutcome(spec, "interrupted", spec.run_dir, error="its worker was stopped before it reported")
+    """A run whose worker was killed before it reported: what its folder holds now."""
+    from gymlab import checkpoint, runs
+
+    newest = runs.newest_checkpoint(spec.run_dir) if spec.run_dir is not None and spec.run_dir.is_dir() else None
+    step = 0
+    if newest is not None:
+        with contextlib.suppress(Exception):  # a damaged checkpoint still names the folder to look at
+            step = int(checkpoint.load(newest)["loop"]["step"])
+    error = "its worker was stopped before it reported"
+    return RunOutcome(spec, "interrupted", spec.run_dir, step, checkpoint=newest, error=error)
 
 
 def retry_spec(spec: RunSpec) -> RunSpec:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, Interrupted
 
 Mode = Literal["new", "resume", "auto"]
 Status = Literal["finished", "stopped", "interrupted", "failed", "cancelled"]
@@ -123,10 +123,7 @@ def interrupted_message(outcome: RunOutcome) -> str:
     """What an interrupted run saved and how to continue it, in one line."""
     if outcome.checkpoint is None:
         if outcome.run_dir is not None:
-            return (
-                f"interrupted before any checkpoint; {outcome.run_dir} holds none (kept); "
-                f"continue with: gymlab train --resume {outcome.run_dir}"
-            )
+            return f"interrupted before any checkpoint: {outcome.run_dir} holds none; remove it and start again"
         return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
     return (
         f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
@@ -147,7 +144,7 @@ def run(spec: RunSpec, progress: Any = None) -> RunOutcome:
     try:
         opened = _open(spec)
         return _train(spec, opened, progress, start)
-    except KeyboardInterrupt:  # during start-up, or a second Ctrl-C inside the loop
+    except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
         return _interrupted(spec, opened, start)
     except BaseException:
         if opened is not None:
@@ -268,7 +265,10 @@ def _open_branch(spec: RunSpec) -> _Opened:
     config = source_cfg if spec.device is None else _validated(source_cfg.to_dict(), spec.device)
     if spec.run_dir is None:
         raise GymlabError("starting a new run from a checkpoint needs --run-dir NEW")
-    opened = _open_new(replace(spec, until=spec.until or max(config.run.steps, int(ckpt["loop"]["step"]))), config)
+    done, until = int(ckpt["loop"]["step"]), spec.until or config.run.steps
+    if done >= until:  # checked before the new folder exists
+        raise GymlabError(f"{spec.source} is at step {done:,} already; pass --steps N with N > {done:,} to go on")
+    opened = _open_new(replace(spec, until=until), config)
     opened.ckpt = ckpt
     source_dir = runs.run_dir_of(ckpt_path)
     try:
@@ -277,7 +277,6 @@ def _open_branch(spec: RunSpec) -> _Opened:
     except OSError as exc:
         opened.abandon()
         raise GymlabError(f"cannot copy {source_dir}'s TensorBoard events: {exc.strerror or exc}") from None
-    _check_target(opened, explicit=True)
     return opened
 
 
@@ -305,16 +304,15 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> _Opened:
             latest = int(checkpoint.load(newest).get("loop", {}).get("step", -1))
             if named < latest:
                 raise GymlabError(
-                    f"{target} (step {named:,}) is older than {newest} (step {latest:,}); resuming from it would "
-                    f"rewrite this run's later history: continue {folder} as it is, or start a new run from it "
-                    f"with --run-dir NEW"
+                    f"{target.name} (step {named:,}) is older than {newest.name} (step {latest:,}) and would rewrite "
+                    f"later history: start a new run from it with --run-dir NEW, or resume {folder} itself"
                 )
             newest = target
         config, ckpt, _ = runs.load_run(newest, "last", spec.trust)
         if spec.device is not None:
             config = _validated(config.to_dict(), spec.device)
         if spec.config is not None:  # auto: the folder must be the run the caller asks for
-            differ = runs.config_differences(spec.config, ckpt["config"])
+            differ = runs.config_differences(_validated(spec.config, spec.device).to_dict(), ckpt["config"])
             if differ:
                 raise GymlabError(
                     f"run folder {folder} holds another run (its config differs in {', '.join(differ[:5])}); "

@@ -81,12 +81,16 @@ def test_config_file_and_overrides_reach_the_resolved_config(cli, tmp_path):
         (["train", "tabular_q", "Taxi-v4", "--bogus"], ["No such option: --bogus"]),
         (["train", "tabular_q", "Taxi-v4", "--steps", "many"], ["Invalid value for '--steps'", "valid integer"]),
         (["eval", "nowhere"], ["no run folder or checkpoint at nowhere"]),
+        (["eval", "nowhere", "--seed", "-1"], ["Invalid value for '--seed'", "greater than or equal to 0"]),
+        (["train", "tabular_q", "Taxi-v4", "--steps", "0"], ["Invalid value for '--steps'"]),
+        (["train", "tabular_q", "Taxi-v4", "gamma=" + "x" * 20_000], ["'hparams.gamma'"]),  # capped, one line
         (["frobnicate"], ["No such command 'frobnicate'"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
     proc = cli(*args)
     assert_one_line_error(proc, *fragments)
+    assert len(proc.stderr) < 1_100  # error messages are capped
     assert not (tmp_path / "runs").exists()  # nothing is created for a rejected command
 
 

@@ -57,15 +57,20 @@ def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
 
     cls = load_agent_class("tabular_q")
     for seed, result in zip(seeds, results, strict=True):
+        assert result.run_dir == tmp_path / "parallel" / f"s{seed}"
         assert_complete(result.run_dir, seed)
         config = validate({**CONFIG, "seed": seed}, cls.Config)
         alone = train(config, runs.create_run_dir(config, tmp_path / "alone" / f"s{seed}"))
         assert (result.step, result.last_eval, result.best_eval) == (alone.step, alone.last_eval, alone.best_eval)
-        q_parallel = checkpoint.load(result.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
+        q_parallel = checkpoint.load(tmp_path / "parallel" / f"s{seed}" / "checkpoints" / "last.pt")["agent_state"][
+            "policy"
+        ]["q"]
+        assert alone.checkpoint is not None
         q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["policy"]["q"]
         np.testing.assert_array_equal(q_parallel, q_alone)
     # Different seeds really are different runs.
-    tables = [checkpoint.load(r.run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for r in results]
+    folders = [tmp_path / "parallel" / f"s{s}" for s in seeds]
+    tables = [checkpoint.load(f / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for f in folders]
     assert not np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[1], tables[2])
 
 

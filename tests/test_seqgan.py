@@ -346,3 +346,28 @@ def test_constant_rollout_reward_does_not_lower_nll_oracle(tmp_path: Path, monke
     monkeypatch.setattr(seqgan, "rollout_action_values", constant)
     history = learn(tmp_path)
     assert adversarial_gain(history) <= 0.01, history
+
+
+def test_plain_progress_shows_the_phases_and_times_env_steps_after_them(tmp_path: Path):
+    import io
+
+    from gymlab.console import PlainProgress
+
+    class Clocked(PlainProgress):
+        """Notes the clock steps/s is measured from, at the start and at the first env-step report."""
+
+        def start(self, total, initial):
+            super().start(total, initial)
+            self.t0_at_start = self._t0
+
+        def update(self, step, episodes, recent_return):
+            self.__dict__.setdefault("t0_at_first_update", self._t0)
+            super().update(step, episodes, recent_return)
+
+    stream = io.StringIO()
+    progress = Clocked("seqgan", stream=stream)
+    train(tiny_config(1), tmp_path, progress=progress)
+    lines = stream.getvalue().splitlines()
+    assert "seqgan: mle 2/2 (before the first env step)" in lines
+    assert "seqgan: disc_pretrain 2/2 (before the first env step)" in lines
+    assert progress.t0_at_first_update > progress.t0_at_start  # the phases' time is not counted as env steps

@@ -1,0 +1,394 @@
+"""Run-folder ownership and the one runner/pool: a lock per folder, one history, trust before import,
+failed starts that leave nothing, checkpoint writes that fail cleanly, and interrupts that exit 130."""
+
+import errno
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gymlab import checkpoint, runs
+from gymlab.cli import main
+from gymlab.errors import GymlabError
+from gymlab.parallel import run_all
+from gymlab.runner import RunSpec
+
+TINY = ["eval_every=1000", "eval_episodes=2", "log_every=500", "checkpoint_every=1000"]
+
+#: A user env (a module beside the runs): writes a marker when imported, and can send itself SIGINT
+#: when built for the ``interrupt_at_build``-th time or at step ``interrupt_at_step``.
+HELPER = """
+import os, signal
+from pathlib import Path
+import gymnasium as gym
+
+Path(os.environ.get("HELPER_MARKER", "imported.txt")).write_text("imported")
+BUILT = [0]
+
+
+class Walk(gym.Env):
+    observation_space = gym.spaces.Discrete(4)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, interrupt_at_build=0, interrupt_at_step=0, raise_at_reset=False):
+        BUILT[0] += 1
+        self.raise_at_reset = raise_at_reset
+        if BUILT[0] == interrupt_at_build:
+            os.kill(os.getpid(), signal.SIGINT)
+        self.interrupt_at_step, self.steps, self.pos = interrupt_at_step, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.raise_at_reset:
+            raise RuntimeError("the env broke at reset")
+        self.pos = 0
+        return self.pos, {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.interrupt_at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        self.pos = min(3, max(0, self.pos + (1 if action else -1)))
+        return self.pos, float(self.pos == 3), self.pos == 3, self.steps % 50 == 0, {}
+"""
+
+
+@pytest.fixture
+def helper(tmp_path: Path) -> Path:
+    """Write helper.py into the working folder; returns the marker its import writes."""
+    (tmp_path / "helper.py").write_text(HELPER)
+    return tmp_path / "imported.txt"
+
+
+def one_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def step_of(path: Path) -> int:
+    return int(checkpoint.load(path)["loop"]["step"])
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a run folder except its lock, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+# --- one writer -------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from gymlab import runs
+lock = runs.lock_run(Path(sys.argv[1]))
+Path(sys.argv[2]).write_text("locked")
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_while_the_first_lives(cli, tmp_path):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
+    before = snapshot(tmp_path / "r")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "r"), str(tmp_path / "held")])
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "held").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        line = one_line(cli("train", "--resume", "r", "--steps", "4000"), 2, "being written by another gymlab process")
+        assert f"pid {holder.pid}" in line
+        assert snapshot(tmp_path / "r") == before  # nothing rewound, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died: the kernel dropped its lock, and the resume goes ahead.
+    assert cli("train", "--resume", "r", "--steps", "4000").returncode == 0
+    assert step_of(tmp_path / "r" / "checkpoints" / "last.pt") == 4000
+
+
+# --- one history ------------------------------------------------------------------------------
+
+
+def test_an_older_checkpoint_never_rewrites_its_folder_but_may_start_a_new_one(cli, tmp_path):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
+    older = (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes()  # step 2000
+    assert cli("train", "--resume", "r", "--steps", "4000").returncode == 0
+    best = tmp_path / "r" / "checkpoints" / "best.pt"
+    best.write_bytes(older)  # best.pt older than last.pt (step 4000)
+    os.utime(best, (time.time() - 100, time.time() - 100))
+    before = snapshot(tmp_path / "r")
+
+    one_line(cli("train", "--resume", str(best), "--steps", "6000"), 2, "older than", "--run-dir NEW")
+    assert snapshot(tmp_path / "r") == before
+
+    branched = cli("train", "--resume", str(best), "--steps", "6000", "--run-dir", "branch")
+    assert branched.returncode == 0, branched.stderr
+    assert snapshot(tmp_path / "r") == before  # the source folder is only read
+    assert step_of(tmp_path / "branch" / "checkpoints" / "last.pt") == 6000
+    assert list((tmp_path / "branch").glob("events.out.tfevents.*"))  # the curve so far came along
+
+
+@pytest.mark.parametrize(
+    ("other", "fragment"),
+    [
+        (["tabular_q", "FrozenLake-v1"], "is from env 'FrozenLake-v1'"),  # another env
+        (["dqn", "CartPole-v1", "hparams.learning_starts=0", "hparams.buffer_size=1000"], "is from agent 'dqn'"),
+        (["tabular_q", "Taxi-v4", "gamma=0.5"], "differs in hparams.gamma"),  # same agent and env, other config
+    ],
+    ids=["env", "agent", "config"],
+)
+def test_a_checkpoint_from_another_run_is_refused(cli, tmp_path, other, fragment):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", *TINY).returncode == 0
+    made = cli("train", *other, "--run-dir", "o", "--steps", "1000", *TINY)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes((tmp_path / "o" / "checkpoints" / "last.pt").read_bytes())
+    os.utime(tmp_path / "r" / "checkpoints" / "last.pt")  # the newest checkpoint of r
+    before = snapshot(tmp_path / "r")
+    one_line(cli("eval", "r"), 2, fragment, "does not belong")
+    one_line(cli("train", "--resume", "r", "--steps", "3000"), 2, fragment, "does not belong")
+    assert snapshot(tmp_path / "r") == before  # best.pt and the events untouched
+
+
+# --- failed starts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["tabular_q", "Taxi-v4", "--device", "cuda"], "no CUDA device"),
+        (["tabular_q", "helper:Walk", "env_kwargs.raise_at_reset=true"], "the env broke at reset"),
+    ],
+    ids=["cuda", "env-crash"],
+)
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(cli, tmp_path, helper, args, fragment):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for _ in range(2):  # the retry fails for the same reason, not because of the first attempt
+        one_line(cli("train", *args, "--run-dir", "r", "--steps", "1000"), 2, fragment)
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_dies_at_start_is_removed_so_the_same_command_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from gymlab import loop
+
+    real = loop._Trainer.__init__
+
+    def crash(self, *a, **k):
+        real(self, *a, **k)
+        raise RuntimeError("crash at start")
+
+    monkeypatch.setattr(loop._Trainer, "__init__", crash)
+    spec = RunSpec({"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000}, tmp_path / "r")
+    from gymlab import runner
+
+    with pytest.raises(RuntimeError, match="crash at start"):
+        runner.run(spec)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(loop._Trainer, "__init__", real)
+    assert runner.run(spec).status == "finished"
+
+
+# --- trust ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "r", "--episodes", "1"],
+        ["train", "--resume", "r", "--steps", "2000"],
+        ["watch", "r", "--record", "w.mp4"],
+    ],
+    ids=["eval", "resume", "watch"],
+)
+def test_code_named_in_a_run_folder_is_imported_only_when_trusted(cli, tmp_path, helper, command):
+    made = cli("train", "tabular_q", "helper:Walk", "--run-dir", "r", "--steps", "1000", *TINY)
+    assert made.returncode == 0, made.stderr  # named on the command line: trusted
+    helper.unlink()
+    one_line(cli(*command), 2, "helper:Walk", "--trust helper")
+    assert not helper.exists()  # refused before the import
+    trusted = cli(*command, "--trust", "helper")
+    assert trusted.returncode == 0, trusted.stderr
+    assert helper.exists()
+
+
+# --- checkpoint writes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "code"), [("write", errno.ENOSPC), ("open", errno.EROFS)], ids=["disk-full", "read-only"]
+)
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch, capsys, where, code):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real_save, real_open = checkpoint.torch.save, open
+
+    def failing_save(obj, fh):
+        calls.append(1)
+        if len(calls) >= 2:
+            raise OSError(code, os.strerror(code))
+        real_save(obj, fh)
+
+    def failing_open(path, *a, **k):
+        if ".tmp-" in str(path):
+            calls.append(1)
+            if len(calls) >= 2:
+                raise OSError(code, os.strerror(code))
+        return real_open(path, *a, **k)
+
+    if where == "write":
+        monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    else:
+        monkeypatch.setattr("builtins.open", failing_open)
+    args = [
+        "train",
+        "tabular_q",
+        "Taxi-v4",
+        "--run-dir",
+        "r",
+        "--steps",
+        "3000",
+        "eval_every=0",
+        "checkpoint_every=1000",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write checkpoint" in err[0] and os.strerror(code) in err[0], err
+    assert "previous checkpoint is kept" in err[0]
+    folder = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == ["last.pt"]  # no temp file
+    monkeypatch.undo()
+    assert step_of(folder / "last.pt") == 1000
+
+
+# --- interrupts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "fragments", "saved"),
+    [
+        (["train", "tabular_q", "helper:Walk", "env_kwargs.interrupt_at_build=1"], ["nothing was saved"], False),
+        (["train", "tabular_q", "helper:Walk", "env_kwargs.interrupt_at_build=2"], ["nothing was saved"], False),
+        (["train", "tabular_q", "helper:Walk", "env_kwargs.interrupt_at_step=1500"], ["interrupted at step"], True),
+        (["eval", "done", "--trust", "helper"], ["interrupted during evaluation"], None),
+    ],
+    ids=["preflight", "start-up", "training", "eval"],
+)
+def test_an_interrupt_exits_130_with_one_line(cli, tmp_path, helper, command, fragments, saved):
+    if command[0] == "eval":  # a finished run whose env interrupts its evaluation
+        args = ["--run-dir", "done", "--steps", "1000", *TINY, "env_kwargs.interrupt_at_step=5000"]
+        assert cli("train", "tabular_q", "helper:Walk", *args).returncode == 0
+        config = (
+            (tmp_path / "done" / "config.yaml").read_text().replace("interrupt_at_step: 5000", "interrupt_at_step: 3")
+        )
+        for name in ("last.pt", "best.pt"):  # the eval env interrupts on its third step
+            path = tmp_path / "done" / "checkpoints" / name
+            ckpt = checkpoint.load(path)
+            ckpt["config"]["env_kwargs"]["interrupt_at_step"] = 3
+            checkpoint.save(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+        (tmp_path / "done" / "config.yaml").write_text(config)
+        one_line(cli(*command), 130, *fragments)
+        return
+    proc = cli(*command, "--run-dir", "r", "--steps", "100000", *TINY)
+    line = one_line(proc, 130, *fragments)
+    if saved:
+        assert "gymlab train --resume r" in line
+        assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 100_000
+    else:
+        assert not (tmp_path / "r").exists()  # the same command can run again
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+def die(marker: Path, times: int, step: int, mean_return: float) -> bool:
+    """An on_eval that kills its own worker process the first ``times`` times it is called (over retries)."""
+    count = int(marker.read_text()) if marker.exists() else 0
+    if count < times:
+        marker.write_text(str(count + 1))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+
+
+@pytest.mark.parametrize(("times", "status"), [(1, "finished"), (2, "failed")], ids=["dies-once", "dies-twice"])
+def test_a_dead_worker_is_retried_once_and_the_others_go_on(tmp_path, times, status):
+    config = {"agent": "tabular_q", "env": "Taxi-v4", "steps": 3000, "eval_every": 1000, "eval_episodes": 2}
+    dying = RunSpec(config, tmp_path / "dying", on_eval=functools.partial(die, tmp_path / "deaths", times))
+    calm = RunSpec({**config, "seed": 1}, tmp_path / "calm")
+    outcomes = run_all([dying, calm], workers=2)
+    assert outcomes[0].status == status, outcomes[0]
+    if status == "failed":
+        assert "died twice" in (outcomes[0].error or "")
+    else:
+        assert outcomes[0].step == 3000 and step_of(tmp_path / "dying" / "checkpoints" / "last.pt") == 3000
+    assert outcomes[1].status == "finished" and outcomes[1].step == 3000  # retried too if the pool broke under it
+
+
+def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
+    args = ["train", "tabular_q", "Taxi-v4", "--seeds", "0-2", "--workers", "2", "--run-dir", "many"]
+    args += ["--steps", "50000000", "eval_every=0", "checkpoint_every=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+        list((tmp_path / "many" / s).glob("events.out.tfevents.*")) for s in ("s0", "s1")
+    ):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it first
+    stdout, stderr = proc.communicate(timeout=120)
+    line = one_line(
+        subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), 130, "2 runs saved a checkpoint"
+    )
+    assert "gymlab train --resume many/s0" in line and "seeds 2 saved nothing" in line
+    for seed in ("s0", "s1"):
+        assert 0 < step_of(tmp_path / "many" / seed / "checkpoints" / "last.pt") < 50_000_000
+    assert not (tmp_path / "many" / "s2").exists()
+
+
+# --- damaged checkpoints ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda c: c["loop"].pop("step"), "'loop.step' is missing"),
+        (lambda c: c["loop"].update(step="many"), "'loop.step' is a str"),
+        (lambda c: c.update(agent_state=[1, 2]), "'agent_state' is a list"),
+        (lambda c: c.pop("rng"), "'rng' is missing"),
+    ],
+    ids=["missing", "wrong-type", "agent-state", "rng"],
+)
+def test_damaged_checkpoint_internals_are_one_line(cli, tmp_path, damage, fragment):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", *TINY).returncode == 0
+    for name in ("last.pt", "best.pt"):
+        path = tmp_path / "r" / "checkpoints" / name
+        ckpt = {k: v for k, v in checkpoint.load(path).items() if k not in ("format", "version")}
+        damage(ckpt)
+        checkpoint.save(path, ckpt)
+    with pytest.raises(GymlabError, match="is damaged"):
+        runs.load_run(tmp_path / "r")
+    one_line(cli("eval", "r"), 2, fragment)
+    one_line(cli("train", "--resume", "r", "--steps", "2000"), 2, fragment)
+
+
+def test_trust_is_checked_before_any_import(tmp_path):
+    config = {"agent": "evil:Agent", "env": "evil.envs:Env", "wrappers": ["atari", "evil.wrap:fn"]}
+    assert runs.foreign_code(config) == [("agent", "evil:Agent"), ("env", "evil.envs:Env"), ("wrapper", "evil.wrap:fn")]
+    assert runs.foreign_code(config, trust=["evil"]) == []
+    builtin = {"agent": "dqn", "env": "CartPole-v1", "wrappers": ["atari"]}
+    assert runs.foreign_code(builtin) == [] and runs.foreign_code({**builtin, "agent": "gymlab.agents.dqn:DQN"}) == []
+    with pytest.raises(GymlabError, match=r"--trust evil\b"):
+        runs.check_trust(config, "somewhere")
