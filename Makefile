@@ -30,7 +30,7 @@ xvfb:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gymlab
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: $(STAMP) xvfb lint

@@ -59,7 +59,7 @@ def make_flat(agent: DQN) -> DQN:
         self.optimizer.step()
         return norm
 
-    agent.optimize = types.MethodType(optimize, agent)  # type: ignore[method-assign]
+    agent.optimize = types.MethodType(optimize, agent)
     return agent
 
 

@@ -28,7 +28,9 @@ HP = {"learning_rate": 0.5, "gamma": 0.99, "epsilon_start": 1.0, "epsilon_final"
 def hand_written(env_id: str, steps: int, seed: int) -> float:
     """The smallest honest Q-learning loop: one env, scalar ε-greedy, in-place TD update."""
     env = gym.make(env_id)
-    n_s, n_a = env.observation_space.n, env.action_space.n
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gym.spaces.Discrete) and isinstance(act_space, gym.spaces.Discrete)
+    n_s, n_a = int(obs_space.n), int(act_space.n)
     q = np.zeros((n_s, n_a))
     rng = np.random.default_rng(seed)
     s, _ = env.reset(seed=seed)

@@ -33,7 +33,7 @@ def test_observations_are_four_stacked_84x84_grey_uint8_frames(train):
 
 def test_life_loss_ends_episodes_only_when_training():
     train_env = registry.make_env("BreakoutNoFrameskip-v4", wrappers=["atari"], train=True)
-    ale = train_env.unwrapped.ale
+    ale = train_env.unwrapped.ale  # type: ignore[attr-defined]
     _, info = play_until_done(train_env)
     assert ale.lives() == 4 and "episode" not in info  # one life lost; the game goes on
     train_env.reset()
@@ -42,7 +42,8 @@ def test_life_loss_ends_episodes_only_when_training():
 
     eval_env = registry.make_env("BreakoutNoFrameskip-v4", wrappers=["atari"], train=False)
     _, info = play_until_done(eval_env, limit=20_000)
-    assert eval_env.unwrapped.ale.lives() == 0 and "episode" in info  # whole game, real score logged
+    ale = eval_env.unwrapped.ale  # type: ignore[attr-defined]
+    assert ale.lives() == 0 and "episode" in info  # whole game, real score logged
     eval_env.close()
 
 

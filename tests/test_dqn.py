@@ -60,6 +60,7 @@ def test_huber_loss_by_hand():
     loss = q_loss(q, action, target)  # errors 0.5 (quadratic) and 3.0 (linear beyond δ = 1)
     assert loss.item() == pytest.approx((0.5 * 0.5**2 + (3.0 - 0.5)) / 2)
     loss.backward()
+    assert q.grad is not None
     assert torch.allclose(q.grad, torch.tensor([[0.0, -0.25], [-0.5, 0.0]]))  # gradients capped at δ / B
 
 

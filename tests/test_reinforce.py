@@ -248,7 +248,7 @@ def test_check_spaces_names_what_is_needed():
 )
 def test_state_dict_round_trip_through_a_checkpoint_is_exact(tmp_path, act_space, baseline):
     def drive(agent, n_steps, rng):
-        metrics = {}
+        metrics: dict[str, float] = {}
         for t in range(n_steps):
             obs = rng.normal(size=(2, 2)).astype(np.float32)
             action = agent.act(obs, explore=True)
@@ -320,6 +320,7 @@ def test_trains_and_round_trips_on_cuda(tmp_path):
     overrides = ["steps=2000", "num_envs=2", "eval_every=0", "eval_episodes=2", "episodes_per_update=2"]
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, overrides, seed=0, device="cuda")
     result = train(cfg, tmp_path)
+    assert result.checkpoint is not None
     state = checkpoint.load(result.checkpoint)["agent_state"]
     assert state["training"]["updates"] > 0 and state["policy"]["log_std"].is_cuda
     space = gym.spaces.Box(-3.0, 3.0, (1,), np.float32)

@@ -119,6 +119,9 @@ class _Silent(gym.Env):
     observation_space = gym.spaces.Discrete(2)
     action_space = gym.spaces.Discrete(2)
 
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+
 
 @pytest.mark.parametrize(
     ("env", "mode"), [("CartPole-v1", "rgb_array"), (TEXT_ENV, "ansi"), ("GymlabTestSilent-v0", None)]

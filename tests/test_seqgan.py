@@ -356,12 +356,16 @@ def test_plain_progress_shows_the_phases_and_times_env_steps_after_them(tmp_path
     class Clocked(PlainProgress):
         """Notes the clock steps/s is measured from, at the start and at the first env-step report."""
 
+        t0_at_start: float | None = None
+        t0_at_first_update: float | None = None
+
         def start(self, total, initial):
             super().start(total, initial)
             self.t0_at_start = self._t0
 
         def update(self, step, episodes, recent_return):
-            self.__dict__.setdefault("t0_at_first_update", self._t0)
+            if self.t0_at_first_update is None:
+                self.t0_at_first_update = self._t0
             super().update(step, episodes, recent_return)
 
     stream = io.StringIO()
@@ -370,4 +374,5 @@ def test_plain_progress_shows_the_phases_and_times_env_steps_after_them(tmp_path
     lines = stream.getvalue().splitlines()
     assert "seqgan: mle 2/2 (before the first env step)" in lines
     assert "seqgan: disc_pretrain 2/2 (before the first env step)" in lines
+    assert progress.t0_at_first_update is not None and progress.t0_at_start is not None
     assert progress.t0_at_first_update > progress.t0_at_start  # the phases' time is not counted as env steps

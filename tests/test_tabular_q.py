@@ -67,7 +67,7 @@ def test_rejects_non_discrete_spaces():
 def frozenlake_success_probability(q: np.ndarray, horizon: int = 100) -> float:
     """Exact probability that the greedy policy of q reaches the goal within the time limit."""
     env = gym.make("FrozenLake-v1", is_slippery=True)
-    transitions = env.unwrapped.P
+    transitions = env.unwrapped.P  # type: ignore[attr-defined]
     policy = q.argmax(axis=1)
     n_states = q.shape[0]
     reach = np.zeros(n_states)  # P(goal within t steps | s)
