@@ -395,6 +395,9 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
     """``key=value`` words as env_kwargs (values parsed as YAML; ``env_kwargs.key=value`` is accepted too)."""
     from gymlab.config import apply_overrides
 
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise GymlabError(f"'{item}' is not key=value: give env_kwargs as KEY=VALUE words (e.g. map_name=8x8)")
     dotted = [item if item.startswith("env_kwargs.") else f"env_kwargs.{item}" for item in items]
     return dict(apply_overrides({}, dotted, ()).get("env_kwargs", {}))
 

@@ -12,6 +12,7 @@ import pytest
 
 from gymlab import envcheck
 from gymlab.envcheck import FAIL, PASS, WARN
+from gymlab.errors import GymlabError
 
 
 class Walk(gym.Env):
@@ -128,6 +129,9 @@ class BinaryActions(Walk):
         return super().step(int(action[0]))
 
 
+# The `module:Env-v0` form: importing this module registers an id with a time limit.
+gym.register("CheckWalk-v0", entry_point="test_check:Walk", max_episode_steps=50)
+
 # Each case: the env (module:Class or id) and env_kwargs -> the verdicts expected {point: (status, fragment)}.
 CASES = {
     "healthy-with-time-limit": (
@@ -147,6 +151,7 @@ CASES = {
         {},
         {"time limit": (WARN, "random episodes ended by themselves"), "determinism": (PASS, "")},
     ),
+    "registered-id": ("test_check:CheckWalk-v0", {}, {"time limit": (PASS, "truncated at 50 steps")}),
     "self-truncating": ("test_check:SelfTruncating", {}, {"time limit": (PASS, "truncates episodes itself")}),
     "unseeded-reset": ("test_check:UnseededReset", {}, {"determinism": (FAIL, "reset(seed=0) gave two different")}),
     "unseeded-step": ("test_check:UnseededStep", {}, {"determinism": (FAIL, "step 1 after reset(seed=0)")}),
@@ -206,6 +211,8 @@ def test_a_healthy_env_passes_every_point():
 
 
 def test_env_kwargs_words_are_parsed_as_yaml():
+    with pytest.raises(GymlabError, match="'map_name' is not key=value"):
+        envcheck.parse_env_kwargs(["map_name"])
     assert envcheck.parse_env_kwargs(["map_name=8x8", "is_slippery=false", "env_kwargs.size=3"]) == {
         "map_name": "8x8",
         "is_slippery": False,
