@@ -81,7 +81,10 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            torch.save(data, fh)
+            try:
+                torch.save(data, fh)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write (EFBIG, ENOSPC) this way
+                raise OSError(_first_line(exc)) from exc
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

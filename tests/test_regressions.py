@@ -43,13 +43,6 @@ MAX_ERROR_LINE = 2000  # characters: error messages are capped in length
 #: Cases that fail on main until the fix named lands: test node name -> reason. Strict, so a fixed
 #: case shows up (XPASS) and its line here is deleted.
 PENDING: dict[str, str] = {
-    "test_7_bad_input_is_one_line_and_loses_nothing[disk-full]": (
-        "issue 11 #7: a checkpoint write failing on a full disk is torch's RuntimeError "
-        "('enforce fail at inline_container.cc'), a traceback: only OSError is turned into one line"
-    ),
-    "test_8_a_failed_start_does_not_block_the_retry[full-disk]": (
-        "issue 11 #7/#8: the first checkpoint failing on a full disk is a RuntimeError traceback"
-    ),
     "test_7_bad_input_is_one_line_and_loses_nothing[no-ale-py]": (
         "issue 11 #7: an ale_py that is present but fails to import is reported as 'unknown environment', "
         'not pip install "gymlab[atari]"'
