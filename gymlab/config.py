@@ -152,6 +152,8 @@ def parse_yaml(text: str) -> Any:
         return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader subclass: plain data only
     except RecursionError:  # the composer and constructor recurse per nesting level
         raise YamlLimitError(f"it nests lists and mappings more than {MAX_YAML_DEPTH} deep") from None
+    except ValueError as exc:  # a constructor refusing a scalar, e.g. an integer past Python's 4,300 digits
+        raise YamlLimitError(f"a value cannot be read ({str(exc).splitlines()[0][:120]})") from None
 
 
 def read_text_file(path: Path, what: str = "config", limit: int = MAX_YAML_BYTES) -> str:

@@ -118,9 +118,10 @@ def _register_lab_envs() -> None:
 
 
 def _register_atari() -> bool:
+    """Register ALE's ids with Gymnasium; False when ale-py is missing or cannot be imported."""
     try:
         import ale_py
-    except ImportError:
+    except ImportError:  # absent, or present but broken (a missing shared library, a shadowing module)
         return False
     gym.register_envs(ale_py)
     return True
@@ -158,7 +159,7 @@ def _load_attr(path: str, what: str) -> Any:
 
 
 def _unknown_env(env_id: str) -> GymlabError:
-    atari_missing = _module_missing("ale_py")
+    atari_missing = not _register_atari()  # an ale-py that fails to import is as good as missing
     if atari_missing and _ATARI_ID.match(env_id):
         return GymlabError(f"environment '{env_id}' is an Atari game, which needs ale-py: {install_hint('atari')}")
     names = list(gym.registry)

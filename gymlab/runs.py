@@ -156,7 +156,7 @@ def folder_config(folder: Path) -> dict[str, Any] | None:
     path = folder / CONFIG_FILE
     if not path.is_file():
         return None
-    data = load_yaml(path)
+    data = load_yaml(path, "run file")
     if not isinstance(data.get("agent"), str) or not isinstance(data.get("env"), str):
         raise GymlabError(f"{path} names no agent and env; it is not a gymlab run config")
     return data

@@ -123,7 +123,7 @@ class RaisingConstructor(Walk):
 class BinaryActions(Walk):
     """An action space no built-in agent handles."""
 
-    action_space = gym.spaces.MultiBinary(3)
+    action_space = gym.spaces.MultiBinary(3)  # type: ignore[assignment]
 
     def step(self, action):
         return super().step(int(action[0]))

@@ -8,13 +8,13 @@ from gymlab.errors import GymlabError
 
 def test_preset_then_file_then_overrides_then_flags(tmp_path):
     cfg = resolve("tabular_q", "Taxi-v4")
-    assert cfg.run.steps == 100_000 and cfg.hparams.learning_rate == 0.5  # the shipped preset
+    assert cfg.run.steps == 100_000 and cfg.hparams.model_dump()["learning_rate"] == 0.5  # the shipped preset
     f = tmp_path / "c.yaml"
     f.write_text("steps: 5000\nhparams:\n  gamma: 0.9\n")
     cfg = resolve("tabular_q", "Taxi-v4", f, ["learning_rate=0.3", "steps=7000"], seed=3)
     assert cfg.run.steps == 7000 and cfg.run.seed == 3
-    assert cfg.hparams.gamma == 0.9 and cfg.hparams.learning_rate == 0.3
-    assert cfg.hparams.epsilon_final == 0.05  # agent default: a --config file replaces the preset
+    assert cfg.hparams.model_dump()["gamma"] == 0.9 and cfg.hparams.model_dump()["learning_rate"] == 0.3
+    assert cfg.hparams.model_dump()["epsilon_final"] == 0.05  # agent default: a --config file replaces the preset
     cfg = resolve("tabular_q", "Taxi-v4", f, ["steps=7000"], steps=9000)
     assert cfg.run.steps == 9000
 
@@ -27,7 +27,7 @@ def test_dotted_and_bare_overrides():
     )
     assert data == {"hparams": {"gamma": 0.5, "learning_rate": "1e-3"}, "env_kwargs": {"map_name": "8x8"}}
     cfg = resolve("tabular_q", "FrozenLake-v1", None, ["learning_rate=1e-3"])
-    assert cfg.hparams.learning_rate == pytest.approx(1e-3)
+    assert cfg.hparams.model_dump()["learning_rate"] == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize(

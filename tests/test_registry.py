@@ -4,6 +4,7 @@ missing optional dependency names the extra and its install command."""
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import gymnasium as gym
 import pytest
@@ -31,7 +32,7 @@ class Grid(gym.Env):
 """
 
 # Each case: the user module's source (None: none written), env id, env_kwargs -> fragments of the one-line error.
-BAD_ENVS = {
+BAD_ENVS: dict[str, tuple[str | None, str, dict[str, Any], list[str]]] = {
     "ctor-raises": (
         ENV_BASE.replace("BODY", "raise RuntimeError('no simulator licence')"),
         "MOD:Grid",

@@ -42,12 +42,7 @@ MAX_ERROR_LINE = 2000  # characters: error messages are capped in length
 
 #: Cases that fail on main until the fix named lands: test node name -> reason. Strict, so a fixed
 #: case shows up (XPASS) and its line here is deleted.
-PENDING: dict[str, str] = {
-    "test_7_bad_input_is_one_line_and_loses_nothing[no-ale-py]": (
-        "issue 11 #7: an ale_py that is present but fails to import is reported as 'unknown environment', "
-        'not pip install "gymlab[atari]"'
-    ),
-}
+PENDING: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
