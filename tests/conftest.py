@@ -113,3 +113,16 @@ def ctrl_c_after_update(agent: str, stop: int) -> Iterator[None]:
         yield
     finally:
         cls.update = original
+
+
+@pytest.fixture
+def no_default_signal_handling():
+    """SIGINT/SIGTERM reaching a handler other than gymlab's fail the test (instead of killing pytest)."""
+
+    def escaped(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} was not handled by gymlab")
+
+    previous = {s: signal.signal(s, escaped) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield escaped
+    for s, h in previous.items():
+        signal.signal(s, h)

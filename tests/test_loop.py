@@ -456,19 +456,6 @@ def test_a_metric_that_is_not_a_number_is_a_one_line_error(tmp_path):
 # --- interrupts ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_default_signal_handling():
-    """SIGINT/SIGTERM reaching a handler other than gymlab's fail the test (instead of killing pytest)."""
-
-    def escaped(signum, frame):
-        raise AssertionError(f"{signal.Signals(signum).name} was not handled by gymlab")
-
-    previous = {s: signal.signal(s, escaped) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield escaped
-    for s, h in previous.items():
-        signal.signal(s, h)
-
-
 class SignalConfig(ScriptedConfig):
     signal: int = int(signal.SIGINT)
 

@@ -220,19 +220,6 @@ def test_watch_cuts_episodes_of_an_env_without_time_limit(tmp_path):
     assert "episode 2 cut at 7 steps: the env has no time limit (eval_max_steps)" in lines
 
 
-@pytest.fixture
-def no_default_signal_handling():
-    """SIGINT/SIGTERM reaching a handler other than gymlab's fail the test (instead of killing pytest)."""
-
-    def escaped(signum, frame):
-        raise AssertionError(f"{signal.Signals(signum).name} was not handled by gymlab")
-
-    previous = {s: signal.signal(s, escaped) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield escaped
-    for s, h in previous.items():
-        signal.signal(s, h)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_signal_stops_watch_at_the_next_frame_with_the_mp4_so_far(
     trained_run, monkeypatch, no_default_signal_handling, sig
