@@ -301,7 +301,8 @@ def summary_table(comparison: Comparison) -> report.Table:
         steps = report.human_steps
         reach = steps(g.reach) + (f" (longest {steps(g.longest)})" if g.longest > g.reach else "")
         row = [g.label, g.n, reach, f"{g.final_mean:.4g}", f"{g.final_iqm:.4g}"]
-        row += [f"[{g.final_ci[0]:.4g}, {g.final_ci[1]:.4g}]", f"{g.auc:.4g}"]
+        ci = f"[{g.final_ci[0]:.4g}, {g.final_ci[1]:.4g}]" if g.n > 1 else ""  # one seed: no spread to show
+        row += [ci, f"{g.auc:.4g}"]
         if thr is not None:
             row.append("not reached" if g.to_threshold is None else steps(g.to_threshold))
         table.add_row(*row)
