@@ -446,6 +446,31 @@ def sweep(
         raise Interrupted(f"interrupted: {resume}")
 
 
+def _import_native_stack() -> None:
+    """Import torch and Gymnasium with Ctrl-C and SIGTERM held back until the imports are done.
+
+    A KeyboardInterrupt raised while a native extension initialises (torch's pybind11 start-up calls
+    back into Python) cannot unwind through C++: the process aborts with "terminate called after
+    throwing an instance of 'pybind11::error_already_set'" instead of exiting 130 with one line. So
+    a signal that arrives during these imports (a second or two) is remembered and turned into the
+    same KeyboardInterrupt right after them.
+    """
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        import gymnasium  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
 
@@ -457,6 +482,9 @@ def main(argv: list[str] | None = None) -> None:
             info.callback = _guard(info.callback)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
+        args = sys.argv[1:] if argv is None else argv
+        if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
+            _import_native_stack()
         code = app(args=argv, prog_name="gymlab", standalone_mode=False)
     except _Stopped as exc:
         interrupted(str(exc))
