@@ -341,9 +341,4 @@ def read_config(run: Path) -> dict[str, Any]:
 
     For reading many runs (``compare``) without importing their agents; :func:`load_run` validates.
     """
-    path = run / CONFIG_FILE
-    if path.is_file():
-        data = load_yaml(path, "run file")  # one line for a non-UTF-8, oversized or alias-bomb file
-        if isinstance(data, dict):
-            return data
-    return {"agent": run.parent.name, "env": run.parent.parent.name}
+    return folder_config(run) or {"agent": run.parent.name, "env": run.parent.parent.name}

@@ -181,20 +181,19 @@ def test_a_run_that_dies_at_start_is_removed_so_the_same_command_works(tmp_path,
     monkeypatch.chdir(tmp_path)
     from gymlab import loop
 
-    real = loop._Trainer.__init__
+    real = loop._Trainer.run
 
-    def crash(self, *a, **k):
-        real(self, *a, **k)
+    def crash(self, *a, **k):  # dies at the first step, after start-up built envs, agent and logger
         raise RuntimeError("crash at start")
 
-    monkeypatch.setattr(loop._Trainer, "__init__", crash)
+    monkeypatch.setattr(loop._Trainer, "run", crash)
     spec = RunSpec({"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000}, tmp_path / "r")
     from gymlab import runner
 
     with pytest.raises(RuntimeError, match="crash at start"):
         runner.run(spec)
     assert not (tmp_path / "r").exists()
-    monkeypatch.setattr(loop._Trainer, "__init__", real)
+    monkeypatch.setattr(loop._Trainer, "run", real)
     assert runner.run(spec).status == "finished"
 
 
