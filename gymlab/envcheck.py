@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from gymlab import registry
-from gymlab.errors import GymlabError, one_line
+from gymlab.errors import GymlabError, describe, one_line
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -80,11 +80,6 @@ class _EnvRaised(Exception):
     """The env raised inside one of its calls; the message names the call and the exception."""
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call the env, turning whatever it raises into :class:`_EnvRaised` naming ``what``."""
     try:
@@ -92,7 +87,7 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except GymlabError:
         raise
     except Exception as exc:
-        raise _EnvRaised(f"{what} raised {_describe(exc)}") from exc
+        raise _EnvRaised(f"{what} raised {describe(exc)}") from exc
 
 
 def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:
@@ -198,7 +193,7 @@ class _RandomWalk:
         except _EnvRaised as exc:
             self.error = f"{exc} (after {self.step} random steps)"
         except Exception as exc:  # e.g. the space's own contains() tripping on a malformed observation
-            self.error = f"at step {self.step}: {_describe(exc)}"
+            self.error = f"at step {self.step}: {describe(exc)}"
 
 
 class EnvChecker:
@@ -245,7 +240,7 @@ class EnvChecker:
             except (_EnvRaised, GymlabError) as exc:
                 return Verdict(point, FAIL, str(exc))
             except Exception as exc:  # the env broke a contract in a way the check itself tripped on
-                return Verdict(point, FAIL, f"the env raised {_describe(exc)}")
+                return Verdict(point, FAIL, f"the env raised {describe(exc)}")
 
     def gymnasium_checker(self) -> Verdict:
         """Gymnasium's ``check_env`` on the bare env (its wrappers removed); warnings become notes."""
@@ -258,7 +253,7 @@ class EnvChecker:
                 try:
                     check_env(env.unwrapped, skip_render_check=True)
                 except Exception as exc:
-                    return Verdict("gymnasium checker", FAIL, _describe(exc))
+                    return Verdict("gymnasium checker", FAIL, describe(exc))
         finally:
             _close(env)
         notes = list(dict.fromkeys(_plain(str(w.message)) for w in caught))
@@ -363,7 +358,7 @@ class EnvChecker:
             except GymlabError as exc:
                 why = f"unavailable ({exc})"
             except Exception as exc:  # an agent's check tripping on an odd space is a refusal, not a crash
-                why = f"its check_spaces raised {_describe(exc)}"
+                why = f"its check_spaces raised {describe(exc)}"
             if why is None:
                 fits.append(name)
             else:

@@ -13,6 +13,12 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """An exception as ``Type: first line of its message`` for an error line (just ``Type`` when it says nothing)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
 class GymlabError(Exception):
     """A problem with the user's input or files, stated in one line with how to fix it.
 

@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, describe
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
 
 #: Wrapper stacks a config can name; each is ``fn(env, *, train: bool) -> env``.
@@ -91,12 +91,6 @@ def _missing_dependency(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
-    """An exception as ``Type: message`` for one error line (the message may be empty)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
     """A one-line error for an exception the env raised in ``call`` (e.g. ``"step()"``, ``"reset(seed=3)"``).
 
@@ -109,7 +103,7 @@ def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
     if missing is not None:
         module, extra = missing
         return GymlabError(f"environment '{env_id}' needs {module} (gymlab's {extra} extra): {install_hint(extra)}")
-    return GymlabError(f"environment '{env_id}': {call} raised {_describe(exc)}")
+    return GymlabError(f"environment '{env_id}': {call} raised {describe(exc)}")
 
 
 def _register_lab_envs() -> None:
@@ -147,7 +141,7 @@ def import_module(module_name: str, what: str) -> Any:
     except GymlabError:
         raise
     except (Exception, SystemExit) as exc:  # the user's module body raised (or called sys.exit)
-        raise GymlabError(f"{what}: importing '{module_name}' raised {_describe(exc)}") from None
+        raise GymlabError(f"{what}: importing '{module_name}' raised {describe(exc)}") from None
 
 
 def _load_attr(path: str, what: str) -> Any:
@@ -243,7 +237,7 @@ def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception)
         # gym.make appends " was raised from the environment creator for ID with kwargs (...)": said already
         reason = str(exc).split(" was raised from the environment creator", 1)[0]
         return GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {reason}")
-    return GymlabError(f"environment '{env_id}'{given}: its constructor raised {_describe(exc)}")
+    return GymlabError(f"environment '{env_id}'{given}: its constructor raised {describe(exc)}")
 
 
 def make_env(
@@ -271,7 +265,7 @@ def make_env(
             env.close()
             if _missing_dependency(exc) is not None:
                 raise env_error(env_id, f"wrapper '{name}'", exc) from None
-            raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {_describe(exc)}") from None
+            raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {describe(exc)}") from None
     return env
 
 

@@ -30,7 +30,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from gymlab.config import RunConfig
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, describe
 
 ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
 
@@ -66,14 +66,9 @@ class EnvProblem(GymlabError):
         return f"{self.problem} from {where}"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
 def raised(call: str, exc: Exception, copy: int | None = 0) -> EnvProblem:
     """The :class:`EnvProblem` for an exception an env's ``call`` raised."""
-    return EnvProblem(f"{call} raised {_first_line(exc)}", copy, call)
+    return EnvProblem(f"{call} raised {describe(exc)}", copy, call)
 
 
 def nonfinite_reward(reward: Any, copy: int = 0) -> EnvProblem:
