@@ -16,15 +16,22 @@ linearly from ``exploration_initial_eps`` to ``exploration_final_eps`` over the 
 ``exploration_fraction`` of the run.
 
 Schedules count env steps summed over all envs (the loop's step), as Stable-Baselines3 does for
-one env. The network is chosen from the observation space: the Nature CNN for images
-(C, H, W) of uint8, kept uint8 in the memory and scaled to [0, 1] on the device; an MLP for
-vectors (and for Discrete observations, one-hot encoded).
+one env. With N envs the step grows by N per loop step, and every multiple of ``train_freq`` (or
+``target_update_interval``) it passed counts: N = 8 with ``train_freq`` 4 runs two rounds at once,
+so the ratio of gradient steps to env steps stays ``gradient_steps / train_freq`` whatever N
+(Stable-Baselines3 counts ``train_freq`` in vector steps instead, so its ratio falls as N grows).
+``act`` runs the N observations through the network in one forward pass. The network is chosen
+from the observation space: the Nature CNN for images (C, H, W) of uint8, kept uint8 in the
+memory and scaled to [0, 1] on the device; an MLP for vectors (and for Discrete observations,
+one-hot encoded).
 
 Speed: the target network only changes between env steps, so it is fixed during one round of
 gradient steps. A round therefore draws all its batches at once, moves them to the device in one
-transfer, and computes every target in one forward pass (except for double DQN, whose action
-choice needs the online network as it learns). Each gradient step uses public torch only: Adam's
-fused kernel (CPU and CUDA) and ``clip_grad_norm_(foreach=True)``. An earlier version kept the
+transfer (``batch_source``: from host arrays, through pinned staging with non-blocking copies, or
+gathered on the GPU from frames kept there; replay/loader.py), and computes every target in one
+forward pass (except for double DQN, whose action choice needs the online network as it learns).
+Each gradient step uses public torch only: Adam's fused kernel (CPU and CUDA) and
+``clip_grad_norm_(foreach=True)``. An earlier version kept the
 weights and gradients in two flat tensors and called private ``torch._foreach_*`` ops; it was no
 faster (benchmarks/dqn_update.py times both side by side; figures in benchmarks/README.md).
 """
@@ -37,7 +44,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-from gymlab.replay import ReplayBuffer
+from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
@@ -73,6 +80,12 @@ class DQNConfig(BaseModel):
         None,
         ge=1,
         description="observations stack this many frames on axis 0 (None: the channels of a uint8 image, else 1)",
+    )
+    batch_source: Literal["auto", "host", "pinned", "device"] = Field(
+        "auto",
+        description="where batches come from: host arrays; pinned host staging with non-blocking copies; frames "
+        "kept on the device. auto = device on CUDA when the frames fit a quarter of free GPU memory, else pinned; "
+        "host off CUDA (see replay/loader.py)",
     )
     save_replay: Literal["auto", "always", "never"] = Field(
         "auto",
@@ -280,6 +293,9 @@ class DQN:
 
         frame_stack = frames_per_observation(config, obs_space)
         assert obs_space.shape is not None
+        frame_shape = obs_space.shape[1:] if frame_stack > 1 else obs_space.shape
+        frame_bytes = config.buffer_size * int(np.prod(frame_shape)) * np.dtype(obs_space.dtype).itemsize
+        source = choose_source(config.batch_source, self.device, frame_bytes)
         self.replay = ReplayBuffer(
             config.buffer_size,
             ctx.num_envs,
@@ -287,7 +303,9 @@ class DQN:
             obs_space.dtype,
             frame_stack=frame_stack,
             seed=ctx.seed,
+            device=self.device if source == "device" else None,
         )
+        self.batches = DeviceBatches(self.replay, self.device, source)
         self.text = ctx.text
         self._told_replay_left_out = False
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
@@ -339,15 +357,20 @@ class DQN:
         else:
             progress = step / self.total_steps / cfg.exploration_fraction
             self.epsilon = linear(cfg.exploration_initial_eps, cfg.exploration_final_eps, progress)
+        # With N envs the step grows by N: every multiple of an interval passed since the last call counts.
         if step >= self.next_target_update:
-            self.update_target()
-            self.next_target_update = (step // cfg.target_update_interval + 1) * cfg.target_update_interval
+            interval = cfg.target_update_interval
+            self.update_target(step // interval - self.next_target_update // interval + 1)
+            self.next_target_update = (step // interval + 1) * interval
         if step < self.next_train:
             return {}
-        self.next_train = (step // cfg.train_freq + 1) * cfg.train_freq
-        if step <= cfg.learning_starts or self.replay.num_added == 0:
+        freq = cfg.train_freq
+        # Rounds due: multiples of train_freq in (previous step, step] that lie after learning_starts.
+        rounds = step // freq - max(self.next_train // freq - 1, cfg.learning_starts // freq)
+        self.next_train = (step // freq + 1) * freq
+        if rounds <= 0 or self.replay.num_added == 0:
             return {}
-        self.learn(cfg.gradient_steps)
+        self.learn(cfg.gradient_steps * rounds)
         if self._summed < REPORT_EVERY:
             return {}
         loss, q_mean, grad_norm = (self._sums / self._summed).tolist()
@@ -362,24 +385,24 @@ class DQN:
         }
 
     @torch.no_grad()
-    def update_target(self) -> None:
-        """Move the target: target ← τ·online + (1 − τ)·target (a copy when τ = 1)."""
+    def update_target(self, times: int = 1) -> None:
+        """Move the target ``times`` times: target ← τ·online + (1 − τ)·target (a copy when τ = 1).
+
+        The online network does not change in between, so k updates are one with rate 1 − (1 − τ)^k.
+        """
+        weight = 1.0 - (1.0 - self.cfg.tau) ** times
         for target, online in zip(self.target_params, self.online_params, strict=True):
-            if self.cfg.tau >= 1.0:
+            if weight >= 1.0:
                 target.copy_(online)
             else:
-                target.lerp_(online, self.cfg.tau)
-        self.target_updates += 1
+                target.lerp_(online, weight)
+        self.target_updates += times
 
     def learn(self, gradient_steps: int) -> None:
         """``gradient_steps`` Adam steps on fresh uniform batches, the batches moved in one transfer."""
-        cfg, dev, b = self.cfg, self.device, self.cfg.batch_size
-        batch = self.replay.sample(gradient_steps * b)
-        obs = torch.from_numpy(batch.obs).to(dev, non_blocking=True)  # (G·B, *obs_shape)
-        next_obs = torch.from_numpy(batch.next_obs).to(dev, non_blocking=True)
-        action = torch.from_numpy(batch.action).to(dev, non_blocking=True)  # (G·B,)
-        reward = torch.from_numpy(batch.reward).to(dev, non_blocking=True)
-        terminated = torch.from_numpy(batch.terminated).to(dev, non_blocking=True).float()
+        cfg, b = self.cfg, self.cfg.batch_size
+        # (G·B, *obs_shape) observations, (G·B,) actions, rewards, terminated, on the device.
+        obs, action, reward, next_obs, terminated = self.batches.sample(gradient_steps * b)
         targets = None
         if not cfg.double_dqn:  # the target network is fixed for the round: all targets at once
             with torch.no_grad():

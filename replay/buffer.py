@@ -8,17 +8,23 @@ episode of T steps in one lane occupies T + 1 consecutive slots, its observation
 observation is always the following slot. So
 
 * every frame is stored exactly once: not again as a next observation, and not four times
-  through frame stacking (the stack is rebuilt at sampling time from the previous slots, with
-  the first frame repeated at the start of an episode as Gymnasium's ``FrameStackObservation``
-  pads);
+  through frame stacking (the stack is rebuilt at sampling time from the previous slots). An
+  episode's first stack is padded the way the env pads it, seen at the first episode start that
+  tells: the first frame repeated (Gymnasium's ``FrameStackObservation``) or zeros (ALE's native
+  ``AtariVectorEnv``, also after a lost life);
 * the true last observation of an episode (``f_T``) is kept, so a step cut by a time limit
   bootstraps from the right state. That slot holds no transition of its own, which is the one
   cost of the layout: a lane holds ``L`` frames, i.e. ``L`` minus (episodes ended in the window)
   transitions.
 
 Bytes: ``capacity × (frame_bytes + action_bytes + 8)`` (8 = float32 reward, terminated,
-truncated, has-transition flags and the uint8 in-episode offset). 1M Atari transitions:
-1M × (84·84 + 8 + 8) = 7.07 GB (6.6 GiB), under 8 GB.
+truncated, has-transition flags and the uint8 in-episode offset). 1M Atari slots:
+1M × (84·84 + 8 + 8) = 7.07 GB (6.59 GiB), under the 7.5 GB asked for.
+
+Where the frames live: a numpy array (host memory) by default; with ``device`` a torch tensor on
+that device (e.g. a GPU), written at each :meth:`add` and gathered there by :meth:`sample_frames`,
+so a batch's pixels never cross the bus. Everything else (actions, rewards, flags, offsets) stays
+in numpy: the sampler's bookkeeping never waits for the device.
 
 Insertion of a whole (N,) batch writes at most two slots per lane with a few vectorised
 fancy-index assignments; sampling draws slots uniformly and redraws (vectorised) the few that
@@ -31,6 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+
+#: How an env pads the frame stack of an episode's first observation.
+PADDINGS = ("reset", "zero")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,8 @@ class ReplayBuffer:
         frame_stack: S > 1 when an observation is the last S frames stacked along axis 0
             (then only the newest frame of each step is stored); 1 for any other observation.
         seed: seeds the sampling generator (part of :meth:`state_dict`).
+        device: keep the frames in a torch tensor on this device (None: a numpy array in host
+            memory). Read them with :meth:`sample_frames` then; :meth:`gather` copies them to the host.
 
     """
 
@@ -71,6 +83,7 @@ class ReplayBuffer:
         action_dtype: np.dtype[Any] | type = np.int64,
         frame_stack: int = 1,
         seed: int = 0,
+        device: torch.device | None = None,
     ) -> None:
         if frame_stack < 1:
             raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
@@ -86,9 +99,15 @@ class ReplayBuffer:
         self.lane_size = lane
         self.obs_shape = tuple(obs_shape)
         self.frame_stack = frame_stack
-        frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
+        self.frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
         n, L = num_envs, lane
-        self.frames = np.zeros((n, L, *frame_shape), dtype=obs_dtype)  # (N, L, *frame_shape)
+        self.device = device
+        self.frames: Any  # (N, L, *frame_shape): np.ndarray, or a torch.Tensor on ``device``
+        if device is None:
+            self.frames = np.zeros((n, L, *self.frame_shape), dtype=obs_dtype)
+        else:
+            dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
+            self.frames = torch.zeros((n, L, *self.frame_shape), dtype=dtype, device=device)
         self.action = np.zeros((n, L, *action_shape), dtype=action_dtype)  # (N, L, *action_shape)
         self.reward = np.zeros((n, L), dtype=np.float32)
         self.terminated = np.zeros((n, L), dtype=bool)
@@ -99,6 +118,7 @@ class ReplayBuffer:
         self.head = np.zeros(n, dtype=np.int64)  # next slot to write, per lane
         self.written = np.zeros(n, dtype=np.int64)  # slots ever written, per lane
         self.starting = np.ones(n, dtype=bool)  # the next add begins a new episode in this lane
+        self.padding: str | None = None  # "reset" or "zero" once an episode start has shown it (frame_stack > 1)
         self.num_added = 0  # transitions ever added (summed over lanes)
         self.rng = np.random.default_rng(seed)
         self._lanes = np.arange(n)
@@ -108,8 +128,9 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes held by the preallocated arrays."""
-        arrays = (self.frames, self.action, self.reward, self.terminated, self.truncated)
-        return sum(a.nbytes for a in (*arrays, self.has_transition, self.offset))
+        frames = self.frames.nbytes if isinstance(self.frames, np.ndarray) else self.frames.untyped_storage().nbytes()
+        arrays = (self.action, self.reward, self.terminated, self.truncated, self.has_transition, self.offset)
+        return frames + sum(a.nbytes for a in arrays)
 
     def __len__(self) -> int:
         """Transitions that can be sampled now (O(capacity): not for hot paths)."""
@@ -119,17 +140,32 @@ class ReplayBuffer:
         return obs[:, -1] if self.frame_stack > 1 else obs
 
     def _check_stacking(self, obs: np.ndarray, next_obs: np.ndarray) -> None:
-        """Storing one frame per step is exact only for true frame stacks: check each step's."""
+        """Storing one frame per step is exact only for true frame stacks: check each step's.
+
+        An episode's first stack must be padded as the env pads: with its first frame repeated or
+        with zeros. The first start that tells the two apart fixes which for this memory (a first
+        frame of zeros fits both, and rebuilds the same either way).
+        """
         shifted = np.array_equal(next_obs[:, :-1], obs[:, 1:])
+        padded = True
         start = self.starting
-        padded = not start.any() or np.array_equal(
-            obs[start, :-1], np.broadcast_to(obs[start, -1:], obs[start, :-1].shape)
-        )
+        if start.any():
+            first = obs[start]  # (K, S, *frame_shape)
+            older = first[:, :-1].reshape(len(first), -1)
+            repeated = (older == np.repeat(first[:, -1:], self.frame_stack - 1, axis=1).reshape(len(first), -1)).all(1)
+            zeros = ~older.any(1)
+            if self.padding is None:
+                if (repeated & ~zeros).any():
+                    self.padding = "reset"
+                elif (zeros & ~repeated).any():
+                    self.padding = "zero"
+            fits = {"reset": repeated, "zero": zeros, None: repeated | zeros}[self.padding]
+            padded = bool(fits.all())
         if not (shifted and padded):
             raise ValueError(
                 f"frame_stack={self.frame_stack}, but the observations are not a stack of consecutive frames "
-                "along axis 0 (each next_obs[:-1] == obs[1:], episodes starting with the first frame repeated); "
-                "use frame_stack=1"
+                "along axis 0 (each next_obs[:-1] == obs[1:], episodes starting with the first frame repeated "
+                "or with zeros, the same way every time); use frame_stack=1"
             )
 
     def add(
@@ -170,7 +206,12 @@ class ReplayBuffer:
 
     def _write_frame(self, lanes: np.ndarray, pos: np.ndarray, frame: np.ndarray, offset: Any) -> None:
         # Overwriting the oldest slot also retires the transition that lived there.
-        self.frames[lanes, pos] = frame
+        if isinstance(self.frames, np.ndarray):
+            self.frames[lanes, pos] = frame
+        else:  # one index and one frame transfer; the copy is queued on the device's stream, in order
+            flat = torch.from_numpy(lanes * self.lane_size + pos).to(self.device, non_blocking=True)
+            values = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
+            self.frames.view(-1, *self.frame_shape).index_copy_(0, flat, values)
         self.offset[lanes, pos] = offset
         self.has_transition[lanes, pos] = False
 
@@ -185,8 +226,8 @@ class ReplayBuffer:
             ok &= ~wrapped | (age >= self.offset[lane, pos])
         return ok
 
-    def sample(self, batch_size: int) -> Batch:
-        """Draw ``batch_size`` transitions uniformly with replacement."""
+    def sample_slots(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``batch_size`` transitions uniformly with replacement: their (lane, slot) indices, both (B,)."""
         if self.num_added == 0:
             raise ValueError("cannot sample from an empty replay memory")
         n, rng = self.num_envs, self.rng
@@ -200,38 +241,97 @@ class ReplayBuffer:
             lane[bad] = rng.integers(0, n, len(bad))
             pos[bad] = rng.integers(0, hi, len(bad))
             ok[bad] = self._valid(lane[bad], pos[bad])
-        return self.gather(lane, pos)
+        return lane, pos
 
-    def gather(self, lane: np.ndarray, pos: np.ndarray) -> Batch:
-        """The transitions stored at slots ``pos`` of lanes ``lane`` (both (B,))."""
+    def sample(self, batch_size: int) -> Batch:
+        """Draw ``batch_size`` transitions uniformly with replacement, as numpy arrays."""
+        return self.gather(*self.sample_slots(batch_size))
+
+    def frame_index(self, lane: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Where the frames of the transitions at (lane, pos) are, as rows of ``frames`` flattened to (N·L, ...).
+
+        Returns ``(obs_rows, next_rows, pad)``: (B,) rows without a frame stack, else (B, S) rows,
+        oldest first; ``pad`` is None, or (B, 2, S) bool, True where the stack of obs (``pad[:, 0]``)
+        or next_obs (``pad[:, 1]``) reaches before its episode's first frame and the env pads with
+        zeros (for "reset" padding the rows already repeat the first frame there).
+        """
         L = self.lane_size
         nxt = (pos + 1) % L
-        if self.frame_stack > 1:
-            off = self.offset[lane, pos].astype(np.int64)[:, None]  # (B, 1)
-            lanes2d = lane[:, None]
-            # Stack position k reaches back _back[k] steps, but never before the episode's first frame.
-            obs_idx = (pos[:, None] - np.minimum(off, self._back)) % L  # (B, S)
-            next_idx = (nxt[:, None] - np.minimum(off + 1, self._back)) % L  # (B, S)
-            obs = self.frames[lanes2d, obs_idx]  # (B, S, *frame_shape)
-            next_obs = self.frames[lanes2d, next_idx]
+        base = lane * L
+        if self.frame_stack == 1:
+            return base + pos, base + nxt, None
+        off = self.offset[lane, pos].astype(np.int64)[:, None]  # (B, 1)
+        # Stack position k reaches back _back[k] steps, but never before the episode's first frame.
+        obs_rows = base[:, None] + (pos[:, None] - np.minimum(off, self._back)) % L  # (B, S)
+        next_rows = base[:, None] + (nxt[:, None] - np.minimum(off + 1, self._back)) % L
+        pad = None
+        if self.padding == "zero":
+            pad = np.stack((self._back > off, self._back > off + 1), axis=1)  # (B, 2, S)
+            if not pad.any():
+                pad = None
+        return obs_rows, next_rows, pad
+
+    def gather(self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None) -> Batch:
+        """The transitions stored at slots ``pos`` of lanes ``lane`` (both (B,)), as numpy arrays.
+
+        ``out``: arrays of the right shapes and dtypes to write into (e.g. pinned staging memory
+        for a non-blocking copy to a GPU) instead of new ones. Frames kept on a device are copied
+        to the host here; :meth:`sample_frames` reads them where they are.
+        """
+        obs_rows, next_rows, pad = self.frame_index(lane, pos)
+        if isinstance(self.frames, np.ndarray):
+            flat = self.frames.reshape(-1, *self.frame_shape)
+            # np.take with mode="clip" writes straight into ``out`` (mode "raise" would buffer first).
+            obs = np.take(flat, obs_rows, axis=0, out=None if out is None else out.obs, mode="clip")
+            next_obs = np.take(flat, next_rows, axis=0, out=None if out is None else out.next_obs, mode="clip")
         else:
-            obs = self.frames[lane, pos]
-            next_obs = self.frames[lane, nxt]
+            frames = self.sample_frames(obs_rows, next_rows, pad)
+            obs, next_obs = (f.cpu().numpy() for f in frames)
+            pad = None
+        if pad is not None:
+            obs[pad[:, 0]] = 0
+            next_obs[pad[:, 1]] = 0
+
+        action, reward, terminated, truncated = self.gather_rest(lane, pos, out)
         return Batch(
-            obs=obs,
-            action=self.action[lane, pos],
-            reward=self.reward[lane, pos],
-            next_obs=next_obs,
-            terminated=self.terminated[lane, pos],
-            truncated=self.truncated[lane, pos],
+            obs=obs, action=action, reward=reward, next_obs=next_obs, terminated=terminated, truncated=truncated
         )
+
+    def gather_rest(
+        self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Everything but the frames at (lane, pos): action, reward, terminated, truncated (into ``out``'s arrays)."""
+        arrays = (self.action, self.reward, self.terminated, self.truncated)
+        if out is None:
+            return arrays[0][lane, pos], arrays[1][lane, pos], arrays[2][lane, pos], arrays[3][lane, pos]
+        into = (out.action, out.reward, out.terminated, out.truncated)
+        for array, target in zip(arrays, into, strict=True):
+            target[...] = array[lane, pos]
+        return into
+
+    def sample_frames(
+        self, obs_rows: np.ndarray, next_rows: np.ndarray, pad: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames kept on the device, gathered there: (obs, next_obs) at :meth:`frame_index`'s rows."""
+        assert isinstance(self.frames, torch.Tensor), "the frames are in host memory: use gather"
+        dev = self.device
+        rows = torch.from_numpy(np.concatenate((obs_rows, next_rows))).to(dev, non_blocking=True)
+        both = self.frames.view(-1, *self.frame_shape)[rows]  # (2B, [S,] *frame_shape): one gather
+        if pad is not None:
+            mask = torch.from_numpy(np.concatenate((pad[:, 0], pad[:, 1]))).to(dev, non_blocking=True)
+            both.masked_fill_(mask.view(*mask.shape, *(1,) * len(self.frame_shape)), 0)
+        b = len(obs_rows)
+        return both[:b], both[b:]
 
     def state_dict(self) -> dict[str, Any]:
         """Contents (only the slots in use), write positions and the sampling generator."""
         hi = int(min(self.written.max(), self.lane_size))
-        arrays = ("frames", "action", "reward", "terminated", "truncated", "has_transition", "offset")
+        arrays = ("action", "reward", "terminated", "truncated", "has_transition", "offset")
+        frames = self.frames[:, :hi]
         return {
+            "frames": frames if isinstance(frames, np.ndarray) else frames.cpu().numpy(),  # host, either way
             **{name: getattr(self, name)[:, :hi] for name in arrays},
+            "padding": self.padding,
             "head": self.head.copy(),
             "written": self.written.copy(),
             "starting": self.starting.copy(),
@@ -249,8 +349,10 @@ class ReplayBuffer:
             )
         for name in ("frames", "action", "reward", "terminated", "truncated", "has_transition", "offset"):
             target = getattr(self, name)
-            target[:, :hi] = state[name]
+            value = state[name]
+            target[:, :hi] = value if isinstance(target, np.ndarray) else torch.as_tensor(value).to(self.device)
             target[:, hi:] = 0
+        self.padding = state.get("padding")  # checkpoints from before zero padding: learnt again
         self.head = np.array(state["head"], dtype=np.int64)
         self.written = np.array(state["written"], dtype=np.int64)
         self.starting = np.array(state["starting"], dtype=bool)

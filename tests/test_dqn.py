@@ -143,9 +143,9 @@ def test_cartpole_fails_with_broken_learning(tmp_path, monkeypatch, broken):
         # Sampling returns the most recent transition over and over instead of a uniform draw.
         def latest(self, batch_size):
             cur = (self.head - 2) % self.lane_size
-            return self.gather(np.zeros(batch_size, np.int64), np.full(batch_size, cur[0]))
+            return np.zeros(batch_size, np.int64), np.full(batch_size, cur[0])
 
-        monkeypatch.setattr(ReplayBuffer, "sample", latest)
+        monkeypatch.setattr(ReplayBuffer, "sample_slots", latest)
     result = train(config(seed=LEARNING_SEED, **hp), tmp_path)
     assert result.last_eval is not None and result.last_eval < 450, result.last_eval
 
@@ -257,3 +257,88 @@ def test_check_config_rejects_a_memory_smaller_than_the_envs_need():
 def test_net_arch_must_be_positive():
     with pytest.raises(ValueError, match="greater than 0"):
         DQNConfig(net_arch=[64, -4])
+
+
+@pytest.mark.parametrize("num_envs", [1, 3, 8])
+def test_learning_rounds_count_env_steps_whatever_the_number_of_envs(num_envs):
+    # train_freq 4, 1 gradient step: one gradient step per 4 env steps after learning_starts, also
+    # when one loop step adds 8 env steps; Polyak target updates every 6 env steps, counted alike.
+    agent = make_agent(
+        gym.spaces.Box(-1, 1, (3,)),
+        gym.spaces.Discrete(2),
+        num_envs=num_envs,
+        learning_starts=50,
+        train_freq=4,
+        gradient_steps=1,
+        batch_size=4,
+        target_update_interval=6,
+        tau=0.5,
+    )
+    obs = np.zeros((num_envs, 3), np.float32)
+    flags = np.zeros(num_envs, bool)
+    for step in range(num_envs, 24 * 24 + 1, num_envs):  # 576 = a multiple of 1, 3 and 8
+        agent.observe(Transition(obs, np.zeros(num_envs, np.int64), np.ones(num_envs), obs, flags, flags))
+        agent.update(step)
+    assert agent.grad_steps == (576 - 52) // 4 + 1  # steps 52, 56, ..., 576
+    assert agent.target_updates == 576 // 6
+
+
+def test_polyak_updates_of_one_step_compose():
+    torch.manual_seed(0)
+    agent = make_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), tau=0.3)
+    torch.manual_seed(0)
+    twice = make_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), tau=0.3)
+    for a in (agent, twice):
+        with torch.no_grad():
+            for p in a.online.parameters():
+                p.add_(1.0)
+    agent.update_target(2)
+    twice.update_target()
+    twice.update_target()
+    for p, q, o in zip(agent.target.parameters(), twice.target.parameters(), agent.online.parameters(), strict=True):
+        assert torch.allclose(p, q) and not torch.allclose(p, o)
+
+
+def test_native_atari_vector_env_feeds_the_memory_exactly():
+    # ALE's own vector env (C++ preprocessing, zero-padded frame stacks, life loss ends episodes),
+    # 3 envs at once: every sampled transition must be the one the envs produced, frame for frame.
+    vector_env = pytest.importorskip("ale_py.vector_env")
+    envs = vector_env.AtariVectorEnv(
+        "breakout", num_envs=3, autoreset_mode="SameStep", episodic_life=True, repeat_action_probability=0.0
+    )
+    n = 3
+    agent = make_agent(
+        gym.spaces.Box(0, 255, (4, 84, 84), np.uint8),
+        gym.spaces.Discrete(4),
+        num_envs=n,
+        buffer_size=3 * 200,
+        learning_starts=60,
+        train_freq=30,
+        batch_size=4,
+    )
+    obs, _ = envs.reset(seed=0)
+    seen = {}
+    rng = np.random.default_rng(0)
+    ended = 0
+    for k in range(150):
+        action = rng.integers(0, 4, n)
+        next_obs, _, terminated, truncated, infos = envs.step(action)
+        real_next = next_obs.copy()
+        for e in np.flatnonzero(terminated | truncated):
+            real_next[e] = infos["final_obs"][e]
+            ended += 1
+        # Each transition is tagged by its reward, which the agent stores as it is.
+        tags = (k * n + np.arange(n)).astype(np.float64)
+        agent.observe(Transition(obs, action, tags, real_next, terminated, truncated))
+        for i in range(n):
+            seen[int(tags[i])] = (obs[i].copy(), real_next[i].copy(), bool(terminated[i]))
+        agent.update((k + 1) * n)
+        obs = next_obs
+    envs.close()
+    assert ended >= 3 and agent.replay.padding == "zero" and agent.grad_steps == (450 - 90) // 30 + 1
+    batch = agent.replay.sample(300)
+    for tag, o, nxt, te in zip(batch.reward, batch.obs, batch.next_obs, batch.terminated, strict=True):
+        ref = seen[int(tag)]
+        assert np.array_equal(o, ref[0]) and np.array_equal(nxt, ref[1]) and te == ref[2]
+    # One frame per slot: 600 slots of 84x84, not 600 stacks.
+    assert agent.replay.frames.shape == (3, 200, 84, 84)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from gymlab.replay import ReplayBuffer
+import torch
+from gymlab.replay import DeviceBatches, ReplayBuffer
 
 
 def add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> None:
@@ -144,3 +145,92 @@ def test_state_dict_round_trip_continues_identically():
     x, y = a.sample(64), b.sample(64)
     assert np.array_equal(x.action, y.action) and np.array_equal(x.obs, y.obs)
     assert np.array_equal(x.next_obs, y.next_obs)
+
+
+def zero_padded_stream(rng, n_envs: int, steps: int, stack: int, p_end: float = 0.1):
+    """Like ``fake_frame_stack_stream``, but each episode's first stack is zeros and its first frame (ALE's way)."""
+    counter = 1
+    stacks = [np.zeros((stack, 3, 3), np.uint8) for _ in range(n_envs)]
+    for s in stacks:
+        s[-1] = counter
+        counter += 1
+    for _ in range(steps):
+        obs = np.stack(stacks)
+        nxt = np.stack(
+            [
+                np.concatenate([s[1:], np.full((1, 3, 3), (counter + i) % 250 + 1, np.uint8)])
+                for i, s in enumerate(stacks)
+            ]
+        )
+        counter += n_envs
+        ended = rng.random(n_envs) < p_end
+        terminated = ended & (rng.random(n_envs) < 0.5)
+        yield obs, nxt, terminated, ended & ~terminated
+        for i in range(n_envs):
+            if ended[i]:
+                stacks[i] = np.zeros((stack, 3, 3), np.uint8)
+                stacks[i][-1] = counter % 250 + 1
+                counter += 1
+            else:
+                stacks[i] = nxt[i]
+
+
+@pytest.mark.parametrize("stream", [fake_frame_stack_stream, zero_padded_stream])
+def test_each_padding_is_rebuilt_as_the_env_gave_it(stream):
+    rng = np.random.default_rng(4)
+    buf = ReplayBuffer(90, 3, (4, 3, 3), np.uint8, frame_stack=4, seed=2)
+    inserted = {}
+    for k, (obs, nxt, te, tr) in enumerate(stream(rng, 3, 150, 4)):
+        add(buf, obs, [3 * k, 3 * k + 1, 3 * k + 2], [0, 0, 0], nxt, te, tr)
+        for i in range(3):
+            inserted[3 * k + i] = (obs[i], nxt[i])
+    assert buf.padding == ("zero" if stream is zero_padded_stream else "reset")
+    batch = buf.sample(400)
+    for a, o, n in zip(batch.action, batch.obs, batch.next_obs, strict=True):
+        assert np.array_equal(o, inserted[int(a)][0]) and np.array_equal(n, inserted[int(a)][1])
+
+
+def test_padding_must_stay_the_same():
+    buf = ReplayBuffer(64, 2, (2, 1), np.uint8, frame_stack=2)
+    zero_padded = np.array([[[0], [5]], [[0], [6]]], np.uint8)
+    add(buf, zero_padded, [0, 1], [0, 0], zero_padded[:, [1, 1]] + [[[0], [1]]], [True, False], [False, False])
+    assert buf.padding == "zero"
+    repeated = np.array([[[9], [9]], [[6], [7]]], np.uint8)  # lane 0 starts again, now repeat-padded
+    with pytest.raises(ValueError, match="the same way every time"):
+        add(buf, repeated, [2, 3], [0, 0], repeated + 1, [False, False], [False, False])
+
+
+def fill_both_ways(device_frames: bool):
+    rng = np.random.default_rng(7)
+    buf = ReplayBuffer(
+        80, 2, (4, 3, 3), np.uint8, frame_stack=4, seed=3, device=torch.device("cpu") if device_frames else None
+    )
+    for k, (obs, nxt, te, tr) in enumerate(zero_padded_stream(rng, 2, 100, 4)):
+        add(buf, obs, [2 * k, 2 * k + 1], [k, -k], nxt, te, tr)
+    return buf
+
+
+@pytest.mark.parametrize("source", ["pinned", "device"])
+def test_every_batch_source_gives_the_host_batches(source):
+    host = DeviceBatches(fill_both_ways(False), torch.device("cpu"), "host")
+    other = DeviceBatches(fill_both_ways(source == "device"), torch.device("cpu"), source)
+    assert isinstance(other.replay.frames, torch.Tensor if source == "device" else np.ndarray)
+    for size in (5, 64, 7):  # staging grows, and views of it shrink again
+        a, b = host.sample(size), other.sample(size)
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+    assert a.obs.dtype == torch.uint8 and a.terminated.dtype == torch.float32 and a.obs.shape == (7, 4, 3, 3)
+
+
+def test_frames_on_a_device_checkpoint_as_numpy():
+    on_device, on_host = fill_both_ways(True), fill_both_ways(False)
+    state, reference = on_device.state_dict(), on_host.state_dict()
+    assert isinstance(state["frames"], np.ndarray) and state["padding"] == "zero"
+    assert state.keys() == reference.keys()
+    for key in state:
+        same = state[key] == reference[key] if key == "rng" else np.array_equal(state[key], reference[key])
+        assert same, key
+    back = ReplayBuffer(80, 2, (4, 3, 3), np.uint8, frame_stack=4, device=torch.device("cpu"))
+    back.load_state_dict(state)
+    assert torch.equal(back.frames, on_device.frames) and back.padding == "zero"
+    assert np.array_equal(back.gather(*back.sample_slots(50)).obs, on_host.gather(*on_host.sample_slots(50)).obs)
