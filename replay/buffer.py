@@ -210,7 +210,7 @@ class ReplayBuffer:
             self.frames[lanes, pos] = frame
         else:  # one index and one frame transfer; the copy is queued on the device's stream, in order
             flat = torch.from_numpy(lanes * self.lane_size + pos).to(self.device, non_blocking=True)
-            values = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, non_blocking=True)
+            values = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, self.frames.dtype, True)
             self.frames.view(-1, *self.frame_shape).index_copy_(0, flat, values)
         self.offset[lanes, pos] = offset
         self.has_transition[lanes, pos] = False
