@@ -256,11 +256,45 @@ def evaluate(
     trust: TrustOption = None,
 ) -> None:
     """Play the greedy policy of a run's checkpoint; print mean ± std return."""
-    from gymlab import loop, registry, runs
-
     if which not in ("last", "best"):
         raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
-    cfg, ckpt, ckpt_path = runs.load_run(run, which, trust or ())
+    result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
+    if result["capped_episodes"]:
+        print(
+            f"note: {result['capped_episodes']} of {result['episodes']} episodes were cut at "
+            f"{result['eval_max_steps']:,} steps ({result['env']} has no time limit; run key eval_max_steps) "
+            "and count as truncated",
+            file=sys.stderr,
+        )
+    del result["eval_max_steps"]
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['agent']} on {result['env']}, {result['checkpoint']} (step {result['step']:,}): "
+            f"return {result['mean_return']:.4g} ± {result['std_return']:.4g} over {result['episodes']} episodes "
+            f"(mean length {result['mean_length']:.1f})"
+        )
+
+
+def evaluate_run(
+    run: Path,
+    episodes: int,
+    *,
+    which: str = "last",
+    seed: int | None = None,
+    device: str | None = None,
+    trust: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """What ``gymlab eval --json`` prints, computed in this process (``benchmarks/results.py`` uses it too).
+
+    Plays ``episodes`` greedy episodes of the run's ``which`` checkpoint (last or best) on the eval
+    env, seeded by ``seed`` or, by default, the run's own evaluation seed stream. Besides the JSON
+    keys, ``eval_max_steps`` says where ``capped_episodes`` were cut.
+    """
+    from gymlab import loop, registry, runs
+
+    cfg, ckpt, ckpt_path = runs.load_run(run, which, trust)
     agent, _, _ = runs.load_policy(cfg, ckpt, device)
     r = cfg.run
     envs = registry.make_vec_env(r.env, 1, r.env_kwargs, r.wrappers, train=False)
@@ -272,13 +306,7 @@ def evaluate(
         )
     finally:
         envs.close()
-    if cut:
-        print(
-            f"note: {len(cut)} of {len(returns)} episodes were cut at {r.eval_max_steps:,} steps "
-            f"({r.env} has no time limit; run key eval_max_steps) and count as truncated",
-            file=sys.stderr,
-        )
-    result = {
+    return {
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
         "episodes": len(returns),
@@ -289,15 +317,8 @@ def evaluate(
         "step": int(ckpt["loop"]["step"]),
         "agent": r.agent,
         "env": r.env,
+        "eval_max_steps": r.eval_max_steps,
     }
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{r.agent} on {r.env}, {ckpt_path} (step {result['step']:,}): "
-            f"return {result['mean_return']:.4g} ± {result['std_return']:.4g} over {len(returns)} episodes "
-            f"(mean length {result['mean_length']:.1f})"
-        )
 
 
 @app.command("list")
