@@ -276,11 +276,13 @@ def train_all(runs_: list[SeedRun], root: Path, workers: int) -> None:
         r = todo[outcome.spec.tag]
         print(f"{r.preset.name} seed {r.seed}: {outcome.describe()}", flush=True)
 
+    commit = git_commit()
     for r, outcome in zip(todo, run_all(specs, workers, on_done=done), strict=True):
         if outcome.ok:
             r.action = "resumed" if outcome.start_step > 0 else "trained"
             data = read_sidecar(r.sidecar) if outcome.start_step > 0 else {}
             data["train_seconds"] = float(data.get("train_seconds", 0.0)) + outcome.seconds
+            data["commits"] = [*data.get("commits", []), commit]  # the code that trained it (a resume adds one)
             write_sidecar(r.sidecar, data)
         else:
             r.action, r.error = outcome.status, outcome.error
@@ -546,6 +548,9 @@ def per_seed_lines(rows: Sequence[Row]) -> list[str]:
             continue
         seeds = ", ".join(str(r.seed) for r in row.done)
         parts = [f"seeds {seeds}"]
+        commits = sorted({c for r in row.done for c in read_sidecar(r.sidecar).get("commits", [])})
+        if commits:
+            parts.append(f"trained at {', '.join(commits)}")
         if row.last:
             parts.append("last " + " / ".join(f"{v:.4g}" for v in row.last))
         if row.best:

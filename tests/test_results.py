@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gymlab import runner
 from gymlab.config import configs_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +89,19 @@ def test_smoke_table_reuse_and_retrain(tmp_path: Path) -> None:
     def table() -> list[Any]:
         return results.run(results.parse_args(argv), "python benchmarks/results.py --smoke")
 
+    # Seed 1 of Taxi was interrupted half-way (a checkpoint at step 200 of 400): the table resumes it.
+    taxi_preset = results.find_presets(configs, ["tabular_q/Taxi-v4"])[0]
+    results.resolve_preset(taxi_preset, [0, 1], smoke=True)
+    half = runner.run(
+        runner.RunSpec(config=taxi_preset.configs[1], run_dir=root / "tabular_q" / "Taxi-v4" / "s1", stop_at=200)
+    )
+    assert half.step == 200
+
     rows = table()
     assert [r.preset.name for r in rows] == ["reinforce/CartPole-v1", "tabular_q/Taxi-v4"]
-    assert all(run.action == "trained" for row in rows for run in row.done)
+    actions = {(row.preset.name, run.seed): run.action for row in rows for run in row.done}
+    assert actions.pop(("tabular_q/Taxi-v4", 1)) == "resumed"
+    assert set(actions.values()) == {"trained"}
     text = out.read_text()
     lines = [line for line in text.splitlines() if line.startswith("| reinforce |") or line.startswith("| tabular_q |")]
     assert len(lines) == 2
