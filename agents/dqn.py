@@ -81,6 +81,11 @@ class DQNConfig(BaseModel):
         ge=1,
         description="observations stack this many frames on axis 0 (None: the channels of a uint8 image, else 1)",
     )
+    compile: Literal["off", "torch", "cuda_graph"] = Field(
+        "off",
+        description="the gradient step: off = eager; torch = torch.compile the loss (forward and backward); "
+        "cuda_graph = the whole step (forward, backward, clipping, Adam) replayed from one CUDA graph (CUDA only)",
+    )
     batch_source: Literal["auto", "host", "pinned", "device"] = Field(
         "auto",
         description="where batches come from: host arrays; pinned host staging with non-blocking copies; frames "
@@ -262,7 +267,9 @@ class DQN:
 
     @classmethod
     def check_config(cls, config: DQNConfig, ctx: Context) -> str | None:
-        """The replay memory must give every env's lane room for a frame stack and a transition."""
+        """The replay memory must give every env's lane room for a frame stack and a transition; graphs need CUDA."""
+        if config.compile == "cuda_graph" and ctx.device.type != "cuda":
+            return f"compile=cuda_graph needs a CUDA device, but the run's device is {ctx.device}: use compile=off"
         per_env = frames_per_observation(config, ctx.observation_space) + 2
         if config.buffer_size // ctx.num_envs < per_env:
             return (
@@ -285,11 +292,22 @@ class DQN:
         self.target.requires_grad_(False)
         self.online_params: list[torch.Tensor] = list(self.online.parameters())
         self.target_params: list[torch.Tensor] = list(self.target.parameters())
-        # Adam's fused kernel where available (CPU and CUDA), the foreach one otherwise.
+        # Adam's fused kernel where available (CPU and CUDA), the foreach one otherwise. A CUDA graph
+        # replays Adam's kernels with the tensors they were recorded with: its learning rate is a
+        # tensor (a schedule changes it in place) and its step counters stay on the device.
         fused = self.device.type in ("cuda", "cpu")
+        graphed = config.compile == "cuda_graph"
         self.optimizer = torch.optim.Adam(
-            self.online_params, lr=config.learning_rate, fused=fused or None, foreach=None if fused else True
+            self.online_params,
+            lr=torch.tensor(config.learning_rate, device=self.device) if graphed else config.learning_rate,
+            fused=fused or None,
+            foreach=None if fused else True,
+            capturable=graphed,
         )
+        self._loss = torch.compile(self.training_loss, dynamic=False) if config.compile == "torch" else None
+        self._graph: torch.cuda.CUDAGraph | None = None  # compile=cuda_graph: recorded at the first step
+        self._static: list[torch.Tensor] = []  # the graph's inputs (obs, action, y) and outputs (loss, norm)
+        self._lr: torch.Tensor = self.optimizer.param_groups[0]["lr"] if graphed else torch.zeros(())
 
         frame_stack = frames_per_observation(config, obs_space)
         assert obs_space.shape is not None
@@ -416,13 +434,64 @@ class DQN:
                     )
             else:
                 y = targets[sl]
-            q_values = self.online(obs[sl])  # (B, A)
-            loss = q_loss(q_values, action[sl], y, cfg.huber_delta)
-            grad_norm = self.optimize(loss)
+            loss, grad_norm = self.gradient_step(obs[sl], action[sl], y)
             with torch.no_grad():
                 self._sums += torch.stack((loss.detach(), y.mean(), grad_norm))
         self._summed += gradient_steps
         self.grad_steps += gradient_steps
+
+    def training_loss(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Huber loss of the online network on one batch (what ``compile=torch`` compiles)."""
+        return q_loss(self.online(obs), action, y, self.cfg.huber_delta)
+
+    def gradient_step(
+        self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step on a batch with targets ``y``, as ``compile`` says; the loss and the gradient norm."""
+        if self.cfg.compile == "cuda_graph":
+            if self._graph is None:
+                self._record_graph(obs, action, y)
+            for group in self.optimizer.param_groups:  # a learning rate set as a number goes into the graph's tensor
+                if not isinstance(group["lr"], torch.Tensor):
+                    self._lr.fill_(group["lr"])
+                    group["lr"] = self._lr
+            for static, value in zip(self._static, (obs, action, y), strict=False):
+                static.copy_(value)
+            assert self._graph is not None
+            self._graph.replay()
+            return self._static[3], self._static[4]
+        loss = (self._loss or self.training_loss)(obs, action, y)
+        return loss, self.optimize(loss)
+
+    def _record_graph(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> None:
+        """Record one whole gradient step in a CUDA graph, on static copies of the inputs.
+
+        Recording needs a few warm-up steps on a side stream first (PyTorch's CUDA graph notes);
+        they would learn from the batch, so the weights and Adam's state are put back in place
+        afterwards (the graph holds their addresses): the first replay is then the first step.
+        """
+        inputs = [obs.clone(), action.clone(), y.clone()]
+        params = [p.detach().clone() for p in self.online_params]
+        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items()} for p in self.optimizer.state}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.optimize(self.training_loss(*inputs))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # the graph's backward owns the gradients from now on
+        with torch.cuda.graph(graph):
+            loss = self.training_loss(*inputs)
+            grad_norm = self.optimize(loss)
+        with torch.no_grad():
+            for p, saved in zip(self.online_params, params, strict=True):
+                p.copy_(saved)
+            for p, values in self.optimizer.state.items():
+                for key, value in values.items():  # state Adam created while warming up starts from zero
+                    value.copy_(state[p][key]) if p in state else value.zero_()
+        self._static = [*inputs, loss, grad_norm]
+        self._graph = graph
 
     def optimize(self, loss: torch.Tensor) -> torch.Tensor:
         """One Adam step on ``loss`` with the gradient clipped to ``max_grad_norm``; the norm before clipping."""
@@ -455,7 +524,7 @@ class DQN:
             "policy": {"online": self.online.state_dict()},
             "training": {
                 "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self._optimizer_state(),
                 "rng": self.rng.bit_generator.state,
                 "epsilon": self.epsilon,
                 "next_train": self.next_train,
@@ -467,6 +536,14 @@ class DQN:
                 "replay": replay,
             },
         }
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """Adam's state as every ``compile`` mode saves it: a learning rate in a tensor and capturable go back."""
+        state = self.optimizer.state_dict()
+        state["param_groups"] = [
+            {**g, "lr": float(g["lr"]), "capturable": False} for g in state["param_groups"]
+        ]  # fmt: skip
+        return state
 
     def _replay_left_out(self, consequence: str) -> str:
         size = self.replay.nbytes / MB
@@ -491,6 +568,11 @@ class DQN:
         training = state["training"]
         self.target.load_state_dict(training["target"])
         self.optimizer.load_state_dict(training["optimizer"])
+        if self.cfg.compile == "cuda_graph":
+            for group in self.optimizer.param_groups:
+                self._lr.fill_(float(group["lr"]))
+                group.update(lr=self._lr, capturable=True)
+            self._graph = None  # Adam's state tensors are new: record again at the next step
         self.rng.bit_generator.state = training["rng"]
         self.epsilon = float(training["epsilon"])
         self.next_train = int(training["next_train"])

@@ -1,19 +1,29 @@
-"""DQN's gradient step on public torch against the earlier flat-parameter path, side by side in one process.
+"""DQN's gradient step, eager against compiled (and the earlier flat-parameter path), side by side in one process.
 
-The agent (agents/dqn.py) steps with public torch: per-tensor parameters, Adam's fused kernel and
-``torch.nn.utils.clip_grad_norm_(foreach=True)``. The earlier version moved every weight into one
-flat parameter (the module's tensors became views, assigned through ``p.data``), zeroed and clipped
-one flat gradient, and stepped Adam on the flat tensor; that path is rebuilt here, on an agent of
-the same class, so the two differ only in those lines.
+Paths (``--paths``, the first is the reference):
 
-Both agents start from the same weights and replay memory (filled by random CartPole play) and draw
-the same batches, with RL Zoo's CartPole preset: MLP [256, 256], batch 64, 128 gradient steps per
-round. Rounds alternate between the paths (ABBA order), and each round's wall time divided by its
-gradient steps gives ms per gradient step; the table shows median, min and max over the repeats,
-and the ratio of medians. A first check confirms both paths compute the same update.
+* ``eager``: the agent as it runs with ``compile=off``: per-tensor parameters, Adam's fused kernel,
+  ``torch.nn.utils.clip_grad_norm_(foreach=True)``.
+* ``torch``: ``compile=torch``, the loss (forward and backward) through ``torch.compile``.
+* ``cuda_graph``: ``compile=cuda_graph``, the whole step replayed from one CUDA graph (CUDA only).
+* ``flat``: the earlier version, rebuilt here on an eager agent: every weight a view of one flat
+  parameter (assigned through ``p.data``), one flat gradient zeroed and clipped by hand, fused Adam
+  on the flat tensor.
 
-    python benchmarks/dqn_update.py                      # 30 repeats of 128 gradient steps, one thread
-    python benchmarks/dqn_update.py --repeats 2 --steps 8   # a smoke run
+All agents start from the same weights and replay memory and draw the same batches. CartPole (the
+default): RL Zoo's preset, MLP [256, 256], batch 64, memory filled by random play, rounds of 128
+gradient steps. ``--atari``: the Nature CNN on (4, 84, 84) uint8 stacks (random frames), RL Zoo's
+Atari batch 32, rounds of 1 gradient step as ``train_freq`` 4 gives (``--steps`` rounds are timed
+together). First each path's first round is timed alone (for compiled paths: the compile or
+graph recording), and each path is checked to reach the reference's weights after a few steps.
+Then rounds alternate between the paths (ABBA order for two), and each timed block divided by
+its gradient steps gives ms per gradient step; the table shows median, min and max over the
+repeats and each path's median against the reference's.
+
+    python benchmarks/dqn_update.py                                    # eager vs torch.compile, CPU
+    python benchmarks/dqn_update.py --paths eager,flat                 # the earlier comparison
+    python benchmarks/dqn_update.py --device cuda --atari --paths eager,torch,cuda_graph --steps 200
+    python benchmarks/dqn_update.py --repeats 2 --steps 8              # a smoke run
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import statistics
 import time
 import types
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -63,15 +74,32 @@ def make_flat(agent: DQN) -> DQN:
     return agent
 
 
-def build(hparams: DQNConfig, transitions: list[Transition]) -> DQN:
-    ctx = Context(
-        gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2), 1, 0, torch.device("cpu"), 1
-    )
+def build(hparams: DQNConfig, transitions: list[Transition], device: str = "cpu", compile: str = "off") -> DQN:
+    obs = transitions[0].obs
+    if obs.dtype == np.uint8:
+        obs_space: gym.Space[Any] = gym.spaces.Box(0, 255, obs.shape[1:], np.uint8)
+        act_space = gym.spaces.Discrete(6)
+    else:
+        obs_space, act_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2)
+    ctx = Context(obs_space, act_space, 1, 0, torch.device(device), 1)
     torch.manual_seed(0)  # the networks' initial weights come from the global generator
-    agent = DQN(hparams, ctx)
+    agent = DQN(hparams.model_copy(update={"compile": compile}), ctx)
     for t in transitions:
         agent.observe(t)
     return agent
+
+
+def atari_play(steps: int, seed: int = 0) -> list[Transition]:
+    """One long episode of random (4, 84, 84) uint8 frame stacks and random actions (no emulator needed)."""
+    rng = np.random.default_rng(seed)
+    stack = np.repeat(rng.integers(0, 256, (1, 84, 84), dtype=np.uint8), 4, axis=0)
+    out = []
+    no = np.zeros(1, bool)
+    for _ in range(steps):
+        nxt = np.concatenate([stack[1:], rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)])
+        out.append(Transition(stack[None], rng.integers(0, 6, 1), rng.normal(size=1), nxt[None], no, no))
+        stack = nxt
+    return out
 
 
 def random_play(steps: int, seed: int = 0) -> list[Transition]:
@@ -96,51 +124,80 @@ def random_play(steps: int, seed: int = 0) -> list[Transition]:
     return out
 
 
-def ms_per_step(agent: DQN, steps: int) -> float:
+def ms_per_step(agent: DQN, rounds: int, steps: int) -> float:
+    """Wall time of ``rounds`` learning rounds of ``steps`` gradient steps, in ms per gradient step."""
     start = time.perf_counter()
-    agent.learn(steps)
-    agent._sums.sum().item()  # wait for the round's arithmetic (a no-op on the CPU)
-    return (time.perf_counter() - start) / steps * 1e3
+    for _ in range(rounds):
+        agent.learn(steps)
+    agent._sums.sum().item()  # wait for the device's arithmetic (a no-op on the CPU)
+    return (time.perf_counter() - start) / (rounds * steps) * 1e3
+
+
+def make(path: str, hparams: DQNConfig, transitions: list[Transition], device: str) -> DQN:
+    if path == "flat":
+        return make_flat(build(hparams, transitions, device))
+    return build(hparams, transitions, device, compile="off" if path == "eager" else path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30, help="timed rounds per path")
-    parser.add_argument("--steps", type=int, default=128, help="gradient steps per round (the preset's 128)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed blocks per path")
+    parser.add_argument("--steps", type=int, default=None, help="gradient steps per block (CartPole 128, Atari 100)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (gymlab's default: 1)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--atari", action="store_true", help="Nature CNN, batch 32, rounds of 1 gradient step")
+    parser.add_argument("--paths", default="eager,torch", help="comma-separated: eager, torch, cuda_graph, flat")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    hparams = resolve("dqn", "CartPole-v1").hparams
-    assert isinstance(hparams, DQNConfig)
-    transitions = random_play(5_000)
+    paths = args.paths.split(",")
+    if args.atari:
+        hparams = DQNConfig(learning_rate=1e-4, batch_size=32, buffer_size=10_000, frame_stack=4)
+        transitions, per_round, steps = atari_play(3_000), 1, args.steps or 100
+    else:
+        resolved = resolve("dqn", "CartPole-v1").hparams
+        assert isinstance(resolved, DQNConfig)
+        hparams, transitions = resolved, random_play(5_000)
+        per_round = steps = args.steps or 128
+    rounds = steps // per_round
 
-    # Same arithmetic: from the same weights and batches, both paths end at the same weights.
-    public, flat = build(hparams, transitions), make_flat(build(hparams, transitions))
-    public.learn(4)
-    flat.learn(4)
-    gap = max((a - b).abs().max().item() for a, b in zip(public.online_params, flat.online_params, strict=True))
-    print(f"same update: largest weight difference after 4 steps {gap:.2e}")
-    assert gap < 1e-4, gap
+    # First round alone (compile / graph recording), then the same arithmetic: from the same weights
+    # and batches every path ends near the reference's weights.
+    agents: dict[str, DQN] = {}
+    for path in paths:
+        agents[path] = make(path, hparams, transitions, args.device)
+        start = time.perf_counter()
+        agents[path].learn(per_round)
+        agents[path]._sums.sum().item()
+        print(f"{path}: first round ({per_round} gradient steps, compile included) {time.perf_counter() - start:.2f} s")
+        agents[path].learn(4 * per_round if per_round == 1 else 3)
+    ref = agents[paths[0]]
+    for path in paths[1:]:
+        gap = max(
+            (a - b).abs().max().item() for a, b in zip(ref.online_params, agents[path].online_params, strict=True)
+        )
+        print(f"same update: {path} vs {paths[0]}, largest weight difference {gap:.2e}")
+        assert gap < 1e-3, gap
 
-    paths = {"public (agent)": build(hparams, transitions), "flat + private": make_flat(build(hparams, transitions))}
-    for agent in paths.values():  # warm-up: allocations, kernels
-        agent.learn(args.steps)
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    order = list(paths)
+    for agent in agents.values():  # warm-up: allocations, kernels
+        ms_per_step(agent, rounds, per_round)
+    times: dict[str, list[float]] = {path: [] for path in paths}
     for r in range(args.repeats):
-        for name in order if r % 2 == 0 else order[::-1]:  # ABBA: neither path always runs first
-            times[name].append(ms_per_step(paths[name], args.steps))
+        for path in paths if r % 2 == 0 else paths[::-1]:  # ABBA: no path always runs first
+            times[path].append(ms_per_step(agents[path], rounds, per_round))
 
+    net = "Nature CNN" if args.atari else f"MLP {hparams.net_arch}"
     print(
-        f"\nDQN gradient step, CartPole preset (MLP {hparams.net_arch}, batch {hparams.batch_size}), "
-        f"{args.repeats} rounds × {args.steps} steps per path, {args.threads} thread(s), torch {torch.__version__}"
+        f"\nDQN gradient step, {'Atari' if args.atari else 'CartPole'} ({net}, batch {hparams.batch_size}), "
+        f"{args.repeats} blocks × {rounds} rounds × {per_round} steps per path, device {args.device}, "
+        f"{args.threads} thread(s), torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
     )
-    print("| path | median ms/step | min | max |")
-    print("|---|---|---|---|")
-    for name, values in times.items():
-        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-    ratio = statistics.median(times["flat + private"]) / statistics.median(times["public (agent)"])
-    print(f"\nflat/public median time ratio: {ratio:.3f} (below 1: the flat path is faster)")
+    print(f"| path | median ms/step | min | max | median / {paths[0]} |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(times[paths[0]])
+    for path, values in times.items():
+        median = statistics.median(values)
+        print(f"| {path} | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {median / base:.3f} |")
 
 
 if __name__ == "__main__":

@@ -342,3 +342,81 @@ def test_native_atari_vector_env_feeds_the_memory_exactly():
         assert np.array_equal(o, ref[0]) and np.array_equal(nxt, ref[1]) and te == ref[2]
     # One frame per slot: 600 slots of 84x84, not 600 stacks.
     assert agent.replay.frames.shape == (3, 200, 84, 84)
+
+
+def _twins(device: str, compile_mode: str, **hp) -> tuple[DQN, DQN]:
+    """Two agents with the same weights and replay memory (random CartPole-like play), one eager."""
+    out = []
+    for mode in ("off", compile_mode):
+        ctx = Context(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), 2, 0, torch.device(device), 10_000)
+        torch.manual_seed(0)
+        agent = DQN(DQNConfig(compile=mode, net_arch=[32, 32], batch_size=16, **hp), ctx)
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            obs, nxt = rng.normal(size=(2, 4)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32)
+            ended = rng.random(2) < 0.1
+            agent.observe(Transition(obs, rng.integers(0, 2, 2), rng.normal(size=2), nxt, ended, np.zeros(2, bool)))
+        out.append(agent)
+    return out[0], out[1]
+
+
+def _same_weights(a: DQN, b: DQN, tol: float) -> float:
+    gap = max((p - q).abs().max().item() for p, q in zip(a.online_params, b.online_params, strict=True))
+    assert gap < tol, gap
+    return gap
+
+
+def test_cuda_graph_needs_cuda():
+    ctx = Context(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), 1, 0, torch.device("cpu"), 1000)
+    problem = DQN.check_config(DQNConfig(compile="cuda_graph"), ctx)
+    assert problem is not None and "CUDA" in problem and "compile=off" in problem
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on this CPU
+def test_compiled_loss_learns_as_eager():
+    eager, compiled = _twins("cpu", "torch")
+    start = [p.detach().clone() for p in compiled.online_params]
+    for _ in range(3):
+        eager.learn(4)
+        compiled.learn(4)
+    assert compiled.grad_steps == 12
+    assert max((p - q).abs().max().item() for p, q in zip(compiled.online_params, start, strict=True)) > 1e-4
+    _same_weights(eager, compiled, 1e-5)  # the same arithmetic, up to the order of float operations
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("double_dqn", [False, True])
+def test_cuda_graph_learns_as_eager_and_checkpoints_portably(double_dqn):
+    eager, graphed = _twins("cuda", "cuda_graph", double_dqn=double_dqn)
+    start = [p.detach().clone() for p in graphed.online_params]
+    for _ in range(3):
+        eager.learn(4)
+        graphed.learn(4)
+    moved = max((p - q).abs().max().item() for p, q in zip(graphed.online_params, start, strict=True))
+    assert moved > 1e-4  # the graph really steps (its warm-up steps were undone, not kept)
+    _same_weights(eager, graphed, 1e-4)
+    assert torch.allclose(eager._sums, graphed._sums, atol=1e-4)
+    # A learning rate set as a number (a schedule) reaches the graph.
+    for group in graphed.optimizer.param_groups:
+        group["lr"] = 0.0
+    before = [p.detach().clone() for p in graphed.online_params]
+    graphed.learn(2)
+    assert all(torch.equal(p, q) for p, q in zip(graphed.online_params, before, strict=True))
+    # The checkpoint is the eager one's kind: a float learning rate, loadable on the CPU.
+    state = graphed.state_dict()
+    assert all(
+        isinstance(g["lr"], float) and not g["capturable"] for g in state["training"]["optimizer"]["param_groups"]
+    )
+    cpu = _twins("cpu", "off")[0]
+    cpu.load_state_dict(checkpoint_roundtrip(state))
+    cpu.learn(2)
+
+
+def checkpoint_roundtrip(state):
+    """The state as a CPU checkpoint would give it back."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)
