@@ -34,6 +34,8 @@ Each gradient step uses public torch only: Adam's fused kernel (CPU and CUDA) an
 ``clip_grad_norm_(foreach=True)``. An earlier version kept the
 weights and gradients in two flat tensors and called private ``torch._foreach_*`` ops; it was no
 faster (benchmarks/dqn_update.py times both side by side; figures in benchmarks/README.md).
+``compile`` may run the step through ``torch.compile`` or replay it from a CUDA graph; it is off by
+default: on the CPU torch.compile was slower and costs seconds per run (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ dominates short Atari runs). SB3 is timed over ``model.learn``.
     pip install -e .[bench]          # stable-baselines3
     python benchmarks/dqn_vs_sb3.py [--seeds 5] [--steps 50000] [--threads 1]
     python benchmarks/dqn_vs_sb3.py --atari --device cuda --steps 200000 --seeds 1
+    python benchmarks/dqn_vs_sb3.py --atari --device cuda --compile cuda_graph --num-envs 8 ...
+
+``--compile`` and ``--batch-source`` set gymlab's hparams of those names (its defaults: off, auto);
+``--num-envs`` gymlab's envs (SB3 keeps one: its ``train_freq`` counts vector steps, so more envs
+would change its replay ratio; gymlab's counts env steps, so its ratio stays).
 """
 
 from __future__ import annotations
@@ -49,9 +54,12 @@ ATARI = {
 }
 
 
-def run_gymlab(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str, episodes: int, atari: bool):
+def run_gymlab(
+    env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str, episodes: int, atari: bool, num_envs: int = 1
+):
     cls = load_agent_class("dqn")
     data = {
+        "num_envs": num_envs,
         "agent": "dqn",
         "env": env_id,
         "seed": seed,
@@ -154,29 +162,38 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--atari", action="store_true", help="PongNoFrameskip-v4 with RL Zoo's Atari settings")
     parser.add_argument("--only", choices=["gymlab", "sb3"], default=None, help="run one side only")
+    parser.add_argument("--compile", choices=["off", "torch", "cuda_graph"], default="off", help="gymlab's compile")
+    parser.add_argument("--batch-source", default="auto", help="gymlab's batch_source: auto | host | pinned | device")
+    parser.add_argument("--num-envs", type=int, default=1, help="gymlab's envs (SB3 keeps one)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     env_id = "PongNoFrameskip-v4" if args.atari else "CartPole-v1"
     hp = ATARI if args.atari else CARTPOLE
+    gymlab_hp = {**hp, "compile": args.compile, "batch_source": args.batch_source}
     steps = args.steps or (1_000_000 if args.atari else 50_000)
     if args.atari:
         registry.resolve_env(env_id)  # registers the ALE ids
     print(
-        f"{env_id}, {steps} steps, {args.seeds} seeds, device {args.device}, torch threads {args.threads}; "
+        f"{env_id}, {steps} steps, {args.seeds} seeds, device {args.device}, torch threads {args.threads}, "
+        f"gymlab compile={args.compile} batch_source={args.batch_source} num_envs={args.num_envs}; "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads of "
         f"{__import__('os').cpu_count()} CPUs; torch {torch.__version__}, gymnasium {gym.__version__}"
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         flush=True,
     )
     rows: dict[str, list[tuple[float, float]]] = {"gymlab": [], "sb3": []}
-    sides = {"gymlab": run_gymlab, "sb3": run_sb3}
     for seed in range(args.seeds):
         order = ["gymlab", "sb3"] if seed % 2 == 0 else ["sb3", "gymlab"]  # alternate who goes first
         for side in order:
             if args.only and side != args.only:
                 continue
-            wall, ret = sides[side](env_id, hp, steps, seed, args.device, args.eval_episodes, args.atari)
+            if side == "gymlab":
+                wall, ret = run_gymlab(
+                    env_id, gymlab_hp, steps, seed, args.device, args.eval_episodes, args.atari, args.num_envs
+                )
+            else:
+                wall, ret = run_sb3(env_id, hp, steps, seed, args.device, args.eval_episodes, args.atari)
             rows[side].append((wall, ret))
             print(
                 f"seed {seed} {side:6s}: {wall:7.1f} s, {steps / wall:8.0f} steps/s, eval return {ret:7.1f}", flush=True
