@@ -296,12 +296,15 @@ def train_all(runs_: list[SeedRun], root: Path, workers: int) -> None:
     for r, outcome in zip(todo, run_all(specs, workers, on_done=done), strict=True):
         if outcome.ok:
             r.action = "resumed" if outcome.start_step > 0 else "trained"
-            data = read_sidecar(r.sidecar) if outcome.start_step > 0 else {}
-            data["train_seconds"] = float(data.get("train_seconds", 0.0)) + outcome.seconds
-            data["commits"] = [*data.get("commits", []), commit]  # the code that trained it (a resume adds one)
-            write_sidecar(r.sidecar, data)
         else:
             r.action, r.error = outcome.status, outcome.error
+        if outcome.seconds > 0 and (outcome.ok or (outcome.status == "interrupted" and outcome.checkpoint is not None)):
+            # Wall time and code add up over an interrupted run's sessions (a resume reads what came before).
+            data = read_sidecar(r.sidecar) if outcome.start_step > 0 else {}
+            data["train_seconds"] = float(data.get("train_seconds", 0.0)) + outcome.seconds
+            if commit not in data.get("commits", []):
+                data["commits"] = [*data.get("commits", []), commit]
+            write_sidecar(r.sidecar, data)
 
 
 # ---------------------------------------------------------------- measuring

@@ -102,6 +102,11 @@ def test_smoke_table_reuse_and_retrain(tmp_path: Path) -> None:
     actions = {(row.preset.name, run.seed): run.action for row in rows for run in row.done}
     assert actions.pop(("tabular_q/Taxi-v4", 1)) == "resumed"
     assert set(actions.values()) == {"trained"}
+    for row in rows:  # each run's cache: its wall time, the commit that trained it, both evaluations
+        for run in row.done:
+            cache = results.read_sidecar(run.sidecar)
+            assert cache["train_seconds"] > 0 and len(cache["commits"]) == 1
+            assert set(cache["eval"]) == {"last", "best"}
     text = out.read_text()
     lines = [line for line in text.splitlines() if line.startswith("| reinforce |") or line.startswith("| tabular_q |")]
     assert len(lines) == 2
