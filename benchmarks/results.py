@@ -21,7 +21,9 @@ Rerunning is cheap and safe:
 Presets that need a GPU (the paper-scale SeqGAN, Atari's 10M steps) are skipped, and the table
 says why, unless ``--include-gpu`` is given on a machine with one; presets whose extra is not
 installed are skipped with the install command. ``--smoke`` applies each agent's ``smoke``
-hyperparameters and a tiny budget (for the tests; its figures mean nothing).
+hyperparameters and a tiny budget (for the tests; its figures mean nothing). ``--only GLOB``
+trains only the matching presets; the table still lists every preset, the others from their
+finished runs of the same config (never trained, moved or resumed) or as "not run".
 """
 
 from __future__ import annotations
@@ -224,6 +226,18 @@ def checkpoint_step(path: Path) -> tuple[int, bool]:
     return int(state["step"]), bool(state.get("eval_due"))
 
 
+def is_finished(run: SeedRun) -> bool:
+    """Whether ``run``'s folder holds a finished run of exactly the preset's config (nothing is changed)."""
+    from gymlab import runs
+
+    existing = runs.folder_config(run.folder) if run.folder.is_dir() else None
+    last = run.folder / "checkpoints" / "last.pt"
+    if existing is None or runs.config_differences(run.config, existing) or not last.is_file():
+        return False
+    step, eval_due = checkpoint_step(last)
+    return step >= int(run.config["steps"]) and not eval_due and runs.newest_checkpoint(run.folder) == last
+
+
 def plan_seed(run: SeedRun, root: Path) -> bool:
     """Decide what ``run`` needs: True to train (new or resumed), False when a finished run is reused.
 
@@ -232,11 +246,10 @@ def plan_seed(run: SeedRun, root: Path) -> bool:
     from gymlab import runs
 
     folder = run.folder
-    if not folder.exists():
-        return True
-    existing = runs.folder_config(folder)
-    if existing is not None and runs.config_differences(run.config, existing):
-        differ = runs.config_differences(run.config, existing)
+    existing = runs.folder_config(folder) if folder.is_dir() else None
+    differ = runs.config_differences(run.config, existing) if existing is not None else []
+    if differ:
+        assert existing is not None
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
         target = (
             root / "_replaced" / folder.relative_to(root).parent / f"{folder.name}-{report.config_id(existing)}-{stamp}"
@@ -246,14 +259,10 @@ def plan_seed(run: SeedRun, root: Path) -> bool:
         run.sidecar.unlink(missing_ok=True)
         print(f"{run.preset.name} seed {run.seed}: config changed ({', '.join(differ[:5])}); old run moved to {target}")
         return True
-    last = folder / "checkpoints" / "last.pt"
-    if existing is None or not last.is_file():
-        return True  # a failed start or an interrupted run: mode auto starts or resumes it
-    step, eval_due = checkpoint_step(last)
-    if step >= int(run.config["steps"]) and not eval_due and runs.newest_checkpoint(folder) == last:
+    if is_finished(run):
         run.action = "reused"
         return False
-    return True
+    return True  # new, a failed start, or interrupted: mode auto starts or resumes it
 
 
 def rough_cost(config: dict[str, Any]) -> float:
@@ -442,6 +451,7 @@ class Row:
     goals: list[Goal] = field(default_factory=list)
     published: str = ""
     failures: list[str] = field(default_factory=list)
+    not_run: bool = False  # outside --only, with no finished run of the preset's config
 
 
 def ci_cell(values: Sequence[float]) -> str:
@@ -518,6 +528,19 @@ def row_cells(row: Row) -> list[str]:
     seeds = f"{len(row.done)}/{len(row.seeds)}"
     if p.skip is not None:
         return [p.agent, p.stem, budget, "—", f"skipped: {p.skip}", "", "", "", row.published or "—", ""]
+    if row.not_run:
+        return [
+            p.agent,
+            p.stem,
+            budget,
+            "—",
+            "not run (outside --only; no finished run of this config)",
+            "",
+            "",
+            "",
+            row.published or "—",
+            "",
+        ]
     if p.agent == "seqgan":
         end = ci_cell(row.nll.get(NLL_ORACLE, []))
         mle = ci_cell(row.nll.get(NLL_ORACLE_MLE, []))
@@ -766,7 +789,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per preset (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="runs at once, each in its own process (default 2)")
-    parser.add_argument("--only", action="append", default=[], help="presets to include, glob on agent/preset")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="train only these presets (glob on agent/preset, repeatable); the others show their finished runs",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results.md", help="the Markdown file")
     parser.add_argument("--figures", type=Path, default=None, help="figure folder (default: OUT's folder/results)")
     parser.add_argument("--root", type=Path, default=Path("runs/results"), help="run folders (default runs/results)")
@@ -787,31 +815,38 @@ def run(args: argparse.Namespace, command: str) -> list[Row]:
 
     load_before = os.getloadavg()
     seeds = list(range(args.seeds))
-    presets = find_presets(args.configs or configs_root(), args.only)
+    root = args.configs or configs_root()
+    chosen = {p.name for p in find_presets(root, args.only)}
+    presets = find_presets(root, [])
     gpu = gpu_available()
-    runs_: list[SeedRun] = []
+    runs_: list[SeedRun] = []  # to train
+    others: list[SeedRun] = []  # outside --only: shown from finished runs, never trained or moved
     for preset in presets:
         resolve_preset(preset, seeds, args.smoke)
         preset.skip = skip_reason(preset, args.include_gpu, gpu)
         if preset.skip is not None:
             print(f"{preset.name}: skipped ({preset.skip})", flush=True)
             continue
-        runs_ += [
+        mine = [
             SeedRun(preset, s, args.root / preset.agent / preset.stem / f"s{s}", c)
             for s, c in zip(seeds, preset.configs, strict=True)
         ]
+        (runs_ if preset.name in chosen else others).extend(mine)
     train_all(runs_, args.root, args.workers)
+    for r in others:
+        r.action = "reused" if is_finished(r) else "not run"
     load_after = os.getloadavg()
     stopped = [r for r in runs_ if r.action in ("interrupted", "cancelled")]
     if stopped:
         raise KeyboardInterrupt
-    wanted = args.reference and not args.smoke and any(p.name == "reinforce/CartPole-v1" for p in presets)
+    wanted = args.reference and not args.smoke and "reinforce/CartPole-v1" in chosen
     reference = reinforce_reference(seeds, args.root, wanted)
     rows = []
     for preset in presets:
         row = Row(preset, seeds)
-        mine = [r for r in runs_ if r.preset is preset]
+        mine = [r for r in runs_ + others if r.preset is preset]
         row.done = [r for r in mine if r.action in ("reused", "trained", "resumed")]
+        row.not_run = preset.name not in chosen and not row.done
         row.failures = [f"seed {r.seed} failed: {r.error}" for r in mine if r.action == "failed"]
         measure(row, args.episodes, reference)
         rows.append(row)

@@ -138,3 +138,15 @@ def test_smoke_table_reuse_and_retrain(tmp_path: Path) -> None:
         "learning_rate"
     ] == pytest.approx(0.25)
     assert len(list((root / "_replaced" / "tabular_q" / "Taxi-v4").iterdir())) == 2
+
+    # --only trains the matching presets; the others are shown from finished runs of their config, never
+    # trained or moved: once CartPole's preset changes, its row says "not run" and its old runs stay put.
+    cartpole = configs / "reinforce" / "CartPole-v1.yaml"
+    data = yaml.safe_load(cartpole.read_text())
+    data["hparams"]["learning_rate"] = 0.02
+    cartpole.write_text(yaml.safe_dump(data))
+    argv += ["--only", "tabular_q/*"]
+    rows = table()
+    assert {row.preset.name: row.not_run for row in rows} == {"reinforce/CartPole-v1": True, "tabular_q/Taxi-v4": False}
+    assert _last_checkpoints(root) == now
+    assert "| reinforce | CartPole-v1 | 400 | — | not run (outside --only" in out.read_text()
