@@ -39,7 +39,11 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, description="seeds python, numpy, torch, the envs and the agent")
     steps: int = Field(100_000, gt=0, description="env-step budget, summed over all envs")
     num_envs: int = Field(1, ge=1, description="parallel env copies feeding the agent")
-    vectorization: Literal["sync", "async"] = Field("sync", description="one process, or one per env")
+    vectorization: Literal["auto", "sync", "async", "native"] = Field(
+        "auto",
+        description="sync: one process; async: one per env; native: ALE's C++ vector env (wrappers: [atari]); "
+        "auto: native where it runs, else sync",
+    )
     threads: int = Field(
         1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
     )

@@ -198,7 +198,9 @@ def build(config: Config, text: Callable[[str, str], None] = ignore_text) -> Env
         check_agent_spaces(agent_cls, run.env, obs_space, act_space)
         ctx = make_context(config, obs_space, act_space, device=device, text=text)
         _check_config(agent_cls, config, ctx)
-        eval_envs = registry.make_vec_env(run.env, 1, run.env_kwargs, run.wrappers, train=False)
+        # Evaluation on the same kind of env as training (ALE's native one or the Python wrappers), in this process.
+        evec = "sync" if run.vectorization == "async" else run.vectorization
+        eval_envs = registry.make_vec_env(run.env, 1, run.env_kwargs, run.wrappers, vectorization=evec, train=False)
         try:
             agent = agent_cls(config.hparams, ctx)
         except BaseException:

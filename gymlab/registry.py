@@ -3,7 +3,8 @@
 The loop gets its envs from here: a vector env in same-step autoreset mode (so every step the
 loop sees is a real transition, with the episode's final observation in ``infos["final_obs"]``)
 and a separate evaluation env. Wrappers named in a config (``wrappers: [atari]``) are applied to
-each copy, told whether the copy is for training or for evaluation.
+each copy, told whether the copy is for training or for evaluation; for ``[atari]`` the vector env
+is ALE's native one by default (``vectorization: auto``; see ``gymlab.envs.atari``).
 """
 
 from __future__ import annotations
@@ -281,13 +282,37 @@ def has_native_vector_env(env_id: str) -> bool:
     return isinstance(entry, str) and entry.startswith("gymlab.")
 
 
+def _native_atari(
+    env_id: str, env_kwargs: Mapping[str, Any], wrappers: Sequence[str], vectorization: str, render_mode: str | None
+) -> Callable[..., VectorEnv[Any, Any, Any]] | None:
+    """The native Atari vector env class when ``vectorization`` asks for it (or ``auto``) and it can run the env."""
+    if vectorization not in ("auto", "native"):
+        return None
+    if list(wrappers) != ["atari"] or render_mode is not None:
+        if vectorization == "native":
+            raise GymlabError(
+                f"vectorization=native is ALE's vector env for wrappers: [atari] (without rendering); "
+                f"environment '{env_id}' has wrappers {list(wrappers)}: use vectorization=sync"
+            )
+        return None
+    resolve_env(env_id)
+    atari = import_module("gymlab.envs.atari", f"environment '{env_id}'")
+    problem = atari.native_problem(gym.registry.get(env_id.rpartition(":")[2]), env_kwargs)
+    if problem is None:
+        native: Callable[..., VectorEnv[Any, Any, Any]] = atari.AtariVectorEnv
+        return native
+    if vectorization == "native":
+        raise GymlabError(f"environment '{env_id}': vectorization=native cannot run it: {problem}; use sync")
+    return None
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,
     env_kwargs: Mapping[str, Any] | None = None,
     wrappers: Sequence[str] = (),
     *,
-    vectorization: str = "sync",
+    vectorization: str = "auto",
     train: bool = True,
     render_mode: str | None = None,
 ) -> VectorEnv[Any, Any, Any]:
@@ -296,7 +321,17 @@ def make_vec_env(
     In same-step mode a step that ends an episode returns the *next* episode's first observation
     and puts the ended episode's last one in ``infos["final_obs"]``: every step is a real
     transition, and the loop never has to discard the "reset step" that next-step mode inserts.
+
+    ``vectorization``: ``sync`` (copies stepped in this process), ``async`` (one process each),
+    ``native`` (ALE's C++ vector env for ``wrappers: [atari]``; one line when it cannot run the
+    env), or ``auto``: native where it can run, sync otherwise.
     """
+    native = _native_atari(env_id, env_kwargs or {}, wrappers, vectorization, render_mode)
+    if native is not None:
+        try:
+            return native(env_id, num_envs, env_kwargs, train=train)
+        except Exception as exc:
+            raise _construct_error(env_id, env_kwargs or {}, exc) from None
     if has_native_vector_env(env_id):
         try:
             venv = gym.make_vec(

@@ -151,8 +151,20 @@ CASES = contract_cases()
 PENDING: dict[tuple[str, str], str] = {}
 
 
+#: Cases left out on purpose: ``case id -> reason``. Every command is still run for another case of the same path.
+SKIPPED: dict[str, str] = {
+    "dqn-BreakoutNoFrameskip-v4": (
+        "the Pong preset covers the Atari path through every command; in Breakout an untrained greedy policy "
+        "usually never presses FIRE to serve again after a lost life, so each evaluation plays to ALE's "
+        "108,000-frame limit (27,000 steps: minutes per command here); tests/test_atari.py trains it natively"
+    ),
+}
+
+
 def _marks(test: str, case: Case) -> list[pytest.MarkDecorator]:
     marks = [pytest.mark.xdist_group(f"contract-{case.id}")]
+    if case.id in SKIPPED:
+        marks.append(pytest.mark.skip(reason=SKIPPED[case.id]))
     for (name, pattern), reason in PENDING.items():
         if name == test and fnmatch.fnmatch(case.id, pattern):
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
