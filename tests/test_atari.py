@@ -242,9 +242,10 @@ def test_dqn_learns_from_several_native_envs_into_one_frame_per_step_memory(tmp_
             "hparams.batch_size=4",
             "hparams.train_freq=64",
             "hparams.target_update_interval=128",
+            "hparams.exploration_final_eps=1.0",  # random play: the network runs only to learn (time)
             # The final greedy game: an untrained agent may never press FIRE to serve again after a
-            # lost life, and would play to ALE's limit (108,000 frames); 1,000 frames here.
-            "env_kwargs.max_num_frames_per_episode=1000",
+            # lost life, and would play to ALE's limit (108,000 frames); 400 frames here.
+            "env_kwargs.max_num_frames_per_episode=400",
         ],
     )
     assert cfg.run.vectorization == "auto" and cfg.run.wrappers == ["atari"]
