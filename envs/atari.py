@@ -273,7 +273,8 @@ class AtariVectorEnv(VectorEnv[Any, Any, Any]):
             ale_seed = None if seed is None else (seed + np.flatnonzero(mask)).astype(np.int64)
         else:
             seeds = [s for s, m in zip(seed, mask, strict=True) if m]
-            ale_seed = None if all(s is None for s in seeds) else np.array([s or 0 for s in seeds], dtype=np.int64)
+            # ALE reads -1 as "no seed" (a copy seeded from its own generator).
+            ale_seed = None if all(s is None for s in seeds) else np.array([-1 if s is None else s for s in seeds])
         full = bool(mask.all())
         obs, info = self._ale.reset(seed=ale_seed, options=None if full else {"reset_mask": mask})
         self._lives[mask] = info["lives"][mask]

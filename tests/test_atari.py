@@ -258,3 +258,15 @@ def test_dqn_learns_from_several_native_envs_into_one_frame_per_step_memory(tmp_
     # One 84x84 frame per step, plus each episode's first: not 4 stacked frames per observation, nor a next one.
     assert state["frames"].shape[0] == 4 and state["frames"].shape[2:] == (84, 84)
     assert ((state["written"] >= 81) & (state["written"] <= 81 + ends)).all()
+
+
+def test_native_resets_take_per_copy_seeds_and_masks():
+    env = AtariVectorEnv("PongNoFrameskip-v4", 2, train=False)
+    seeded, info = env.reset(seed=[3, None])  # None: that copy draws its own no-op start
+    again, info_again = env.reset(seed=3)  # an int seeds copy i with 3 + i
+    assert np.array_equal(seeded[0], again[0]) and info["frame_number"][0] == info_again["frame_number"][0]
+    moved, *_ = env.step(np.array([2, 2]))
+    kept, _ = env.reset(options={"reset_mask": np.array([False, True])})
+    assert np.array_equal(kept[0], moved[0])  # the masked-out copy plays on
+    assert all(np.array_equal(kept[1, k], kept[1, 3]) for k in range(3))  # the reset one starts a padded stack
+    env.close()
