@@ -13,7 +13,9 @@ with gradients clipped to a global norm. The target network follows the online o
 the memory holds the true last observation of the episode, whose value is what was cut off.
 The behaviour policy is uniform-random until ``learning_starts``, then ε-greedy with ε decayed
 linearly from ``exploration_initial_eps`` to ``exploration_final_eps`` over the first
-``exploration_fraction`` of the run.
+``exploration_fraction`` of the run. Adam's step size is ``learning_rate``, or, with
+``learning_rate_final`` set, decays linearly to it over the whole run (as SB3's linear
+schedules, which reach their end value at the last step).
 
 Schedules count env steps summed over all envs (the loop's step), as Stable-Baselines3 does for
 one env. With N envs the step grows by N per loop step, and every multiple of ``train_freq`` (or
@@ -61,6 +63,9 @@ class DQNConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learning_rate: float = Field(1e-4, gt=0, description="Adam step size")
+    learning_rate_final: float | None = Field(
+        None, ge=0, description="if set, the step size decays linearly to this, reached at the run's last step"
+    )
     buffer_size: int = Field(1_000_000, ge=16, description="replay memory capacity in transitions (frames)")
     learning_starts: int = Field(100, ge=0, description="env steps of uniform-random play before learning")
     batch_size: int = Field(32, ge=1, description="transitions per gradient step")
@@ -390,6 +395,9 @@ class DQN:
         self.next_train = (step // freq + 1) * freq
         if rounds <= 0 or self.replay.num_added == 0:
             return {}
+        if cfg.learning_rate_final is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(step)
         self.learn(cfg.gradient_steps * rounds)
         if self._summed < REPORT_EVERY:
             return {}
@@ -403,6 +411,13 @@ class DQN:
             "epsilon": self.epsilon,
             "target_updates": float(self.target_updates),
         }
+
+    def learning_rate(self, step: int) -> float:
+        """Adam's step size for a learning round at env step ``step``: constant, or linear to ``learning_rate_final``."""
+        cfg = self.cfg
+        if cfg.learning_rate_final is None:
+            return cfg.learning_rate
+        return linear(cfg.learning_rate, cfg.learning_rate_final, step / self.total_steps)
 
     @torch.no_grad()
     def update_target(self, times: int = 1) -> None:

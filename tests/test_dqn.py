@@ -118,6 +118,24 @@ def test_schedules_and_target_sync():
         assert torch.equal(p, q)
 
 
+def test_learning_rate_decays_linearly_to_its_final_value():
+    hp = dict(learning_starts=0, train_freq=2_500, batch_size=4, learning_rate=1e-3)
+    box, disc = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    agent, constant = make_agent(box, disc, learning_rate_final=1e-4, **hp), make_agent(box, disc, **hp)
+    obs = np.zeros((1, 3), np.float32)
+    seen: list[tuple[float, float]] = []
+    for step in range(1, 10_001):  # the run's budget: Context's total_steps
+        for a in (agent, constant):
+            a.observe(Transition(obs, np.array([0]), np.ones(1), obs, np.zeros(1, bool), np.zeros(1, bool)))
+            a.update(step)
+        if step % 2_500 == 0:
+            seen.append((agent.optimizer.param_groups[0]["lr"], constant.optimizer.param_groups[0]["lr"]))
+    # Rounds at 1/4, 1/2, 3/4 and all of the budget; the last round learns at the final rate.
+    assert [lr for lr, _ in seen] == pytest.approx([7.75e-4, 5.5e-4, 3.25e-4, 1e-4])
+    assert [lr for _, lr in seen] == [1e-3] * 4  # unset: constant, as before
+    assert agent.learning_rate(0) == pytest.approx(1e-3) and agent.learning_rate(20_000) == pytest.approx(1e-4)
+
+
 @pytest.mark.slow
 def test_cartpole_reaches_450_within_50k_steps(tmp_path):
     result = train(config(seed=LEARNING_SEED, **CARTPOLE), tmp_path)
