@@ -413,7 +413,7 @@ class DQN:
         }
 
     def learning_rate(self, step: int) -> float:
-        """Adam's step size for a learning round at env step ``step``: constant, or linear to ``learning_rate_final``."""
+        """Adam's step size for a round at env step ``step``: constant, or linear to ``learning_rate_final``."""
         cfg = self.cfg
         if cfg.learning_rate_final is None:
             return cfg.learning_rate
