@@ -147,7 +147,7 @@ def test_cartpole_reaches_450_within_50k_steps(tmp_path):
 def test_cartpole_fails_with_broken_learning(tmp_path, monkeypatch, broken):
     hp = dict(CARTPOLE)
     if broken == "target_never_updated":
-        monkeypatch.setattr(DQN, "update_target", lambda self: None)
+        monkeypatch.setattr(DQN, "update_target", lambda self, times=1: None)
     elif broken == "no_target_network":
         # Bootstrap from the online network as it learns, at every gradient step (the double-DQN
         # path evaluates it per step). With these settings the target network is synced before
