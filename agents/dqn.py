@@ -466,12 +466,14 @@ class DQN:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step on a batch with targets ``y``, as ``compile`` says; the loss and the gradient norm."""
         if self.cfg.compile == "cuda_graph":
-            if self._graph is None:
-                self._record_graph(obs, action, y)
-            for group in self.optimizer.param_groups:  # a learning rate set as a number goes into the graph's tensor
+            # A learning rate set as a number (a schedule) goes into the graph's tensor, before any
+            # recording too: a number there would be recorded as a constant.
+            for group in self.optimizer.param_groups:
                 if not isinstance(group["lr"], torch.Tensor):
                     self._lr.fill_(group["lr"])
                     group["lr"] = self._lr
+            if self._graph is None:
+                self._record_graph(obs, action, y)
             for static, value in zip(self._static, (obs, action, y), strict=False):
                 static.copy_(value)
             assert self._graph is not None

@@ -407,6 +407,8 @@ def test_compiled_loss_learns_as_eager():
 def test_cuda_graph_learns_as_eager_and_checkpoints_portably(double_dqn):
     eager, graphed = _twins("cuda", "cuda_graph", double_dqn=double_dqn)
     start = [p.detach().clone() for p in graphed.online_params]
+    for group in graphed.optimizer.param_groups:  # as learning_rate_final's schedule sets it, before recording
+        group["lr"] = graphed.cfg.learning_rate
     for _ in range(3):
         eager.learn(4)
         graphed.learn(4)
