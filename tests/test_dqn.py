@@ -440,3 +440,16 @@ def checkpoint_roundtrip(state):
     torch.save(state, buffer)
     buffer.seek(0)
     return torch.load(buffer, map_location="cpu", weights_only=True)
+
+
+def test_acting_for_n_envs_is_one_forward_pass():
+    agent = make_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4), num_envs=8)
+    batches = []
+    agent.online.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    obs = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    assert agent.act(obs, explore=False).shape == (8,)
+    agent.epsilon = 0.5  # some envs explore, the others need the network: still one pass for all 8
+    agent.act(obs, explore=True)
+    agent.epsilon = 1.0  # every env explores: no pass at all
+    agent.act(obs, explore=True)
+    assert batches == [8, 8]
