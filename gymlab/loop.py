@@ -662,12 +662,14 @@ class _Trainer:
         return min(self.next_log, self.next_eval, self.next_checkpoint, self.next_video, self.next_progress, last_step)
 
     def _record_episodes(self, infos: dict[str, Any]) -> None:
-        state = self.state
+        state, window, recent = self.state, self.window, self.state.recent_returns
         for _, ret, length in episode_stats(infos):
             state.episodes += 1
-            self.window.add(tb.EPISODE_RETURN, ret)
-            self.window.add(tb.EPISODE_LENGTH, length)
-            state.recent_returns = [*state.recent_returns[-99:], ret]
+            window.add(tb.EPISODE_RETURN, ret)
+            window.add(tb.EPISODE_LENGTH, length)
+            recent.append(ret)  # the last 100, kept in place (a new list per episode cost ~1 µs)
+            if len(recent) > 100:
+                del recent[0]
 
     def _chores(self) -> None:
         """Whatever is due at this step, in order: log, evaluate, checkpoint, video, progress."""

@@ -5,7 +5,8 @@ observations through ``functools.singledispatch`` and merges every step's info d
 batched arrays. On fast toy envs that overhead halves throughput (Taxi-v4 on this machine:
 131k raw steps/s, 67k through a one-copy ``SyncVectorEnv``), and the loop reads no per-step
 info except the finished episodes'. This env writes observations into a preallocated array and
-emits only ``final_obs`` and ``final_info`` (with their masks) when an episode ends.
+emits only ``final_obs`` and ``final_info["episode"]`` (with their masks) when an episode ends;
+the copies' other info keys are dropped.
 ``registry.make_vec_env`` uses it for array observation spaces and falls back to Gymnasium's
 own vector envs otherwise (Dict or Tuple observations, or ``vectorization: async``).
 
@@ -211,7 +212,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
             self._truncated[i] = truncated
             if terminated or truncated:
                 check_obs(self.single_observation_space, obs, "step()", i)
-                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
+                self._final(infos, i, obs, info)
                 obs, _ = self._reset_copy(i, env, None, None)
             try:
                 self._obs[i] = obs
@@ -223,6 +224,32 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
                 if not np.isfinite(self._obs[i]).all():
                     raise nonfinite_obs(self._obs[i], "step()", i)
         return self._obs.copy(), self._rewards.copy(), self._terminated.copy(), self._truncated.copy(), infos
+
+    def _final(self, infos: dict[str, Any], i: int, obs: Any, info: dict[str, Any]) -> None:
+        """Put copy ``i``'s last observation and episode statistics into this step's ``infos``.
+
+        The layout is Gymnasium's (``final_obs``, ``final_info["episode"]`` with ``r``, ``l``, ``t``,
+        and a ``_``-prefixed mask beside each), built directly: ``VectorEnv._add_info`` batches every
+        key of the copy's info generically, about 10 µs an episode on Taxi, for keys nobody reads.
+        ``final_obs`` is one (N, *obs_shape) array of the space's dtype.
+        """
+        n = self.num_envs
+        if not infos:
+            infos["final_obs"] = np.zeros_like(self._obs)
+            infos["_final_obs"] = np.zeros(n, dtype=bool)
+            infos["final_info"] = {}
+            infos["_final_info"] = np.zeros(n, dtype=bool)
+        infos["final_obs"][i] = obs
+        infos["_final_obs"][i] = infos["_final_info"][i] = True
+        episode = info.get("episode")
+        if episode is not None:  # from RecordEpisodeStatistics, innermost in every copy (registry.make_env)
+            final = infos["final_info"]
+            if "episode" not in final:
+                final["episode"] = {"r": np.zeros(n), "l": np.zeros(n, dtype=np.int64), "t": np.zeros(n)}
+                final["_episode"] = np.zeros(n, dtype=bool)
+            stats = final["episode"]
+            stats["r"][i], stats["l"][i], stats["t"][i] = episode["r"], episode["l"], episode.get("t", 0.0)
+            final["_episode"][i] = True
 
     def render(self) -> tuple[Any, ...] | None:
         """Each copy's rendering."""

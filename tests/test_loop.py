@@ -645,3 +645,29 @@ def test_a_signal_stops_a_standalone_evaluation(no_default_signal_handling, sig)
         evaluate(agent, envs, 3, seed=0)
     envs.close()
     assert signal.getsignal(sig) is no_default_signal_handling
+
+
+def test_lean_vector_env_final_infos_hold_the_last_observation_and_the_episode_alone():
+    """At an episode's end: its true last observation and RecordEpisodeStatistics' figures, batched with masks.
+
+    The copies' other info keys are not batched (Gymnasium's generic merge cost ~10 µs an episode).
+    """
+    envs = registry.make_vec_env("CartPole-v1", 2)
+    assert isinstance(envs, vector.LeanSyncVectorEnv)
+    envs.reset(seed=0)
+    single = gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+    single.reset(seed=0)
+    for _ in range(500):
+        _, _, terminated, _, infos = envs.step(np.array([0, 1]))
+        last_obs, _, ended, _, info = single.step(0)
+        if ended:
+            break
+    assert terminated[0] and not terminated[1]
+    assert set(infos) == {"final_obs", "_final_obs", "final_info", "_final_info"}
+    assert infos["final_obs"].shape == (2, 4) and infos["final_obs"].dtype == np.float32
+    np.testing.assert_array_equal(infos["final_obs"][0], last_obs)
+    assert infos["_final_obs"].tolist() == [True, False] and infos["_final_info"].tolist() == [True, False]
+    final = infos["final_info"]
+    assert set(final) == {"episode", "_episode"} and final["_episode"].tolist() == [True, False]
+    assert final["episode"]["r"][0] == info["episode"]["r"] and final["episode"]["l"][0] == info["episode"]["l"]
+    envs.close()

@@ -104,3 +104,21 @@ def test_learning_fails_without_the_update(tmp_path, monkeypatch):
     monkeypatch.setattr(TabularQ, "update", lambda self, step: {})
     _, ckpt = train_preset(tmp_path, "FrozenLake-v1", "steps=20000")
     assert frozenlake_success_probability(ckpt["agent_state"]["policy"]["q"]) < 0.1
+
+
+def test_the_per_copy_act_draws_what_the_batched_formulation_draws():
+    """act() over Python scalars is an optimisation: the same actions and generator state as the batched numpy form."""
+    space = gym.spaces.Discrete(7)
+    ctx = Context(space, gym.spaces.Discrete(4, start=2), 3, 11, torch.device("cpu"), 1000)
+    agent = TabularQ(TabularQConfig(epsilon_start=0.4), ctx)
+    agent.q = np.random.default_rng(1).normal(size=agent.q.shape)
+    rng = np.random.default_rng(11)
+    obs = np.random.default_rng(2).integers(7, size=(200, 3))
+    for row in obs:
+        expected = agent.q[row].argmax(axis=1)
+        for i, u in enumerate(rng.random(3).tolist()):
+            if u < 0.4:
+                expected[i] = int(u / 0.4 * 4)
+        np.testing.assert_array_equal(agent.act(row, explore=True), expected + 2)
+        np.testing.assert_array_equal(agent.act(row, explore=False), agent.q[row].argmax(axis=1) + 2)
+    assert agent.rng.bit_generator.state == rng.bit_generator.state
