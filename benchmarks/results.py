@@ -226,11 +226,32 @@ def checkpoint_step(path: Path) -> tuple[int, bool]:
     return int(state["step"]), bool(state.get("eval_due"))
 
 
+def existing_config(folder: Path) -> dict[str, Any] | None:
+    """A run folder's config as today's code reads it (None when the folder has none).
+
+    The folder's ``config.yaml`` is validated by the agent's current config model, as a resume does, so a key
+    added since the run was trained takes its default: a run whose config today's code reads as the preset's is
+    the preset's run. A config today's model refuses is returned as written (it then differs, and is retrained).
+    """
+    from gymlab import runs
+    from gymlab.agent import load_agent_class
+    from gymlab.config import validate
+
+    raw = runs.folder_config(folder) if folder.is_dir() else None
+    if raw is None:
+        return None
+    try:
+        resolved: dict[str, Any] = validate(raw, load_agent_class(str(raw["agent"])).Config, source="run").to_dict()
+    except GymlabError:
+        return raw
+    return resolved
+
+
 def is_finished(run: SeedRun) -> bool:
     """Whether ``run``'s folder holds a finished run of exactly the preset's config (nothing is changed)."""
     from gymlab import runs
 
-    existing = runs.folder_config(run.folder) if run.folder.is_dir() else None
+    existing = existing_config(run.folder)
     last = run.folder / "checkpoints" / "last.pt"
     if existing is None or runs.config_differences(run.config, existing) or not last.is_file():
         return False
@@ -246,7 +267,7 @@ def plan_seed(run: SeedRun, root: Path) -> bool:
     from gymlab import runs
 
     folder = run.folder
-    existing = runs.folder_config(folder) if folder.is_dir() else None
+    existing = existing_config(folder)
     differ = runs.config_differences(run.config, existing) if existing is not None else []
     if differ:
         assert existing is not None
