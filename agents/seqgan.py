@@ -12,7 +12,9 @@ delayed copy of G) finish the prefix, and D scores the finished sequences::
 and G takes a REINFORCE step on ``− mean_t log G(y_t | y_<t) · Q_t`` (no baseline, as in the paper).
 The schedule of the paper's synthetic experiment:
 
-1. MLE pre-training of G on the oracle's real sequences (``mle_epochs`` epochs);
+1. MLE pre-training of G on the oracle's real sequences (``mle_epochs`` epochs), then (not in the
+   paper) a measurement of the MLE generator sampled at each of ``temperatures``, the
+   quality–diversity baseline of Caccia et al. 2018;
 2. pre-training of D on real vs generated sequences (``disc_pretrain_rounds`` rounds, each on
    freshly generated negatives, ``disc_pretrain_epochs`` epochs);
 3. adversarial epochs: ``g_steps`` policy-gradient steps, each on one batch of sequences that G
@@ -33,22 +35,45 @@ The oracle is configured once, in the env's ``env_kwargs`` (``oracle_seed``,
 ``oracle_embedding_dim``, ``oracle_hidden_dim``); the agent reads them from its context and
 builds the same oracle for its real data and its NLL-oracle measurements.
 
+What is measured (TensorBoard, at the untrained G, every ``nll_every`` MLE and adversarial epochs):
+``nll_oracle``, the quality: the oracle's per-token NLL of ``nll_samples`` generated sequences;
+``nll_test``, the diversity: G's per-token NLL of ``test_samples`` held-out oracle sequences
+(seed ``test_seed``, none of them in the real data), which a generator that drops the oracle's
+modes scores badly. Tags: ``mle/nll_oracle_untrained``, ``mle/nll_test_untrained``,
+``mle/nll_oracle``, ``mle/nll_test``, ``train/nll_oracle``, ``train/nll_test``. The temperature
+sweep is its own offline phase, one iteration per temperature T: ``temperature/temperature``,
+``temperature/nll_oracle`` (samples of softmax(logits / T)) and ``temperature/nll_test`` (held-out
+data under that tempered distribution) share each iteration's step, and a text table
+(``train/temperature``) sums them up.
+
+The controls are hparams too (``reward``): ``constant`` replaces every action value by
+``constant_reward`` (no rollouts), ``shuffled`` gives each sequence the MC values D gave another
+sequence of the batch (the same sizes, none of D's information).
+
 A caution, measured in this lab (benchmarks/README.md): without a baseline (the paper's update)
 every Q is positive, and reinforcing the generator's own samples sharpens it. That alone lowers
 NLL-oracle: in the paper's oracle world a *constant* reward of 0.5 lowered it as much as the
 discriminator's rewards did. ``baseline: true`` removes that effect (a constant reward then gives
-no gradient at all), so what remains is the discriminator's doing; the learning test uses it.
+no gradient at all), so what remains is the discriminator's doing; the learning test and the small
+preset use it, and ``shuffled`` is its control.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
-from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence, sample_dataset, sample_tokens
+from gymlab.envs.oracle import (
+    TokenLSTM,
+    held_out_dataset,
+    make_oracle,
+    nll_per_sequence,
+    sample_dataset,
+    sample_tokens,
+)
 from gymlab.envs.seqgen import oracle_settings
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -96,11 +121,25 @@ class SeqGANConfig(BaseModel):
         0.8, ge=0, le=1, description="rollout params ← rate·rollout + (1−rate)·generator after each epoch"
     )
     baseline: bool = Field(False, description="subtract the batch-mean action value per position (paper: no)")
+    reward: Literal["discriminator", "constant", "shuffled"] = Field(
+        "discriminator",
+        description=(
+            "action values of the g-steps: the discriminator's MC rollouts (SeqGAN); controls: 'constant' "
+            "(every Q = constant_reward, no rollouts) or 'shuffled' (D's MC values, rows permuted across the batch)"
+        ),
+    )
+    constant_reward: float = Field(0.5, description="every action value of the reward: constant control")
     g_steps: int = Field(1, ge=1, description="policy-gradient steps (env batches) per adversarial epoch")
     d_steps: int = Field(5, ge=0, description="D rounds on fresh negatives per adversarial epoch")
     d_epochs: int = Field(3, ge=1, description="epochs per adversarial D round")
     # Reporting.
     nll_samples: int = Field(10_000, ge=1, description="generated sequences scored for each NLL-oracle")
+    test_samples: int = Field(10_000, ge=1, description="held-out oracle sequences (not in the real data) of NLL-test")
+    test_seed: int = Field(1, ge=0, description="seed of the held-out sample; must differ from data_seed")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5],
+        description="sampling temperatures of the MLE generator's quality-diversity sweep (after MLE; [] skips it)",
+    )
     nll_every: int = Field(5, ge=1, description="MLE / adversarial epochs between NLL-oracle measurements")
     text_samples: int = Field(
         3, ge=0, description="sample sequences shown as text at each adversarial NLL-oracle measurement"
@@ -112,6 +151,10 @@ class SeqGANConfig(BaseModel):
             raise ValueError("filter_sizes and num_filters must be non-empty lists of the same length")
         if min(self.filter_sizes) < 1 or min(self.num_filters) < 1:
             raise ValueError("filter sizes and counts must be positive")
+        if self.test_seed == self.data_seed:
+            raise ValueError("test_seed must differ from data_seed: NLL-test needs held-out sequences")
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError("temperatures must be positive")
         return self
 
 
@@ -247,7 +290,7 @@ def soft_update(target: nn.Module, source: nn.Module, keep: float) -> None:
 
 # --- the agent -------------------------------------------------------------------------------
 
-MLE, DISC_PRETRAIN, ADVERSARIAL = "mle", "disc_pretrain", "adversarial"
+MLE, TEMPERATURE, DISC_PRETRAIN, ADVERSARIAL = "mle", "temperature", "disc_pretrain", "adversarial"
 
 
 class SeqGAN:
@@ -276,6 +319,8 @@ class SeqGAN:
         "d_epochs": 1,
         "nll_samples": 32,
         "nll_every": 1,
+        "test_samples": 32,
+        "temperatures": [1.0, 0.5],
     }
 
     @classmethod
@@ -316,7 +361,10 @@ class SeqGAN:
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
         oracle_seed, oracle_embedding_dim, oracle_hidden_dim = oracle_settings(ctx.env_kwargs)
         self.oracle = make_oracle(self.vocab_size, oracle_embedding_dim, oracle_hidden_dim, oracle_seed)
-        self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed).to(self.device)
+        self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
+        # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
+        self.held_out = held_out_dataset(self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real)
+        self.real, self.held_out = self.real.to(self.device), self.held_out.to(self.device)
         self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)
         self.rollout = make_generator(config, self.vocab_size).to(self.device)
@@ -340,6 +388,8 @@ class SeqGAN:
         self.finished: torch.Tensor | None = None  # (N, T) the last finished batch, awaiting a g-step
         self.finished_reward: np.ndarray | None = None  # (N,) the env's rewards for it
         self.nll_history: list[tuple[str, int, float]] = []  # (phase, epoch, NLL-oracle)
+        self.nll_test_history: list[tuple[str, int, float]] = []  # (phase, epoch, NLL-test), at the same points
+        self.temperature_results: list[tuple[float, float, float]] = []  # (T, NLL-oracle, NLL-test) after MLE
 
     # --- acting --------------------------------------------------------------------------
 
@@ -368,16 +418,25 @@ class SeqGAN:
     # --- learning ------------------------------------------------------------------------
 
     def phases(self) -> list[tuple[str, int]]:
-        """MLE pre-training of G, then pre-training of D: ``(name, iterations)``, run before any env step."""
-        return [(MLE, self.cfg.mle_epochs), (DISC_PRETRAIN, self.cfg.disc_pretrain_rounds)]
+        """MLE pre-training of G, its temperature sweep, then D pre-training: ``(name, iterations)``."""
+        return [
+            (MLE, self.cfg.mle_epochs),
+            (TEMPERATURE, len(self.cfg.temperatures)),
+            (DISC_PRETRAIN, self.cfg.disc_pretrain_rounds),
+        ]
 
     def run_phase(self, name: str, index: int) -> Mapping[str, float]:
-        """One MLE epoch or one D pre-training round (the first iteration also measures the untrained G)."""
-        done = self.mle_epoch if name == MLE else self.disc_round
-        if name not in (MLE, DISC_PRETRAIN) or index != done:
-            raise ValueError(f"SeqGAN: phase {name!r} iteration {index} out of order ({done} done)")
+        """One MLE epoch, one temperature of the sweep or one D round (the first also measures the untrained G)."""
+        done = {MLE: self.mle_epoch, TEMPERATURE: len(self.temperature_results), DISC_PRETRAIN: self.disc_round}
+        if name not in done or index != done[name]:
+            raise ValueError(f"SeqGAN: phase {name!r} iteration {index} out of order ({done.get(name)} done)")
         metrics = self._measure_untrained()
-        metrics.update(self._mle_epoch() if name == MLE else self._disc_pretrain_round())
+        if name == MLE:
+            metrics.update(self._mle_epoch())
+        elif name == TEMPERATURE:
+            metrics.update(self._temperature_point(self.cfg.temperatures[index]))
+        else:
+            metrics.update(self._disc_pretrain_round())
         return metrics
 
     def update(self, step: int) -> Mapping[str, float]:
@@ -390,7 +449,7 @@ class SeqGAN:
         """NLL-oracle of the untrained generator, once, before its first training step."""
         if self.nll_history:
             return {}
-        return {"nll_oracle_untrained": self._record_nll("untrained", 0)}
+        return {f"{key}_untrained": value for key, value in self._record_nll("untrained", 0).items()}
 
     def _mle_epoch(self) -> dict[str, float]:
         self.generator.train()
@@ -404,8 +463,24 @@ class SeqGAN:
         self.rollout.load_state_dict(self.generator.state_dict())
         metrics = {"g_mle_loss": float(np.mean(losses))}
         if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
-            metrics["nll_oracle"] = self._record_nll(MLE, self.mle_epoch)
+            metrics.update(self._record_nll(MLE, self.mle_epoch))
         return metrics
+
+    def _temperature_point(self, temperature: float) -> dict[str, float]:
+        """One point of the MLE generator's quality-diversity curve: NLL-oracle and NLL-test at ``temperature``.
+
+        NLL-oracle of ``nll_samples`` sequences sampled from softmax(logits / T); NLL-test of the
+        held-out sequences under that same tempered distribution. The generator is not changed.
+        """
+        nll, nll_test = self._nll_pair(temperature)
+        self.temperature_results.append((temperature, nll, nll_test))
+        if len(self.temperature_results) == len(self.cfg.temperatures):
+            rows = [f"| {t:.2f} | {o:.4f} | {n:.4f} |" for t, o, n in self.temperature_results]
+            table = "| T | NLL-oracle | NLL-test |  \n|---|---|---|  \n" + "  \n".join(rows)
+            self.text(
+                "temperature", f"MLE generator after {self.mle_epoch} epochs, by sampling temperature:  \n{table}"
+            )
+        return {"temperature": temperature, "nll_oracle": nll, "nll_test": nll_test}
 
     def _disc_pretrain_round(self) -> dict[str, float]:
         loss, acc = self._train_discriminator(self.cfg.disc_pretrain_epochs)
@@ -417,9 +492,7 @@ class SeqGAN:
         sequences, env_reward = self.finished, self.finished_reward
         self.finished, self.finished_reward = None, None
         metrics = self._measure_untrained()  # when both pre-training phases are empty
-        values = rollout_action_values(
-            self.rollout, sequences, self.discriminator.prob_real, self.cfg.num_rollouts, self.rng
-        )  # (N, T)
+        values = self._action_values(sequences)  # (N, T)
         self.generator.train()
         loss = policy_gradient_loss(self.generator.log_probs(sequences), values, self.cfg.baseline)
         self._generator_step(self.pg_opt, loss)
@@ -445,11 +518,23 @@ class SeqGAN:
         if d_losses:
             metrics.update({"d_loss": float(np.mean(d_losses)), "d_accuracy": float(np.mean(d_accs))})
         if self.adv_epoch % self.cfg.nll_every == 0 or self.adv_epoch == 1:
-            metrics["nll_oracle"] = self._record_nll(ADVERSARIAL, self.adv_epoch)
+            metrics.update(self._record_nll(ADVERSARIAL, self.adv_epoch))
             if self.cfg.text_samples:
                 rows = sequences[: self.cfg.text_samples].tolist()
                 self.text("samples", "  \n".join(" ".join(map(str, row)) for row in rows))
         return metrics
+
+    def _action_values(self, sequences: torch.Tensor) -> torch.Tensor:
+        """The g-step's action values (N, T): D's MC rollouts (SeqGAN) or one of the ``reward`` controls."""
+        if self.cfg.reward == "constant":  # no rollouts: the values would be thrown away
+            return torch.full(sequences.shape, self.cfg.constant_reward, device=sequences.device)
+        values = rollout_action_values(
+            self.rollout, sequences, self.discriminator.prob_real, self.cfg.num_rollouts, self.rng
+        )  # (N, T)
+        if self.cfg.reward == "shuffled":  # same values, given to the wrong sequences: D's information is gone
+            perm = torch.randperm(len(values), generator=self.index_rng).to(values.device)
+            values = values[perm]
+        return values
 
     def _generator_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -484,15 +569,32 @@ class SeqGAN:
                     correct += ((logits > 0).float() == labels[idx]).sum().item()
         return float(np.mean(losses)), correct / len(tokens)
 
-    def _generate(self, num: int, chunk: int = 2_000) -> torch.Tensor:
+    def _generate(self, num: int, chunk: int = 2_000, temperature: float = 1.0) -> torch.Tensor:
         self.generator.eval()
-        parts = [self.generator.sample(min(chunk, num - i), self.seq_len, self.rng) for i in range(0, num, chunk)]
+        parts = [
+            self.generator.sample(min(chunk, num - i), self.seq_len, self.rng, temperature=temperature)
+            for i in range(0, num, chunk)
+        ]
         return torch.cat(parts)
 
-    def _record_nll(self, phase: str, epoch: int) -> float:
-        nll = float(nll_per_sequence(self.oracle, self._generate(self.cfg.nll_samples)).mean())
+    def _nll_pair(self, temperature: float = 1.0) -> tuple[float, float]:
+        """(NLL-oracle, NLL-test) of the generator sampled at ``temperature``.
+
+        NLL-oracle: the oracle's per-token NLL of ``nll_samples`` generated sequences (quality).
+        NLL-test: the generator's per-token NLL of the held-out oracle sequences (diversity: a
+        generator that drops modes of the oracle scores them badly).
+        """
+        self.generator.eval()
+        fake = self._generate(self.cfg.nll_samples, temperature=temperature)
+        nll = float(nll_per_sequence(self.oracle, fake).mean())
+        nll_test = float(nll_per_sequence(self.generator, self.held_out, temperature=temperature).mean())
+        return nll, nll_test
+
+    def _record_nll(self, phase: str, epoch: int) -> dict[str, float]:
+        nll, nll_test = self._nll_pair()
         self.nll_history.append((phase, epoch, nll))
-        return nll
+        self.nll_test_history.append((phase, epoch, nll_test))
+        return {"nll_oracle": nll, "nll_test": nll_test}
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -512,6 +614,8 @@ class SeqGAN:
                 "finished": None if self.finished is None else self.finished.cpu(),
                 "finished_reward": self.finished_reward,
                 "nll_history": [list(item) for item in self.nll_history],
+                "nll_test_history": [list(item) for item in self.nll_test_history],
+                "temperature_results": [list(item) for item in self.temperature_results],
             },
         }
 
@@ -534,3 +638,7 @@ class SeqGAN:
         reward = training["finished_reward"]
         self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
         self.nll_history = [(str(p), int(e), float(v)) for p, e, v in training["nll_history"]]
+        self.nll_test_history = [(str(p), int(e), float(v)) for p, e, v in training.get("nll_test_history", [])]
+        self.temperature_results = [
+            (float(t), float(o), float(n)) for t, o, n in training.get("temperature_results", [])
+        ]

@@ -18,21 +18,41 @@ oracle and its dataset are identical on every machine and device, and nothing is
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (1, B, H)
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from ``softmax(logits)``, (B, V) -> (B,), by inverting the CDF.
+def _block_size(vocab_size: int) -> int:
+    """The largest divisor of ``vocab_size`` not above its square root (50 for 5,000)."""
+    return next(b for b in range(math.isqrt(vocab_size), 0, -1) if vocab_size % b == 0)
 
-    On the CPU this is about 5× faster than ``torch.multinomial`` for a 5,000-way softmax.
-    The uniform draw is scaled by the CDF's last entry so float rounding never runs off the end.
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``softmax(logits)``, (B, V) -> (B,), by inverting the CDF in two levels.
+
+    The vocabulary is cut into blocks of ``b`` tokens (b ≈ √V divides V): a block is drawn by its
+    total probability, then a token within it, so the cumulative sums run over V/b block totals
+    and b tokens instead of all V (a long ``cumsum`` is a slow sequential scan on the CPU). The
+    weights are unnormalised ``exp(logits − max)``: one pass over the (B, V) logits, then a sum
+    per block. On the CPU this is about 3× faster than softmax + a full cumsum and ~10× faster than
+    ``torch.multinomial`` for a 5,000-way softmax. The uniform draw is scaled by the total, and
+    each level is clamped, so float rounding never runs off the end.
     """
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * cdf[:, -1:]  # (B, 1)
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+    batch, vocab = logits.shape
+    block = _block_size(vocab)
+    blocks = vocab // block
+    weights = (logits - logits.amax(dim=1, keepdim=True)).exp_().view(batch, blocks, block)  # (B, V/b, b)
+    block_cdf = weights.sum(dim=2).cumsum_(dim=1)  # (B, V/b)
+    u = torch.rand(batch, 1, generator=generator, device=logits.device) * block_cdf[:, -1:]  # (B, 1)
+    k = torch.searchsorted(block_cdf, u, right=True).clamp_(max=blocks - 1)  # (B, 1): the block
+    below = block_cdf.gather(1, (k - 1).clamp(min=0)) * (k > 0)  # (B, 1): mass of the blocks before it
+    inner_cdf = weights.gather(1, k.unsqueeze(2).expand(batch, 1, block)).squeeze(1).cumsum_(dim=1)  # (B, b)
+    j = torch.searchsorted(inner_cdf, u - below, right=True).clamp_(max=block - 1)  # (B, 1): token in block
+    return (k * block + j).squeeze(1)
 
 
 class TokenLSTM(nn.Module):
@@ -66,9 +86,10 @@ class TokenLSTM(nn.Module):
         hidden, _ = self.lstm(self.embedding(self.inputs(tokens)))  # (B, L, H)
         return self.out(hidden)
 
-    def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``log p(y_t | y_<t)`` of each token, (B, L) -> (B, L)."""
-        logp = torch.log_softmax(self(tokens), dim=-1)  # (B, L, V)
+    def log_probs(self, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """``log p_T(y_t | y_<t)`` of each token, (B, L) -> (B, L), with p_T ∝ exp(logits / T)."""
+        logits = self(tokens)
+        logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (B, L, V)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
     def next_logits(self, prefix: torch.Tensor) -> torch.Tensor:
@@ -104,11 +125,13 @@ class TokenLSTM(nn.Module):
         generator: torch.Generator | None = None,
         prefix: torch.Tensor | None = None,
         state: LSTMState | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Sample ``batch`` sequences of ``length`` tokens, (batch, length).
 
         With ``prefix`` (B, t) and the ``state`` after reading BOS and that prefix (from
         :meth:`prefix_states`), the sequences continue the prefix: Monte-Carlo rollouts.
+        ``temperature`` T samples each token from softmax(logits / T): T < 1 sharpens.
         """
         device = self.out.weight.device
         if prefix is None:
@@ -122,7 +145,7 @@ class TokenLSTM(nn.Module):
         out = torch.empty(batch, length, dtype=torch.long, device=device)
         out[:, : prefix.shape[1]] = prefix
         for t in range(prefix.shape[1], length):
-            token = sample_tokens(logits, generator)
+            token = sample_tokens(logits if temperature == 1.0 else logits / temperature, generator)
             out[:, t] = token
             if t + 1 < length:
                 logits, state = self.step(token, state)
@@ -161,11 +184,45 @@ def sample_dataset(oracle: TokenLSTM, num: int, length: int, seed: int, chunk: i
 
 
 @torch.no_grad()
-def nll_per_sequence(oracle: TokenLSTM, sequences: torch.Tensor, chunk: int = 2_000) -> torch.Tensor:
-    """The oracle's mean per-token negative log-likelihood of each sequence, (B, T) -> (B,)."""
+def held_out_dataset(
+    oracle: TokenLSTM, num: int, length: int, seed: int, exclude: torch.Tensor, max_rounds: int = 100
+) -> torch.Tensor:
+    """``num`` oracle sequences, none of them a row of ``exclude`` (the training data): NLL-test's held-out set.
+
+    Sampled as :func:`sample_dataset` with its own ``seed``; a sequence that also occurs in
+    ``exclude`` (or twice in the set) is dropped and more are drawn, so the set is disjoint from the
+    training data. In the paper's world (5,000 tokens, length 20) a repeat is vanishingly rare; in a
+    tiny oracle world it is not, and keeping repeats would let memorising the training set pass as
+    generalising. Raises ``ValueError`` if ``max_rounds`` rounds of drawing cannot find ``num``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    oracle = oracle.cpu()
+    seen = {tuple(row) for row in exclude.cpu().tolist()}
+    kept: list[list[int]] = []
+    for _ in range(max_rounds):
+        for row in oracle.sample(min(1_000, max(num, 1)), length, gen).tolist():
+            key = tuple(row)
+            if key not in seen:
+                seen.add(key)
+                kept.append(row)
+        if len(kept) >= num:
+            return torch.tensor(kept[:num], dtype=torch.long).view(num, length)
+    raise ValueError(f"held-out set: only {len(kept)} of {num} oracle sequences are new after {max_rounds} rounds")
+
+
+@torch.no_grad()
+def nll_per_sequence(
+    oracle: TokenLSTM, sequences: torch.Tensor, chunk: int = 2_000, temperature: float = 1.0
+) -> torch.Tensor:
+    """A model's mean per-token negative log-likelihood of each sequence, (B, T) -> (B,).
+
+    The model is usually the oracle (NLL-oracle); NLL-test passes the generator, at sampling
+    ``temperature`` T (its distribution ∝ exp(logits / T)).
+    """
     device = oracle.out.weight.device
     parts = [
-        -oracle.log_probs(sequences[i : i + chunk].to(device)).mean(dim=1) for i in range(0, sequences.shape[0], chunk)
+        -oracle.log_probs(sequences[i : i + chunk].to(device), temperature).mean(dim=1)
+        for i in range(0, sequences.shape[0], chunk)
     ]
     return torch.cat(parts)
 

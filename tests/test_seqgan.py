@@ -135,6 +135,111 @@ def test_the_oracle_is_the_envs(tmp_path: Path):
     assert nll_per_sequence(same, agent.real).mean() < nll_per_sequence(other, agent.real).mean()
 
 
+# --- NLL-test, the temperature sweep and the reward controls -----------------------------------
+
+
+def tiny_agent(env: dict[str, int], **hparams: object) -> SeqGAN:
+    """A SeqGAN built directly (no loop) in the oracle world ``env``."""
+    vocab, length = env["vocab_size"], env["seq_len"]
+    space = gym.spaces.MultiDiscrete(np.full(length, vocab + 1))
+    ctx = Context(space, gym.spaces.Discrete(vocab), 8, 0, torch.device("cpu"), 100, env_kwargs=env)
+    config = {**TINY, "filter_sizes": [1, 2], "num_filters": [4, 4], **hparams}
+    return SeqGAN(SeqGANConfig(**config), ctx)
+
+
+def test_held_out_set_is_disjoint_from_the_real_data():
+    from gymlab.envs.oracle import held_out_dataset, make_oracle, sample_dataset
+
+    # 3 tokens, length 3: 27 sequences in all, so a plain second sample would repeat the training data.
+    oracle = make_oracle(3, 4, 4, seed=0)
+    real = sample_dataset(oracle, 30, 3, seed=0)
+    distinct_real = {tuple(r) for r in real.tolist()}
+    assert len(distinct_real) < 27  # the training set does not cover the world
+    plain = {tuple(r) for r in sample_dataset(oracle, 50, 3, seed=1).tolist()}
+    assert plain & distinct_real  # ... yet a plain second sample overlaps it
+    held = held_out_dataset(oracle, 27 - len(distinct_real), 3, seed=1, exclude=real)
+    rows = [tuple(r) for r in held.tolist()]
+    assert len(set(rows)) == len(rows) and not set(rows) & distinct_real
+    with pytest.raises(ValueError, match="are new"):
+        held_out_dataset(oracle, 28 - len(distinct_real), 3, seed=1, exclude=real, max_rounds=3)
+
+
+def test_config_rejects_a_test_seed_equal_to_the_data_seed():
+    with pytest.raises(ValueError, match="test_seed"):
+        SeqGANConfig(data_seed=3, test_seed=3)
+
+
+def test_nll_test_of_the_oracle_itself_is_the_oracles_entropy_rate():
+    from gymlab.envs.oracle import nll_per_sequence, sample_dataset
+
+    env = {"vocab_size": 50, "seq_len": 10, "oracle_seed": 3, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    agent = tiny_agent(env, embedding_dim=8, hidden_dim=8, num_real=500, test_samples=4_000, nll_samples=8)
+    untrained_test = agent._nll_pair()[1]
+    assert untrained_test == pytest.approx(math.log(50), abs=0.1)  # a near-uniform generator: log V
+    agent.generator.load_state_dict(agent.oracle.state_dict())  # the generator becomes the oracle
+    _, nll_test = agent._nll_pair()
+    # The entropy rate, estimated on fresh oracle samples: E_{Y ~ oracle}[−log p(Y) / T].
+    entropy = float(nll_per_sequence(agent.oracle, sample_dataset(agent.oracle, 20_000, 10, seed=9)).mean())
+    assert nll_test == pytest.approx(entropy, abs=0.05)
+    assert nll_test < untrained_test - 0.5
+
+
+def test_temperature_one_is_the_plain_nll_and_lower_temperature_lowers_nll_oracle():
+    from gymlab.envs.oracle import make_oracle, nll_per_sequence, sample_dataset
+
+    model = make_oracle(20, 8, 8, seed=1)
+    seqs = sample_dataset(make_oracle(20, 8, 8, seed=2), 300, 6, seed=0)
+    plain = -model.log_probs(seqs).mean(dim=1)
+    assert torch.allclose(nll_per_sequence(model, seqs, temperature=1.0), plain)
+    tempered = torch.log_softmax(model(seqs) / 0.7, dim=-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(nll_per_sequence(model, seqs, temperature=0.7), -tempered.mean(dim=1), atol=1e-6)
+
+    env = {"vocab_size": 20, "seq_len": 6, "oracle_seed": 1, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    agent = tiny_agent(env, embedding_dim=8, hidden_dim=8, nll_samples=4_000, test_samples=2_000)
+    agent.generator.load_state_dict(agent.oracle.state_dict())
+    points = [agent._temperature_point(t) for t in (1.0, 0.7, 0.4)]
+    oracle_nll = [p["nll_oracle"] for p in points]
+    test_nll = [p["nll_test"] for p in points]
+    assert oracle_nll[0] > oracle_nll[1] > oracle_nll[2]  # sharper samples please the oracle more ...
+    assert test_nll[0] < test_nll[1] < test_nll[2]  # ... and cover its held-out data worse
+    assert agent.temperature_results == [(p["temperature"], p["nll_oracle"], p["nll_test"]) for p in points]
+
+
+def test_reward_controls(monkeypatch: pytest.MonkeyPatch):
+    env = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    seqs = torch.randint(0, 20, (8, 6), generator=torch.Generator().manual_seed(0))
+    # The constant control runs no rollouts at all, and gives every token the constant.
+    agent = tiny_agent(env, reward="constant", constant_reward=0.3)
+
+    def no_rollouts(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the constant control must not run rollouts")
+
+    monkeypatch.setattr(seqgan, "rollout_action_values", no_rollouts)
+    assert torch.equal(agent._action_values(seqs), torch.full((8, 6), 0.3))
+    monkeypatch.undo()
+    # The shuffled control: the discriminator's values, each row given to another sequence.
+    torch.manual_seed(0)  # the same networks for both agents
+    d_values = tiny_agent(env)._action_values(seqs)
+    torch.manual_seed(0)
+    shuffled = tiny_agent(env, reward="shuffled")._action_values(seqs)
+    assert not torch.equal(shuffled, d_values)
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, d_values.tolist()))
+    with pytest.raises(ValueError):
+        SeqGANConfig(reward="oracle")
+
+
+def test_constant_reward_with_a_baseline_leaves_the_generator_unchanged():
+    env = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    for baseline, changes in ((True, False), (False, True)):
+        agent = tiny_agent(env, reward="constant", baseline=baseline, d_steps=0)
+        before = {k: v.clone() for k, v in agent.generator.state_dict().items()}
+        agent.finished = agent._generate(8)
+        agent.finished_reward = np.zeros(8)
+        agent.update(0)
+        after = agent.generator.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before) == changes
+
+
 # --- through the loop ------------------------------------------------------------------------
 
 TINY_ENV = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
@@ -154,6 +259,8 @@ TINY = {
     "d_epochs": 1,
     "nll_samples": 64,
     "nll_every": 1,
+    "test_samples": 64,
+    "temperatures": [1.0, 0.5],
 }
 
 
@@ -212,16 +319,32 @@ def test_pretraining_runs_as_offline_phases_before_the_env_steps(tmp_path: Path)
     state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]["training"]
     phases = [p for p, _, _ in state["nll_history"]]
     assert phases == ["untrained", "mle", "mle", "adversarial", "adversarial", "adversarial"]
+    assert [p for p, _, _ in state["nll_test_history"]] == phases  # NLL-test at the same points as NLL-oracle
     assert state["counters"] == [2, 2, 3, 0]  # MLE epochs, D rounds, adversarial epochs, g-step in epoch
     # steps counts env steps only: 3 batches of 8 sequences of 6 tokens, one adversarial epoch each.
     assert result.step == 3 * 6 * 8 and result.episodes == 3 * 8
-    assert progress.phases == [("mle", 1, 2), ("mle", 2, 2), ("disc_pretrain", 1, 2), ("disc_pretrain", 2, 2)]
+    assert progress.phases == [
+        ("mle", 1, 2),
+        ("mle", 2, 2),
+        ("temperature", 1, 2),
+        ("temperature", 2, 2),
+        ("disc_pretrain", 1, 2),
+        ("disc_pretrain", 2, 2),
+    ]
     logged = scalars(tmp_path)
-    # The 4 phase iterations are logged at steps -4..-1, before the env steps' curves.
-    assert [s for s, _ in logged["mle/g_mle_loss"]] == [-4, -3]
+    # The 6 phase iterations are logged at steps -6..-1, before the env steps' curves.
+    assert [s for s, _ in logged["mle/g_mle_loss"]] == [-6, -5]
+    assert [s for s, _ in logged["temperature/temperature"]] == [-4, -3]
+    assert [v for _, v in logged["temperature/temperature"]] == [1.0, 0.5]
     assert [s for s, _ in logged["disc_pretrain/d_accuracy"]] == [-2, -1]
-    assert [s for s, _ in logged["mle/nll_oracle_untrained"]] == [-4]
+    assert [s for s, _ in logged["mle/nll_oracle_untrained"]] == [-6]
+    assert [s for s, _ in logged["mle/nll_test_untrained"]] == [-6]
+    assert [s for s, _ in logged["mle/nll_test"]] == [s for s, _ in logged["mle/nll_oracle"]]
+    assert [s for s, _ in logged["train/nll_test"]] == [s for s, _ in logged["train/nll_oracle"]]
     assert all(step > 0 for step, _ in logged["train/g_pg_loss"])
+    # The sweep measures the MLE generator: T = 1 gives its NLL-test exactly (same held-out set and model).
+    assert logged["temperature/nll_test"][0][1] == pytest.approx(logged["mle/nll_test"][-1][1], abs=1e-5)
+    assert [r[0] for r in state["temperature_results"]] == [1.0, 0.5]
     # The greedy evaluation's return is minus the NLL-oracle of the argmax sequence.
     assert result.last_eval is not None and -math.log(20) * 3 < result.last_eval < 0
 
@@ -286,7 +409,7 @@ LEARN = {
 }
 
 
-def learn(tmp_path: Path) -> dict[str, list[float]]:
+def learn(tmp_path: Path, **hparams: object) -> dict[str, list[float]]:
     data = {
         "agent": "seqgan",
         "env": "SeqGen-v0",
@@ -299,7 +422,7 @@ def learn(tmp_path: Path) -> dict[str, list[float]]:
         "checkpoint_every": 0,
         "log_every": 2560,
         "device": "cpu",
-        "hparams": LEARN,
+        "hparams": {**LEARN, **hparams},
     }
     train(validate(data, SeqGAN.Config), tmp_path)
     state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["agent_state"]["training"]
@@ -324,12 +447,10 @@ def test_adversarial_training_lowers_nll_oracle_below_mle(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_constant_rollout_reward_does_not_lower_nll_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def constant(policy, sequences, scorer, num_rollouts, generator=None):
-        return torch.full(sequences.shape, 0.5)
-
-    monkeypatch.setattr(seqgan, "rollout_action_values", constant)
-    history = learn(tmp_path)
+def test_shuffled_rollout_reward_does_not_lower_nll_oracle(tmp_path: Path):
+    # With the baseline a constant reward gives no gradient at all; the control that keeps the
+    # rewards' size and drops their information is D's own values given to the wrong sequences.
+    history = learn(tmp_path, reward="shuffled")
     assert adversarial_gain(history) <= 0.01, history
 
 
