@@ -406,6 +406,8 @@ LEARN = {
     "d_epochs": 1,
     "nll_samples": 10_000,
     "nll_every": 5,
+    "test_samples": 2_000,
+    "temperatures": [],
 }
 
 
@@ -442,16 +444,25 @@ def test_adversarial_training_lowers_nll_oracle_below_mle(tmp_path: Path):
     history = learn(tmp_path)
     untrained, after_mle = history["untrained"][0], history["mle"][-1]
     assert after_mle < untrained - 1.0
-    # Measured on this machine: 3.381 after MLE, 3.345 over the last three adversarial measurements.
+    # Measured on this machine with the sampler before the two-level one: 3.381 after MLE, 3.345 over the last
+    # three adversarial measurements (an information-free reward gains 0.025 too: the test below).
     assert adversarial_gain(history) > 0.01, history
 
 
 @pytest.mark.slow
-def test_shuffled_rollout_reward_does_not_lower_nll_oracle(tmp_path: Path):
-    # With the baseline a constant reward gives no gradient at all; the control that keeps the
-    # rewards' size and drops their information is D's own values given to the wrong sequences.
+def test_an_information_free_reward_also_lowers_nll_oracle(tmp_path: Path):
+    """Why NLL-oracle alone cannot credit the discriminator, even with the baseline.
+
+    With the baseline a constant reward gives no gradient at all; the control that keeps the
+    rewards' size and drops their information is D's own values given to the wrong sequences
+    (``reward: shuffled``). Its expected gradient is zero, yet its noise sharpens the generator
+    (zero-mean noise on logits lowers their softmax's entropy on average), and a sharper generator
+    pleases the oracle: a run cut short after 15 of its 25 epochs measured 3.382 after MLE and 3.357
+    over adversarial epochs 5, 10 and 15 (gain 0.025); the full run passes this test. Hence the
+    quality-diversity plane (NLL-test beside NLL-oracle) in benchmarks/README.md.
+    """
     history = learn(tmp_path, reward="shuffled")
-    assert adversarial_gain(history) <= 0.01, history
+    assert adversarial_gain(history) > 0.01, history
 
 
 def test_plain_progress_shows_the_phases_and_times_env_steps_after_them(tmp_path: Path):
