@@ -42,14 +42,15 @@ AGENTS: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transition:
-    """One step of every env, as the loop hands it to ``Agent.observe``.
+    """One step of every env, as the loop hands it to ``Agent.observe``; agents read it, never change it.
 
     ``next_obs`` is the true next observation: for a step that ended an episode it is the final
     observation of that episode (not the first of the next one), so no agent repeats Gymnasium's
     autoreset bookkeeping. A truncated step (time limit) still bootstraps from ``next_obs``; a
-    terminated one does not.
+    terminated one does not. Not ``frozen``: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, about four times the cost of a plain one, once per loop step.
     """
 
     obs: np.ndarray  # (N, *obs_shape)
