@@ -247,13 +247,31 @@ def existing_config(folder: Path) -> dict[str, Any] | None:
     return resolved
 
 
+def same_run(preset_config: dict[str, Any], existing: dict[str, Any]) -> list[str]:
+    """The keys in which a run's config differs from the preset's, ``vectorization: auto`` read as what it resolves to.
+
+    A run trained when ``sync`` was the default (CartPole, before ``auto`` existed) is the preset's run.
+    """
+    from gymlab import registry, runs
+
+    def effective(config: dict[str, Any]) -> dict[str, Any]:
+        if "vectorization" not in config:
+            return config
+        vec = registry.effective_vectorization(
+            str(config["env"]), config.get("env_kwargs") or {}, config.get("wrappers") or [], config["vectorization"]
+        )
+        return {**config, "vectorization": vec}
+
+    return runs.config_differences(effective(preset_config), effective(existing))
+
+
 def is_finished(run: SeedRun) -> bool:
     """Whether ``run``'s folder holds a finished run of exactly the preset's config (nothing is changed)."""
     from gymlab import runs
 
     existing = existing_config(run.folder)
     last = run.folder / "checkpoints" / "last.pt"
-    if existing is None or runs.config_differences(run.config, existing) or not last.is_file():
+    if existing is None or same_run(run.config, existing) or not last.is_file():
         return False
     step, eval_due = checkpoint_step(last)
     return step >= int(run.config["steps"]) and not eval_due and runs.newest_checkpoint(run.folder) == last
@@ -264,11 +282,10 @@ def plan_seed(run: SeedRun, root: Path) -> bool:
 
     A folder whose config differs from the preset's is moved to ``root/_replaced`` (never reused).
     """
-    from gymlab import runs
 
     folder = run.folder
     existing = existing_config(folder)
-    differ = runs.config_differences(run.config, existing) if existing is not None else []
+    differ = same_run(run.config, existing) if existing is not None else []
     if differ:
         assert existing is not None
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")

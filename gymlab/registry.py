@@ -306,6 +306,19 @@ def _native_atari(
     return None
 
 
+def effective_vectorization(
+    env_id: str, env_kwargs: Mapping[str, Any], wrappers: Sequence[str], vectorization: str
+) -> str:
+    """What ``vectorization`` means for this env: ``auto`` resolved as :func:`make_vec_env` resolves it.
+
+    ``native`` or ``sync`` for ``auto``; any other value as given. Two configs that differ only in ``auto`` against
+    what it resolves to train on the same envs.
+    """
+    if vectorization != "auto":
+        return vectorization
+    return "native" if _native_atari(env_id, env_kwargs, wrappers, vectorization, None) is not None else "sync"
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,

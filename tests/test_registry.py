@@ -171,3 +171,11 @@ def test_bad_env_input_on_the_command_line(tmp_path, case):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("gymlab: error: ") and fragment in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_auto_vectorization_resolves_per_env() -> None:
+    assert registry.effective_vectorization("CartPole-v1", {}, [], "auto") == "sync"
+    assert registry.effective_vectorization("CartPole-v1", {}, [], "async") == "async"
+    pytest.importorskip("ale_py")
+    assert registry.effective_vectorization("PongNoFrameskip-v4", {}, ["atari"], "auto") == "native"
+    assert registry.effective_vectorization("PongNoFrameskip-v4", {}, [], "auto") == "sync"

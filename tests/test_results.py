@@ -121,10 +121,11 @@ def test_smoke_table_reuse_and_retrain(tmp_path: Path) -> None:
     assert len(first) == 4
 
     # A run trained before a config key existed (here eval_max_steps) is read by today's model, which gives
-    # the key its default: it is still the preset's run, and reused.
+    # the key its default, and vectorization "auto" is read as what it resolves to: still the preset's run, reused.
     old_config = root / "reinforce" / "CartPole-v1" / "s0" / "config.yaml"
     data = yaml.safe_load(old_config.read_text())
     del data["eval_max_steps"]
+    data["vectorization"] = "sync"  # the default before "auto" existed, which resolves to sync for CartPole
     old_config.write_text(yaml.safe_dump(data))
     rows = table()  # nothing changed: every finished run is reused, its evaluations come from the cache
     assert all(run.action == "reused" for row in rows for run in row.done)
