@@ -281,6 +281,15 @@ def rollout_action_values(
     return values
 
 
+def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties broken by position; 0 if either is constant)."""
+    rx, ry = (v.argsort().argsort().double() for v in (x, y))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    if x.unique().numel() < 2 or y.unique().numel() < 2:
+        return 0.0
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
+
+
 def soft_update(target: nn.Module, source: nn.Module, keep: float) -> None:
     """Target ← keep·target + (1 − keep)·source, parameter by parameter."""
     with torch.no_grad():
@@ -472,7 +481,7 @@ class SeqGAN:
         NLL-oracle of ``nll_samples`` sequences sampled from softmax(logits / T); NLL-test of the
         held-out sequences under that same tempered distribution. The generator is not changed.
         """
-        nll, nll_test = self._nll_pair(temperature)
+        nll, nll_test, _, _ = self._nll_measure(temperature)
         self.temperature_results.append((temperature, nll, nll_test))
         if len(self.temperature_results) == len(self.cfg.temperatures):
             rows = [f"| {t:.2f} | {o:.4f} | {n:.4f} |" for t, o, n in self.temperature_results]
@@ -577,8 +586,8 @@ class SeqGAN:
         ]
         return torch.cat(parts)
 
-    def _nll_pair(self, temperature: float = 1.0) -> tuple[float, float]:
-        """(NLL-oracle, NLL-test) of the generator sampled at ``temperature``.
+    def _nll_measure(self, temperature: float = 1.0) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """NLL-oracle, NLL-test, and the scored samples with the oracle's NLL of each.
 
         NLL-oracle: the oracle's per-token NLL of ``nll_samples`` generated sequences (quality).
         NLL-test: the generator's per-token NLL of the held-out oracle sequences (diversity: a
@@ -586,15 +595,37 @@ class SeqGAN:
         """
         self.generator.eval()
         fake = self._generate(self.cfg.nll_samples, temperature=temperature)
-        nll = float(nll_per_sequence(self.oracle, fake).mean())
+        per_sequence = nll_per_sequence(self.oracle, fake)
         nll_test = float(nll_per_sequence(self.generator, self.held_out, temperature=temperature).mean())
-        return nll, nll_test
+        return float(per_sequence.mean()), nll_test, fake, per_sequence
 
     def _record_nll(self, phase: str, epoch: int) -> dict[str, float]:
-        nll, nll_test = self._nll_pair()
+        nll, nll_test, fake, per_sequence = self._nll_measure()
         self.nll_history.append((phase, epoch, nll))
         self.nll_test_history.append((phase, epoch, nll_test))
-        return {"nll_oracle": nll, "nll_test": nll_test}
+        metrics = {"nll_oracle": nll, "nll_test": nll_test}
+        if phase == ADVERSARIAL:
+            metrics.update(self._discriminator_diagnostics(fake, per_sequence))
+        return metrics
+
+    @torch.no_grad()
+    def _discriminator_diagnostics(self, fake: torch.Tensor, oracle_nll: torch.Tensor) -> dict[str, float]:
+        """Measure whether D judges realism or membership of the real data it trains on (no training).
+
+        D's accuracy on real sequences it trains on, on held-out oracle sequences (NLL-test's, never
+        shown to D) and on the generator's samples; and the rank correlation, over those samples,
+        of D's verdict with the oracle's log-likelihood: the signal the generator's reward is meant
+        to carry. A D that knows its training sequences by heart scores held-out real ones as fake
+        and ranks samples at random (benchmarks/README.md, SeqGAN).
+        """
+        real = self.real[: len(self.held_out)]
+        p_real, p_held, p_fake = (self.discriminator.prob_real(x) for x in (real, self.held_out, fake))
+        return {
+            "d_accuracy_real_train": (p_real > 0.5).float().mean().item(),
+            "d_accuracy_real_heldout": (p_held > 0.5).float().mean().item(),
+            "d_accuracy_fake": (p_fake <= 0.5).float().mean().item(),
+            "d_oracle_rank_corr": rank_correlation(p_fake, -oracle_nll.to(p_fake.device)),
+        }
 
     # --- checkpoints ---------------------------------------------------------------------
 

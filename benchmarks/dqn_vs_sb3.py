@@ -14,6 +14,11 @@ dominates short Atari runs). SB3 is timed over ``model.learn``.
     python benchmarks/dqn_vs_sb3.py [--seeds 5] [--steps 50000] [--threads 1]
     python benchmarks/dqn_vs_sb3.py --atari --device cuda --steps 200000 --seeds 1
     python benchmarks/dqn_vs_sb3.py --atari --device cuda --compile cuda_graph --num-envs 8 ...
+    python benchmarks/dqn_vs_sb3.py --env MountainCar-v0 --only sb3 --seeds 5   # SB3 on another preset
+
+``--env`` takes any shipped DQN preset's env (its hparams and budget, as ``gymlab train dqn ENV`` gets them):
+run with ``--only sb3``, it says how Stable-Baselines3 itself spreads over seeds with RL Zoo's settings,
+against which a single published run can be read.
 
 ``--compile`` and ``--batch-source`` set gymlab's hparams of those names (its defaults: off, auto);
 ``--num-envs`` gymlab's envs (SB3 keeps one: its ``train_freq`` counts vector steps, so more envs
@@ -38,8 +43,6 @@ from gymlab import loop, registry
 from gymlab.agent import load_agent_class
 from gymlab.config import resolve, validate
 
-# RL Zoo's tuned CartPole settings, as the shipped preset gives them to users.
-CARTPOLE = resolve("dqn", "CartPole-v1").hparams.model_dump()
 # RL Zoo's Atari settings (n_timesteps 1e7 there; the budget here is --steps).
 ATARI = {
     "learning_rate": 1e-4,
@@ -165,13 +168,16 @@ def main() -> None:
     parser.add_argument("--compile", choices=["off", "torch", "cuda_graph"], default="off", help="gymlab's compile")
     parser.add_argument("--batch-source", default="auto", help="gymlab's batch_source: auto | host | pinned | device")
     parser.add_argument("--num-envs", type=int, default=1, help="gymlab's envs (SB3 keeps one)")
+    parser.add_argument("--env", default="CartPole-v1", help="a shipped DQN preset's env (its hparams and budget)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    env_id = "PongNoFrameskip-v4" if args.atari else "CartPole-v1"
-    hp = ATARI if args.atari else CARTPOLE
+    env_id = "PongNoFrameskip-v4" if args.atari else args.env
+    preset = None if args.atari else resolve("dqn", env_id)
+    hp = ATARI if preset is None else preset.hparams.model_dump()
     gymlab_hp = {**hp, "compile": args.compile, "batch_source": args.batch_source}
-    steps = args.steps or (1_000_000 if args.atari else 50_000)
+    steps = args.steps or (1_000_000 if preset is None else preset.run.steps)
     if args.atari:
         registry.resolve_env(env_id)  # registers the ALE ids
     print(
@@ -183,7 +189,7 @@ def main() -> None:
         flush=True,
     )
     rows: dict[str, list[tuple[float, float]]] = {"gymlab": [], "sb3": []}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         order = ["gymlab", "sb3"] if seed % 2 == 0 else ["sb3", "gymlab"]  # alternate who goes first
         for side in order:
             if args.only and side != args.only:
@@ -204,7 +210,7 @@ def main() -> None:
             walls = [w for w, _ in runs]
             print(
                 f"{side:6s}: wall {fmt(walls)} s, steps/s {fmt([steps / w for w in walls], 0)}, "
-                f"eval return {fmt([r for _, r in runs])}"
+                f"eval return {fmt([r for _, r in runs])} [{', '.join(f'{r:.1f}' for _, r in runs)}]"
             )
     if rows["gymlab"] and rows["sb3"]:
         ratios = [s / g for (g, _), (s, _) in zip(rows["gymlab"], rows["sb3"], strict=True)]

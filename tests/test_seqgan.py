@@ -15,9 +15,10 @@ from gymlab.agents.seqgan import (
     SeqGANConfig,
     discriminator_loss,
     policy_gradient_loss,
+    rank_correlation,
     rollout_action_values,
 )
-from gymlab.envs.oracle import TokenLSTM
+from gymlab.envs.oracle import TokenLSTM, nll_per_sequence
 
 from gymlab import checkpoint
 from gymlab.agent import Context
@@ -170,14 +171,14 @@ def test_config_rejects_a_test_seed_equal_to_the_data_seed():
 
 
 def test_nll_test_of_the_oracle_itself_is_the_oracles_entropy_rate():
-    from gymlab.envs.oracle import nll_per_sequence, sample_dataset
+    from gymlab.envs.oracle import sample_dataset
 
     env = {"vocab_size": 50, "seq_len": 10, "oracle_seed": 3, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
     agent = tiny_agent(env, embedding_dim=8, hidden_dim=8, num_real=500, test_samples=4_000, nll_samples=8)
-    untrained_test = agent._nll_pair()[1]
+    untrained_test = agent._nll_measure()[1]
     assert untrained_test == pytest.approx(math.log(50), abs=0.1)  # a near-uniform generator: log V
     agent.generator.load_state_dict(agent.oracle.state_dict())  # the generator becomes the oracle
-    _, nll_test = agent._nll_pair()
+    _, nll_test, _, _ = agent._nll_measure()
     # The entropy rate, estimated on fresh oracle samples: E_{Y ~ oracle}[−log p(Y) / T].
     entropy = float(nll_per_sequence(agent.oracle, sample_dataset(agent.oracle, 20_000, 10, seed=9)).mean())
     assert nll_test == pytest.approx(entropy, abs=0.05)
@@ -238,6 +239,41 @@ def test_constant_reward_with_a_baseline_leaves_the_generator_unchanged():
         agent.update(0)
         after = agent.generator.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before) == changes
+
+
+def test_rank_correlation_by_hand():
+    x = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert rank_correlation(x, x.exp()) == pytest.approx(1.0)  # any increasing map keeps the ranks
+    assert rank_correlation(x, -x) == pytest.approx(-1.0)
+    # Ranks [0, 2, 1, 3] against [0, 1, 2, 3]: 1 - 6·Σd² / (n(n² - 1)) = 1 - 6·2 / 60 = 0.8.
+    assert rank_correlation(x, torch.arange(4.0)) == pytest.approx(0.8)
+    assert rank_correlation(x, torch.ones(4)) == 0.0
+
+
+def test_discriminator_diagnostics_tell_membership_from_realism(monkeypatch: pytest.MonkeyPatch):
+    """A D that knows its training sequences by heart, and one that judges as the oracle does."""
+    env = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    agent = tiny_agent(env, num_real=64, test_samples=64, nll_samples=256)
+    known = {tuple(row) for row in agent.real.tolist()}
+
+    def by_heart(tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1.0 if tuple(row) in known else 0.0 for row in tokens.tolist()])
+
+    monkeypatch.setattr(agent.discriminator, "prob_real", by_heart)
+    fake = agent._generate(256)
+    oracle_nll = nll_per_sequence(agent.oracle, fake)
+    memoriser = agent._discriminator_diagnostics(fake, oracle_nll)
+    assert memoriser["d_accuracy_real_train"] == 1.0 and memoriser["d_accuracy_real_heldout"] == 0.0
+    assert abs(memoriser["d_oracle_rank_corr"]) < 0.3
+
+    def realist(tokens: torch.Tensor) -> torch.Tensor:  # the oracle's likelihood, squashed
+        return torch.sigmoid(nll_per_sequence(agent.oracle, fake).median() - nll_per_sequence(agent.oracle, tokens))
+
+    monkeypatch.setattr(agent.discriminator, "prob_real", realist)
+    judge = agent._discriminator_diagnostics(fake, oracle_nll)
+    assert judge["d_oracle_rank_corr"] == pytest.approx(1.0)
+    assert judge["d_accuracy_fake"] == pytest.approx(0.5, abs=0.01)  # half the samples are above the median
+    assert judge["d_accuracy_real_heldout"] > 0.7  # real sequences please the oracle more than samples do
 
 
 # --- through the loop ------------------------------------------------------------------------
