@@ -56,6 +56,13 @@ NLL-oracle: in the paper's oracle world a *constant* reward of 0.5 lowered it as
 discriminator's rewards did. ``baseline: true`` removes that effect (a constant reward then gives
 no gradient at all), so what remains is the discriminator's doing; the learning test and the small
 preset use it, and ``shuffled`` is its control.
+
+A second caution: with a fixed set of real sequences D can learn *which* sequences are real rather
+than what makes a sequence likely. Each adversarial measurement therefore also logs D's accuracy
+on its training sequences, on held-out real ones and on G's samples, and the rank correlation of
+its verdict with the oracle's log-likelihood over G's samples (``d_accuracy_real_train``,
+``d_accuracy_real_heldout``, ``d_accuracy_fake``, ``d_oracle_rank_corr``). In the small preset D
+calls most unseen real sequences fake and ranks G's samples at random (benchmarks/README.md).
 """
 
 from __future__ import annotations
