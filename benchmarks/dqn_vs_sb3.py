@@ -126,6 +126,11 @@ def run_sb3(env_id: str, hp: dict[str, Any], steps: int, seed: int, device: str,
     # The keys both implementations share; gymlab's own (huber_delta 1, double_dqn off, ...) are at
     # the values that match SB3's fixed behaviour.
     kwargs = {k: v for k, v in hp.items() if k in SB3_KEYS}
+    if hp.get("learning_rate_final") is not None:  # SB3's linear schedule: a function of the progress left
+        start, end = hp["learning_rate"], hp["learning_rate_final"]
+        kwargs["learning_rate"] = lambda progress_remaining: end + (start - end) * progress_remaining
+    if hp.get("double_dqn"):
+        print("  (SB3's DQN has no double DQN: its runs use plain DQN's target)", flush=True)
     if "net_arch" in hp:
         kwargs["policy_kwargs"] = {"net_arch": hp["net_arch"]}
     env: Any

@@ -346,7 +346,10 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    # In step order, as gymlab compare reads them: a run resumed within the same second of the same
+    # process (only in tests) has two event files whose names differ only by a counter, which sorts
+    # as text ("...10" before "...9"), so the files can be read in either order.
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
 def test_pretraining_runs_as_offline_phases_before_the_env_steps(tmp_path: Path):
