@@ -25,6 +25,13 @@ from gymlab.cli import main
 # Tests run two at a time on two cores (pytest -n 2): one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
 
+# A background job of a non-interactive shell (how some CI runners start the suite) inherits SIGINT
+# ignored, and so would every gymlab process the tests start: their Ctrl-C tests would send a signal
+# nobody hears. Handled here instead of ignored, it reaches those children at its default, as from a
+# terminal (exec resets handled signals, never ignored ones).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m gymlab ARGS` in a subprocess, capturing output."""

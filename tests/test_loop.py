@@ -535,7 +535,6 @@ def test_a_real_signal_stops_gymlab_train_while_it_evaluates_a_policy_stuck_agai
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores SIGINT
     )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "r").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
@@ -628,7 +627,6 @@ def test_a_real_signal_during_start_up_stops_gymlab_train_at_once_leaving_no_fol
         text=True,
         timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores SIGINT
     )
     assert proc.returncode == 130 and proc.stderr.count("\n") == 1, proc.stderr
     assert "interrupted during start-up" in proc.stderr
