@@ -1,6 +1,7 @@
 """Run-folder ownership and the one runner/pool: a lock per folder, one history, trust before import,
 failed starts that leave nothing, checkpoint writes that fail cleanly, and interrupts that exit 130."""
 
+import contextlib
 import errno
 import functools
 import os
@@ -337,17 +338,27 @@ def test_a_dead_worker_is_retried_once_and_the_others_go_on(tmp_path, times, sta
 def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
     args = ["train", "tabular_q", "Taxi-v4", "--seeds", "0-2", "--workers", "2", "--run-dir", "many"]
     args += ["--steps", "50000000", "eval_every=0", "checkpoint_every=0"]
+    # A session of its own, so that a failed test can stop the workers too (50M steps each).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gymlab", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "gymlab", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not all(
-        list((tmp_path / "many" / s).glob("events.out.tfevents.*")) for s in ("s0", "s1")
-    ):
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it first
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(
+            list((tmp_path / "many" / s).glob("events.out.tfevents.*")) for s in ("s0", "s1")
+        ):
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it first
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the parent's session
     line = one_line(
         subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), 130, "2 runs saved a checkpoint"
     )
