@@ -7,6 +7,11 @@ batch drawn uniformly from the memory, minimising the Huber loss between ``Q(s, 
     y = r + γ · (1 − terminated) · max_a' Q_target(s', a')          (DQN)
     y = r + γ · (1 − terminated) · Q_target(s', argmax_a' Q(s', a'))  (double DQN)
 
+or, with ``n_steps`` = n > 1, the n-step return (Sutton, 1988; Rainbow, Hessel et al., 2018): r is
+``Σ_{i<k} γ^i r_{t+i}``, s' is ``s_{t+k}`` and γ is γ^k, where k = n or fewer when the episode ends
+first (the replay memory finds these: replay/buffer.py). Rewards reach back n steps per update,
+at the price of a bias from the exploratory actions inside the n steps (no correction, as SB3's).
+
 with gradients clipped to a global norm. The target network follows the online one every
 ``target_update_interval`` env steps, by a hard copy (τ = 1) or Polyak averaging
 (target ← τ·online + (1 − τ)·target). A step cut by a time limit (truncated) still bootstraps:
@@ -71,6 +76,9 @@ class DQNConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="transitions per gradient step")
     tau: float = Field(1.0, gt=0, le=1, description="target update rate: 1 = hard copy, < 1 = Polyak averaging")
     gamma: float = Field(0.99, ge=0, le=1, description="discount γ")
+    n_steps: int = Field(
+        1, ge=1, description="targets sum this many rewards before bootstrapping (n-step returns; 1 = plain DQN)"
+    )
     train_freq: int = Field(4, ge=1, description="env steps (summed over envs) between learning rounds")
     gradient_steps: int = Field(1, ge=1, description="gradient steps per learning round")
     target_update_interval: int = Field(10_000, ge=1, description="env steps between target network updates")
@@ -196,7 +204,7 @@ def td_targets(
     reward: torch.Tensor,
     terminated: torch.Tensor,
     next_q_target: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
     next_q_online: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bootstrapped targets y, (B,).
@@ -206,7 +214,7 @@ def td_targets(
         terminated: (B,) float, 1 where the episode reached a terminal state (no bootstrap).
             Truncated steps are *not* in it: their next state has a value the time limit cut off.
         next_q_target: (B, A) target network's values of the next observations.
-        gamma: discount.
+        gamma: the bootstrap's discount: γ, or (B,) γ^k for n-step returns (``reward`` then sums k steps).
         next_q_online: (B, A) online values of the next observations, for double DQN: the online
             network picks the action, the target network values it (curbs max's overestimation).
 
@@ -329,6 +337,8 @@ class DQN:
             frame_stack=frame_stack,
             seed=ctx.seed,
             device=self.device if source == "device" else None,
+            n_step=config.n_steps,
+            gamma=config.gamma,
         )
         self.batches = DeviceBatches(self.replay, self.device, source)
         self.text = ctx.text
@@ -436,18 +446,18 @@ class DQN:
     def learn(self, gradient_steps: int) -> None:
         """``gradient_steps`` Adam steps on fresh uniform batches, the batches moved in one transfer."""
         cfg, b = self.cfg, self.cfg.batch_size
-        # (G·B, *obs_shape) observations, (G·B,) actions, rewards, terminated, on the device.
-        obs, action, reward, next_obs, terminated = self.batches.sample(gradient_steps * b)
+        # (G·B, *obs_shape) observations, (G·B,) actions, (n-step) rewards, terminated, γ^k, on the device.
+        obs, action, reward, next_obs, terminated, discount = self.batches.sample(gradient_steps * b)
         targets = None
         if not cfg.double_dqn:  # the target network is fixed for the round: all targets at once
             with torch.no_grad():
-                targets = td_targets(reward, terminated, self.target(next_obs), cfg.gamma)  # (G·B,)
+                targets = td_targets(reward, terminated, self.target(next_obs), discount)  # (G·B,)
         for g in range(gradient_steps):
             sl = slice(g * b, (g + 1) * b)
             if targets is None:
                 with torch.no_grad():
                     y = td_targets(
-                        reward[sl], terminated[sl], self.target(next_obs[sl]), cfg.gamma, self.online(next_obs[sl])
+                        reward[sl], terminated[sl], self.target(next_obs[sl]), discount[sl], self.online(next_obs[sl])
                     )
             else:
                 y = targets[sl]

@@ -26,6 +26,12 @@ that device (e.g. a GPU), written at each :meth:`add` and gathered there by :met
 so a batch's pixels never cross the bus. Everything else (actions, rewards, flags, offsets) stays
 in numpy: the sampler's bookkeeping never waits for the device.
 
+n-step returns (``n_step`` > 1) need nothing stored beyond this: an episode's steps are consecutive
+slots, so a sampled transition at slot ``p`` reads the rewards of slots ``p .. p+k-1`` and bootstraps
+from the frame at slot ``p+k``, where ``k`` ≤ n stops early at the episode's end (a terminal step:
+no bootstrap; a truncated one: bootstrap from its true last observation) or at the newest step
+stored (a shorter return, still a valid target). A batch carries ``γ^k``, the bootstrap's discount.
+
 Insertion of a whole (N,) batch writes at most two slots per lane with a few vectorised
 fancy-index assignments; sampling draws slots uniformly and redraws (vectorised) the few that
 hold no transition or whose frame history was already overwritten.
@@ -53,6 +59,7 @@ class Batch:
     next_obs: np.ndarray  # (B, *obs_shape): the true next observation, also after a truncation
     terminated: np.ndarray  # (B,) bool: no bootstrap
     truncated: np.ndarray  # (B,) bool: bootstrap from next_obs all the same
+    discount: np.ndarray  # (B,) float32: γ^k, the bootstrap's discount after the k ≤ n steps summed in reward
 
 
 class ReplayBuffer:
@@ -68,6 +75,9 @@ class ReplayBuffer:
         frame_stack: S > 1 when an observation is the last S frames stacked along axis 0
             (then only the newest frame of each step is stored); 1 for any other observation.
         seed: seeds the sampling generator (part of :meth:`state_dict`).
+        n_step: a sampled transition spans up to this many steps of its episode: its reward is
+            ``Σ_{i<k} γ^i r_{t+i}`` and its next observation ``s_{t+k}`` (see the module's docstring).
+        gamma: γ, for the n-step sum and the discount a batch carries.
         device: keep the frames in a torch tensor on this device (None: a numpy array in host
             memory). Read them with :meth:`sample_frames` then; :meth:`gather` copies them to the host.
 
@@ -84,7 +94,11 @@ class ReplayBuffer:
         frame_stack: int = 1,
         seed: int = 0,
         device: torch.device | None = None,
+        n_step: int = 1,
+        gamma: float = 0.99,
     ) -> None:
+        if n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {n_step}")
         if frame_stack < 1:
             raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
         if frame_stack > 1 and (len(obs_shape) < 1 or obs_shape[0] != frame_stack):
@@ -99,6 +113,8 @@ class ReplayBuffer:
         self.lane_size = lane
         self.obs_shape = tuple(obs_shape)
         self.frame_stack = frame_stack
+        self.n_step = n_step
+        self.gamma = gamma
         self.frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
         n, L = num_envs, lane
         self.device = device
@@ -247,8 +263,12 @@ class ReplayBuffer:
         """Draw ``batch_size`` transitions uniformly with replacement, as numpy arrays."""
         return self.gather(*self.sample_slots(batch_size))
 
-    def frame_index(self, lane: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def frame_index(
+        self, lane: np.ndarray, pos: np.ndarray, steps: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Where the frames of the transitions at (lane, pos) are, as rows of ``frames`` flattened to (N·L, ...).
+
+        ``steps``: (B,) k of each transition (:meth:`horizon`): next_obs is the frame k slots on (None: 1).
 
         Returns ``(obs_rows, next_rows, pad)``: (B,) rows without a frame stack, else (B, S) rows,
         oldest first; ``pad`` is None, or (B, 2, S) bool, True where the stack of obs (``pad[:, 0]``)
@@ -256,17 +276,19 @@ class ReplayBuffer:
         zeros (for "reset" padding the rows already repeat the first frame there).
         """
         L = self.lane_size
-        nxt = (pos + 1) % L
+        k = 1 if steps is None else steps
+        nxt = (pos + k) % L
         base = lane * L
         if self.frame_stack == 1:
             return base + pos, base + nxt, None
         off = self.offset[lane, pos].astype(np.int64)[:, None]  # (B, 1)
+        k_col = k if steps is None else steps[:, None]  # (B, 1) or 1
         # Stack position k reaches back _back[k] steps, but never before the episode's first frame.
         obs_rows = base[:, None] + (pos[:, None] - np.minimum(off, self._back)) % L  # (B, S)
-        next_rows = base[:, None] + (nxt[:, None] - np.minimum(off + 1, self._back)) % L
+        next_rows = base[:, None] + (nxt[:, None] - np.minimum(off + k_col, self._back)) % L
         pad = None
         if self.padding == "zero":
-            pad = np.stack((self._back > off, self._back > off + 1), axis=1)  # (B, 2, S)
+            pad = np.stack((self._back > off, self._back > off + k_col), axis=1)  # (B, 2, S)
             if not pad.any():
                 pad = None
         return obs_rows, next_rows, pad
@@ -278,7 +300,8 @@ class ReplayBuffer:
         for a non-blocking copy to a GPU) instead of new ones. Frames kept on a device are copied
         to the host here; :meth:`sample_frames` reads them where they are.
         """
-        obs_rows, next_rows, pad = self.frame_index(lane, pos)
+        action, reward, terminated, truncated, discount, steps = self.gather_rest(lane, pos, out)
+        obs_rows, next_rows, pad = self.frame_index(lane, pos, steps)
         if isinstance(self.frames, np.ndarray):
             flat = self.frames.reshape(-1, *self.frame_shape)
             # np.take with mode="clip" writes straight into ``out`` (mode "raise" would buffer first).
@@ -291,23 +314,60 @@ class ReplayBuffer:
         if pad is not None:
             obs[pad[:, 0]] = 0
             next_obs[pad[:, 1]] = 0
-
-        action, reward, terminated, truncated = self.gather_rest(lane, pos, out)
         return Batch(
-            obs=obs, action=action, reward=reward, next_obs=next_obs, terminated=terminated, truncated=truncated
+            obs=obs,
+            action=action,
+            reward=reward,
+            next_obs=next_obs,
+            terminated=terminated,
+            truncated=truncated,
+            discount=discount,
         )
 
-    def gather_rest(
-        self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Everything but the frames at (lane, pos): action, reward, terminated, truncated (into ``out``'s arrays)."""
-        arrays = (self.action, self.reward, self.terminated, self.truncated)
+    def gather_rest(self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None) -> tuple[np.ndarray, ...]:
+        """Everything but the frames at (lane, pos), into ``out``'s arrays if given.
+
+        Returns ``(action, reward, terminated, truncated, discount, steps)``: the n-step values of
+        :meth:`horizon`, and ``steps`` (B,), which :meth:`frame_index` needs to find next_obs.
+        """
+        steps, n_step_values = self.horizon(lane, pos)
+        values = (self.action[lane, pos], *n_step_values)
         if out is None:
-            return arrays[0][lane, pos], arrays[1][lane, pos], arrays[2][lane, pos], arrays[3][lane, pos]
-        into = (out.action, out.reward, out.terminated, out.truncated)
-        for array, target in zip(arrays, into, strict=True):
-            target[...] = array[lane, pos]
-        return into
+            return (*values, steps)
+        into = (out.action, out.reward, out.terminated, out.truncated, out.discount)
+        for value, target in zip(values, into, strict=True):
+            target[...] = value
+        return (*into, steps)
+
+    def horizon(self, lane: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, tuple[np.ndarray, ...]]:
+        """The n-step view of the transitions at (lane, pos), all (B,).
+
+        Returns ``(steps, (reward, terminated, truncated, discount))``: k ≤ n steps taken (None
+        when n = 1: always one), the discounted reward sum over them, the flags of the k-th step,
+        and γ^k.
+        """
+        gamma = self.gamma
+        if self.n_step == 1:
+            discount = np.full(len(pos), gamma, dtype=np.float32)
+            return None, (self.reward[lane, pos], self.terminated[lane, pos], self.truncated[lane, pos], discount)
+        L = self.lane_size
+        slots = (pos[:, None] + np.arange(self.n_step)) % L  # (B, n)
+        rows = lane[:, None]
+        # Step j is taken while slots 0..j all hold transitions. The layout makes that the whole
+        # rule: the slot after an episode's last step holds its final frame (no transition), and
+        # the slot after a lane's newest step holds the newest frame (none yet either).
+        taken = np.logical_and.accumulate(self.has_transition[rows, slots], axis=1)
+        steps = taken.sum(axis=1)  # (B,) >= 1: a sampled slot holds a transition
+        powers = gamma ** np.arange(self.n_step, dtype=np.float64)  # (n,)
+        reward = (self.reward[rows, slots] * taken) @ powers  # (B,)
+        last = (pos + steps - 1) % L
+        discount = gamma**steps
+        return steps, (
+            reward.astype(np.float32),
+            self.terminated[lane, last],
+            self.truncated[lane, last],
+            discount.astype(np.float32),
+        )
 
     def sample_frames(
         self, obs_rows: np.ndarray, next_rows: np.ndarray, pad: np.ndarray | None

@@ -37,6 +37,7 @@ class TensorBatch(NamedTuple):
     reward: torch.Tensor  # (B,) float32
     next_obs: torch.Tensor  # (B, *obs_shape)
     terminated: torch.Tensor  # (B,) float32, 1 where there is no bootstrap
+    discount: torch.Tensor  # (B,) float32, γ^k: the bootstrap's discount after the k steps in reward
 
 
 def choose_source(requested: str, device: torch.device, frame_bytes: int) -> Source:
@@ -81,30 +82,35 @@ class DeviceBatches:
         lane, pos = self.replay.sample_slots(batch_size)
         if self.source == "host":
             b = self.replay.gather(lane, pos)
-            return self._move(b.obs, b.action, b.reward, b.next_obs, b.terminated)
+            return self._move(b.obs, b.action, b.reward, b.next_obs, b.terminated, b.discount)
         tensors, arrays = self._next_staging(batch_size)
-        obs_t, action_t, reward_t, next_obs_t, terminated_t, _ = tensors
+        obs_t, action_t, reward_t, next_obs_t, terminated_t, _, discount_t = tensors
         if self.source == "pinned":
             self.replay.gather(lane, pos, out=arrays)
-            batch = self._move(obs_t, action_t, reward_t, next_obs_t, terminated_t)
+            batch = self._move(obs_t, action_t, reward_t, next_obs_t, terminated_t, discount_t)
         else:
-            self.replay.gather_rest(lane, pos, out=arrays)
-            obs_rows, next_rows, pad = self.replay.frame_index(lane, pos)
+            steps = self.replay.gather_rest(lane, pos, out=arrays)[-1]
+            obs_rows, next_rows, pad = self.replay.frame_index(lane, pos, steps)
             obs, next_obs = self.replay.sample_frames(obs_rows, next_rows, pad)
-            batch = self._move(obs, action_t, reward_t, next_obs, terminated_t)
+            batch = self._move(obs, action_t, reward_t, next_obs, terminated_t, discount_t)
         if self.cuda:
             event = torch.cuda.Event()
             event.record()  # on the current stream, after the copies out of this staging set
             self._copied[self._turn] = event
         return batch
 
-    def _move(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any) -> TensorBatch:
+    def _move(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any, discount: Any) -> TensorBatch:
         def to(x: Any) -> torch.Tensor:
             t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
             return t.to(self.device, non_blocking=True)
 
         return TensorBatch(
-            obs=to(obs), action=to(action), reward=to(reward), next_obs=to(next_obs), terminated=to(terminated).float()
+            obs=to(obs),
+            action=to(action),
+            reward=to(reward),
+            next_obs=to(next_obs),
+            terminated=to(terminated).float(),
+            discount=to(discount),
         )
 
     def _next_staging(self, rows: int) -> tuple[list[torch.Tensor], Batch]:
@@ -130,6 +136,7 @@ class DeviceBatches:
             ((rows, *obs_shape), frames_dtype),
             ((rows,), r.terminated.dtype),
             ((rows,), r.truncated.dtype),
+            ((rows,), np.dtype(np.float32)),  # discount
         )
         tensors = [torch.empty(shape, dtype=_torch_dtype(dtype), pin_memory=self.cuda) for shape, dtype in shapes]
         return tensors, Batch(*(t.numpy() for t in tensors))

@@ -53,6 +53,34 @@ def test_td_targets_by_hand():
     assert torch.allclose(y2, torch.tensor([1 + 0.5 * 1.0, 2.0, -1 + 0.5 * -2.0]))
 
 
+def test_n_step_targets_sum_the_rewards_and_bootstrap_n_steps_on(monkeypatch):
+    """With n_steps = 3 a round's targets are r_t + γ r_t+1 + γ² r_t+2 + γ³ max Q_target(s_t+3), cut at the end."""
+    box = gym.spaces.Box(-100, 100, (2,), np.float32)
+    agent = make_agent(box, gym.spaces.Discrete(2), n_steps=3, gamma=0.5, batch_size=64, learning_starts=0)
+    assert (agent.replay.n_step, agent.replay.gamma) == (3, 0.5)
+    rewards = [1.0, 2.0, 3.0, 4.0, 5.0]  # one episode of 5 steps, s_t = (t, t), terminal after the last
+    for t, r in enumerate(rewards):
+        obs = np.full((1, 2), t, np.float32)
+        agent.observe(Transition(obs, np.array([t % 2]), np.array([r]), obs + 1, np.array([t == 4]), np.array([False])))
+    seen = {}  # t -> its target
+
+    def record(obs, action, y):
+        seen.update(zip(obs[:, 0].tolist(), y.tolist(), strict=True))
+        return y.sum(), y.sum()
+
+    monkeypatch.setattr(agent, "gradient_step", record)
+    agent.learn(1)
+    with torch.no_grad():
+        v = agent.target(torch.arange(8, dtype=torch.float32)[:, None].repeat(1, 2)).max(dim=1).values
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    for t, y in seen.items():
+        k = min(3, 5 - int(t))
+        want = sum(0.5**j * rewards[int(t) + j] for j in range(k)) + (
+            0.5**3 * float(v[int(t) + 3]) if k == 3 and t + 3 < 5 else 0.0
+        )
+        assert y == pytest.approx(want, rel=1e-5), t
+
+
 def test_huber_loss_by_hand():
     q = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
     action = torch.tensor([1, 0])
@@ -173,8 +201,8 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return {**{f"online.{k}": v for k, v in state["policy"]["online"].items()}, **state["training"]["replay"]}
 
 
-@pytest.mark.parametrize("double_dqn", [False, True])
-def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn):
+@pytest.mark.parametrize(("double_dqn", "n_steps"), [(False, 1), (True, 1), (False, 3)])
+def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn, n_steps):
     hp = {
         **CARTPOLE,
         "learning_starts": 300,
@@ -182,6 +210,7 @@ def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn):
         "gradient_steps": 8,
         "net_arch": [32, 32],  # save_replay is left at its default: the memory fits the budget
         "double_dqn": double_dqn,
+        "n_steps": n_steps,
         "tau": 0.5,
         "target_update_interval": 50,
     }

@@ -113,6 +113,65 @@ def test_sampled_batches_match_what_was_inserted(n_envs):
     assert set(np.unique(buf.sample(20_000).action)) == set(valid)
 
 
+def vector_stream(rng, n_envs: int, steps: int, p_end: float = 0.15):
+    """(obs, next_obs, terminated, truncated) batches of unique 2-vectors, episodes ending at random."""
+    counter = iter(range(1, 10**9))
+    obs = np.array([[next(counter)] * 2 for _ in range(n_envs)], np.float32)
+    for _ in range(steps):
+        nxt = np.array([[next(counter)] * 2 for _ in range(n_envs)], np.float32)
+        ended = rng.random(n_envs) < p_end
+        terminated = ended & (rng.random(n_envs) < 0.5)
+        yield obs, nxt, terminated, ended & ~terminated
+        fresh = np.array([[next(counter)] * 2 for _ in range(n_envs)], np.float32)
+        obs = np.where(ended[:, None], fresh, nxt)
+
+
+@pytest.mark.parametrize(("n_envs", "stacked"), [(1, False), (3, False), (2, True)])
+def test_n_step_transitions_are_the_walk_through_each_episode(n_envs, stacked):
+    """A transition's k <= n steps end at its episode's end or at the newest step its env has taken."""
+    rng, n, gamma = np.random.default_rng(3), 4, 0.9
+    shape = (4, 3, 3) if stacked else (2,)
+    buf = ReplayBuffer(
+        60 * n_envs, n_envs, shape, np.uint8 if stacked else np.float32, frame_stack=4 if stacked else 1,
+        seed=2, n_step=n, gamma=gamma,
+    )  # fmt: skip
+    history: list[list[tuple]] = [[] for _ in range(n_envs)]  # per env: (action, reward, next_obs, te, tr)
+    where = {}  # action -> (env, index in its history)
+    stream = fake_frame_stack_stream(rng, n_envs, 150, 4, 0.15) if stacked else vector_stream(rng, n_envs, 150)
+    for k, (obs, nxt, te, tr) in enumerate(stream):
+        actions, rewards = np.arange(k * n_envs, (k + 1) * n_envs), rng.normal(size=n_envs).astype(np.float32)
+        add(buf, obs, actions, rewards, nxt, te, tr)
+        for i in range(n_envs):
+            where[int(actions[i])] = (i, len(history[i]))
+            history[i].append((rewards[i], nxt[i], te[i], tr[i]))
+    batch = buf.sample(600)
+    seen_steps = set()
+    for a, r, nxt, te, tr, disc in zip(
+        batch.action, batch.reward, batch.next_obs, batch.terminated, batch.truncated, batch.discount, strict=True
+    ):
+        env, t = where[int(a)]
+        steps, want_r = 0, 0.0
+        while True:  # the walk: take step t + steps, stop after n, at an episode's end or at the newest
+            r_j, nxt_j, te_j, tr_j = history[env][t + steps]
+            want_r += gamma**steps * float(r_j)
+            steps += 1
+            if steps == n or te_j or tr_j or t + steps == len(history[env]):
+                break
+        seen_steps.add(steps)
+        assert r == pytest.approx(want_r, rel=1e-5, abs=1e-6)
+        assert np.array_equal(nxt, nxt_j) and te == te_j and tr == tr_j
+        assert disc == pytest.approx(gamma**steps)
+    assert seen_steps == {1, 2, 3, 4}  # every horizon occurs: full, and cut at 1, 2 and 3 steps
+
+
+def test_one_step_batches_are_plain_transitions_discounted_by_gamma():
+    buf = ReplayBuffer(32, 1, (1,), np.float32, gamma=0.95)
+    add(buf, [[0]], [0], [2], [[1]], [False], [False])
+    add(buf, [[1]], [1], [3], [[2]], [True], [False])
+    batch = buf.sample(20)
+    assert np.array_equal(batch.reward, np.where(batch.action == 0, 2, 3)) and np.allclose(batch.discount, 0.95)
+
+
 def test_pixel_memory_stores_each_frame_once():
     capacity = 1000
     buf = ReplayBuffer(capacity, 2, (4, 84, 84), np.uint8, frame_stack=4)
@@ -200,20 +259,20 @@ def test_padding_must_stay_the_same():
         add(buf, repeated, [2, 3], [0, 0], repeated + 1, [False, False], [False, False])
 
 
-def fill_both_ways(device_frames: bool):
+def fill_both_ways(device_frames: bool, n_step: int = 1):
     rng = np.random.default_rng(7)
-    buf = ReplayBuffer(
-        80, 2, (4, 3, 3), np.uint8, frame_stack=4, seed=3, device=torch.device("cpu") if device_frames else None
-    )
+    device = torch.device("cpu") if device_frames else None
+    buf = ReplayBuffer(80, 2, (4, 3, 3), np.uint8, frame_stack=4, seed=3, device=device, n_step=n_step, gamma=0.9)
     for k, (obs, nxt, te, tr) in enumerate(zero_padded_stream(rng, 2, 100, 4)):
         add(buf, obs, [2 * k, 2 * k + 1], [k, -k], nxt, te, tr)
     return buf
 
 
+@pytest.mark.parametrize("n_step", [1, 3])
 @pytest.mark.parametrize("source", ["pinned", "device"])
-def test_every_batch_source_gives_the_host_batches(source):
-    host = DeviceBatches(fill_both_ways(False), torch.device("cpu"), "host")
-    other = DeviceBatches(fill_both_ways(source == "device"), torch.device("cpu"), source)
+def test_every_batch_source_gives_the_host_batches(source, n_step):
+    host = DeviceBatches(fill_both_ways(False, n_step), torch.device("cpu"), "host")
+    other = DeviceBatches(fill_both_ways(source == "device", n_step), torch.device("cpu"), source)
     assert isinstance(other.replay.frames, torch.Tensor if source == "device" else np.ndarray)
     for size in (5, 64, 7):  # staging grows, and views of it shrink again
         a, b = host.sample(size), other.sample(size)
