@@ -9,6 +9,8 @@ Paths (``--paths``, the first is the reference):
 * ``flat``: the earlier version, rebuilt here on an eager agent: every weight a view of one flat
   parameter (assigned through ``p.data``), one flat gradient zeroed and clipped by hand, fused Adam
   on the flat tensor.
+* ``nstepN`` (e.g. ``nstep3``): eager with ``n_steps=N``: what the n-step sums in the replay memory
+  cost per gradient step (its targets differ, so it is not checked against the reference's weights).
 
 All agents start from the same weights and replay memory and draw the same batches. CartPole (the
 default): RL Zoo's preset, MLP [256, 256], batch 64, memory filled by random play, rounds of 128
@@ -23,6 +25,7 @@ repeats and each path's median against the reference's.
     python benchmarks/dqn_update.py                                    # eager vs torch.compile, CPU
     python benchmarks/dqn_update.py --paths eager,flat                 # the earlier comparison
     python benchmarks/dqn_update.py --device cuda --atari --paths eager,torch,cuda_graph --steps 200
+    python benchmarks/dqn_update.py --paths eager,nstep3               # what 3-step returns cost
     python benchmarks/dqn_update.py --repeats 2 --steps 8              # a smoke run
 """
 
@@ -136,6 +139,8 @@ def ms_per_step(agent: DQN, rounds: int, steps: int) -> float:
 def make(path: str, hparams: DQNConfig, transitions: list[Transition], device: str) -> DQN:
     if path == "flat":
         return make_flat(build(hparams, transitions, device))
+    if path.startswith("nstep"):
+        return build(hparams.model_copy(update={"n_steps": int(path[5:])}), transitions, device)
     return build(hparams, transitions, device, compile="off" if path == "eager" else path)
 
 
@@ -146,7 +151,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (gymlab's default: 1)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--atari", action="store_true", help="Nature CNN, batch 32, rounds of 1 gradient step")
-    parser.add_argument("--paths", default="eager,torch", help="comma-separated: eager, torch, cuda_graph, flat")
+    parser.add_argument("--paths", default="eager,torch", help="comma-separated: eager, torch, cuda_graph, flat, nstepN")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = args.paths.split(",")
@@ -172,6 +177,8 @@ def main() -> None:
         agents[path].learn(4 * per_round if per_round == 1 else 3)
     ref = agents[paths[0]]
     for path in paths[1:]:
+        if path.startswith("nstep"):
+            continue  # other targets, other weights
         gap = max(
             (a - b).abs().max().item() for a, b in zip(ref.online_params, agents[path].online_params, strict=True)
         )
