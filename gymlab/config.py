@@ -245,15 +245,14 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
     err = exc.errors()[0]
     key = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = [v.rsplit(".", 1)[-1] for v in valid]
+        # A bare name may be a run key or a hyperparameter (overrides take both): match it on names,
+        # so n_step finds hparams.n_steps rather than steps.
+        close = [] if "." not in key else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
         if not close:
-            leaf = key.rsplit(".", 1)[-1]
-            close = [
-                k
-                for k in valid
-                if k.rsplit(".", 1)[-1]
-                in difflib.get_close_matches(leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.6)
-            ]
+            named = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.6)
+            close = [k for k, v in zip(valid, leaves, strict=True) if v in named]
         hint = f"did you mean '{close[0]}'?" if close else "see `gymlab list` and the presets in configs/"
         return GymlabError(f"{source}: unknown key '{key}': {hint}")
     if err["type"] == "missing":

@@ -47,6 +47,12 @@ def test_bad_keys_and_values_are_named(override, message):
     assert message in str(info.value)
 
 
+def test_a_bare_misspelt_name_is_matched_on_names():
+    """n_step is nearer the run key "steps" as a whole string, but it names DQN's hparams.n_steps."""
+    with pytest.raises(GymlabError, match=r"unknown key 'n_step': did you mean 'hparams.n_steps'\?"):
+        resolve("dqn", "CartPole-v1", None, ["n_step=3"])
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("steps: 10\nhparams:\n  gamma: [0.9\n")
