@@ -249,7 +249,7 @@ class DQN:
     """DQN with a replay memory, a target network, Huber loss and Adam; double DQN optional."""
 
     name: ClassVar[str] = "dqn"
-    summary: ClassVar[str] = "deep Q-network: replay memory, target network, Huber loss (double DQN, n-step returns optional)"
+    summary: ClassVar[str] = "deep Q-network: replay memory, target network, Huber loss (double DQN, n-step optional)"
     spaces: ClassVar[str] = "obs: Box (vectors; uint8 (C,H,W) images -> Nature CNN) or Discrete; actions: Discrete"
     Config: ClassVar[type[BaseModel]] = DQNConfig
     #: A run of seconds: a small net and memory, learning from the start in small rounds.

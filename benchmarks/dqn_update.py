@@ -151,7 +151,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (gymlab's default: 1)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--atari", action="store_true", help="Nature CNN, batch 32, rounds of 1 gradient step")
-    parser.add_argument("--paths", default="eager,torch", help="comma-separated: eager, torch, cuda_graph, flat, nstepN")
+    parser.add_argument(
+        "--paths", default="eager,torch", help="comma-separated: eager, torch, cuda_graph, flat, nstep3, ..."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = args.paths.split(",")
