@@ -324,7 +324,9 @@ class ReplayBuffer:
             discount=discount,
         )
 
-    def gather_rest(self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None) -> tuple[np.ndarray, ...]:
+    def gather_rest(
+        self, lane: np.ndarray, pos: np.ndarray, out: Batch | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Everything but the frames at (lane, pos), into ``out``'s arrays if given.
 
         Returns ``(action, reward, terminated, truncated, discount, steps)``: the n-step values of

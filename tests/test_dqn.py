@@ -62,7 +62,7 @@ def test_n_step_targets_sum_the_rewards_and_bootstrap_n_steps_on(monkeypatch):
     for t, r in enumerate(rewards):
         obs = np.full((1, 2), t, np.float32)
         agent.observe(Transition(obs, np.array([t % 2]), np.array([r]), obs + 1, np.array([t == 4]), np.array([False])))
-    seen = {}  # t -> its target
+    seen: dict[float, float] = {}  # t -> its target
 
     def record(obs, action, y):
         seen.update(zip(obs[:, 0].tolist(), y.tolist(), strict=True))
@@ -73,12 +73,11 @@ def test_n_step_targets_sum_the_rewards_and_bootstrap_n_steps_on(monkeypatch):
     with torch.no_grad():
         v = agent.target(torch.arange(8, dtype=torch.float32)[:, None].repeat(1, 2)).max(dim=1).values
     assert sorted(seen) == [0, 1, 2, 3, 4]
-    for t, y in seen.items():
-        k = min(3, 5 - int(t))
-        want = sum(0.5**j * rewards[int(t) + j] for j in range(k)) + (
-            0.5**3 * float(v[int(t) + 3]) if k == 3 and t + 3 < 5 else 0.0
-        )
-        assert y == pytest.approx(want, rel=1e-5), t
+    for first, y in seen.items():
+        t = int(first)
+        k = min(3, 5 - t)  # steps summed: 3, or fewer where the episode ends first
+        bootstrap = 0.5**3 * float(v[t + 3]) if t + 3 < 5 else 0.0  # none once the terminal step is inside
+        assert y == pytest.approx(sum(0.5**j * rewards[t + j] for j in range(k)) + bootstrap, rel=1e-5), t
 
 
 def test_huber_loss_by_hand():
