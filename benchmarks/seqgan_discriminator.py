@@ -20,8 +20,12 @@ Two measurements, both with the agent's own code (``SeqGAN._nll_measure`` and
 A variant is comma-separated ``key=value`` settings of the discriminator's hparams
 (``filter_sizes``, ``num_filters`` as one count for every width, ``disc_learning_rate``,
 ``disc_pretrain_rounds``, ``disc_pretrain_epochs``, ``dropout``, ``l2_reg``, ``disc_embedding_dim``,
-``disc_samples``); an empty one is the preset's own. Trailing ``key=value`` arguments override the
-preset (e.g. its oracle world).
+``disc_samples``); an empty one is the preset's own. ``arch=lstm`` (with ``hidden=H``, default 32)
+swaps the CNN for a recurrent discriminator of the oracle's own shape, built here (not an agent
+option): an embedding, an LSTM and a linear "real" logit on its last state, with the preset's dropout
+and L2 on that layer. Trailing ``key=value`` arguments override the preset (e.g. its oracle world).
+
+    python benchmarks/seqgan_discriminator.py offline --seed 10 --variant "arch=lstm" --variant "arch=lstm,hidden=64"
 """
 
 from __future__ import annotations
@@ -34,12 +38,31 @@ from typing import Any
 import torch
 import yaml
 from gymlab.agents.seqgan import Discriminator, SeqGAN
+from torch import nn
 
 from gymlab import checkpoint, loop
 from gymlab.config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "configs" / "seqgan" / "SeqGen-v0-small.yaml"
+
+
+class LSTMDiscriminator(nn.Module):
+    """A recurrent discriminator: embedding, LSTM, dropout and one "real" logit on the last state."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 1)  # the layer the agent's L2 penalty reads
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logit of "real" per sequence, (B, T) -> (B,)."""
+        states, _ = self.lstm(self.embedding(tokens))  # (B, T, H)
+        return self.out(self.dropout(states[:, -1])).squeeze(1)
+
+    prob_real = Discriminator.prob_real
 
 
 def report(label: str, agent: SeqGAN) -> None:
@@ -96,6 +119,7 @@ def offline(seed: int, variants: list[str], overrides: list[str], validation: in
     base = agent.cfg.model_dump()
     for text in variants:
         settings = parse_variant(text)
+        arch, hidden = settings.pop("arch", "cnn"), int(settings.pop("hidden", 32))
         if isinstance(settings.get("num_filters"), int):
             widths = settings.get("filter_sizes", base["filter_sizes"])
             settings["num_filters"] = [settings["num_filters"]] * len(widths)
@@ -104,9 +128,12 @@ def offline(seed: int, variants: list[str], overrides: list[str], validation: in
         agent.cfg = type(agent.cfg).model_validate({**base, **settings})
         cfg = agent.cfg
         torch.manual_seed(seed)
-        agent.discriminator = Discriminator(
-            agent.vocab_size, cfg.disc_embedding_dim, cfg.filter_sizes, cfg.num_filters, cfg.dropout
-        )
+        if arch == "lstm":
+            agent.discriminator = LSTMDiscriminator(agent.vocab_size, cfg.disc_embedding_dim, hidden, cfg.dropout)
+        else:
+            agent.discriminator = Discriminator(
+                agent.vocab_size, cfg.disc_embedding_dim, cfg.filter_sizes, cfg.num_filters, cfg.dropout
+            )
         agent.disc_opt = torch.optim.Adam(agent.discriminator.parameters(), lr=cfg.disc_learning_rate)
         start = time.perf_counter()
         for _ in range(cfg.disc_pretrain_rounds):
