@@ -276,19 +276,19 @@ class ReplayBuffer:
         zeros (for "reset" padding the rows already repeat the first frame there).
         """
         L = self.lane_size
-        k = 1 if steps is None else steps
-        nxt = (pos + k) % L
+        ahead = 1 if steps is None else steps  # (B,) or 1: slots from obs to next_obs
+        nxt = (pos + ahead) % L
         base = lane * L
         if self.frame_stack == 1:
             return base + pos, base + nxt, None
         off = self.offset[lane, pos].astype(np.int64)[:, None]  # (B, 1)
-        k_col = k if steps is None else steps[:, None]  # (B, 1) or 1
+        ahead = 1 if steps is None else steps[:, None]  # (B, 1) or 1
         # Stack position k reaches back _back[k] steps, but never before the episode's first frame.
         obs_rows = base[:, None] + (pos[:, None] - np.minimum(off, self._back)) % L  # (B, S)
-        next_rows = base[:, None] + (nxt[:, None] - np.minimum(off + k_col, self._back)) % L
+        next_rows = base[:, None] + (nxt[:, None] - np.minimum(off + ahead, self._back)) % L
         pad = None
         if self.padding == "zero":
-            pad = np.stack((self._back > off, self._back > off + k_col), axis=1)  # (B, 2, S)
+            pad = np.stack((self._back > off, self._back > off + ahead), axis=1)  # (B, 2, S)
             if not pad.any():
                 pad = None
         return obs_rows, next_rows, pad
