@@ -47,9 +47,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dqn_vs_sb3 import ATARI, fmt, run_sb3
 
-from gymlab import loop, registry
+from gymlab import registry
 from gymlab.agent import load_agent_class
 from gymlab.config import validate
+from gymlab.evaluation import evaluate
+from gymlab.loop import train
 
 GAME = "PongNoFrameskip-v4"
 
@@ -82,26 +84,21 @@ def loop_steps_per_second(
             "log_every": max(1_000, steps // 10),
             "hparams": hparams or {},
         },
-        cls.Config,
+        cls,
     )
     evaluating = [0.0]
-    inner = loop.evaluate
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            return inner(*args, **kwargs)
+            return evaluate(*args, **kwargs)
         finally:
             evaluating[0] += time.perf_counter() - start
 
-    loop.evaluate = timed
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            result = loop.train(cfg, Path(tmp))
-            wall = time.perf_counter() - start - evaluating[0]
-    finally:
-        loop.evaluate = inner
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(cfg, Path(tmp), evaluator=timed)
+        wall = time.perf_counter() - start - evaluating[0]
     return result.step / wall
 
 

@@ -39,9 +39,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gymlab import loop, registry
+from gymlab import registry
 from gymlab.agent import load_agent_class
 from gymlab.config import resolve, validate
+from gymlab.evaluation import evaluate
+from gymlab.loop import train
 
 # RL Zoo's Atari settings (n_timesteps 1e7 there; the budget here is --steps).
 ATARI = {
@@ -74,25 +76,20 @@ def run_gymlab(
         "wrappers": ["atari"] if atari else [],
         "hparams": hp,
     }
-    cfg = validate(data, cls.Config)
+    cfg = validate(data, cls)
     eval_seconds = [0.0]
-    inner_evaluate = loop.evaluate
 
     def timed_evaluate(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
-            return inner_evaluate(*args, **kwargs)
+            return evaluate(*args, **kwargs)
         finally:
             eval_seconds[0] += time.perf_counter() - t
 
-    loop.evaluate = timed_evaluate
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            result = loop.train(cfg, Path(tmp))
-            wall = time.perf_counter() - start
-    finally:
-        loop.evaluate = inner_evaluate
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(cfg, Path(tmp), evaluator=timed_evaluate)
+        wall = time.perf_counter() - start
     # The wall time includes the final evaluation (SB3's does not); say how much it was.
     print(f"  (gymlab's wall time includes {eval_seconds[0]:.1f} s of final evaluation)", flush=True)
     return wall, float(result.last_eval if result.last_eval is not None else float("nan"))

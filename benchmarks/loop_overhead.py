@@ -62,7 +62,7 @@ def through_gymlab(env_id: str, steps: int, seed: int) -> float:
             "checkpoint_every": 0,
             "hparams": HP,
         },
-        cls.Config,
+        cls,
     )
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()

@@ -15,7 +15,7 @@ Rerunning is cheap and safe:
   is reused; an interrupted one is resumed from its newest checkpoint (``mode="auto"``);
 - a run whose config differs (the preset changed) is never reused: it is moved to
   ``ROOT/_replaced/...`` and trained again;
-- each checkpoint's greedy evaluation (``gymlab eval``'s code, :func:`gymlab.cli.evaluate_run`) is
+- each checkpoint's greedy evaluation (``gymlab eval``'s code, :func:`gymlab.evaluation.evaluate_run`) is
   cached in ``ROOT/<agent>/<preset>/s<seed>.json``, keyed by the checkpoint file's size and mtime.
 
 Presets that need a GPU (the paper-scale SeqGAN, Atari's 10M steps) are skipped, and the table
@@ -161,7 +161,7 @@ def gpu_available() -> bool:
 
 def skip_reason(preset: Preset, include_gpu: bool, gpu: bool) -> str | None:
     """Why the preset is not trained here (None: train it)."""
-    from gymlab import loop
+    from gymlab.build import preflight
     from gymlab.config import validate
 
     config = preset.configs[0]
@@ -176,7 +176,7 @@ def skip_reason(preset: Preset, include_gpu: bool, gpu: bool) -> str | None:
     from gymlab.agent import load_agent_class
 
     try:  # a missing extra (box2d, mujoco, atari) says which install it needs
-        loop.preflight(validate(config, load_agent_class(preset.agent).Config, source=str(preset.path)))
+        preflight(validate(config, load_agent_class(preset.agent), source=str(preset.path)))
     except GymlabError as exc:
         return f"cannot run here: {exc}"
     return None
@@ -220,10 +220,10 @@ def write_sidecar(path: Path, data: dict[str, Any]) -> None:
 
 def checkpoint_step(path: Path) -> tuple[int, bool]:
     """A checkpoint's env step, and whether its final evaluation is still due."""
-    from gymlab import checkpoint
+    from gymlab.checkpoint import Checkpoint
 
-    state = checkpoint.load(path)["loop"]
-    return int(state["step"]), bool(state.get("eval_due"))
+    ckpt = Checkpoint.read(path)
+    return ckpt.step, ckpt.loop.eval_due
 
 
 def existing_config(folder: Path) -> dict[str, Any] | None:
@@ -233,15 +233,15 @@ def existing_config(folder: Path) -> dict[str, Any] | None:
     added since the run was trained takes its default: a run whose config today's code reads as the preset's is
     the preset's run. A config today's model refuses is returned as written (it then differs, and is retrained).
     """
-    from gymlab import runs
     from gymlab.agent import load_agent_class
     from gymlab.config import validate
+    from gymlab.runs import RunFolder
 
-    raw = runs.folder_config(folder) if folder.is_dir() else None
+    raw = RunFolder(folder).data() if folder.is_dir() else None
     if raw is None:
         return None
     try:
-        resolved: dict[str, Any] = validate(raw, load_agent_class(str(raw["agent"])).Config, source="run").to_dict()
+        resolved: dict[str, Any] = validate(raw, load_agent_class(str(raw["agent"])), source="run").to_dict()
     except GymlabError:
         return raw
     return resolved
@@ -267,14 +267,15 @@ def same_run(preset_config: dict[str, Any], existing: dict[str, Any]) -> list[st
 
 def is_finished(run: SeedRun) -> bool:
     """Whether ``run``'s folder holds a finished run of exactly the preset's config (nothing is changed)."""
-    from gymlab import runs
+    from gymlab.runs import RunFolder
 
     existing = existing_config(run.folder)
-    last = run.folder / "checkpoints" / "last.pt"
+    folder = RunFolder(run.folder)
+    last = folder.last
     if existing is None or same_run(run.config, existing) or not last.is_file():
         return False
     step, eval_due = checkpoint_step(last)
-    return step >= int(run.config["steps"]) and not eval_due and runs.newest_checkpoint(run.folder) == last
+    return step >= int(run.config["steps"]) and not eval_due and folder.newest() == last
 
 
 def plan_seed(run: SeedRun, root: Path) -> bool:
@@ -318,6 +319,8 @@ def rough_cost(config: dict[str, Any]) -> float:
 
 def train_all(runs_: list[SeedRun], root: Path, workers: int) -> None:
     """Train (or resume) every run that needs it through gymlab's pool; record each one's outcome."""
+    from gymlab.agent import load_agent_class
+    from gymlab.config import validate
     from gymlab.parallel import run_all
     from gymlab.runner import RunOutcome, RunSpec
 
@@ -329,7 +332,10 @@ def train_all(runs_: list[SeedRun], root: Path, workers: int) -> None:
         return
     for r in todo:
         r.folder.parent.mkdir(parents=True, exist_ok=True)
-    specs = [RunSpec(config=r.config, run_dir=r.folder, mode="auto", tag=i) for i, r in enumerate(todo)]
+    specs = [
+        RunSpec(config=validate(r.config, load_agent_class(r.preset.agent)), run_dir=r.folder, mode="auto", tag=i)
+        for i, r in enumerate(todo)
+    ]
     print(f"training {len(specs)} runs, {min(workers, len(specs))} at a time", flush=True)
 
     ended = [0]
@@ -359,7 +365,7 @@ def train_all(runs_: list[SeedRun], root: Path, workers: int) -> None:
 
 def evaluate_cached(run: SeedRun, which: str, episodes: int) -> float | None:
     """The mean greedy return of the run's ``which`` checkpoint over ``episodes`` episodes (cached)."""
-    from gymlab.cli import evaluate_run
+    from gymlab.evaluation import evaluate_run
 
     path = run.folder / "checkpoints" / f"{which}.pt"
     if not path.is_file():

@@ -87,7 +87,7 @@ def floor_in_process(path: Path, out: Path) -> float:
     points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     start = time.perf_counter()
     for i, params in enumerate(points):
-        spec = runner.RunSpec(sweep.trial_config(params, 0), out / f"t{i}")
+        spec = runner.RunSpec(sweep.resolve(params, 0), out / f"t{i}")
         outcome = runner.run(spec)
         assert outcome.status == "finished", outcome.describe()
     return time.perf_counter() - start
@@ -118,7 +118,7 @@ def checks_in_run_vs_segments(folder: Path, steps: int, checks: int) -> tuple[fl
         )
     )
     sweep = sw.load_sweep(path)
-    config = sweep.trial_config({"learning_rate": 0.9}, 0)
+    config = sweep.resolve({"learning_rate": 0.9}, 0)
     shutil.rmtree(folder / "in-run", ignore_errors=True)
     (folder / "in-run").mkdir(parents=True)
     journal = folder / "in-run" / study.JOURNAL_FILE

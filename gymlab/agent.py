@@ -249,18 +249,6 @@ def check_agent_spaces(
         raise GymlabError(f"agent '{cls.name}' cannot train on {env_id}: {problem}")
 
 
-def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
-    """What the env receives for an agent's actions: clipped to the bounds of a Box space.
-
-    Agents return what their policy sampled (a Gaussian sample can leave the bounds) and see that
-    same action again in ``observe``, so the log-probability is the sample's; the clip is treated
-    as part of the env. ``action_space`` is one env's space; ``actions`` are batched (N, D).
-    """
-    if isinstance(action_space, gym.spaces.Box):
-        return np.clip(actions, action_space.low, action_space.high).astype(action_space.dtype, copy=False)
-    return actions
-
-
 def describe_space(space: gym.Space[Any]) -> str:
     """A short human name of a space, e.g. ``Discrete(16)`` or ``Box(4,)``."""
     if isinstance(space, gym.spaces.Box):

@@ -1,4 +1,8 @@
-"""Checkpoints: written atomically, loaded without ever executing code carried by the file.
+"""Checkpoints: the one type a run's state is saved as, written atomically, read without executing code.
+
+:class:`Checkpoint` is a run's whole state (agent, loop, generators, envs, config); it is the one
+writer and reader of the file's layout, so no other module looks inside its dictionaries. A
+checkpoint that cannot be put back into a run raises :class:`CheckpointMismatch`.
 
 A checkpoint is a ``torch.save`` of tensors and plain Python data only, read back with
 ``torch.load(weights_only=True)``. Numpy arrays (Q-tables, RNG states, env states) travel as
@@ -12,9 +16,11 @@ old file: a kill at any instant leaves the previous checkpoint whole and readabl
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import random
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +85,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = {"format": FORMAT, "version": VERSION, **encode(payload)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
         with open(tmp, "wb") as fh:
             try:
                 torch.save(data, fh)
@@ -129,33 +135,120 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     return decode(data)
 
 
-#: What a run checkpoint (``loop._payload``) must hold for resume, eval and watch: key -> allowed types.
-RUN_PAYLOAD: dict[str, tuple[type, ...]] = {
+class CheckpointMismatch(GymlabError):
+    """A readable checkpoint that does not fit the run it is put into (another agent, shape or version)."""
+
+
+@dataclass
+class LoopState:
+    """The rollout loop's counters: where a run stands, as a checkpoint keeps it."""
+
+    step: int = 0
+    episodes: int = 0
+    eval_index: int = 0
+    last_eval: float | None = None
+    best_eval: float | None = None
+    recent_returns: list[float] = field(default_factory=list)
+    eval_due: bool = False  # an evaluation was interrupted at ``step``: a resume plays it first
+    phase_done: int = 0  # iterations of the agent's offline phases done, over all its phases
+
+
+#: The file's ``loop`` entry: the counters of :class:`LoopState`, with the logging window and the observations.
+_LOOP_TYPES: dict[str, tuple[type, ...]] = {"step": (int,), "episodes": (int,), "window": (dict,)}
+#: The file's top-level entries (besides format and version) and their types.
+_TOP_TYPES: dict[str, tuple[type, ...]] = {
     "agent": (str,),
     "env": (str,),
     "config": (dict,),
     "agent_state": (dict,),
     "loop": (dict,),
-    "loop.step": (int,),
-    "loop.episodes": (int,),
-    "loop.window": (dict,),
     "rng": (dict,),
     "envs": (dict, type(None)),
 }
 
 
-def check_run_payload(data: dict[str, Any], path: Path) -> None:
-    """Refuse in one line a valid file whose run-checkpoint internals are missing or of the wrong type."""
-    for key, types in RUN_PAYLOAD.items():
-        node: Any = data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise GymlabError(f"checkpoint {path} is damaged: '{key}' is missing; use another checkpoint")
-            node = node[part]
-        if not isinstance(node, types) or (isinstance(node, bool) and bool not in types):
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run exactly: the one writer (:meth:`write`) and reader (:meth:`read`).
+
+    ``config`` is the run's resolved config as plain data, ``agent_state`` the agent's
+    ``state_dict()`` (``policy`` and ``training``), ``loop`` the loop's counters, ``window`` the
+    TensorBoard averaging window, ``obs`` the observations the next step acts on, ``rng`` the global
+    generators and ``envs`` the env state (None where env internals cannot be captured).
+    """
+
+    agent: str
+    env: str
+    config: dict[str, Any]
+    agent_state: dict[str, Any]
+    loop: LoopState
+    window: dict[str, Any]
+    obs: Any
+    rng: dict[str, Any]
+    envs: dict[str, Any] | None
+
+    @property
+    def step(self) -> int:
+        """Env steps done at this checkpoint."""
+        return self.loop.step
+
+    def write(self, path: Path) -> None:
+        """Save atomically (see :func:`save`)."""
+        loop = {**asdict(self.loop), "window": self.window, "obs": self.obs}
+        save(
+            path,
+            {
+                "agent": self.agent,
+                "env": self.env,
+                "config": self.config,
+                "agent_state": self.agent_state,
+                "loop": loop,
+                "rng": self.rng,
+                "envs": self.envs,
+            },
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint:
+        """Load and check the layout; a damaged or foreign file is refused in one line."""
+        data = load(path)
+        config = data.get("config")
+        if not isinstance(config, dict) or "agent" not in config:
+            raise GymlabError(f"checkpoint {path} carries no run config; it is not from `gymlab train`")
+        _check_types(data, _TOP_TYPES, path, "")
+        loop = dict(data["loop"])
+        _check_types(loop, _LOOP_TYPES, path, "loop.")
+        window, obs = loop.pop("window"), loop.pop("obs", None)
+        names = {f for f in LoopState.__dataclass_fields__}
+        unknown = sorted(set(loop) - names)
+        if unknown:
+            raise GymlabError(f"checkpoint {path} is damaged: 'loop.{unknown[0]}' is unknown; use another checkpoint")
+        for key in ("last_eval", "best_eval"):
+            value = loop.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise GymlabError(f"checkpoint {path} is damaged: 'loop.{key}' is {value!r}; use another checkpoint")
+        return cls(
+            agent=data["agent"],
+            env=data["env"],
+            config=config,
+            agent_state=data["agent_state"],
+            loop=LoopState(**loop),
+            window=window,
+            obs=obs,
+            rng=data["rng"],
+            envs=data["envs"],
+        )
+
+
+def _check_types(data: dict[str, Any], types: dict[str, tuple[type, ...]], path: Path, prefix: str) -> None:
+    for key, allowed in types.items():
+        if key not in data:
+            raise GymlabError(f"checkpoint {path} is damaged: '{prefix}{key}' is missing; use another checkpoint")
+        node = data[key]
+        if not isinstance(node, allowed) or (isinstance(node, bool) and bool not in allowed):
             raise GymlabError(
-                f"checkpoint {path} is damaged: '{key}' is a {type(node).__name__}, "
-                f"expected {' or '.join(t.__name__ for t in types)}; use another checkpoint"
+                f"checkpoint {path} is damaged: '{prefix}{key}' is a {type(node).__name__}, "
+                f"expected {' or '.join(t.__name__ for t in allowed)}; use another checkpoint"
             )
 
 

@@ -125,9 +125,9 @@ def train(
     trust: TrustOption = None,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
-    from gymlab import runs
     from gymlab.config import resolve
     from gymlab.runner import RunSpec
+    from gymlab.runs import RunFolder, read_config
 
     positional, overrides = _split_args(args or [])
     trusted = tuple(trust or ())
@@ -143,13 +143,13 @@ def train(
             spec = RunSpec(run_dir=resume, mode="resume", until=steps, device=device, trust=trusted)
         else:  # a new run folder starting from this checkpoint; the source folder is not written
             spec = RunSpec(run_dir=run_dir, mode="new", source=resume, until=steps, device=device, trust=trusted)
-        folder = runs.run_dir_of(resume) if resume.is_file() else resume
-        known = runs.read_config(folder) if folder.is_dir() else None
+        folder = RunFolder.of(resume).path
+        known = read_config(folder) if folder.is_dir() else None
         label = f"{known['agent']} on {known['env']} (seed {known.get('seed', 0)})" if known else str(resume)
     else:
         agent, env = [*positional, None, None][:2]
         cfg = resolve(agent, env, config, overrides, seed=seed, steps=steps, device=device)
-        spec = RunSpec(config=cfg.to_dict(), run_dir=run_dir, mode="new")
+        spec = RunSpec(config=cfg, run_dir=run_dir, mode="new")
         label = f"{cfg.run.agent} on {cfg.run.env} (seed {cfg.run.seed})"
     _train_one(spec, label)
 
@@ -201,22 +201,25 @@ def _train_seeds(
     run_dir: Path | None,
 ) -> None:
     """Train one run per seed, ``workers`` at a time in separate processes; one line per ended run."""
-    from gymlab import loop, report, runs
+    from gymlab import report
+    from gymlab.build import preflight
     from gymlab.config import resolve
     from gymlab.parallel import run_all
     from gymlab.runner import RunOutcome, RunSpec
+    from gymlab.runs import RunFolder
 
     agent, env = [*positional, None, None][:2]
-    cfgs = [resolve(agent, env, config, overrides, seed=s, steps=steps, device=device) for s in seeds]
-    loop.preflight(cfgs[0])
+    first_cfg = resolve(agent, env, config, overrides, seed=seeds[0], steps=steps, device=device)
+    cfgs = [first_cfg.with_run(seed=s) for s in seeds]
+    preflight(first_cfg)
     folders = [
-        run_dir / f"s{s}" if run_dir is not None else runs.default_run_dir(Path("runs"), c)
+        run_dir / f"s{s}" if run_dir is not None else RunFolder.default_path(Path("runs"), c)
         for s, c in zip(seeds, cfgs, strict=True)
     ]
     taken = [str(f) for f in folders if f.exists()]
     if taken:
         raise GymlabError(f"run folders already exist: {', '.join(taken)}; choose a new --run-dir")
-    specs = [RunSpec(config=c.to_dict(), run_dir=f, tag=s) for s, c, f in zip(seeds, cfgs, folders, strict=True)]
+    specs = [RunSpec(config=c, run_dir=f, tag=s) for s, c, f in zip(seeds, cfgs, folders, strict=True)]
     first = cfgs[0].run
     print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(specs))} at a time", flush=True)
 
@@ -256,6 +259,8 @@ def evaluate(
     trust: TrustOption = None,
 ) -> None:
     """Play the greedy policy of a run's checkpoint; print mean ± std return."""
+    from gymlab.evaluation import evaluate_run
+
     if which not in ("last", "best"):
         raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
     result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
@@ -275,50 +280,6 @@ def evaluate(
             f"return {result['mean_return']:.4g} ± {result['std_return']:.4g} over {result['episodes']} episodes "
             f"(mean length {result['mean_length']:.1f})"
         )
-
-
-def evaluate_run(
-    run: Path,
-    episodes: int,
-    *,
-    which: str = "last",
-    seed: int | None = None,
-    device: str | None = None,
-    trust: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """What ``gymlab eval --json`` prints, computed in this process (``benchmarks/results.py`` uses it too).
-
-    Plays ``episodes`` greedy episodes of the run's ``which`` checkpoint (last or best) on the eval
-    env, seeded by ``seed`` or, by default, the run's own evaluation seed stream. Besides the JSON
-    keys, ``eval_max_steps`` says where ``capped_episodes`` were cut.
-    """
-    from gymlab import loop, registry, runs
-
-    cfg, ckpt, ckpt_path = runs.load_run(run, which, trust)
-    agent, _, _ = runs.load_policy(cfg, ckpt, device)
-    r = cfg.run
-    envs = registry.make_vec_env(r.env, 1, r.env_kwargs, r.wrappers, train=False)
-    eval_seed = seed if seed is not None else loop.eval_seed(r.seed, 1_000_000)
-    cut: list[int] = []  # lengths of the episodes cut at eval_max_steps (an env without a time limit)
-    try:
-        returns, lengths = loop.evaluate(
-            agent, envs, episodes, eval_seed, max_steps=r.eval_max_steps, on_capped=lambda n, ret: cut.append(n)
-        )
-    finally:
-        envs.close()
-    return {
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "episodes": len(returns),
-        "mean_length": float(lengths.mean()),
-        "capped_episodes": len(cut),
-        "returns": [float(x) for x in returns],
-        "checkpoint": str(ckpt_path),
-        "step": int(ckpt["loop"]["step"]),
-        "agent": r.agent,
-        "env": r.env,
-        "eval_max_steps": r.eval_max_steps,
-    }
 
 
 @app.command("list")
@@ -382,10 +343,10 @@ def watch(
     trust: TrustOption = None,
 ) -> None:
     """Play a run's greedy policy in a window (an mp4 without a screen; text for envs without pixels)."""
-    from gymlab import runs
+    from gymlab.runs import trust_modules
     from gymlab.watch import watch as play
 
-    runs.trust_modules(trust or ())
+    trust_modules(trust or ())
 
     if which not in ("last", "best"):
         raise GymlabError(f"--checkpoint must be last or best, not '{which}'")

@@ -34,7 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import report
 from gymlab import tblog as tb
@@ -124,8 +128,6 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
 
 def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
     out = {}
@@ -316,14 +318,9 @@ def format_table(comparison: Comparison) -> str:
 
 def plot(comparison: Comparison, out: Path) -> Any:
     """Draw each group's mean curve and 95% band against env steps; save to ``out`` (png/svg/pdf)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    colors = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
+    fig = Figure(figsize=(9, 5.5), layout="constrained")  # no pyplot: nothing global, no GUI backend
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
     for i, g in enumerate(comparison.groups):
         color = colors[i % len(colors)]
         longest = f", longest {report.human_steps(g.longest)}" if g.longest > g.reach else ""
@@ -343,7 +340,6 @@ def plot(comparison: Comparison, out: Path) -> Any:
     ax.legend(loc="best", fontsize=9, framealpha=0.85)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return fig
 
 

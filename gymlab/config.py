@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gymlab.agent import AgentClass, load_agent_class
 from gymlab.errors import GymlabError
+
+#: What ``device`` may name.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 
 
 class RunConfig(BaseModel):
@@ -47,7 +52,7 @@ class RunConfig(BaseModel):
     threads: int = Field(
         1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto|cpu|cuda[:N]")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto|cpu|cuda[:N]")
     eval_every: int = Field(10_000, ge=0, description="env steps between evaluations (0: only at the end)")
     eval_episodes: int = Field(10, ge=1, description="greedy episodes per evaluation")
     eval_max_steps: int = Field(
@@ -61,16 +66,40 @@ class RunConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Config:
-    """A validated config: the run keys and the agent's own hyperparameter model."""
+    """A validated config: the run keys, the agent's own hyperparameter model, and the agent's class.
+
+    Made only by :func:`validate`; the agent class it names is loaded once, there, and carried along.
+    """
 
     run: RunConfig
     hparams: BaseModel
+    agent_class: AgentClass = field(compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data, as written to a run's ``config.yaml``."""
         data = self.run.model_dump(mode="json")
         data["hparams"] = self.hparams.model_dump(mode="json")
         return data
+
+    def with_run(self, **changes: Any) -> Config:
+        """A copy with some run keys changed (``seed``, ``device``), each checked as the schema would."""
+        if "seed" in changes and not (isinstance(changes["seed"], int) and changes["seed"] >= 0):
+            raise GymlabError(f"seed {changes['seed']!r}: must be a whole number >= 0")
+        if "device" in changes and not re.fullmatch(DEVICE_PATTERN, str(changes["device"])):
+            raise GymlabError(f"device '{changes['device']}': expected auto, cpu, cuda or cuda:N")
+        unknown = set(changes) - {"seed", "device"}
+        if unknown:
+            raise ValueError(f"with_run changes only seed and device, not {sorted(unknown)}")
+        return Config(self.run.model_copy(update=changes), self.hparams, self.agent_class)
+
+
+def slug(name: str) -> str:
+    """An agent or env name as one folder name (and so one section of a TensorBoard run name).
+
+    ``pkg.mod:MyEnv`` -> ``pkg.mod.MyEnv``: anything but letters, digits, ``_``, ``.`` and ``-``
+    becomes ``.``, in particular ``/``, which would split the name into two folders.
+    """
+    return re.sub(r"[^A-Za-z0-9_.\-]+", ".", str(name)).strip(".")
 
 
 def configs_root() -> Path:
@@ -290,13 +319,14 @@ def _data_problem(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
-def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: str = "config") -> Config:
-    """Validate a merged config mapping against the run schema and the agent's hyperparameters.
+def validate(data: Mapping[str, Any], agent_class: AgentClass, source: str = "config") -> Config:
+    """Validate a merged config mapping against the run schema and the hyperparameters of ``agent_class``.
 
     Besides each schema's own checks, every number anywhere in the config (run keys, ``env_kwargs``,
     ``hparams``) must be finite: YAML's ``.inf``/``.nan`` and overrides like ``learning_rate=inf``
     would otherwise train to all-NaN weights and still "succeed".
     """
+    hparams_model = agent_class.Config
     valid = _valid_keys(hparams_model)
     try:
         run = RunConfig.model_validate(dict(data))
@@ -314,7 +344,7 @@ def validate(data: Mapping[str, Any], hparams_model: type[BaseModel], source: st
             key, why = found
             raise GymlabError(f"{source}: '{key}' = {why}")
     run = run.model_copy(update={"hparams": hparams.model_dump(mode="json")})
-    return Config(run=run, hparams=hparams)
+    return Config(run=run, hparams=hparams, agent_class=agent_class)
 
 
 def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -339,9 +369,6 @@ def resolve(
     device: str | None = None,
 ) -> Config:
     """Build a run's config from the command line's pieces, in the documented precedence."""
-    from gymlab.agent import load_agent_class  # local: config is imported by the agents' modules
-    from gymlab.runs import slug as env_slug
-
     file_data = load_yaml(config_file) if config_file is not None else {}
     source = str(config_file) if config_file is not None else "config"
     for key, given in (("agent", agent), ("env", env)):
@@ -357,7 +384,7 @@ def resolve(
     agent_cls = load_agent_class(str(agent))
     data: dict[str, Any] = {"agent": agent, "env": env}
     if config_file is None:
-        preset = preset_path(str(agent), env_slug(str(env)))
+        preset = preset_path(str(agent), slug(str(env)))
         if preset is not None:
             data = merge(data, load_yaml(preset))
             source = str(preset)
@@ -366,4 +393,4 @@ def resolve(
     for key, flag in (("seed", seed), ("steps", steps), ("device", device)):
         if flag is not None:
             data[key] = flag
-    return validate(data, agent_cls.Config, source=source if not overrides else f"{source} + overrides")
+    return validate(data, agent_cls, source=source if not overrides else f"{source} + overrides")

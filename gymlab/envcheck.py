@@ -25,16 +25,18 @@ import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils.env_checker import check_env
+from rich.table import Table
 
 from gymlab import registry
+from gymlab.agent import AGENTS, load_agent_class
+from gymlab.config import apply_overrides
+from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS
 from gymlab.errors import GymlabError, describe, one_line
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -244,8 +246,6 @@ class EnvChecker:
 
     def gymnasium_checker(self) -> Verdict:
         """Gymnasium's ``check_env`` on the bare env (its wrappers removed); warnings become notes."""
-        from gymnasium.utils.env_checker import check_env
-
         env = self._make()
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -287,7 +287,7 @@ class EnvChecker:
             "time limit",
             WARN,
             f"none registered{seen}; evaluation cuts an episode that never ends at the run key eval_max_steps "
-            f"({_eval_max_steps_default():,} by default); register the env with max_episode_steps or wrap it in "
+            f"({DEFAULT_EVAL_MAX_STEPS:,} by default); register the env with max_episode_steps or wrap it in "
             "gymnasium.wrappers.TimeLimit",
         )
 
@@ -349,8 +349,6 @@ class EnvChecker:
     @staticmethod
     def agents(observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> Verdict:
         """Which built-in agents accept these spaces (each class's ``check_spaces``)."""
-        from gymlab.agent import AGENTS, load_agent_class
-
         fits, refusals = [], []
         for name in AGENTS:
             try:
@@ -377,19 +375,8 @@ def _finite_reward(reward: Any) -> bool:
         return False
 
 
-def _eval_max_steps_default() -> int:
-    """The default of the run key ``eval_max_steps`` (evaluation's step cap on envs without a time limit)."""
-    from gymlab.config import RunConfig
-
-    fld = RunConfig.model_fields.get("eval_max_steps")
-    default = fld.default if fld is not None else None
-    return int(default) if isinstance(default, int) else 10_000
-
-
 def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
     """``key=value`` words as env_kwargs (values parsed as YAML; ``env_kwargs.key=value`` is accepted too)."""
-    from gymlab.config import apply_overrides
-
     for item in items:
         if "=" not in item or item.startswith("="):
             raise GymlabError(f"'{item}' is not key=value: give env_kwargs as KEY=VALUE words (e.g. map_name=8x8)")
@@ -399,8 +386,6 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
 
 def render(report: CheckReport) -> Table:
     """The report as a rich table: one row per point with its verdict and what was found."""
-    from rich.table import Table
-
     style = {PASS: "green", WARN: "yellow", FAIL: "bold red"}
     kwargs = f" {report.env_kwargs}" if report.env_kwargs else ""
     table = Table(title=f"gymlab check {report.env_id}{kwargs}", title_justify="left")

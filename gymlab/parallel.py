@@ -31,7 +31,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
-from gymlab.runner import RunOutcome, RunSpec, execute
+from gymlab.runner import RunOutcome, RunSpec, execute, saved_step
+from gymlab.runs import RunFolder
 
 _STOP: Any = None  # in a worker: the pool's stop event (a multiprocessing.Event)
 
@@ -177,15 +178,9 @@ class RunPool:
 
 def _lost(spec: RunSpec) -> RunOutcome:
     """A run whose worker was killed before it reported: what its folder holds now."""
-    from gymlab import checkpoint, runs
-
-    newest = runs.newest_checkpoint(spec.run_dir) if spec.run_dir is not None and spec.run_dir.is_dir() else None
-    step = 0
-    if newest is not None:
-        with contextlib.suppress(Exception):  # a damaged checkpoint still names the folder to look at
-            step = int(checkpoint.load(newest)["loop"]["step"])
+    newest = RunFolder(spec.run_dir).newest() if spec.run_dir is not None and spec.run_dir.is_dir() else None
     error = "its worker was stopped before it reported"
-    return RunOutcome(spec, "interrupted", spec.run_dir, step, checkpoint=newest, error=error)
+    return RunOutcome(spec, "interrupted", spec.run_dir, saved_step(newest), checkpoint=newest, error=error)
 
 
 def retry_spec(spec: RunSpec) -> RunSpec:

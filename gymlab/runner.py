@@ -5,7 +5,7 @@ picklable data, so it crosses into worker processes and Ray tasks) and hand it t
 (in this process, with a progress display, raising :class:`~gymlab.errors.GymlabError` for bad
 input) or :func:`execute` (in a worker: never raises, every ending is a :class:`RunOutcome`).
 
-What a run does with its folder (the ownership rules of :mod:`gymlab.runs`):
+What a run does with its folder (the ownership rules of :class:`gymlab.runs.RunFolder`):
 
 - ``mode="new"``: create the folder (``run_dir``, or a fresh default name under ``root``), write
   ``config.yaml``, take the folder's lock, train. With ``source`` (a checkpoint of another run,
@@ -27,12 +27,20 @@ import shutil
 import signal
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from gymlab.build import preflight
+from gymlab.checkpoint import Checkpoint
+from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
+from gymlab.loop import Progress, train
+from gymlab.runs import FolderLock, RunFolder, config_differences, load_run
+from gymlab.signals import sigterm_interrupts
 
 Mode = Literal["new", "resume", "auto"]
 Status = Literal["finished", "stopped", "interrupted", "failed", "cancelled"]
@@ -42,11 +50,11 @@ OnEval = Callable[[int, float], bool]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run to bring about, as plain picklable data.
+    """One run to bring about, as picklable data.
 
     Attributes:
-        config: the resolved config as plain data (``Config.to_dict()``); for ``mode="resume"``
-            leave it None: the folder's own config is used.
+        config: the validated config (picklable: it crosses into workers and Ray tasks); for
+            ``mode="resume"`` leave it None: the folder's own config is used.
         run_dir: the run folder (``new``: to create, None for a default name under ``root``;
             ``resume``: the folder or one of its checkpoints; ``auto``: required).
         mode: ``new``, ``resume`` or ``auto`` (see the module docstring).
@@ -63,7 +71,7 @@ class RunSpec:
 
     """
 
-    config: Mapping[str, Any] | None = None
+    config: Config | None = None
     run_dir: Path | None = None
     mode: Mode = "new"
     source: Path | None = None
@@ -131,7 +139,7 @@ def interrupted_message(outcome: RunOutcome) -> str:
     )
 
 
-def run(spec: RunSpec, progress: Any = None) -> RunOutcome:
+def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
     """Bring ``spec`` about in this process: create or open its folder, lock it, train.
 
     Raises :class:`~gymlab.errors.GymlabError` for bad input (before anything is created, or after
@@ -140,9 +148,9 @@ def run(spec: RunSpec, progress: Any = None) -> RunOutcome:
     ``progress`` is a :class:`gymlab.loop.Progress` display (not part of the spec: it is not picklable).
     """
     start = time.perf_counter()
-    opened: _Opened | None = None
+    opened: Opened | None = None
     try:
-        opened = _open(spec)
+        opened = open_run(spec)
         return _train(spec, opened, progress, start)
     except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
         return _interrupted(spec, opened, start)
@@ -161,12 +169,10 @@ def execute(spec: RunSpec) -> RunOutcome:
     SIGTERM (how the pool stops its workers) stops the run gracefully: before the loop starts it
     aborts the start-up, inside the loop it saves a checkpoint between two steps.
     """
-    import torch
-
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     start = time.perf_counter()
-    previous = _sigterm_interrupts()
+    previous = sigterm_interrupts()
     try:
         return run(spec)
     except GymlabError as exc:
@@ -181,39 +187,32 @@ def execute(spec: RunSpec) -> RunOutcome:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _sigterm_interrupts() -> Any:
-    """In the main thread, make SIGTERM raise KeyboardInterrupt (the loop swaps in its graceful handler)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
 @dataclass
-class _Opened:
-    """A run folder ready to train: config, checkpoint to continue from, the lock, what was created."""
+class Opened:
+    """A run folder ready to train: its config, the checkpoint to continue from, its lock, whether it is new."""
 
-    config: Any  # gymlab.config.Config
-    folder: Path
-    ckpt: dict[str, Any] | None
+    config: Config
+    folder: RunFolder
+    ckpt: Checkpoint | None
     until: int
-    lock: Any  # runs.RunLock
+    lock: FolderLock
     created: bool
     done: bool = False  # already at its target (mode auto): nothing to train
 
+    @property
+    def start_step(self) -> int:
+        """Env steps done before this call trains."""
+        return self.ckpt.step if self.ckpt is not None else 0
+
     def abandon(self) -> None:
         """After a failure: remove the folder if this process created it and no checkpoint was saved."""
-        from gymlab import runs
-
         self.lock.release()
-        if self.created and runs.newest_checkpoint(self.folder) is None:
-            runs.remove_run_dir(self.folder)
+        if self.created and self.folder.newest() is None:
+            self.folder.remove()
 
 
-def _open(spec: RunSpec) -> _Opened:
-    from gymlab import runs
-
+def open_run(spec: RunSpec) -> Opened:
+    """Create or open ``spec``'s run folder, locked, with the checkpoint it continues from (see the module doc)."""
     if spec.mode == "resume":
         if spec.run_dir is None:
             raise GymlabError("a resume needs the run folder (or one of its checkpoints)")
@@ -225,166 +224,133 @@ def _open(spec: RunSpec) -> _Opened:
     if spec.mode == "auto":
         if spec.run_dir is None:
             raise GymlabError("mode auto needs a run folder")
-        if spec.run_dir.exists():
-            if runs.newest_checkpoint(spec.run_dir) is not None:
+        folder = RunFolder(spec.run_dir)
+        if folder.exists():
+            if folder.newest() is not None:
                 return _open_existing(spec, spec.run_dir, explicit=False)
-            _clear_failed_start(spec.run_dir)
-    return _open_new(spec, _validated(spec.config, spec.device))
+            _clear_failed_start(folder)
+    config = spec.config if spec.device is None else spec.config.with_run(device=spec.device)
+    return _open_new(spec, config, spec.until if spec.until is not None else config.run.steps)
 
 
-def _validated(raw: Mapping[str, Any], device: str | None) -> Any:
-    from gymlab.agent import load_agent_class
-    from gymlab.config import validate
-
-    data = dict(raw)
-    if device is not None:
-        data["device"] = device
-    return validate(data, load_agent_class(str(data.get("agent"))).Config, source="run config")
-
-
-def _open_new(spec: RunSpec, config: Any, ckpt: dict[str, Any] | None = None) -> _Opened:
-    from gymlab import loop, runs
-
-    loop.preflight(config)  # before any folder exists: a config that cannot run leaves nothing
-    folder = runs.create_run_dir(config, spec.run_dir, spec.root)
+def _open_new(spec: RunSpec, config: Config, until: int, ckpt: Checkpoint | None = None) -> Opened:
+    preflight(config)  # before any folder exists: a config that cannot run leaves nothing
+    folder = RunFolder.create(config, spec.run_dir, spec.root)
     try:
-        lock = runs.lock_run(folder)
+        lock = folder.lock()
     except BaseException:
-        runs.remove_run_dir(folder)
+        folder.remove()
         raise
-    until = spec.until if spec.until is not None else config.run.steps
-    return _Opened(config, folder, ckpt, until, lock, created=True)
+    return Opened(config, folder, ckpt, until, lock, created=True)
 
 
-def _open_branch(spec: RunSpec) -> _Opened:
+def _open_branch(spec: RunSpec) -> Opened:
     """A new folder continuing from ``spec.source`` (a checkpoint of another run), with its curve so far."""
-    from gymlab import runs
-
     assert spec.source is not None
-    source_cfg, ckpt, ckpt_path = runs.load_run(spec.source, "last", spec.trust)
-    config = source_cfg if spec.device is None else _validated(source_cfg.to_dict(), spec.device)
+    source = load_run(spec.source, "last", spec.trust)
+    config = source.config if spec.device is None else source.config.with_run(device=spec.device)
     if spec.run_dir is None:
         raise GymlabError("starting a new run from a checkpoint needs --run-dir NEW")
-    done, until = int(ckpt["loop"]["step"]), spec.until or config.run.steps
+    done, until = source.checkpoint.step, spec.until or config.run.steps
     if done >= until:  # checked before the new folder exists
         raise GymlabError(f"{spec.source} is at step {done:,} already; pass --steps N with N > {done:,} to go on")
-    opened = _open_new(replace(spec, until=until), config)
-    opened.ckpt = ckpt
-    source_dir = runs.run_dir_of(ckpt_path)
+    opened = _open_new(spec, config, until, source.checkpoint)
+    source_dir = RunFolder.of(source.path).path
     try:
         for events in sorted(source_dir.glob("events.out.tfevents.*")):
-            shutil.copy2(events, opened.folder / events.name)
+            shutil.copy2(events, opened.folder.path / events.name)
     except OSError as exc:
         opened.abandon()
         raise GymlabError(f"cannot copy {source_dir}'s TensorBoard events: {exc.strerror or exc}") from None
     return opened
 
 
-def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> _Opened:
+def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
     """Lock an existing folder and load its newest checkpoint (a named one must be that newest)."""
-    from gymlab import checkpoint, runs
-
-    folder = runs.run_dir_of(target) if target.is_file() else target
+    folder = RunFolder.of(target)
     if not target.exists():
         raise GymlabError(f"no run folder or checkpoint at {target}")
-    if runs.folder_config(folder) is None:
+    if folder.data() is None:
         raise GymlabError(
-            f"{folder} is not a run folder (no {runs.CONFIG_FILE}); to train on from a loose checkpoint, "
-            f"give --run-dir NEW: gymlab train --resume {target} --run-dir NEW"
+            f"{folder.path} is not a run folder (no {folder.config_file.name}); to train on from a loose "
+            f"checkpoint, give --run-dir NEW: gymlab train --resume {target} --run-dir NEW"
         )
-    lock = runs.lock_run(folder)
+    lock = folder.lock()
     try:
-        newest = runs.newest_checkpoint(folder)
+        newest = folder.newest()
         if newest is None:
             raise GymlabError(
-                f"run folder {folder} has no checkpoint to resume from; start the run again in a new --run-dir"
+                f"run folder {folder.path} has no checkpoint to resume from; start the run again in a new --run-dir"
             )
         if explicit and target.resolve() != newest.resolve():
-            named = int(checkpoint.load(target).get("loop", {}).get("step", -1))
-            latest = int(checkpoint.load(newest).get("loop", {}).get("step", -1))
+            named, latest = Checkpoint.read(target).step, Checkpoint.read(newest).step
             if named < latest:
                 raise GymlabError(
                     f"{target.name} (step {named:,}) is older than {newest.name} (step {latest:,}) and would rewrite "
-                    f"later history: start a new run from it with --run-dir NEW, or resume {folder} itself"
+                    f"later history: start a new run from it with --run-dir NEW, or resume {folder.path} itself"
                 )
             newest = target
-        config, ckpt, _ = runs.load_run(newest, "last", spec.trust)
-        if spec.device is not None:
-            config = _validated(config.to_dict(), spec.device)
+        loaded = load_run(newest, "last", spec.trust)
+        folder.check_history(loaded.checkpoint, newest)
+        config = loaded.config if spec.device is None else loaded.config.with_run(device=spec.device)
         if spec.config is not None:  # auto: the folder must be the run the caller asks for
-            differ = runs.config_differences(_validated(spec.config, spec.device).to_dict(), ckpt["config"])
+            differ = config_differences(spec.config.to_dict(), loaded.checkpoint.config)
             if differ:
                 raise GymlabError(
-                    f"run folder {folder} holds another run (its config differs in {', '.join(differ[:5])}); "
+                    f"run folder {folder.path} holds another run (its config differs in {', '.join(differ[:5])}); "
                     "choose another folder"
                 )
     except BaseException:
         lock.release()
         raise
     until = spec.until if spec.until is not None else config.run.steps
-    opened = _Opened(config, folder, ckpt, until, lock, created=False)
+    opened = Opened(config, folder, loaded.checkpoint, until, lock, created=False)
     _check_target(opened, explicit=spec.mode == "resume")
     return opened
 
 
-def _check_target(opened: _Opened, *, explicit: bool) -> None:
+def _check_target(opened: Opened, *, explicit: bool) -> None:
     """A resume must have steps left; in ``auto`` mode a run already at its target is simply done."""
     assert opened.ckpt is not None
-    done = int(opened.ckpt["loop"]["step"])
-    if done < opened.until or opened.ckpt["loop"].get("eval_due"):  # eval_due: the final evaluation was interrupted
+    done = opened.ckpt.step
+    if done < opened.until or opened.ckpt.loop.eval_due:  # eval_due: the final evaluation was interrupted
         return
     if not explicit:
         opened.done = True
         return
     opened.lock.release()
-    raise GymlabError(f"run {opened.folder} already reached step {done:,}; pass --steps N with N > {done:,} to go on")
+    raise GymlabError(
+        f"run {opened.folder.path} already reached step {done:,}; pass --steps N with N > {done:,} to go on"
+    )
 
 
-def _clear_failed_start(folder: Path) -> None:
+def _clear_failed_start(folder: RunFolder) -> None:
     """Remove a folder left by a start that died before its first checkpoint (no live process holds it)."""
-    from gymlab import runs
-
-    if runs.folder_config(folder) is None and any(folder.iterdir()):
-        raise GymlabError(f"{folder} exists and is not a run folder; choose another folder")
-    with runs.lock_run(folder):  # refused if a live process is still starting it
+    if folder.data() is None and any(folder.path.iterdir()):
+        raise GymlabError(f"{folder.path} exists and is not a run folder; choose another folder")
+    with folder.lock():  # refused if a live process is still starting it
         pass
-    runs.remove_run_dir(folder)
+    folder.remove()
 
 
-def _train(spec: RunSpec, opened: _Opened, progress: Any, start: float) -> RunOutcome:
-    from gymlab import loop
-
-    start_step = int(opened.ckpt["loop"]["step"]) if opened.ckpt is not None else 0
+def _train(spec: RunSpec, opened: Opened, progress: Progress | None, start: float) -> RunOutcome:
+    start_step = opened.start_step
     if opened.done:
         assert opened.ckpt is not None
-        state = opened.ckpt["loop"]
+        loop = opened.ckpt.loop
         return RunOutcome(
-            spec,
-            "finished",
-            opened.folder,
-            start_step,
-            start_step,
-            state.get("last_eval"),
-            state.get("best_eval"),
-            opened.folder / "checkpoints" / "last.pt",
-        )
-    try:
-        result = loop.train(
-            opened.config,
-            opened.folder,
-            resume=opened.ckpt,
-            until=opened.until,
-            stop_at=spec.stop_at,
-            progress=progress,
-            on_eval=spec.on_eval,
-        )
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        if opened.ckpt is not None and _raised_in(exc, "_restore"):
-            raise GymlabError(
-                f"checkpoint of {opened.folder} does not fit a {opened.config.run.agent} agent on "
-                f"{opened.config.run.env} ({type(exc).__name__}: {exc}); it is damaged or from another version"
-            ) from None
-        raise
+            spec, "finished", opened.folder.path, start_step, start_step, loop.last_eval, loop.best_eval,
+            opened.folder.last,
+        )  # fmt: skip
+    result = train(
+        opened.config,
+        opened.folder,
+        resume=opened.ckpt,
+        until=opened.until,
+        stop_at=spec.stop_at,
+        progress=progress,
+        on_eval=spec.on_eval,
+    )
     if result.stopped:
         status: Status = "stopped"
     elif result.interrupted and not (spec.stop_at is not None and result.step >= spec.stop_at):
@@ -394,7 +360,7 @@ def _train(spec: RunSpec, opened: _Opened, progress: Any, start: float) -> RunOu
     return RunOutcome(
         spec,
         status,
-        opened.folder,
+        opened.folder.path,
         result.step,
         start_step,
         result.last_eval,
@@ -404,23 +370,30 @@ def _train(spec: RunSpec, opened: _Opened, progress: Any, start: float) -> RunOu
     )
 
 
-def _raised_in(exc: BaseException, function: str) -> bool:
-    return any(frame.name == function for frame in traceback.extract_tb(exc.__traceback__))
+def saved_step(path: Path | None) -> int:
+    """The step of the checkpoint at ``path`` for a report line; 0 when there is none or it cannot be read."""
+    if path is None:
+        return 0
+    try:
+        return Checkpoint.read(path).step
+    except GymlabError:
+        return 0
 
 
-def _interrupted(spec: RunSpec, opened: _Opened | None, start: float) -> RunOutcome:
+def _interrupted(spec: RunSpec, opened: Opened | None, start: float) -> RunOutcome:
     """A KeyboardInterrupt outside the loop's graceful stop: keep any checkpoint, else leave nothing."""
-    from gymlab import checkpoint, runs
-
     seconds = time.perf_counter() - start
-    newest = runs.newest_checkpoint(opened.folder) if opened is not None else None
+    newest = opened.folder.newest() if opened is not None else None
     if opened is None or newest is None:
         if opened is not None:
             opened.abandon()  # created by this call and holds no checkpoint: gone, so a retry works
         return RunOutcome(spec, "interrupted", seconds=seconds)
-    try:
-        step = int(checkpoint.load(newest)["loop"]["step"])
-    except (GymlabError, KeyError, TypeError):
-        step = 0
-    start_step = int(opened.ckpt["loop"]["step"]) if opened.ckpt is not None else 0
-    return RunOutcome(spec, "interrupted", opened.folder, step, start_step, checkpoint=newest, seconds=seconds)
+    return RunOutcome(
+        spec,
+        "interrupted",
+        opened.folder.path,
+        saved_step(newest),
+        opened.start_step,
+        checkpoint=newest,
+        seconds=seconds,
+    )

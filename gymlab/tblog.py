@@ -18,10 +18,14 @@ under a ``compare/<env>/<agent>/<config id>/`` tag and opened TensorBoard on a d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -90,10 +94,6 @@ def gif_bytes(
     Frames are shrunk to at most ``max_side`` pixels and, for long episodes, every k-th frame is
     kept with the delay stretched to match, so the clip plays in real time at a bounded size.
     """
-    from io import BytesIO
-
-    from PIL import Image
-
     stride = max(1, -(-len(frames) // max_frames))  # ceil division
     kept = frames[::stride]
     h, w = kept[0].shape[:2]
@@ -134,8 +134,6 @@ class RunLogger:
         of a group shows the same values) and its ``config_id``; the metrics are the evaluation and
         training returns, which the tab averages over the group.
         """
-        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
         metrics = {EVAL_RETURN: 0.0, EPISODE_RETURN: 0.0}
         exp, ssi, sei = hparams_summary({**flatten(config_identity(config)), "config_id": config_id(config)}, metrics)
         # torch's helper leaves the session's group empty (a group of itself): name it.
@@ -163,8 +161,6 @@ class RunLogger:
         torch's ``add_video`` needs moviepy; this writes the same summary (an image whose encoded
         bytes are a GIF, which TensorBoard animates) with Pillow, downscaled to stay small.
         """
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         gif, h, w = gif_bytes(list(frames), fps)
         image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif)
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])

@@ -21,7 +21,6 @@ end; a step's observation of the wrong shape fails as it is stored) each raise
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,117 +29,14 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gymlab.config import RunConfig
-from gymlab.errors import GymlabError, describe
-
-ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
-
-
-# The finiteness checks below compute NaN on purpose when a value is not finite (inf - inf,
-# inf * 0) and then stop the run in one line; numpy's warning about it would be a second line.
-warnings.filterwarnings(
-    "ignore", r"invalid value encountered in (dot|scalar subtract)", RuntimeWarning, r"gymlab\.vector$"
-)
-
-#: Steps after which an evaluation, video or watch episode is cut on an env without a time limit.
-DEFAULT_EVAL_MAX_STEPS: int = RunConfig.model_fields["eval_max_steps"].default
-
-
-class EnvProblem(GymlabError):
-    """A copy of an env misbehaved: ``problem`` says how (e.g. "reward is nan", "step() raised ValueError: ...").
-
-    ``copy`` is the copy's index in its vector env (0 for a single env; None when unknown), ``call``
-    the env method (``reset()`` or ``step()``). Its message is one line; the loop rewrites it with
-    the run's step, env and last good checkpoint (:meth:`describe`).
-    """
-
-    def __init__(self, problem: str, copy: int | None = 0, call: str = "step()") -> None:
-        self.problem, self.copy, self.call = problem, copy, call
-        super().__init__(self.describe(None))
-
-    def describe(self, env_id: str | None) -> str:
-        """The problem with the env named, e.g. "reward is nan from env CartPole-v1 copy 0"."""
-        env = f"env {env_id}" if env_id is not None else "the env"
-        where = env if self.copy is None else f"{env} copy {self.copy}"
-        if self.problem.startswith(self.call):  # "step() raised ...": name the env first
-            return f"{where}: {self.problem}"
-        return f"{self.problem} from {where}"
-
-
-def raised(call: str, exc: Exception, copy: int | None = 0) -> EnvProblem:
-    """The :class:`EnvProblem` for an exception an env's ``call`` raised."""
-    return EnvProblem(f"{call} raised {describe(exc)}", copy, call)
-
-
-def nonfinite_reward(reward: Any, copy: int = 0) -> EnvProblem:
-    """The :class:`EnvProblem` for a reward that is NaN or infinite."""
-    return EnvProblem(f"reward is {float(reward)}", copy)
-
-
-def nonfinite_obs(obs: np.ndarray, call: str = "step()", copy: int = 0) -> EnvProblem:
-    """The :class:`EnvProblem` for an observation holding NaN or infinity."""
-    bad = np.asarray(obs, dtype=np.float64)
-    what = "nan" if np.isnan(bad).any() else "inf"
-    return EnvProblem(f"observation holds {what} (returned by {call})", copy, call)
-
-
-def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
-    """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
-    if not isinstance(space, ARRAY_SPACES):
-        return
-    shape = space.shape or ()
-    arr = np.asarray(obs)
-    if arr.shape != shape:
-        raise EnvProblem(f"{call} returned an observation of shape {arr.shape}, the space says {shape}", copy, call)
-    dtype = np.dtype(space.dtype) if space.dtype is not None else arr.dtype
-    same_kind = arr.dtype.kind == dtype.kind or (dtype.kind in "iu" and arr.dtype.kind in "iub")
-    if not same_kind and not (dtype.kind == "f" and arr.dtype.kind in "iu"):
-        raise EnvProblem(f"{call} returned an observation of dtype {arr.dtype}, the space says {dtype}", copy, call)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise nonfinite_obs(arr, call, copy)
-
-
-def time_limit(env: Any) -> int | None:
-    """The most steps an episode of ``env`` (a single or vector env) can last, when the env says so.
-
-    From a ``TimeLimit`` wrapper, the spec's ``max_episode_steps``, or an ALE game's frame limit
-    (frames bound agent steps from above, whatever the frame skip). None when nothing bounds it:
-    a user's env class, or ``gym.make(id, max_episode_steps=None)`` of an id registered without one.
-    """
-    copies = getattr(env, "envs", None)
-    if copies:
-        env = copies[0]
-    layer = env
-    while True:
-        if isinstance(layer, gym.wrappers.TimeLimit):
-            return int(layer._max_episode_steps)
-        if not isinstance(layer, gym.Wrapper):
-            break
-        layer = layer.env
-    spec = getattr(env, "spec", None)
-    if spec is not None:
-        if spec.max_episode_steps is not None:
-            return int(spec.max_episode_steps)
-        frames = (spec.kwargs or {}).get("max_num_frames_per_episode")
-        if isinstance(frames, int) and frames > 0:
-            return frames
-    return None
-
-
-def episode_cap(env: Any, max_steps: int | None) -> int:
-    """Steps after which an evaluation episode of ``env`` is cut: its own time limit, else ``max_steps``.
-
-    With a time limit the env ends the episode itself first, so the cap only ever cuts episodes of
-    envs without one. ``max_steps`` None means the run key's default.
-    """
-    limit = time_limit(env)
-    if limit is not None:
-        return limit
-    return max_steps if max_steps is not None else DEFAULT_EVAL_MAX_STEPS
+from gymlab.envguard import ARRAY_SPACES, EnvProblem, check_obs, check_reward, nonfinite_obs, raised
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     """``num_envs`` copies stepped in turn; same-step autoreset; only final infos are passed on."""
+
+    #: It checks rewards and observations for NaN and infinity itself (see :class:`gymlab.envguard.VectorGuard`).
+    checks_finite = True
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env[Any, Any]]]) -> None:
         self.envs = [fn() for fn in env_fns]
@@ -201,13 +97,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
                 obs, reward, terminated, truncated, info = env.step(actions[i])
             except Exception as exc:
                 raise raised("step()", exc, i) from exc
-            try:
-                bad = reward - reward  # type: ignore[operator]  # NaN for NaN or infinity; 0 for every finite number
-            except TypeError:
-                raise EnvProblem(f"step() returned a reward of type {type(reward).__name__}, not a number", i) from None
-            if bad:
-                raise nonfinite_reward(reward, i)
-            self._rewards[i] = reward
+            self._rewards[i] = check_reward(reward, i)
             self._terminated[i] = terminated
             self._truncated[i] = truncated
             if terminated or truncated:

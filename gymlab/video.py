@@ -16,26 +16,28 @@ is checked before each step; once set, :class:`~gymlab.errors.Interrupted` is ra
 
 from __future__ import annotations
 
-import math
 import os
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
+import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
+from gymlab import registry
+from gymlab.agent import Agent
+from gymlab.config import Config, RunConfig
+from gymlab.envguard import SingleGuard, env_actions, episode_cap
 from gymlab.errors import Interrupted
-from gymlab.vector import EnvProblem, check_obs, episode_cap, nonfinite_reward, raised
-
-if TYPE_CHECKING:
-    import threading
-
-    from gymlab.agent import Agent
-    from gymlab.config import Config, RunConfig
-    from gymlab.tblog import RunLogger
+from gymlab.tblog import RunLogger
 
 DEFAULT_FPS = 30
 
@@ -52,8 +54,6 @@ def render_env(run: RunConfig) -> tuple[gym.Env[Any, Any], str | None]:
     render (``ansi``), else no render (None). The one place ``watch`` and the video recorder
     choose how an env is shown.
     """
-    from gymlab import registry
-
     probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     modes = render_modes(probe)
     probe.close()
@@ -77,16 +77,12 @@ def headless_gl() -> None:
 
 def batch_obs(space: gym.Space[Any], obs: Any) -> Any:
     """One env's observation as a batch of one, shaped as the vector env would hand it to ``act``."""
-    from gymnasium.vector.utils import concatenate, create_empty_array
-
     out: Any = create_empty_array(space, 1)
     return concatenate(space, [obs], out)
 
 
 def unbatch_action(batched_space: gym.Space[Any], actions: Any) -> Any:
     """The first (only) action of a batch of one (``batched_space``: the batch's space), for a single env."""
-    from gymnasium.vector.utils import iterate
-
     return next(iter(iterate(batched_space, actions)))
 
 
@@ -131,41 +127,23 @@ def play_steps(
     the space raises :class:`~gymlab.vector.EnvProblem`.
     """
     cap = episode_cap(env, max_steps)
-    space = env.observation_space
-    try:
-        obs, _ = env.reset(seed=seed)
-    except Exception as exc:
-        raise raised("reset()", exc) from exc
-    check_obs(space, obs, "reset()")
+    guard = SingleGuard(env)
+    obs = guard.reset(seed)
     total, index, done = 0.0, 0, False
     while not done:
         if stop is not None and stop.is_set():
             raise Interrupted(f"interrupted at step {index} of an episode")
         action = policy(obs)
-        try:
-            obs, reward, terminated, truncated, _ = env.step(action)
-        except Exception as exc:
-            raise raised("step()", exc) from exc
-        check_obs(space, obs, "step()")
-        try:
-            finite = math.isfinite(float(reward))
-        except (TypeError, ValueError):
-            raise EnvProblem(f"step() returned a reward of type {type(reward).__name__}, not a number") from None
-        if not finite:
-            raise nonfinite_reward(reward)
+        obs, reward, terminated, truncated = guard.step(action)
         index += 1
-        total += float(reward)
+        total += reward
         capped = index >= cap and not (terminated or truncated)
-        done = bool(terminated or truncated or capped)
-        yield Step(index, action, float(reward), total, done, capped)
+        done = terminated or truncated or capped
+        yield Step(index, action, reward, total, done, capped)
 
 
 def greedy_policy(agent: Agent, env: gym.Env[Any, Any]) -> Callable[[Any], Any]:
     """Wrap an agent's batched greedy ``act`` as a single-env policy."""
-    from gymnasium.vector.utils import batch_space
-
-    from gymlab.agent import env_actions
-
     obs_space = env.observation_space
     batched_actions = batch_space(env.action_space, 1)  # built once: it deep-copies the space
 
@@ -215,10 +193,7 @@ class Mp4Writer:
     """Append frames to an H.264 mp4 one at a time (for long or live recordings)."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        import imageio.v2 as imageio
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = path  # its folder exists (the caller made it)
         self.frames = 0
         # macro_block_size=1: never let imageio resize; even_frame already made the sizes legal.
         self._writer = imageio.get_writer(
@@ -258,8 +233,6 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> Path:
 
 def read_frames(path: Path) -> np.ndarray:
     """Decode an mp4 back into frames (T, H, W, 3) uint8 (for tests and checks)."""
-    import imageio.v3 as iio
-
     return np.asarray(iio.imread(str(path), plugin="FFMPEG"))
 
 
@@ -278,16 +251,12 @@ class _FrameStream:
     _END, _ABORT = object(), object()
 
     def __init__(self, path: Path, fps: int, step: int, logger: RunLogger) -> None:
-        import queue
-
         self.path, self.fps, self.step, self.logger = path, fps, step, logger
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=64)
         self.future: Any = None  # the encoding task, set when it is submitted
 
     def put(self, item: Any) -> None:
         """Queue a frame (or an end marker), waiting while the encoder is behind; raise if it failed."""
-        import queue
-
         while True:
             try:
                 self.queue.put(item, timeout=0.5)
@@ -335,8 +304,6 @@ class EpisodeRecorder:
     """
 
     def __init__(self, config: Config, run_dir: Path, logger: RunLogger) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
-
         self.config = config
         self.folder = run_dir / "videos"
         self.logger = logger
@@ -366,6 +333,7 @@ class EpisodeRecorder:
         """
         if self._env is None:
             self._env = self._make_env()
+        self.folder.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
         stem = f"step-{step:09d}"
         if self._mode == "rgb_array":
             return self._record_pixels(agent, self.folder / f"{stem}.mp4", step, seed, max_steps, stop, on_capped)
@@ -374,7 +342,6 @@ class EpisodeRecorder:
             on_capped(episode.length, episode.ret)
         text = episode.texts[-1] if episode.texts else f"actions: {episode.actions}"
         text = f"return {episode.ret:.4g}, length {episode.length}\n{text}"
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{stem}.txt"
         path.write_text(text + "\n")
         self.logger.text("eval/sample", f"```\n{text}\n```", step)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,16 +34,17 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from gymlab import runs, video
+from gymlab import video
+from gymlab.agent import Agent
+from gymlab.build import build_policy
+from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
+from gymlab.evaluation import eval_seed
+from gymlab.runs import RunFolder, load_run
+from gymlab.signals import graceful_stop, starting
 
 if TYPE_CHECKING:
-    import threading
-
     import pygame
-
-    from gymlab.agent import Agent
-    from gymlab.config import Config
 
 WINDOW_MIN_SIDE = 480  # small frames (FrozenLake's 256 px) are scaled up by a whole factor
 HOLD_LAST_FRAME_S = 0.5  # the window shows how an episode ended for a moment before the next
@@ -179,14 +181,15 @@ class FollowedPolicy:
         self.agent: Agent
         self.step = 0
         self.final = False  # the checkpoint holds the run's last step
-        self.ckpt_path = runs.find_checkpoint(target, which)
+        self.ckpt_path = target if target.is_file() else RunFolder(target).find(which)
         self._load()
 
     def _load(self) -> None:
         self.mtime = self.ckpt_path.stat().st_mtime
-        self.config, ckpt, self.ckpt_path = runs.load_run(self.ckpt_path, self.which)
-        self.agent, _, _ = runs.load_policy(self.config, ckpt, self.device)
-        self.step = int(ckpt["loop"]["step"])
+        loaded = load_run(self.ckpt_path, self.which)
+        self.config, self.ckpt_path = loaded.config, loaded.path
+        self.agent = build_policy(self.config, loaded.checkpoint, self.device)
+        self.step = loaded.checkpoint.step
         self.final = self.step >= self.config.run.steps
 
     def maybe_reload(self) -> bool:
@@ -210,12 +213,13 @@ def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], p
     not have created its folder); a folder that exists but is no run folder is left to the usual
     error.
     """
-    if target.is_file() or (target.is_dir() and not (target / runs.CONFIG_FILE).is_file()):
+    folder = RunFolder(target)
+    if target.is_file() or (target.is_dir() and not folder.config_file.is_file()):
         return
     announced = False
     while True:
         try:
-            runs.find_checkpoint(target, which)
+            folder.find(which)
             return
         except GymlabError:
             if not announced:
@@ -249,8 +253,6 @@ def watch(
             ``KeyboardInterrupt``).
 
     """
-    from gymlab.loop import graceful_stop, starting
-
     with graceful_stop() as stop:
         with starting(stop):  # loading the run and building the env: nothing to finish
             if follow:
@@ -302,9 +304,7 @@ def _interrupted(result: WatchResult) -> Interrupted:
 
 
 def _episode_seed(policy: FollowedPolicy, seed: int | None, index: int) -> int:
-    from gymlab.loop import eval_seed
-
-    return seed + index if seed is not None else eval_seed(policy.config.run.seed, 2_000_000 + index)
+    return seed + index if seed is not None else eval_seed(policy.config.run.seed, "watch", index)
 
 
 def _more(limit: int | None, played: int, follow_done: bool) -> bool:
@@ -392,6 +392,7 @@ class _PixelOutput:
             self.result.mode = "mp4"
             self.record = self.record or self.default_path
         if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
             self.writer = video.Mp4Writer(self.record, self.fps)
 
     def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
@@ -453,4 +454,4 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
 
 def _default_video_path(ckpt_path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return runs.run_dir_of(ckpt_path) / "videos" / f"watch-{stamp}.mp4"
+    return RunFolder.of(ckpt_path).videos / f"watch-{stamp}.mp4"

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from gymlab.errors import GymlabError
+from gymlab.parallel import RunPool
 from gymlab.runner import RunOutcome, RunSpec, execute
 
 
@@ -38,8 +39,6 @@ class LocalBackend:
     """The one local process pool (:class:`gymlab.parallel.RunPool`): Ctrl-C handling and dead-worker retry."""
 
     def __init__(self, slots: int) -> None:
-        from gymlab.parallel import RunPool
-
         self.slots = slots
         self.pool = RunPool(slots)
 

@@ -23,6 +23,7 @@ from gymlab.config import load_yaml
 from gymlab.errors import GymlabError
 from gymlab.report import mean_ci
 from gymlab.runner import RunOutcome, RunSpec
+from gymlab.runs import lock_folder
 from gymlab.sweep.backends import Backend, make_backend
 from gymlab.sweep.spec import Sweep, check_pruning
 from gymlab.sweep.study import JOURNAL_FILE, PRUNED_AT, STUDY_NAME, Ledger, PruneCheck, make_pruner, make_sampler
@@ -163,8 +164,8 @@ class _Driver:
         skip: Mapping[int, Any] | None = None,
     ) -> _Active | None:
         try:
-            configs = {seed: self.sweep.trial_config(params, seed) for seed in self.seeds}
-            every = check_pruning(configs[self.seeds[0]], self.sweep.spec.pruning)
+            configs = {seed: self.sweep.resolve(params, seed) for seed in self.seeds}
+            every = check_pruning(configs[self.seeds[0]].to_dict(), self.sweep.spec.pruning)
         except GymlabError as exc:
             self._fail(number, str(exc))
             return None
@@ -176,7 +177,7 @@ class _Driver:
             check = None
             if every is not None:
                 journal = str(self.sweep_dir / JOURNAL_FILE)
-                steps = int(configs[seed]["steps"])
+                steps = configs[seed].run.steps
                 check = PruneCheck(journal, number, seed, tuple(self.seeds), every, steps, self.sweep.spec.pruning)
             runs[seed] = RunSpec(configs[seed], Path(dirs[str(seed)]), mode="auto", on_eval=check, tag=(number, seed))
         active = _Active(number, params, pending={s for s in self.seeds if s not in (skip or {})})
@@ -276,6 +277,19 @@ def run_sweep(
     """
     emit = on_event or (lambda _: None)
     sweep_dir = sweep_dir.absolute()  # workers (Ray tasks on other nodes too) get paths that do not depend on a cwd
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GymlabError(
+            f"cannot create sweep folder {sweep_dir}: {exc.strerror or exc}; choose another --run-dir"
+        ) from None
+    with lock_folder(sweep_dir, "sweep folder", "before resuming it"):  # one writer, as for a run folder
+        return _run_locked(sweep, sweep_dir, backend, address, emit)
+
+
+def _run_locked(
+    sweep: Sweep, sweep_dir: Path, backend: str | Backend, address: str | None, emit: Callable[[str], None]
+) -> SweepResult:
     study, ledger, existed = open_study(sweep, sweep_dir)
     resumed = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     if existed:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gymlab.build import preflight
 from gymlab.config import Config, explain, load_yaml, resolve
 from gymlab.errors import GymlabError
 
@@ -250,8 +251,6 @@ def check_pruning(config: Mapping[str, Any], pruning: PruningSpec) -> int | None
 
 def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | None = None) -> Sweep:
     """Read and check a sweep file: every searched value is validated before anything runs."""
-    from gymlab import loop
-
     raw = load_yaml(path, "sweep file")
     try:
         spec = SweepSpec.model_validate(raw)
@@ -276,7 +275,7 @@ def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | N
         for value in dim.corners():
             check_pruning(sweep.trial_config({**first, key: value}, 0), spec.pruning)
     check_pruning(config.to_dict(), spec.pruning)
-    loop.preflight(config)
+    preflight(config)
     return sweep
 
 
