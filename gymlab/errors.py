@@ -41,3 +41,13 @@ class Interrupted(Exception):
     typer (which turns a ``KeyboardInterrupt`` inside a command into a bare exit code 130). A
     plain :class:`KeyboardInterrupt` (a second Ctrl-C) means "stopped at once, nothing more saved".
     """
+
+
+class FolderRemoved(GymlabError):
+    """A run folder was deleted while a run was writing it: nothing more is saved, and nothing recreates it."""
+
+    def __init__(self, folder: object) -> None:
+        super().__init__(
+            f"run folder {folder} was removed while the run was writing it; nothing more was saved "
+            "(start the run again, in a new --run-dir or the same one)"
+        )

@@ -427,6 +427,7 @@ class Trainer:
         def capped(length: int, ret: float) -> None:
             self._note(f"step {step:,}: the video episode was cut at {length:,} steps ({run.env} has no time limit)")
 
+        self.folder.check_present()
         self.during = " during a video"
         self.recorder.record(
             self.agent,

@@ -38,7 +38,7 @@ from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import Config, load_yaml, slug, validate
-from gymlab.errors import GymlabError
+from gymlab.errors import FolderRemoved, GymlabError
 
 CONFIG_FILE = "config.yaml"
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -165,13 +165,17 @@ class RunFolder:
 
     # --- checkpoints and history -------------------------------------------------------------
 
+    def check_present(self) -> None:
+        """Refuse in one line to write into a run folder that was removed while the run was writing it.
+
+        Nothing recreates it: a retry of the same command then starts afresh in the same place.
+        """
+        if not self.exists():
+            raise FolderRemoved(self.path)
+
     def save(self, ckpt: Checkpoint, which: str = "last") -> Path:
         """Write ``ckpt`` as ``last.pt`` or ``best.pt``, then record how far the folder's history goes."""
-        if not self.exists():
-            raise GymlabError(
-                f"run folder {self.path} was removed while the run was writing it; nothing more was saved "
-                "(start the run again, in a new --run-dir or the same one)"
-            )
+        self.check_present()
         path = self.last if which == "last" else self.best
         ckpt.write(path)
         head = self.head()

@@ -17,6 +17,7 @@ under a ``compare/<env>/<agent>/<config id>/`` tag and opened TensorBoard on a d
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -26,9 +27,11 @@ import numpy as np
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from gymlab.errors import FolderRemoved, GymlabError
 from gymlab.report import config_id, config_identity
 
 #: The tags every run writes; ``compare`` reads these names.
@@ -121,11 +124,35 @@ def gif_bytes(
     return buffer.getvalue(), size[1], size[0]
 
 
+def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
+    """Leave the failure of TensorBoard's writer thread to the run: its writer raises it again at the next call.
+
+    Without this, a write that fails in that thread (its run folder deleted) also prints a traceback.
+    """
+    if not isinstance(args.thread, _AsyncWriterThread):
+        _previous_excepthook(args)
+
+
+_previous_excepthook = threading.excepthook
+
+
 class RunLogger:
-    """The TensorBoard writer of one run folder."""
+    """The TensorBoard writer of one run folder; a write that fails is one line naming why."""
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
+        global _previous_excepthook
+        if threading.excepthook is not _quiet_writer_thread:
+            _previous_excepthook, threading.excepthook = threading.excepthook, _quiet_writer_thread
+        self.log_dir = log_dir
+        try:
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> GymlabError:
+        if not self.log_dir.is_dir():
+            return FolderRemoved(self.log_dir)
+        return GymlabError(f"cannot write TensorBoard events in {self.log_dir}: {exc.strerror or exc}")
 
     def hparams(self, config: Mapping[str, Any]) -> None:
         """Make the run one session of its config's group in the HParams tab (see the module docstring).
@@ -141,19 +168,27 @@ class RunLogger:
         content = HParamsPluginData.FromString(plugin_data.content)
         content.session_start_info.group_name = session_group(config)
         plugin_data.content = content.SerializeToString()
-        file_writer = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            file_writer.add_summary(summary)
+        try:
+            file_writer = self.writer._get_file_writer()
+            for summary in (exp, ssi, sei):
+                file_writer.add_summary(summary)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
         """Write several scalars at one step."""
-        for key, value in values.items():
-            tag = f"{prefix}{key}"
-            self.writer.add_scalar(tag, value, step)
+        try:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}{key}", value, step)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Write a text entry (e.g. SeqGAN's sample sequences)."""
-        self.writer.add_text(tag, text, step)
+        try:
+            self.writer.add_text(tag, text, step)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def video(self, tag: str, frames: Sequence[np.ndarray], step: int, fps: float) -> None:
         """Write frames, each (H, W, 3) uint8, as an animated GIF in TensorBoard's Images tab.
@@ -164,8 +199,14 @@ class RunLogger:
         gif, h, w = gif_bytes(list(frames), fps)
         image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif)
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
-        self.writer._get_file_writer().add_summary(summary, step)
+        try:
+            self.writer._get_file_writer().add_summary(summary, step)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:
+            raise self._failed(exc) from None

@@ -9,6 +9,7 @@ command uses, so the driver serves every backend unchanged.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -120,8 +121,6 @@ class RayBackend:
 
 def make_backend(name: str, address: str | None, max_concurrent: int | None, gpus_per_run: float = 0.0) -> Backend:
     """``local``: worker processes; ``ray``: a local Ray instance, or the cluster at ``address``."""
-    import os
-
     if name == "local":
         if address:
             raise GymlabError("--address names a Ray cluster: use it with --backend ray")

@@ -26,7 +26,16 @@ from gymlab.runner import RunOutcome, RunSpec
 from gymlab.runs import lock_folder
 from gymlab.sweep.backends import Backend, make_backend
 from gymlab.sweep.spec import Sweep, check_pruning
-from gymlab.sweep.study import JOURNAL_FILE, PRUNED_AT, STUDY_NAME, Ledger, PruneCheck, make_pruner, make_sampler
+from gymlab.sweep.study import (
+    JOURNAL_FILE,
+    PRUNED_AT,
+    STUDY_NAME,
+    Ledger,
+    PruneCheck,
+    make_pruner,
+    make_sampler,
+    open_storage,
+)
 from gymlab.sweep.summary import TrialRow, describe, summarize, write_best, write_summary
 
 if TYPE_CHECKING:
@@ -62,8 +71,6 @@ class _Active:
 def open_study(sweep: Sweep, sweep_dir: Path) -> tuple[optuna.Study, Ledger, bool]:
     """Create the sweep folder's study, or load it to resume (refused if the folder holds another sweep)."""
     import optuna
-
-    from gymlab.sweep.study import open_storage
 
     spec_path = sweep_dir / SPEC_FILE
     identity = sweep.identity()
