@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import gymlab_inprocess
 
 from gymlab import agent, config
 from gymlab.checkpoint import Checkpoint
 from gymlab.runner import RunSpec, open_run, run
 from gymlab.runs import RunFolder, lock_folder
-
-from conftest import gymlab_inprocess
 
 TINY = ("eval_every=0", "eval_episodes=1", "checkpoint_every=0", "log_every=1000")
 
