@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import clihelp
 import pytest
 import torch
 
@@ -67,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-# --- gymlab in this process (tests/test_contract.py, tests/test_regressions.py) ---------------------
+# --- gymlab in this process (tests/test_contract.py and the command-line tests) ---------------------
 
 
 @dataclass
@@ -133,3 +134,27 @@ def no_default_signal_handling():
     yield escaped
     for s, h in previous.items():
         signal.signal(s, h)
+
+
+# --- trained runs shared by the command-line tests of one module ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def taxi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tabular Q run on Taxi: last.pt at 2,000 steps, best.pt older (the evaluation at 1,000)."""
+    run = tmp_path_factory.mktemp("base") / "taxi"
+    result = gymlab_inprocess(*clihelp.TAXI_ARGS, "eval_episodes=1", "--run-dir", run)
+    assert result.code == 0, result.ok()
+    assert clihelp.step_of(run / "checkpoints" / "best.pt") < clihelp.step_of(run / "checkpoints" / "last.pt") == 2000
+    return run
+
+
+@pytest.fixture(scope="module")
+def cartpole_dqn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished DQN run on CartPole (another agent and env than ``taxi_run``)."""
+    run = tmp_path_factory.mktemp("base") / "dqn"
+    result = gymlab_inprocess(
+        "train", "dqn", "CartPole-v1", "--steps", "200", "eval_episodes=1", "net_arch=[8]", "--run-dir", run
+    )
+    assert result.code == 0, result.ok()
+    return run
