@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from clihelp import (
     Child,
     assert_nothing_lost,
@@ -175,8 +174,6 @@ def test_a_checkpoint_from_another_run_is_refused(cli, tmp_path, other, fragment
     ids=["cuda", "env-crash"],
 )
 def test_a_failed_start_leaves_nothing_that_blocks_the_retry(cli, tmp_path, helper, args, fragment):
-    if "cuda" in args and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     for _ in range(2):  # the retry fails for the same reason, not because of the first attempt
         one_line(cli("train", *args, "--run-dir", "r", "--steps", "1000"), 2, fragment)
         assert not (tmp_path / "r").exists()
@@ -551,8 +548,6 @@ FAILED_STARTS = {
 @pytest.mark.parametrize("case", FAILED_STARTS)
 def test_a_failed_first_try_leaves_nothing_in_the_way_of_the_retry(tmp_path: Path, case: str):
     extra, fragment = FAILED_STARTS[case]
-    if case == "no-cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     args = ["train", "tabular_q", "Taxi-v4", "--steps", "2000", "checkpoint_every=500", "--run-dir", "r"]
     if case == "env-kwargs":
         args[2] = "FrozenLake-v1"
