@@ -211,7 +211,9 @@ def cycle_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return trained
 
 
-@pytest.mark.parametrize("command", CYCLE_COMMANDS)
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, marks=[pytest.mark.needs("ffmpeg")] if c == "watch" else []) for c in CYCLE_COMMANDS]
+)
 @pytest.mark.parametrize("run_name", CYCLE)
 def test_eval_and_watch_read_runs_of_several_envs_and_a_saved_replay(
     cycle_runs: dict[str, Path], run_name: str, command: str, tmp_path: Path

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import Result, ctrl_c_after_update, gymlab_inprocess
+from conftest import Result, ctrl_c_after_update, gymlab_inprocess, needs_of_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint, registry
@@ -163,7 +163,7 @@ SKIPPED: dict[str, str] = {
 
 
 def _marks(test: str, case: Case) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.xdist_group(f"contract-{case.id}")]
+    marks = [pytest.mark.xdist_group(f"contract-{case.id}"), *needs_of_env(case.env)]
     if case.id in SKIPPED:
         marks.append(pytest.mark.skip(reason=SKIPPED[case.id]))
     for (name, pattern), reason in PENDING.items():
@@ -336,6 +336,7 @@ def test_eval_json(case: Case, runs: Runs, which: str) -> None:
         assert result["step"] == case.steps, result
 
 
+@pytest.mark.needs("ffmpeg")
 def test_watch_record(case: Case, runs: Runs, tmp_path: Path) -> None:
     run = trained(runs)
     out = tmp_path / "out.mp4"

@@ -39,7 +39,9 @@ INTERRUPTS = {
 }
 
 
-@pytest.mark.parametrize("phase", INTERRUPTS)
+@pytest.mark.parametrize(
+    "phase", [pytest.param(p, marks=[pytest.mark.needs("ffmpeg")] if p == "watch" else []) for p in INTERRUPTS]
+)
 def test_sigint_in_any_phase_exits_130_with_one_line_and_loses_nothing(taxi_run: Path, tmp_path: Path, phase: str):
     argv, ready, fragments = INTERRUPTS[phase]
     run = copy_run(taxi_run, tmp_path / "run")

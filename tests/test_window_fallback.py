@@ -10,6 +10,8 @@ from clihelp import assert_nothing_lost, assert_ok, copy_run, gymlab, snapshot
 
 from gymlab import video
 
+pytestmark = pytest.mark.needs("ffmpeg")  # the fallback writes an mp4
+
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
