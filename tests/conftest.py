@@ -1,3 +1,27 @@
+"""Shared fixtures, and where the tests run: on the CPU, unless a test is about CUDA.
+
+Every test runs on the CPU unless it is marked ``cuda``: the session-wide fixture ``_cpu_only`` sets
+``CUDA_VISIBLE_DEVICES=""`` (the gymlab processes the tests start see no device) and makes
+``torch.cuda.is_available()`` return False in this process, which is what ``device: auto``
+(``gymlab.loop.resolve_device``) and ``gymlab.checkpoint.rng_state`` read. Exact resume is promised for
+the CPU only, and a GPU machine must run the same suite as a laptop.
+
+Marks (registered in pyproject.toml):
+
+- ``@pytest.mark.cuda``: the test needs a real CUDA device; it is unpinned for its duration and skips,
+  with the reason, where there is none.
+- ``@pytest.mark.needs("mujoco")`` (or box2d, atari, ffmpeg, sweep, ray; see :data:`OPTIONAL`): the test
+  skips, naming the extra and its install command, where that optional package is missing. For a test
+  parametrised over env ids, ``pytest.param(env_id, marks=needs_of_env(env_id))``.
+
+Checking the pinning without a GPU: tests/fake_cuda.py makes torch report a CUDA device, in this process
+and in the gymlab processes the tests start; every non-cuda test must still pass, and cuda tests skip::
+
+    .venv/bin/python -m pytest -p tests.fake_cuda -m "not slow" tests/test_dqn.py tests/test_resume.py
+
+How many tests are pinned, cuda or skipped for a missing extra: tests/README.md.
+"""
+
 import os
 
 # Windows and renderers must never need a screen in tests; MuJoCo renders through EGL here.
@@ -5,7 +29,9 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import importlib.util
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import clihelp
+import gymnasium as gym
 import pytest
 import torch
 
@@ -24,6 +52,11 @@ from gymlab.cli import main
 
 # Tests run two at a time on two cores (pytest -n 2): one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
+
+# Read before the session pins anything (under tests/fake_cuda.py these are the fake's; cuda tests skip then).
+_REAL_IS_AVAILABLE = torch.cuda.is_available
+_REAL_CUDA = torch.cuda.is_available()
+_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
 
 # A background job of a non-interactive shell (how some CI runners start the suite) inherits SIGINT
 # ignored, and so would every gymlab process the tests start: their Ctrl-C tests would send a signal
@@ -67,7 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-# --- gymlab in this process (tests/test_contract.py, tests/test_regressions.py) ---------------------
+# --- gymlab in this process (tests/test_contract.py and the command-line tests) ---------------------
 
 
 @dataclass
@@ -133,3 +166,128 @@ def no_default_signal_handling():
     yield escaped
     for s, h in previous.items():
         signal.signal(s, h)
+
+
+# --- trained runs shared by the command-line tests of one module ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def taxi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tabular Q run on Taxi: last.pt at 2,000 steps, best.pt older (the evaluation at 1,000)."""
+    run = tmp_path_factory.mktemp("base") / "taxi"
+    result = gymlab_inprocess(*clihelp.TAXI_ARGS, "eval_episodes=1", "--run-dir", run)
+    assert result.code == 0, result.ok()
+    assert clihelp.step_of(run / "checkpoints" / "best.pt") < clihelp.step_of(run / "checkpoints" / "last.pt") == 2000
+    return run
+
+
+@pytest.fixture(scope="module")
+def cartpole_dqn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished DQN run on CartPole (another agent and env than ``taxi_run``)."""
+    run = tmp_path_factory.mktemp("base") / "dqn"
+    result = gymlab_inprocess(
+        "train", "dqn", "CartPole-v1", "--steps", "200", "eval_episodes=1", "net_arch=[8]", "--run-dir", run
+    )
+    assert result.code == 0, result.ok()
+    return run
+
+
+# --- where tests run: the CPU, unless a test is about CUDA ---------------------------------------
+
+#: What ``@pytest.mark.needs(NAME)`` may name: NAME -> (modules it imports, what installs them).
+OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {
+    "mujoco": (("mujoco",), 'pip install "gymnasium[mujoco]"'),
+    "box2d": (("Box2D",), 'pip install "gymlab[box2d]"'),
+    "atari": (("ale_py", "cv2"), 'pip install "gymlab[atari]"'),
+    "ffmpeg": (("imageio_ffmpeg",), "pip install imageio-ffmpeg (mp4 writing)"),
+    "sweep": (("optuna",), 'pip install "gymlab[sweep]"'),
+    "ray": (("ray",), 'pip install "gymlab[ray]"'),
+}
+
+
+def missing_optional(name: str) -> str | None:
+    """Why a test that needs the optional package ``name`` cannot run here, or None when it can."""
+    modules, install = OPTIONAL[name]
+    absent = []
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module) is None:
+                absent.append(module)
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+            absent.append(module)
+    return f"needs {name} ({', '.join(absent)} not installed): {install}" if absent else None
+
+
+def optional_of_env(env_id: str) -> str | None:
+    """The optional package an env id needs (by the module its entry point lives in), or None."""
+    if re.match(r"^ALE/|.*(NoFrameskip|Deterministic)-v\d+$", env_id):
+        return "atari"  # ale-py registers these ids only once it is installed
+    try:
+        entry = str(gym.spec(env_id).entry_point)
+    except gym.error.Error:
+        return None
+    for prefix, name in (("gymnasium.envs.mujoco", "mujoco"), ("gymnasium.envs.box2d", "box2d")):
+        if entry.startswith(prefix):
+            return name
+    return "atari" if entry.startswith(("ale_py", "gymlab.envs.atari")) else None
+
+
+def needs_of_env(env_id: str) -> list[pytest.MarkDecorator]:
+    """``marks=`` for a ``pytest.param`` whose test makes ``env_id``: the ``needs`` mark of its optional package."""
+    name = optional_of_env(env_id)
+    return [pytest.mark.needs(name)] if name else []
+
+
+def _fake_cuda(config: pytest.Config) -> bool:
+    return config.pluginmanager.has_plugin("tests.fake_cuda")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason, cuda tests without a real CUDA device and tests whose optional package is missing.
+
+    A skipped test whose package is missing also gets the ``missing_optional`` mark, so that
+    ``pytest --collect-only -q -m missing_optional`` counts them (tests/README.md).
+    """
+    if _fake_cuda(config):
+        no_cuda: str | None = "fake CUDA (-p tests.fake_cuda): no real device to run a cuda test on"
+    else:
+        no_cuda = None if _REAL_CUDA else "needs a CUDA device (torch.cuda.is_available() is False)"
+    for item in items:
+        if no_cuda and item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=no_cuda))
+        for mark in item.iter_markers("needs"):
+            for name in mark.args:
+                if name not in OPTIONAL:
+                    raise pytest.UsageError(f"{item.nodeid}: needs({name!r}) is none of {sorted(OPTIONAL)}")
+                reason = missing_optional(name)
+                if reason:
+                    item.add_marker(pytest.mark.missing_optional)
+                    item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_only() -> Iterator[None]:
+    """Pin the whole session to the CPU: no CUDA in this process, none in the gymlab processes it starts.
+
+    Session-scoped so that module-scoped fixtures that train (they are set up before any function-scoped
+    fixture) are pinned too; a test marked ``cuda`` is unpinned for its own duration by :func:`_cuda_unpinned`.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")  # a child sees no device at all
+        mp.setattr(torch.cuda, "is_available", lambda: False)  # resolve_device and rng_state read this
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cuda_unpinned(request: pytest.FixtureRequest, _cpu_only: None) -> Iterator[None]:
+    """For a test marked ``cuda`` (it ran past the skip: a real device is there), undo the CPU pinning."""
+    if request.node.get_closest_marker("cuda") is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", _REAL_IS_AVAILABLE)
+        if _VISIBLE is None:
+            mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            mp.setenv("CUDA_VISIBLE_DEVICES", _VISIBLE)
+        yield

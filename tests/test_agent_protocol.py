@@ -108,7 +108,7 @@ def test_policy_only_load_with_one_env_after_training_with_several(tmp_path: Pat
 
 
 def test_reinforce_preset_run_evaluates_from_the_command_line(cli):
-    """The issue's reproduction: 8 envs in training, one in eval."""
+    """A run trained with 8 envs (the preset) evaluates with one."""
     trained = cli("train", "reinforce", "CartPole-v1", "--steps", "3000", "--run-dir", "rf", "eval_every=0")
     assert trained.returncode == 0, trained.stderr
     result = cli("eval", "rf", "--episodes", "2", "--json")

@@ -12,8 +12,7 @@ from gymlab.errors import GymlabError
 from gymlab.loop import train
 from gymlab.vector import LeanSyncVectorEnv
 
-pytest.importorskip("ale_py")
-pytest.importorskip("cv2")
+pytestmark = pytest.mark.needs("atari")
 
 
 def play_until_done(env, seed=0, limit=5_000):

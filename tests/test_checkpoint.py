@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import needs_of_env
 
 from gymlab import checkpoint
 from gymlab.errors import GymlabError
@@ -87,7 +88,13 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, monk
     assert not (tmp_path / "pwned.txt").exists()
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "FrozenLake-v1", "Taxi-v4", "InvertedPendulum-v5"])
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        pytest.param(e, marks=needs_of_env(e))
+        for e in ["CartPole-v1", "FrozenLake-v1", "Taxi-v4", "InvertedPendulum-v5"]
+    ],
+)
 def test_env_state_restores_the_running_episode(env_id):
     def make():
         return gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))
@@ -113,6 +120,7 @@ def test_env_state_restores_the_running_episode(env_id):
             np.testing.assert_allclose(oa, ob)  # the env's generator was restored too
 
 
+@pytest.mark.needs("box2d")
 def test_opaque_simulators_are_not_claimed_restorable():
     from gymlab.registry import make_vec_env
 

@@ -6,8 +6,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from clihelp import assert_nothing_lost, assert_ok, gymlab, snapshot
+from conftest import gymlab_inprocess
 
 from gymlab import checkpoint
 
@@ -174,3 +177,54 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     )
     step = checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"]
     assert 0 < step < 50_000_000
+
+
+# --- eval and watch read any run, whatever it was trained with ------------------------------------------------
+
+CYCLE = {
+    "reinforce-8-envs": ["reinforce", "CartPole-v1", "--steps", "320", "num_envs=8", "hidden_sizes=[8]"],
+    "dqn-2-envs-save-replay": [
+        "dqn",
+        "CartPole-v1",
+        "--steps",
+        "200",
+        "num_envs=2",
+        "save_replay=true",
+        "net_arch=[8]",
+    ],
+}
+CYCLE_COMMANDS = {
+    "eval": ["eval", "RUN", "--json", "--episodes", "2"],
+    "watch": ["watch", "RUN", "--record", "out.mp4", "--episodes", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def cycle_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One run per CYCLE entry, trained in-process."""
+    trained = {}
+    for name, args in CYCLE.items():
+        run = tmp_path_factory.mktemp("cycle") / name
+        result = gymlab_inprocess("train", *args, "eval_episodes=1", "--run-dir", run)
+        assert result.code == 0, result.ok()
+        trained[name] = run
+    return trained
+
+
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, marks=[pytest.mark.needs("ffmpeg")] if c == "watch" else []) for c in CYCLE_COMMANDS]
+)
+@pytest.mark.parametrize("run_name", CYCLE)
+def test_eval_and_watch_read_runs_of_several_envs_and_a_saved_replay(
+    cycle_runs: dict[str, Path], run_name: str, command: str, tmp_path: Path
+):
+    run = cycle_runs[run_name]
+    before = snapshot(run)
+    args = [str(run) if a == "RUN" else a for a in CYCLE_COMMANDS[command]]
+    proc = gymlab(*args, cwd=tmp_path)
+    assert_ok(proc)
+    if command == "eval":
+        assert json.loads(proc.out.strip().splitlines()[-1])["episodes"] == 2
+    else:
+        assert (tmp_path / "out.mp4").stat().st_size > 0
+    assert_nothing_lost(run, before)

@@ -1,6 +1,9 @@
 """Config resolution: presets, files, overrides and flags; strict validation with helpful errors."""
 
+from pathlib import Path
+
 import pytest
+from clihelp import assert_one_line, gymlab
 
 from gymlab.config import apply_overrides, load_yaml, resolve
 from gymlab.errors import GymlabError
@@ -206,3 +209,22 @@ def test_a_run_file_that_is_not_utf8_is_named(cli, tmp_path):
     proc = cli("compare", "r", "--out", "c.png", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.startswith("gymlab: error: run file r/config.yaml is not UTF-8 text")
+
+
+# --- non-finite values through `python -m gymlab train` ------------------------------------------------
+
+NON_FINITE_CLI = {
+    "lr-inf": (["tabular_q", "Taxi-v4", "learning_rate=inf"], "learning_rate"),
+    "initial-q-nan": (["tabular_q", "Taxi-v4", "initial_q=.nan"], "initial_q"),
+    "gamma-nan": (["dqn", "CartPole-v1", "gamma=.nan"], "gamma"),
+    "eps-minus-inf": (["dqn", "CartPole-v1", "exploration_final_eps=-.inf"], "exploration_final_eps"),
+    "reinforce-lr-inf": (["reinforce", "CartPole-v1", "learning_rate=.inf"], "learning_rate"),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE_CLI)
+def test_non_finite_values_on_the_command_line_are_one_line_before_any_folder(tmp_path: Path, case: str):
+    argv, fragment = NON_FINITE_CLI[case]
+    proc = gymlab("train", *argv, "--run-dir", "r", cwd=tmp_path)
+    assert_one_line(proc, 2, fragment)
+    assert not (tmp_path / "r").exists()

@@ -1,4 +1,4 @@
-"""The contract every agent and every shipped preset keeps through every command (issue 11).
+"""The contract every agent and every shipped preset keeps through every command.
 
 Cases are data, never code: every shipped preset (``gymlab.config.shipped_configs()``), plus, for
 each registered agent that has no preset, the first env of :data:`CANDIDATE_ENVS` whose spaces its
@@ -25,8 +25,9 @@ step ``stop`` it sends SIGINT to this process; the loop's Ctrl-C handling then s
 steps and saves the checkpoint, exactly as a user's Ctrl-C would. (No ``stop_at`` is used.)
 
 Every command runs in-process through ``gymlab.cli.main`` (no signal or exit code is under test
-here; those are in test_regressions.py). One module-scoped fixture per case trains the runs, and
-all tests of a case share an xdist group, so ``pytest -n 2`` trains each case once.
+here; those are in test_cli.py, test_cli_errors.py, test_interrupts.py and test_runs.py). One
+module-scoped fixture per case trains the runs, and all tests of a case share an xdist group, so
+``pytest -n 2`` trains each case once.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import Result, ctrl_c_after_update, gymlab_inprocess
+from conftest import Result, ctrl_c_after_update, gymlab_inprocess, needs_of_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint, registry
@@ -146,7 +147,7 @@ def contract_cases() -> list[Case]:
 CASES = contract_cases()
 
 
-#: Tests that fail on main until the issue-11 fix named lands: ``(test, case id pattern) -> reason``.
+#: Tests that fail on main until the fix named lands: ``(test, case id pattern) -> reason``.
 #: Strict, so a case that starts passing shows up (XPASS) and its line here is deleted.
 PENDING: dict[tuple[str, str], str] = {}
 
@@ -162,7 +163,7 @@ SKIPPED: dict[str, str] = {
 
 
 def _marks(test: str, case: Case) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.xdist_group(f"contract-{case.id}")]
+    marks = [pytest.mark.xdist_group(f"contract-{case.id}"), *needs_of_env(case.env)]
     if case.id in SKIPPED:
         marks.append(pytest.mark.skip(reason=SKIPPED[case.id]))
     for (name, pattern), reason in PENDING.items():
@@ -335,6 +336,7 @@ def test_eval_json(case: Case, runs: Runs, which: str) -> None:
         assert result["step"] == case.steps, result
 
 
+@pytest.mark.needs("ffmpeg")
 def test_watch_record(case: Case, runs: Runs, tmp_path: Path) -> None:
     run = trained(runs)
     out = tmp_path / "out.mp4"

@@ -5,12 +5,14 @@ import math
 import os
 import re
 import signal
+from pathlib import Path
 from typing import ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from clihelp import assert_ok, assert_one_line, gymlab, tensors, write_user_modules
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -520,7 +522,7 @@ def test_a_signal_during_an_evaluation_or_a_video_stops_the_run_with_a_checkpoin
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_real_signal_stops_gymlab_train_while_it_evaluates_a_policy_stuck_against_a_wall(tmp_path, sig):
-    """Issue 11's reproduction: CliffWalking has no time limit and an untrained greedy policy walks into the
+    """CliffWalking has no time limit and an untrained greedy policy walks into the
     wall for good, so the evaluation at step 500 would last its whole cap (here 10^9 steps); a signal
     must stop it at its next step."""
     import subprocess
@@ -669,3 +671,46 @@ def test_lean_vector_env_final_infos_hold_the_last_observation_and_the_episode_a
     assert set(final) == {"episode", "_episode"} and final["_episode"].tolist() == [True, False]
     assert final["episode"]["r"][0] == info["episode"]["r"] and final["episode"]["l"][0] == info["episode"]["l"]
     envs.close()
+
+
+# --- evaluation always ends, from the command line --------------------------------------------------
+
+# CliffWalking registers no time limit; an untrained greedy tabular policy walks into the top wall for good.
+NO_TIME_LIMIT = ["tabular_q", "CliffWalking-v1", "--steps", "300", "eval_every=0", "eval_episodes=1"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param([], id="default-cap"), pytest.param(["eval_max_steps=50"], id="own-cap")],
+)
+def test_train_and_eval_on_an_env_without_time_limit_end_at_the_cap_and_say_so(tmp_path: Path, extra: list[str]):
+    trained = gymlab("train", *NO_TIME_LIMIT, *extra, "--run-dir", "r", cwd=tmp_path, timeout=180)
+    assert_ok(trained)
+    assert "eval_max_steps" in trained.out + trained.err, trained.show()  # hitting the cap is logged
+    evaluated = gymlab("eval", "r", "--json", "--episodes", "2", cwd=tmp_path, timeout=180)
+    assert_ok(evaluated)
+    assert "eval_max_steps" in evaluated.err, evaluated.show()
+
+
+# --- a non-finite reward, observation or loss, from the command line ----------------------------------
+
+NON_FINITE_RUNS = {
+    "nan-reward": (["tabular_q", "userenvs:NaNReward"], ["reward", "step"]),
+    "nan-observation": (["dqn", "userenvs:NaNObs", "net_arch=[8]", "learning_starts=8"], ["observation", "step"]),
+    "diverging-loss": (["dqn", "CartPole-v1", "learning_rate=1e30", "net_arch=[8]", "learning_starts=8"], ["step"]),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE_RUNS)
+def test_gymlab_train_stops_on_a_non_finite_number_in_one_line_keeping_only_finite_checkpoints(
+    tmp_path: Path, case: str
+):
+    argv, fragments = NON_FINITE_RUNS[case]
+    write_user_modules(tmp_path)
+    run_keys = ["--steps", "3000", "checkpoint_every=10", "eval_every=0", "eval_episodes=1"]
+    proc = gymlab("train", *argv, *run_keys, "--run-dir", "r", cwd=tmp_path)
+    assert_one_line(proc, 2, *fragments)
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    if last.exists():
+        state = checkpoint.load(last)["agent_state"]
+        assert all(bool(torch.isfinite(t.float()).all()) for t in tensors(state)), "a non-finite checkpoint was kept"

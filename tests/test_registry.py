@@ -8,6 +8,7 @@ from typing import Any
 
 import gymnasium as gym
 import pytest
+from conftest import missing_optional
 
 from gymlab import registry
 from gymlab.errors import GymlabError
@@ -176,6 +177,7 @@ def test_bad_env_input_on_the_command_line(tmp_path, case):
 def test_auto_vectorization_resolves_per_env() -> None:
     assert registry.effective_vectorization("CartPole-v1", {}, [], "auto") == "sync"
     assert registry.effective_vectorization("CartPole-v1", {}, [], "async") == "async"
-    pytest.importorskip("ale_py")
+    if reason := missing_optional("atari"):
+        pytest.skip(reason)
     assert registry.effective_vectorization("PongNoFrameskip-v4", {}, ["atari"], "auto") == "native"
     assert registry.effective_vectorization("PongNoFrameskip-v4", {}, [], "auto") == "sync"

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import needs_of_env
 from gymlab.agents.reinforce import (
     Reinforce,
     ReinforceConfig,
@@ -282,12 +283,14 @@ def test_learns_cartpole(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs("mujoco")
 def test_learns_inverted_pendulum(tmp_path):
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, ["eval_every=0"], seed=0)
     result = train(cfg, tmp_path)
     assert result.last_eval is not None and result.last_eval >= 500, result.last_eval
 
 
+@pytest.mark.needs("mujoco")
 def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
     overrides = ["steps=4000", "num_envs=2", "eval_every=0", "eval_episodes=2", "checkpoint_every=0"]
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, [*overrides, "episodes_per_update=4"], seed=3)
@@ -308,14 +311,17 @@ def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
     assert torch.equal(a["policy"]["log_std"], b["policy"]["log_std"])
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "InvertedPendulum-v5"])
+@pytest.mark.parametrize(
+    "env_id", [pytest.param(e, marks=needs_of_env(e)) for e in ["CartPole-v1", "Acrobot-v1", "InvertedPendulum-v5"]]
+)
 def test_presets_validate(env_id):
     cfg = resolve("reinforce", env_id, None, [], seed=0)
     assert cfg.run.agent == "reinforce" and isinstance(cfg.hparams, ReinforceConfig)
     assert cfg.run.num_envs > 1 and cfg.hparams.baseline == "value"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+@pytest.mark.needs("mujoco")
 def test_trains_and_round_trips_on_cuda(tmp_path):
     overrides = ["steps=2000", "num_envs=2", "eval_every=0", "eval_episodes=2", "episodes_per_update=2"]
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, overrides, seed=0, device="cuda")

@@ -178,7 +178,9 @@ def test_pixel_memory_stores_each_frame_once():
     # frame + int64 action + float32 reward + terminated, truncated, has-transition, offset bytes
     per_transition = 84 * 84 + 8 + 4 + 4
     assert buf.nbytes == capacity * per_transition
-    assert 1_000_000 * per_transition < 7.5e9  # 1M Atari slots: 7.07 GB, under issue 14's 7.5 GB
+    assert (
+        1_000_000 * per_transition < 7.5e9
+    )  # 1M Atari slots: 7.07 GB, under the 7.5 GB an Atari run may use for its memory
     naive = ReplayBuffer(capacity, 2, (4, 84, 84), np.uint8, frame_stack=1)  # a whole stack per slot
     assert naive.nbytes > 3.9 * buf.nbytes
 

@@ -1,14 +1,19 @@
 """Exact resume: a run stopped and resumed ends where an uninterrupted one does, with the same curve;
-a kill -9 while a checkpoint is being written leaves a resumable run."""
+a kill -9 while a checkpoint is being written leaves a resumable run; DQN's resume is exact by default
+(its replay memory travels in the checkpoint) and says so when the memory is over its save budget."""
 
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from clihelp import tensors
+from conftest import ctrl_c_after_update, gymlab_inprocess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint
@@ -98,3 +103,34 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, cli):
     whole = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "whole", "--seed", "2", *args)
     assert whole.returncode == 0, whole.stderr
     np.testing.assert_array_equal(q_table(run), q_table(tmp_path / "whole"))
+
+
+# --- DQN through the command line: stopped by Ctrl-C after an update, then resumed ------------------
+
+DQN_RESUMES = {
+    # case: (overrides, exact)
+    "default": ([], True),
+    "two-envs": (["num_envs=2"], True),
+    "ring-wraps": (["buffer_size=64"], True),
+    "over-budget": (["replay_save_budget_mb=0.0001"], False),
+}
+
+
+@pytest.mark.parametrize("case", DQN_RESUMES)
+def test_dqn_resume_is_exact_by_default_and_says_so_when_its_memory_is_not_saved(tmp_path: Path, case: str):
+    overrides, exact = DQN_RESUMES[case]
+    args = ["train", "dqn", "CartPole-v1", "--steps", "320", "eval_every=160", "eval_episodes=1", "checkpoint_every=64"]
+    args += ["net_arch=[8]", "learning_starts=16", "train_freq=4", "batch_size=8", *overrides]
+    whole = gymlab_inprocess(*args, "--run-dir", tmp_path / "whole")
+    assert whole.code == 0, whole.ok()
+    with ctrl_c_after_update("dqn", 200):
+        stopped = gymlab_inprocess(*args, "--run-dir", tmp_path / "parts")
+    assert stopped.code == 130, stopped.ok()
+    resumed = gymlab_inprocess("train", "--resume", tmp_path / "parts")
+    assert resumed.code == 0, resumed.ok()
+    a = checkpoint.load(tmp_path / "whole" / "checkpoints" / "last.pt")["agent_state"]
+    b = checkpoint.load(tmp_path / "parts" / "checkpoints" / "last.pt")["agent_state"]
+    same = all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b), strict=True))
+    assert same == exact
+    if not exact:  # said plainly, at save and at resume
+        assert "replay" in stopped.out + stopped.err and "replay" in resumed.out + resumed.err, resumed.ok()

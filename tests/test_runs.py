@@ -5,14 +5,26 @@ import contextlib
 import errno
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
+from clihelp import (
+    Child,
+    assert_nothing_lost,
+    assert_ok,
+    assert_one_line,
+    copy_run,
+    gymlab,
+    resave,
+    snapshot,
+    step_of,
+)
 
 from gymlab import checkpoint, runs
 from gymlab.cli import main
@@ -74,15 +86,6 @@ def one_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> s
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-def step_of(path: Path) -> int:
-    return int(checkpoint.load(path)["loop"]["step"])
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder except its lock, by relative path."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
 
 
 # --- one writer -------------------------------------------------------------------------------
@@ -171,8 +174,6 @@ def test_a_checkpoint_from_another_run_is_refused(cli, tmp_path, other, fragment
     ids=["cuda", "env-crash"],
 )
 def test_a_failed_start_leaves_nothing_that_blocks_the_retry(cli, tmp_path, helper, args, fragment):
-    if "cuda" in args and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     for _ in range(2):  # the retry fails for the same reason, not because of the first attempt
         one_line(cli("train", *args, "--run-dir", "r", "--steps", "1000"), 2, fragment)
         assert not (tmp_path / "r").exists()
@@ -402,3 +403,157 @@ def test_trust_is_checked_before_any_import(tmp_path):
     assert runs.foreign_code(builtin) == [] and runs.foreign_code({**builtin, "agent": "gymlab.agents.dqn:DQN"}) == []
     with pytest.raises(GymlabError, match=r"--trust evil\b"):
         runs.check_trust(config, "somewhere")
+
+
+# --- a copy of a trained run: reads and resumes that must not write ------------------------------------
+
+
+def _as_is(run: Path, tmp: Path, cartpole: Path) -> None:
+    pass
+
+
+def _foreign(run: Path, tmp: Path, cartpole: Path) -> None:
+    shutil.copy(cartpole / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+
+
+RESUMES = {
+    # case: (prepare the run folder, argv, fragments)
+    "resume-from-best": (_as_is, ["train", "--resume", "RUN/checkpoints/best.pt", "--steps", "4000"], ["best.pt"]),
+    "foreign-eval": (_foreign, ["eval", "RUN"], ["last.pt"]),
+    "foreign-watch": (_foreign, ["watch", "RUN", "--record", "w.mp4", "--episodes", "1"], ["last.pt"]),
+    "foreign-resume": (_foreign, ["train", "--resume", "RUN", "--steps", "4000"], ["last.pt"]),
+}
+
+
+@pytest.mark.parametrize("case", RESUMES)
+def test_reads_and_resumes_refuse_a_foreign_or_older_checkpoint_without_writing(
+    taxi_run: Path, cartpole_dqn_run: Path, tmp_path: Path, case: str
+):
+    prepare, argv, fragments = RESUMES[case]
+    run = copy_run(taxi_run, tmp_path / "run")
+    prepare(run, tmp_path, cartpole_dqn_run)
+    before = snapshot(run)
+    proc = gymlab(*[a.replace("RUN", str(run)) for a in argv], cwd=tmp_path)
+    assert_one_line(proc, 2, *fragments)
+    assert_nothing_lost(run, before)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param(["train", "--resume", "RUN", "--steps", "2500"], id="resume"),
+        pytest.param(["train", "--resume", "RUN/checkpoints/last.pt", "--steps", "2500"], id="resume-checkpoint"),
+    ],
+)
+def test_a_second_writer_is_refused_while_the_first_trains_and_its_checkpoints_only_advance(
+    taxi_run: Path, tmp_path: Path, second: list[str]
+):
+    run = copy_run(taxi_run, tmp_path / "run")
+    events = len(list(run.glob("events.out.tfevents.*")))
+    first = Child(["train", "--resume", run, "--steps", "50000000"], tmp_path)  # a checkpoint every 500 steps
+    try:
+        deadline = time.time() + 120
+        while len(list(run.glob("events.out.tfevents.*"))) <= events and first.popen.poll() is None:
+            assert time.time() < deadline, "the first writer never started"
+            time.sleep(0.05)
+        seen = step_of(run / "checkpoints" / "last.pt")
+        proc = gymlab(*[a.replace("RUN", str(run)) for a in second], cwd=tmp_path)
+        assert_one_line(proc, 2, str(run.name))
+        assert first.popen.poll() is None, "the first writer died"
+        assert step_of(run / "checkpoints" / "last.pt") >= seen
+    finally:
+        first.popen.send_signal(signal.SIGINT)
+        first_proc = first.wait(timeout=60)
+    assert first_proc.code == 130, first_proc.show()
+    assert step_of(run / "checkpoints" / "last.pt") > 2000
+
+
+# --- a run folder names no code gymlab imports (it may come from anyone) ------------------------------
+
+PLANTED_HELPER = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+import gymnasium as gym
+from gymlab.agents.tabular_q import TabularQ as Agent
+Env = gym.make("Taxi-v4").unwrapped.__class__
+def wrap(env, *, train):
+    return env
+"""
+
+
+def _plant(run: Path, marker: Path, key: str, value: Any) -> None:
+    """Name ``value`` under ``key`` in the run's config.yaml and in both its checkpoints; put helper.py beside."""
+    import yaml
+
+    (run / "helper.py").write_text(PLANTED_HELPER.format(marker=str(marker)))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config[key] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name in ("last.pt", "best.pt"):
+        payload = checkpoint.load(run / "checkpoints" / name)
+        payload["config"][key] = value
+        if key in payload:
+            payload[key] = value
+        resave(run / "checkpoints" / name, payload)
+
+
+PLANTED = {"agent": "helper:Agent", "env": "helper:Env", "wrappers": ["helper:wrap"]}
+READERS = {
+    "eval": ["eval", "."],
+    "watch": ["watch", ".", "--record", "w.mp4", "--episodes", "1"],
+    "resume": ["train", "--resume", ".", "--steps", "4000"],
+}
+
+
+@pytest.mark.parametrize("command", READERS)
+@pytest.mark.parametrize("key", PLANTED)
+def test_a_run_folder_naming_its_own_code_is_refused_without_importing_it(
+    taxi_run: Path, tmp_path: Path, key: str, command: str
+):
+    run = copy_run(taxi_run, tmp_path / "run")
+    marker = tmp_path / "IMPORTED"
+    _plant(run, marker, key, PLANTED[key])
+    before = snapshot(run)
+    proc = gymlab(*READERS[command], cwd=run)  # `python -m` puts the run folder first on sys.path
+    assert_one_line(proc, 2, "helper")
+    assert not marker.exists(), "gymlab imported helper.py from the run folder"
+    assert_nothing_lost(run, before)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_run_folder_is_refused_in_one_line_and_loses_nothing(taxi_run: Path, tmp_path: Path):
+    run = copy_run(taxi_run, tmp_path / "run")
+    before = snapshot(run)
+    for path in [run, *run.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        proc = gymlab("train", "--resume", run, "--steps", "4000", cwd=tmp_path)
+    finally:
+        for path in [run, *run.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert_one_line(proc, 2, str(run.name))
+    assert_nothing_lost(run, before)
+
+
+# --- a failed start, then the same command succeeds ----------------------------------------------------
+
+FAILED_STARTS = {
+    # case: (what makes the first try fail, fragment)
+    "no-cuda": (["--device", "cuda"], "cuda"),
+    "env-kwargs": (["env_kwargs.map_name=9x9"], "map_name"),
+    "full-disk": (["--fsize"], "last.pt"),  # the first checkpoint cannot be written
+}
+
+
+@pytest.mark.parametrize("case", FAILED_STARTS)
+def test_a_failed_first_try_leaves_nothing_in_the_way_of_the_retry(tmp_path: Path, case: str):
+    extra, fragment = FAILED_STARTS[case]
+    args = ["train", "tabular_q", "Taxi-v4", "--steps", "2000", "checkpoint_every=500", "--run-dir", "r"]
+    if case == "env-kwargs":
+        args[2] = "FrozenLake-v1"
+    fsize = 20_000 if extra == ["--fsize"] else None  # Taxi's Q-table alone is 24 kB
+    first = gymlab(*args, *[e for e in extra if e != "--fsize"], cwd=tmp_path, fsize=fsize)
+    assert_one_line(first, 2, fragment)
+    retry = gymlab(*args, cwd=tmp_path)
+    assert_ok(retry)
+    assert step_of(tmp_path / "r" / "checkpoints" / "last.pt") == 2000

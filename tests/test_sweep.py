@@ -158,6 +158,7 @@ def test_cli_import_stays_light() -> None:
 # ---- pruning inside the runs ------------------------------------------------------------------
 
 
+@pytest.mark.needs("sweep")
 def test_prune_check_reports_the_mean_over_seeds_and_stops_every_seed(tmp_path: Path) -> None:
     import optuna
 
@@ -188,6 +189,7 @@ def test_prune_check_reports_the_mean_over_seeds_and_stops_every_seed(tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_local_sweep_of_four_trials(tmp_path: Path) -> None:
     sweep = sw.load_sweep(write_sweep(tmp_path, TAXI), max_concurrent=2)
     result = sw.run_sweep(sweep, tmp_path / "sweep", backend="local")
@@ -200,8 +202,10 @@ def test_local_sweep_of_four_trials(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.needs("sweep", "ray")
 def test_ray_sweep_of_four_trials(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         sweep = sw.load_sweep(write_sweep(tmp_path, TAXI), max_concurrent=2)
@@ -216,6 +220,7 @@ def test_ray_sweep_of_four_trials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_a_crashing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
     data = {**TAXI, "agent": "test_sweep:ExplodingQ", "base": {**TAXI["base"], "steps": 5000}}
     data["space"] = {"learning_rate": [0.2, 0.9, 0.3]}
@@ -232,6 +237,7 @@ def test_a_crashing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, TAXI)
     folder = tmp_path / "sweep"
@@ -269,6 +275,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_tpe_with_median_pruning_stops_bad_trials(tmp_path: Path) -> None:
     data = {
         **TAXI,
@@ -289,6 +296,7 @@ def test_tpe_with_median_pruning_stops_bad_trials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_cli_sweep_then_train_best(tmp_path: Path) -> None:
     from conftest import run_cli
 
@@ -346,6 +354,7 @@ class InlineBackend:
 SMALL = {**TAXI, "base": {**TAXI["base"], "steps": 3000, "eval_every": 1500}}
 
 
+@pytest.mark.needs("sweep")
 def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path) -> None:
     sweep = sw.load_sweep(write_sweep(tmp_path, SMALL))
     stopped = InlineBackend(stop_trial=1)
@@ -361,6 +370,7 @@ def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path
     assert [r.state for r in second.rows] == ["complete"] * 4
 
 
+@pytest.mark.needs("sweep")
 def test_grid_search_is_optunas_grid_sampler(tmp_path: Path) -> None:
     import optuna
 
@@ -392,6 +402,7 @@ def test_sweep_without_optuna_names_the_extra(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.needs("sweep")
 def test_ctrl_c_while_the_summary_is_written_exits_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -410,6 +421,7 @@ def test_ctrl_c_while_the_summary_is_written_exits_130(
 
 
 @pytest.mark.slow
+@pytest.mark.needs("sweep")
 def test_ctrl_c_during_a_sweep_exits_130_with_one_line(tmp_path: Path) -> None:
     data = {**TAXI, "base": {**TAXI["base"], "steps": 2_000_000, "eval_every": 1_000_000}}
     data["space"] = {"learning_rate": [0.5]}

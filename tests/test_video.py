@@ -16,6 +16,8 @@ from gymlab.agent import Agent, load_agent_class
 from gymlab.config import validate
 from gymlab.loop import train
 
+pytestmark = pytest.mark.needs("ffmpeg")  # mp4 writing and reading
+
 TEXT_ENV = "GymlabTestTokens-v0"
 
 

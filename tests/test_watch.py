@@ -19,6 +19,8 @@ from gymlab import watch as w
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import train
 
+pytestmark = pytest.mark.needs("ffmpeg")  # mp4 writing and reading
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

@@ -3,10 +3,14 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from clihelp import assert_nothing_lost, assert_ok, copy_run, gymlab, snapshot
 
 from gymlab import video
+
+pytestmark = pytest.mark.needs("ffmpeg")  # the fallback writes an mp4
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +46,24 @@ def test_an_unusable_video_driver_falls_back_to_the_mp4(run_folder, case):
     assert f"cannot open a window (SDL_VIDEODRIVER={driver!r}" in line
     written = line.rsplit("wrote ", 1)[1]
     assert len(video.read_frames(run_folder.parent / written)) >= 1
+
+
+# --- the same, with --record naming the file, on a copy of a trained Taxi run -------------------------------
+
+WINDOWLESS = {
+    "empty-driver": {"SDL_VIDEODRIVER": "", "DISPLAY": ":99"},
+    "unknown-driver": {"SDL_VIDEODRIVER": "no-such-driver", "DISPLAY": ":99"},
+    "no-server": {"SDL_VIDEODRIVER": "x11", "DISPLAY": ":99"},
+}
+
+
+@pytest.mark.parametrize("case", WINDOWLESS)
+def test_watch_with_record_writes_the_named_mp4_when_no_window_opens_and_loses_nothing(
+    taxi_run: Path, tmp_path: Path, case: str
+):
+    run = copy_run(taxi_run, tmp_path / "run")
+    before = snapshot(run)
+    proc = gymlab("watch", run, "--episodes", "1", "--record", "w.mp4", cwd=tmp_path, env=WINDOWLESS[case])
+    assert_ok(proc)
+    assert (tmp_path / "w.mp4").stat().st_size > 0 and "w.mp4" in proc.out, proc.show()
+    assert_nothing_lost(run, before)

@@ -1,0 +1,183 @@
+"""Every bad input to ``python -m gymlab`` is answered with one line on stderr and exit code 2: files that
+are not UTF-8, YAML alias bombs, bad ``env_kwargs``, user envs and modules that raise or misbehave, damaged
+checkpoint internals, bad options, a full disk, impossible agent sizes and missing optional extras (named
+with their install command). No traceback, nothing of the run folder lost, no temp file left behind, and
+a rejected command creates no run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from clihelp import assert_nothing_lost, assert_one_line, copy_run, gymlab, resave, snapshot, write_user_modules
+
+from gymlab import checkpoint
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    body = "\n".join("  " + line for line in lines)
+    return f"steps: 100\nenv_kwargs:\n{body}\n"
+
+
+def _damage(fn: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def apply(run: Path) -> None:
+        path = run / "checkpoints" / "last.pt"
+        payload = checkpoint.load(path)
+        fn(payload)
+        resave(path, payload)
+
+    return apply
+
+
+def _reshape_arrays(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return torch.zeros(3, 1)
+    if isinstance(tree, np.ndarray):
+        return np.zeros((3, 1), tree.dtype)
+    if isinstance(tree, dict):
+        return {k: _reshape_arrays(v) for k, v in tree.items()}
+    return tree
+
+
+def _reshape_agent_state(payload: dict[str, Any]) -> None:
+    payload["agent_state"] = _reshape_arrays(payload["agent_state"])
+
+
+def _files(**files: bytes | str) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        for name, content in files.items():
+            path = folder / name.replace("__", "/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    return write
+
+
+def _nothing(folder: Path) -> None:
+    pass
+
+
+NOT_UTF8 = b"steps: 100\nhparams:\n  gamma: 0.9 # \xff\xfe caf\xe9\n"
+TINY_SWEEP = "agent: tabular_q\nenv: Taxi-v4\nmethod: grid\nspace:\n  learning_rate: [0.1]\nbase: {steps: 100}\n"
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad input: argv (RUN is a copy of a trained Taxi run), files written first, env vars, what must be said."""
+
+    argv: list[str]
+    fragments: list[str]
+    prepare: Callable[[Path], None] = _nothing  # writes files into the working folder
+    damage: Callable[[Path], None] = _nothing  # changes the run folder before the command
+    env: dict[str, str] = field(default_factory=dict)
+    fsize: int | None = None
+    no_folder: bool = False  # the command must not create --run-dir r
+
+
+def _shadow(module: str) -> Callable[[Path], None]:
+    """A package named like an optional dependency that fails to import, first on PYTHONPATH."""
+
+    def write(folder: Path) -> None:
+        package = folder / "shadow" / module
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f'raise ImportError("No module named {module!r} (shadowed)")\n')
+
+    return write
+
+
+def _both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        for step in steps:
+            step(folder)
+
+    return apply
+
+
+SHADOW = {"PYTHONPATH": "shadow"}
+
+BAD_INPUTS: dict[str, Bad] = {
+    # files that are not UTF-8
+    "config-not-utf8": Bad(["train", "tabular_q", "Taxi-v4", "--config", "c.yaml", "--run-dir", "r"], ["c.yaml"],
+                           _files(**{"c.yaml": NOT_UTF8}), no_folder=True),
+    "sweep-not-utf8": Bad(["sweep", "s.yaml", "--run-dir", "sw"], ["s.yaml"], _files(**{"s.yaml": NOT_UTF8})),
+    "run-config-not-utf8": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["config.yaml"],
+                               damage=_files(**{"config.yaml": NOT_UTF8})),
+    # YAML bounded in size and aliases
+    "alias-bomb": Bad(["train", "tabular_q", "Taxi-v4", "--config", "b.yaml", "--run-dir", "r"], ["b.yaml"],
+                      _files(**{"b.yaml": _alias_bomb()}), no_folder=True),
+    # bad env_kwargs values
+    "env-kwargs-unknown-map": Bad(["train", "tabular_q", "FrozenLake-v1", "env_kwargs.map_name=9x9", "--run-dir", "r"],
+                                  ["map_name"], no_folder=True),
+    "env-kwargs-wrong-type": Bad(["train", "tabular_q", "FrozenLake-v1", "env_kwargs.desc=5", "--run-dir", "r"],
+                                 ["desc"], no_folder=True),
+    "env-kwargs-huge-value": Bad(["train", "tabular_q", "FrozenLake-v1", "env_kwargs.map_name=" + "x" * 50_000,
+                                  "--run-dir", "r"], ["map_name"], no_folder=True),
+    # user envs and modules
+    "env-constructor-raises": Bad(["train", "tabular_q", "userenvs:Raises", "--run-dir", "r"], ["userenvs:Raises"],
+                                  write_user_modules, no_folder=True),
+    "env-step-raises": Bad(["train", "tabular_q", "userenvs:StepRaises", "--steps", "100", "--run-dir", "r"],
+                           ["userenvs:StepRaises"], write_user_modules),
+    "env-wrong-shape": Bad(["train", "dqn", "userenvs:WrongShape", "--steps", "100", "net_arch=[8]", "--run-dir", "r"],
+                           ["userenvs:WrongShape"], write_user_modules),
+    "env-module-raises": Bad(["train", "tabular_q", "brokenmod:Env", "--run-dir", "r"], ["brokenmod"],
+                             write_user_modules, no_folder=True),
+    "agent-module-raises": Bad(["train", "brokenmod:Agent", "Taxi-v4", "--run-dir", "r"], ["brokenmod"],
+                               write_user_modules, no_folder=True),
+    # damaged checkpoint internals
+    "ckpt-arrays-reshaped-eval": Bad(["eval", "RUN"], ["checkpoint"], damage=_damage(_reshape_agent_state)),
+    "ckpt-arrays-reshaped-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["checkpoint"],
+                                       damage=_damage(_reshape_agent_state)),
+    "ckpt-no-loop-eval": Bad(["eval", "RUN"], ["checkpoint"], damage=_damage(lambda p: p.pop("loop"))),
+    "ckpt-no-loop-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["checkpoint"],
+                               damage=_damage(lambda p: p.pop("loop"))),
+    "ckpt-rng-garbage-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["checkpoint"],
+                                   damage=_damage(lambda p: p.update(rng={"python": "garbage"}))),
+    "ckpt-agent-state-number-eval": Bad(["eval", "RUN"], ["checkpoint"],
+                                        damage=_damage(lambda p: p.update(agent_state=42))),
+    # options
+    "eval-seed-negative": Bad(["eval", "RUN", "--seed", "-1"], ["--seed"]),
+    # a full disk while writing checkpoints: no temp file left behind
+    "disk-full": Bad(["train", "tabular_q", "Taxi-v4", "--steps", "2000", "checkpoint_every=500", "eval_episodes=1",
+                      "--run-dir", "r"], ["last.pt"], fsize=20_000),
+    # agent sizes
+    "replay-smaller-than-envs": Bad(["train", "dqn", "CartPole-v1", "num_envs=32", "buffer_size=16", "--run-dir", "r"],
+                                    ["buffer_size"], no_folder=True),
+    "net-arch-negative": Bad(["train", "dqn", "CartPole-v1", "net_arch=[-4]", "--run-dir", "r"], ["net_arch"],
+                             no_folder=True),
+    "hidden-sizes-zero": Bad(["train", "reinforce", "CartPole-v1", "hidden_sizes=[0]", "--run-dir", "r"],
+                             ["hidden_sizes"], no_folder=True),
+    # missing extras name their install command
+    "no-ale-py": Bad(["train", "dqn", "PongNoFrameskip-v4", "--steps", "64", "--run-dir", "r"],
+                     ['pip install "gymlab[atari]"'], _shadow("ale_py"), env=SHADOW, no_folder=True),
+    "no-box2d": Bad(["train", "dqn", "LunarLander-v3", "--steps", "64", "--run-dir", "r"],
+                    ['pip install "gymlab[box2d]"'], _shadow("Box2D"), env=SHADOW, no_folder=True),
+    "no-optuna": Bad(["sweep", "s.yaml", "--run-dir", "sw"], ['pip install "gymlab[sweep]"'],
+                     _both(_shadow("optuna"), _files(**{"s.yaml": TINY_SWEEP})), env=SHADOW),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_loses_nothing(taxi_run: Path, tmp_path: Path, case: str):
+    bad = BAD_INPUTS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    bad.prepare(work)
+    run = copy_run(taxi_run, work / "run")
+    bad.damage(run)
+    before = snapshot(run)
+    env = {k: str(work / v) if k == "PYTHONPATH" else v for k, v in bad.env.items()}
+    proc = gymlab(*[a.replace("RUN", str(run)) for a in bad.argv], cwd=work, env=env, fsize=bad.fsize, timeout=180)
+    assert_one_line(proc, 2, *bad.fragments)
+    assert_nothing_lost(run, before)
+    if bad.no_folder:
+        assert not (work / "r").exists(), "a rejected command created its run folder"
+    leftovers = [p for p in work.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, f"temp files left behind: {leftovers}"

@@ -1,0 +1,59 @@
+"""Ctrl-C reaches ``python -m gymlab`` in every phase (start-up, training, eval, watch): exit 130, one
+line on stderr (naming ``--resume`` while training), no traceback, and nothing already written lost;
+an interrupted training run keeps a checkpoint between its start and its budget.
+
+The children start with SIGINT at its default (see ``clihelp``): a child of a non-interactive shell
+would otherwise inherit it ignored and never hear the signal sent here.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from clihelp import Child, assert_nothing_lost, assert_one_line, copy_run, snapshot, step_of
+
+
+def _started(child: Child, _: Path) -> bool:
+    return True
+
+
+def _training(child: Child, cwd: Path) -> bool:
+    return bool(list((cwd / "r").glob("events.out.tfevents.*")))
+
+
+def _busy(cpu: float) -> Callable[[Child, Path], bool]:
+    """Ready once the child has used ``cpu`` seconds of CPU (imports and loading take less)."""
+    return lambda child, _: child.cpu_seconds() >= cpu
+
+
+INTERRUPTS = {
+    # phase: (argv, when to send SIGINT, fragments of the one line)
+    "start-up": (["train", "tabular_q", "Taxi-v4", "--run-dir", "r"], _started, []),
+    "training": (["train", "tabular_q", "Taxi-v4", "--steps", "50000000", "--run-dir", "r"], _training, ["--resume"]),
+    "eval": (["eval", "RUN", "--episodes", "100000000"], _busy(5.0), []),
+    "watch": (["watch", "RUN", "--episodes", "100000", "--record", "w.mp4"], _busy(5.0), []),
+}
+
+
+@pytest.mark.parametrize(
+    "phase", [pytest.param(p, marks=[pytest.mark.needs("ffmpeg")] if p == "watch" else []) for p in INTERRUPTS]
+)
+def test_sigint_in_any_phase_exits_130_with_one_line_and_loses_nothing(taxi_run: Path, tmp_path: Path, phase: str):
+    argv, ready, fragments = INTERRUPTS[phase]
+    run = copy_run(taxi_run, tmp_path / "run")
+    before = snapshot(run)
+    child = Child([str(run) if a == "RUN" else a for a in argv], tmp_path)
+    time.sleep(0.5)  # past the interpreter's own start, into gymlab's imports
+    deadline = time.time() + 120
+    while not ready(child, tmp_path) and child.popen.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.popen.send_signal(signal.SIGINT)
+    proc = child.wait(timeout=60)
+    assert_one_line(proc, 130, *fragments)
+    assert_nothing_lost(run, before)
+    if phase == "training":
+        assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 50_000_000
