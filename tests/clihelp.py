@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from gymlab import checkpoint, runs
+from gymlab.checkpoint import Checkpoint
 
 MEMORY_LIMIT = 4 << 30  # bytes of address space for a child
 OUTPUT_LIMIT = 64 << 10  # bytes of stdout/stderr read back
@@ -148,7 +149,7 @@ def assert_nothing_lost(folder: Path, before: Mapping[str, str]) -> None:
 
 def step_of(path: Path) -> int:
     """The env step a checkpoint was taken at."""
-    return int(checkpoint.load(path)["loop"]["step"])
+    return int(Checkpoint.read(path).step)
 
 
 TAXI_ARGS = ["train", "tabular_q", "Taxi-v4", "--steps", "2000", "eval_every=1000", "checkpoint_every=500"]

@@ -3,7 +3,7 @@
 Every test runs on the CPU unless it is marked ``cuda``: the session-wide fixture ``_cpu_only`` sets
 ``CUDA_VISIBLE_DEVICES=""`` (the gymlab processes the tests start see no device) and makes
 ``torch.cuda.is_available()`` return False in this process, which is what ``device: auto``
-(``gymlab.loop.resolve_device``) and ``gymlab.checkpoint.rng_state`` read. Exact resume is promised for
+(``gymlab.build.resolve_device``) and ``gymlab.checkpoint.rng_state`` read. Exact resume is promised for
 the CPU only, and a GPU machine must run the same suite as a laptop.
 
 Marks (registered in pyproject.toml):
@@ -49,6 +49,7 @@ import torch
 
 from gymlab.agent import load_agent_class
 from gymlab.cli import main
+from gymlab.config import Config, validate
 
 # Tests run two at a time on two cores (pytest -n 2): one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -115,6 +116,11 @@ class Result:
     def ok(self) -> str:
         """The failure message to show when a command expected to succeed did not."""
         return f"gymlab {' '.join(self.argv)} -> {self.code}\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
+
+
+def config_of(data: dict[str, Any]) -> Config:
+    """A config mapping validated against its agent, as a run spec carries it."""
+    return validate(data, load_agent_class(str(data["agent"])))
 
 
 def gymlab_inprocess(*argv: Any) -> Result:

@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict
 from gymlab import agent as agent_module
 from gymlab import checkpoint, runs
 from gymlab.agent import AGENTS, Context, load_agent_class, smoke_hparams
+from gymlab.build import build_policy
 from gymlab.config import resolve
 from gymlab.errors import GymlabError
-from gymlab.loop import evaluate, train
+from gymlab.evaluation import evaluate
+from gymlab.loop import train
 from gymlab.registry import make_vec_env
 
 
@@ -89,11 +91,12 @@ def test_policy_only_load_with_one_env_after_training_with_several(tmp_path: Pat
     env, overrides = PRESETS[agent]
     cfg = smoke_config(agent, env, overrides, steps=480)
     train(cfg, tmp_path)
-    config, ckpt, _ = runs.load_run(tmp_path)
-    assert set(ckpt["agent_state"]) == {"policy", "training"}
-    policy, _, _ = runs.load_policy(config, ckpt, "cpu")
-    assert policy.state_dict()["policy"].keys() == ckpt["agent_state"]["policy"].keys()
-    for key, value in ckpt["agent_state"]["policy"].items():
+    loaded = runs.load_run(tmp_path)
+    config, ckpt = loaded.config, loaded.checkpoint
+    assert set(ckpt.agent_state) == {"policy", "training"}
+    policy = build_policy(config, ckpt, "cpu")
+    assert policy.state_dict()["policy"].keys() == ckpt.agent_state["policy"].keys()
+    for key, value in ckpt.agent_state["policy"].items():
         mine = policy.state_dict()["policy"][key]
         if isinstance(value, dict):  # a torch state dict
             assert all(torch.equal(mine[k], v) for k, v in value.items()), key
@@ -119,10 +122,11 @@ def test_reinforce_preset_run_evaluates_from_the_command_line(cli):
 def test_a_checkpoint_without_a_policy_state_is_refused_in_one_line(tmp_path: Path):
     cfg = smoke_config("tabular_q", "FrozenLake-v1", [], steps=50)
     train(cfg, tmp_path)
-    config, ckpt, _ = runs.load_run(tmp_path)
-    ckpt["agent_state"] = {"q": ckpt["agent_state"]["policy"]["q"]}  # an older, unsplit state
+    loaded = runs.load_run(tmp_path)
+    config, ckpt = loaded.config, loaded.checkpoint
+    ckpt.agent_state = {"q": ckpt.agent_state["policy"]["q"]}  # an older, unsplit state
     with pytest.raises(GymlabError, match="holds no policy state"):
-        runs.load_policy(config, ckpt, "cpu")
+        build_policy(config, ckpt, "cpu")
 
 
 # --- config checks: one line, exit 2, before any folder ---------------------------------------

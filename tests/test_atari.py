@@ -6,7 +6,8 @@ import pytest
 import torch
 from gymlab.envs.atari import AtariVectorEnv, EpisodicLifeEnv, clip_reward, wrap_atari
 
-from gymlab import checkpoint, registry
+from gymlab import registry
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
 from gymlab.errors import GymlabError
 from gymlab.loop import train
@@ -251,7 +252,7 @@ def test_dqn_learns_from_several_native_envs_into_one_frame_per_step_memory(tmp_
     result = train(cfg, tmp_path)
     assert result.step == 320 and result.episodes == 0  # no whole game ends in 80 random steps per env
     assert result.checkpoint is not None
-    state = checkpoint.load(result.checkpoint)["agent_state"]["training"]["replay"]
+    state = Checkpoint.read(result.checkpoint).agent_state["training"]["replay"]
     ends = state["terminated"].sum(axis=1)  # (4,) lost lives, each starting a new training episode
     assert (ends > 0).all()
     # One 84x84 frame per step, plus each episode's first: not 4 stacked frames per observation, nor a next one.

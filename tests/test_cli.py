@@ -12,7 +12,7 @@ import pytest
 from clihelp import assert_nothing_lost, assert_ok, gymlab, snapshot
 from conftest import gymlab_inprocess
 
-from gymlab import checkpoint
+from gymlab.checkpoint import Checkpoint
 
 
 def assert_one_line_error(proc, *fragments):
@@ -138,7 +138,7 @@ def test_resume_continues_to_a_larger_budget(cli, tmp_path):
     assert_one_line_error(cli("train", "--resume", "r"), "already reached step 1,000", "--steps")
     more = cli("train", "--resume", "r", "--steps", "3000")
     assert more.returncode == 0, more.stderr
-    assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"] == 3000
+    assert Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step == 3000
     assert_one_line_error(cli("train", "--resume", "r", "tabular_q"), "--resume continues a run")
 
 
@@ -175,7 +175,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         "interrupted at step",
         "gymlab train --resume r",
     )
-    step = checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"]
+    step = Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step
     assert 0 < step < 50_000_000
 
 

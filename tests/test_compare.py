@@ -13,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from gymlab import compare as cmp
 from gymlab import report
 from gymlab import tblog as tb
+from gymlab.config import slug
 from gymlab.errors import GymlabError
 
 METRIC = tb.EVAL_RETURN
@@ -254,8 +255,8 @@ def test_tensorboard_groups_a_configs_seeds_without_writing_any_curve_twice(tmp_
     def run(name, seed, gamma):
         data = {"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000, "seed": seed, "hparams": {"gamma": gamma}}
         data |= {"eval_every": 500, "eval_episodes": 2, "log_every": 250}
-        config = validate(data, load_agent_class("tabular_q").Config)
-        folder = runs.create_run_dir(config, tmp_path / "Taxi-v4" / "tabular_q" / name)
+        config = validate(data, load_agent_class("tabular_q"))
+        folder = runs.RunFolder.create(config, tmp_path / "Taxi-v4" / "tabular_q" / name).path
         return config.to_dict(), folder, train(config, folder).last_eval
 
     (a0, a0_dir, a0_eval), (_, a1_dir, a1_eval) = run("a-s0", 0, 0.9), run("a-s1", 1, 0.9)
@@ -288,7 +289,7 @@ def test_tensorboard_groups_a_configs_seeds_without_writing_any_curve_twice(tmp_
 def test_runs_owns_the_layout_compare_reads(tmp_path):
     from gymlab import runs
 
-    assert runs.slug("pkg.mod:My Env/v0") == "pkg.mod.My.Env.v0"  # no "/" to split a folder or a tag
+    assert slug("pkg.mod:My Env/v0") == "pkg.mod.My.Env.v0"  # no "/" to split a folder or a tag
     logged = write_run(tmp_path / "CartPole-v1" / "dqn" / "r0", config(), [(0, 1.0)])
     (tmp_path / "CartPole-v1" / "dqn" / "r1").mkdir()
     (tmp_path / "CartPole-v1" / "dqn" / "r1" / "config.yaml").write_text("agent: dqn\n")  # failed before logging

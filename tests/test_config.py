@@ -80,11 +80,11 @@ def test_unknown_agent_suggests_the_closest():
 
 def test_resolved_config_round_trips_through_its_dict():
     cfg = resolve("tabular_q", "FrozenLake-v1", None, ["seed=4"])
-    from gymlab.agents.tabular_q import TabularQConfig
+    from gymlab.agents.tabular_q import TabularQ
 
     from gymlab.config import validate
 
-    assert validate(cfg.to_dict(), TabularQConfig).to_dict() == cfg.to_dict()
+    assert validate(cfg.to_dict(), TabularQ).to_dict() == cfg.to_dict()
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:

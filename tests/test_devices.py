@@ -10,7 +10,7 @@ import torch
 from conftest import OPTIONAL, missing_optional, optional_of_env
 
 from gymlab import checkpoint
-from gymlab.loop import resolve_device
+from gymlab.build import resolve_device
 
 
 def test_device_auto_resolves_to_the_cpu_here():

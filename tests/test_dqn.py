@@ -10,6 +10,7 @@ from gymlab.replay import ReplayBuffer
 
 from gymlab import checkpoint
 from gymlab.agent import Context, Transition
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve, validate
 from gymlab.loop import train
 
@@ -33,7 +34,7 @@ def config(env="CartPole-v1", steps=50_000, seed=0, **hparams):
         "checkpoint_every": 0,
         "hparams": hparams,
     }
-    return validate(data, DQNConfig)
+    return validate(data, DQN)
 
 
 def make_agent(obs_space, act_space, num_envs=1, **hp) -> DQN:
@@ -196,7 +197,7 @@ def test_cartpole_fails_with_broken_learning(tmp_path, monkeypatch, broken):
 
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]
+    state = Checkpoint.read(run_dir / "checkpoints" / "last.pt").agent_state
     return {**{f"online.{k}": v for k, v in state["policy"]["online"].items()}, **state["training"]["replay"]}
 
 
@@ -220,8 +221,8 @@ def test_exact_resume_with_the_replay_memory_saved(tmp_path, double_dqn, n_steps
     train(cfg, whole)
     first = train(cfg, part, stop_at=1150)
     assert first.interrupted and first.step == 1150
-    ckpt = checkpoint.load(part / "checkpoints" / "last.pt")
-    assert ckpt["agent_state"]["training"]["replay"]["frames"].shape[1] > 1000  # the memory travelled with it
+    ckpt = Checkpoint.read(part / "checkpoints" / "last.pt")
+    assert ckpt.agent_state["training"]["replay"]["frames"].shape[1] > 1000  # the memory travelled with it
     train(cfg, part, resume=ckpt)
     a, b = _params(whole), _params(part)
     assert a.keys() == b.keys()
@@ -234,7 +235,7 @@ def test_vector_envs_feed_one_memory(tmp_path):
     hp = {**CARTPOLE, "learning_starts": 200, "train_freq": 64, "gradient_steps": 2, "net_arch": [16]}
     data = config(steps=1000, **hp).to_dict()
     data["num_envs"] = 4
-    result = train(validate(data, DQNConfig), tmp_path)
+    result = train(validate(data, DQN), tmp_path)
     assert result.step == 1000
 
 
@@ -264,7 +265,7 @@ def test_replay_over_the_budget_is_said_once_at_save_and_again_at_resume(tmp_pat
     hp = {**CARTPOLE, "learning_starts": 100, "train_freq": 50, "gradient_steps": 2, "net_arch": [16]}
     data = config(steps=600, **{**hp, "replay_save_budget_mb": 0.5}).to_dict()  # 100k slots: 3.2 MB
     data.update(checkpoint_every=200, eval_every=200, eval_episodes=1)
-    cfg = validate(data, DQNConfig)
+    cfg = validate(data, DQN)
     notes = Notes()
     first = train(cfg, tmp_path, stop_at=400, progress=notes)
     assert first.interrupted
@@ -273,8 +274,8 @@ def test_replay_over_the_budget_is_said_once_at_save_and_again_at_resume(tmp_pat
     line = notes.lines[0]
     assert line.startswith("replay: ") and "exceed replay_save_budget_mb=0.5" in line and "not exact" in line
     assert "save_replay=always" in line
-    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
-    assert ckpt["agent_state"]["training"]["replay"] is None
+    ckpt = Checkpoint.read(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt.agent_state["training"]["replay"] is None
     resumed = Notes()
     train(cfg, tmp_path, resume=ckpt, progress=resumed)
     assert len(resumed.lines) == 1 and "this resume is not exact" in resumed.lines[0], resumed.lines
@@ -283,10 +284,10 @@ def test_replay_over_the_budget_is_said_once_at_save_and_again_at_resume(tmp_pat
 def test_replay_is_saved_by_default_and_never_when_asked(tmp_path):
     hp = {**CARTPOLE, "learning_starts": 100, "train_freq": 50, "gradient_steps": 2, "net_arch": [16]}
     train(config(steps=300, **hp), tmp_path / "auto")
-    state = checkpoint.load(tmp_path / "auto" / "checkpoints" / "last.pt")["agent_state"]["training"]
+    state = Checkpoint.read(tmp_path / "auto" / "checkpoints" / "last.pt").agent_state["training"]
     assert state["replay"]["num_added"] == 300
     train(config(steps=300, **{**hp, "save_replay": "never"}), tmp_path / "never")
-    assert checkpoint.load(tmp_path / "never" / "checkpoints" / "last.pt")["agent_state"]["training"]["replay"] is None
+    assert Checkpoint.read(tmp_path / "never" / "checkpoints" / "last.pt").agent_state["training"]["replay"] is None
     assert DQNConfig(save_replay=True).save_replay == "always"  # earlier configs' booleans still read
 
 
@@ -471,7 +472,7 @@ def checkpoint_roundtrip(state: dict, folder: Path) -> dict:
     """
     path = folder / "agent.pt"
     checkpoint.save(path, {"agent_state": state})
-    return checkpoint.load(path)["agent_state"]
+    return Checkpoint.read(path).agent_state
 
 
 def test_a_checkpoint_round_trip_on_the_cpu_restores_the_agent_exactly(tmp_path):

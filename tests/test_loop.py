@@ -16,11 +16,14 @@ from clihelp import assert_ok, assert_one_line, gymlab, tensors, write_user_modu
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import checkpoint, registry, vector
+from gymlab import checkpoint, envguard, registry, vector
 from gymlab.agent import Context, Transition
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
 from gymlab.errors import GymlabError, Interrupted
-from gymlab.loop import StartUpInterrupt, evaluate, train
+from gymlab.evaluation import evaluate
+from gymlab.loop import train
+from gymlab.signals import StartUpInterrupt
 
 
 class Corridor(gym.Env):
@@ -96,7 +99,7 @@ def run(tmp_path, steps, num_envs=1):
             "eval_episodes": 3,
             "log_every": 2,
         },
-        ScriptedConfig,
+        Scripted,
     )
     return train(cfg, tmp_path)
 
@@ -136,12 +139,11 @@ def test_evaluation_splits_episodes_over_copies():
 
 
 def test_same_seed_same_result_different_seed_different(tmp_path):
-    from gymlab import checkpoint
     from gymlab.config import resolve
 
     def q(folder, seed):
         train(resolve("tabular_q", "FrozenLake-v1", None, ["steps=5000", "eval_every=0"], seed=seed), folder)
-        return checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
+        return Checkpoint.read(folder / "checkpoints" / "last.pt").agent_state["policy"]["q"]
 
     a, b, c = q(tmp_path / "a", 1), q(tmp_path / "b", 1), q(tmp_path / "c", 2)
     np.testing.assert_array_equal(a, b)
@@ -178,7 +180,7 @@ def test_box_actions_reach_the_env_clipped_and_the_agent_sees_its_own(tmp_path):
     Slider.received.clear()
     cfg = validate(
         {"agent": f"{__name__}:Pusher", "env": f"{__name__}:Slider", "steps": 4, "eval_every": 0, "eval_episodes": 1},
-        ScriptedConfig,
+        Pusher,
     )
     train(cfg, tmp_path)
     assert Slider.received == [1.0] * 6  # 4 training steps, then a 2-step evaluation episode
@@ -227,7 +229,7 @@ def test_a_run_logs_the_evaluation_episodes_cut_at_eval_max_steps(tmp_path):
             "eval_max_steps": 30,
             "log_every": 10,
         },
-        ScriptedConfig,
+        Scripted,
     )
     result = train(cfg, tmp_path)
     assert result.last_eval == 30.0  # cut episodes count, with their return so far
@@ -247,7 +249,7 @@ def test_gymlab_eval_of_a_greedy_policy_stuck_against_a_wall_ends_and_says_so(tm
     from gymlab.config import resolve
 
     cfg = resolve("tabular_q", "CliffWalking-v1", None, ["steps=300", "eval_every=0", "eval_max_steps=50"])
-    folder = runs.create_run_dir(cfg, tmp_path / "run")
+    folder = runs.RunFolder.create(cfg, tmp_path / "run").path
     assert train(cfg, folder).last_eval == -50.0  # the final evaluation was cut too
     capsys.readouterr()
     cli.main(["eval", str(folder), "--json", "--episodes", "3"])
@@ -271,8 +273,8 @@ def test_gymlab_eval_of_a_greedy_policy_stuck_against_a_wall_ends_and_says_so(tm
 def test_time_limit_of_single_and_vector_envs(env, limit):
     single = registry.make_env(env, train=False)
     envs = registry.make_vec_env(env, 2, train=False)
-    assert vector.time_limit(single) == vector.time_limit(envs) == limit
-    assert vector.episode_cap(envs, 7) == (limit if limit is not None else 7)
+    assert envguard.time_limit(single) == envguard.time_limit(envs) == limit
+    assert envguard.episode_cap(envs, 7) == (limit if limit is not None else 7)
     single.close()
     envs.close()
 
@@ -410,7 +412,7 @@ def test_a_non_finite_number_or_a_broken_env_stops_the_run_keeping_the_last_good
             "log_every": 10,
             "hparams": {"fault": agent_fault, "at": 30},
         },
-        FaultConfig,
+        Diverging,
     )
     last = tmp_path / "checkpoints" / "last.pt"
     with pytest.raises(GymlabError) as info:
@@ -433,7 +435,7 @@ def test_a_nan_parameter_before_the_first_checkpoint_says_none_was_written(tmp_p
             "eval_every": 0,
             "hparams": {"fault": "nan_param", "at": 1},
         },
-        FaultConfig,
+        Diverging,
     )
     with pytest.raises(GymlabError, match=r"step 20: .* nan in policy.w .*; no checkpoint had been written yet"):
         train(cfg, tmp_path)
@@ -449,7 +451,7 @@ def test_a_metric_that_is_not_a_number_is_a_one_line_error(tmp_path):
             "eval_every": 0,
             "hparams": {"fault": "text_metric", "at": 5},
         },
-        FaultConfig,
+        Diverging,
     )
     with pytest.raises(GymlabError, match=r"update\(\) returned train/loss = 'diverged', not a number"):
         train(cfg, tmp_path)
@@ -501,16 +503,16 @@ def test_a_signal_during_an_evaluation_or_a_video_stops_the_run_with_a_checkpoin
         "hparams": {"signal": int(sig)},
         **keys,
     }
-    cfg = validate(data, SignalConfig)
+    cfg = validate(data, Signaller)
     result = train(cfg, tmp_path)
     assert result.interrupted and result.step == 40
-    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
-    assert ckpt["loop"]["step"] == 40
+    ckpt = Checkpoint.read(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt.step == 40
     assert not (tmp_path / "checkpoints" / "best.pt").exists()  # the interrupted evaluation is no result
     assert not (tmp_path / "videos").exists()  # nor is the interrupted video
     assert signal.getsignal(sig) is no_default_signal_handling  # the run's handlers are gone
     if during == "evaluation":
-        assert ckpt["loop"]["eval_due"]
+        assert ckpt.loop.eval_due
         acc = EventAccumulator(str(tmp_path))
         acc.Reload()
         assert "eval/return_mean" not in acc.Tags()["scalars"]
@@ -545,7 +547,7 @@ def test_a_real_signal_stops_gymlab_train_while_it_evaluates_a_policy_stuck_agai
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (2, 130) and err.count("\n") == 1 and "interrupted at step 500" in err, err
-    assert checkpoint.load(tmp_path / "r" / "checkpoints" / "last.pt")["loop"]["step"] == 500
+    assert Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step == 500
     assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
 
 
@@ -562,7 +564,7 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling
     Signaller.sent = False
     cfg = validate(
         {"agent": f"{__name__}:DoubleSignaller", "env": f"{__name__}:Corridor", "steps": 100, "eval_every": 40},
-        SignalConfig,
+        DoubleSignaller,
     )
     with pytest.raises(KeyboardInterrupt):  # not the flag: the evaluation does not get to its next step
         train(cfg, tmp_path)
@@ -573,17 +575,17 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling
 def test_a_resume_finishes_an_interrupted_final_evaluation_once(tmp_path, no_default_signal_handling):
     Signaller.sent = False
     data = {"agent": f"{__name__}:Signaller", "env": f"{__name__}:Corridor", "steps": 50, "eval_every": 0}
-    cfg = validate(data, SignalConfig)
+    cfg = validate(data, Signaller)
     result = train(cfg, tmp_path)  # the only greedy action is the final evaluation's: interrupted there
     assert result.interrupted and result.step == 50 and result.last_eval is None
-    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
-    assert ckpt["loop"]["eval_due"]
+    ckpt = Checkpoint.read(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt.loop.eval_due
     result = train(cfg, tmp_path, resume=ckpt)
     assert not result.interrupted and result.last_eval == 6.0
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/return_mean")] == [50]  # played once, not twice
-    assert not checkpoint.load(tmp_path / "checkpoints" / "last.pt")["loop"]["eval_due"]
+    assert not Checkpoint.read(tmp_path / "checkpoints" / "last.pt").loop.eval_due
 
 
 class SignalOnInit(Corridor):
@@ -597,7 +599,7 @@ class SignalOnInit(Corridor):
 def test_a_signal_during_start_up_stops_at_once(tmp_path, no_default_signal_handling, sig):
     cfg = validate(
         {"agent": f"{__name__}:Scripted", "env": f"{__name__}:SignalOnInit", "env_kwargs": {"sig": int(sig)}},
-        ScriptedConfig,
+        Scripted,
     )
     with pytest.raises(StartUpInterrupt, match=f"{sig.name} while starting up: stopped before anything was saved"):
         train(cfg, tmp_path)  # a KeyboardInterrupt: the runner and the CLI take it as "stopped, nothing saved"
@@ -712,5 +714,5 @@ def test_gymlab_train_stops_on_a_non_finite_number_in_one_line_keeping_only_fini
     assert_one_line(proc, 2, *fragments)
     last = tmp_path / "r" / "checkpoints" / "last.pt"
     if last.exists():
-        state = checkpoint.load(last)["agent_state"]
+        state = Checkpoint.read(last).agent_state
         assert all(bool(torch.isfinite(t.float()).all()) for t in tensors(state)), "a non-finite checkpoint was kept"

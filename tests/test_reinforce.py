@@ -22,8 +22,10 @@ from gymlab.agents.reinforce import (
 )
 
 from gymlab import checkpoint
-from gymlab.agent import Context, Transition, env_actions, load_agent_class
+from gymlab.agent import Context, Transition, load_agent_class
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
+from gymlab.envguard import env_actions
 from gymlab.loop import train
 
 BOX_OBS = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
@@ -263,7 +265,7 @@ def test_state_dict_round_trip_through_a_checkpoint_is_exact(tmp_path, act_space
     assert agent.updates > 0 and any(agent.ep_rewards)
     checkpoint.save(tmp_path / "a.pt", {"agent_state": agent.state_dict()})
     clone = make_agent(act_space, num_envs=2, episodes_per_update=2, baseline=baseline)
-    clone.load_state_dict(checkpoint.load(tmp_path / "a.pt")["agent_state"])
+    clone.load_state_dict(Checkpoint.read(tmp_path / "a.pt").agent_state)
 
     assert drive(agent, 12, np.random.default_rng(1)) == drive(clone, 12, np.random.default_rng(1))
     mine, theirs = agent.state_dict()["policy"]["net"], clone.state_dict()["policy"]["net"]
@@ -298,12 +300,12 @@ def test_stopped_and_resumed_run_ends_with_the_same_networks(tmp_path):
     train(cfg, whole)
     first = train(cfg, parts, stop_at=1500)  # mid-batch: episodes in flight and complete, unused
     assert first.interrupted
-    ckpt = checkpoint.load(parts / "checkpoints" / "last.pt")
-    state = ckpt["agent_state"]["training"]
+    ckpt = Checkpoint.read(parts / "checkpoints" / "last.pt")
+    state = ckpt.agent_state["training"]
     assert state["updates"] > 0 and any(len(b["rewards"]) for b in state["buffers"])
     train(cfg, parts, resume=ckpt)
-    a = checkpoint.load(whole / "checkpoints" / "last.pt")["agent_state"]
-    b = checkpoint.load(parts / "checkpoints" / "last.pt")["agent_state"]
+    a = Checkpoint.read(whole / "checkpoints" / "last.pt").agent_state
+    b = Checkpoint.read(parts / "checkpoints" / "last.pt").agent_state
     assert a["training"]["updates"] == b["training"]["updates"] > 0
     for part, net in (("policy", "net"), ("training", "value")):
         for key, value in a[part][net].items():
@@ -327,7 +329,7 @@ def test_trains_and_round_trips_on_cuda(tmp_path):
     cfg = resolve("reinforce", "InvertedPendulum-v5", None, overrides, seed=0, device="cuda")
     result = train(cfg, tmp_path)
     assert result.checkpoint is not None
-    state = checkpoint.load(result.checkpoint)["agent_state"]
+    state = Checkpoint.read(result.checkpoint).agent_state
     assert state["training"]["updates"] > 0 and state["policy"]["log_std"].is_cuda
     space = gym.spaces.Box(-3.0, 3.0, (1,), np.float32)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import config_of
 
 from gymlab import runner
 from gymlab.config import configs_root
@@ -93,7 +94,9 @@ def test_smoke_table_reuse_and_retrain(tmp_path: Path) -> None:
     taxi_preset = results.find_presets(configs, ["tabular_q/Taxi-v4"])[0]
     results.resolve_preset(taxi_preset, [0, 1], smoke=True)
     half = runner.run(
-        runner.RunSpec(config=taxi_preset.configs[1], run_dir=root / "tabular_q" / "Taxi-v4" / "s1", stop_at=200)
+        runner.RunSpec(
+            config=config_of(taxi_preset.configs[1]), run_dir=root / "tabular_q" / "Taxi-v4" / "s1", stop_at=200
+        )
     )
     assert half.step == 200
 

@@ -16,7 +16,7 @@ from clihelp import tensors
 from conftest import ctrl_c_after_update, gymlab_inprocess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import checkpoint
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
 from gymlab.loop import train
 
@@ -41,7 +41,7 @@ def scalars(run_dir):
 
 
 def q_table(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"]
+    return Checkpoint.read(run_dir / "checkpoints" / "last.pt").agent_state["policy"]["q"]
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
@@ -54,8 +54,8 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     first = train(cfg, parts, stop_at=6000)
     assert first.interrupted and first.step == 6000
     shutil.copy(parts / "checkpoints" / "last.pt", tmp_path / "at6000.pt")
-    train(cfg, parts, resume=checkpoint.load(parts / "checkpoints" / "last.pt"), stop_at=9000)
-    train(cfg, parts, resume=checkpoint.load(tmp_path / "at6000.pt"))
+    train(cfg, parts, resume=Checkpoint.read(parts / "checkpoints" / "last.pt"), stop_at=9000)
+    train(cfg, parts, resume=Checkpoint.read(tmp_path / "at6000.pt"))
 
     np.testing.assert_array_equal(q_table(whole), q_table(parts))
     curves_whole, curves_parts = scalars(whole), scalars(parts)
@@ -96,7 +96,7 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, cli):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((run / "checkpoints").glob(".*.tmp-*")), "the kill should have left a partial temp file"
-    assert checkpoint.load(run / "checkpoints" / "last.pt")["loop"]["step"] == 4000
+    assert Checkpoint.read(run / "checkpoints" / "last.pt").step == 4000
 
     resumed = cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
@@ -128,8 +128,8 @@ def test_dqn_resume_is_exact_by_default_and_says_so_when_its_memory_is_not_saved
     assert stopped.code == 130, stopped.ok()
     resumed = gymlab_inprocess("train", "--resume", tmp_path / "parts")
     assert resumed.code == 0, resumed.ok()
-    a = checkpoint.load(tmp_path / "whole" / "checkpoints" / "last.pt")["agent_state"]
-    b = checkpoint.load(tmp_path / "parts" / "checkpoints" / "last.pt")["agent_state"]
+    a = Checkpoint.read(tmp_path / "whole" / "checkpoints" / "last.pt").agent_state
+    b = Checkpoint.read(tmp_path / "parts" / "checkpoints" / "last.pt").agent_state
     same = all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b), strict=True))
     assert same == exact
     if not exact:  # said plainly, at save and at resume

@@ -25,6 +25,7 @@ from clihelp import (
     snapshot,
     step_of,
 )
+from conftest import config_of
 
 from gymlab import checkpoint, runs
 from gymlab.cli import main
@@ -94,7 +95,7 @@ HOLD_LOCK = """
 import sys, time
 from pathlib import Path
 from gymlab import runs
-lock = runs.lock_run(Path(sys.argv[1]))
+lock = runs.lock_folder(Path(sys.argv[1]))
 Path(sys.argv[2]).write_text("locked")
 time.sleep(120)
 """
@@ -183,19 +184,19 @@ def test_a_run_that_dies_at_start_is_removed_so_the_same_command_works(tmp_path,
     monkeypatch.chdir(tmp_path)
     from gymlab import loop
 
-    real = loop._Trainer.run
+    real = loop.Trainer.run
 
     def crash(self, *a, **k):  # dies at the first step, after start-up built envs, agent and logger
         raise RuntimeError("crash at start")
 
-    monkeypatch.setattr(loop._Trainer, "run", crash)
-    spec = RunSpec({"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000}, tmp_path / "r")
+    monkeypatch.setattr(loop.Trainer, "run", crash)
+    spec = RunSpec(config_of({"agent": "tabular_q", "env": "Taxi-v4", "steps": 1000}), tmp_path / "r")
     from gymlab import runner
 
     with pytest.raises(RuntimeError, match="crash at start"):
         runner.run(spec)
     assert not (tmp_path / "r").exists()
-    monkeypatch.setattr(loop._Trainer, "run", real)
+    monkeypatch.setattr(loop.Trainer, "run", real)
     assert runner.run(spec).status == "finished"
 
 
@@ -325,8 +326,8 @@ def die(marker: Path, times: int, step: int, mean_return: float) -> bool:
 @pytest.mark.parametrize(("times", "status"), [(1, "finished"), (2, "failed")], ids=["dies-once", "dies-twice"])
 def test_a_dead_worker_is_retried_once_and_the_others_go_on(tmp_path, times, status):
     config = {"agent": "tabular_q", "env": "Taxi-v4", "steps": 3000, "eval_every": 1000, "eval_episodes": 2}
-    dying = RunSpec(config, tmp_path / "dying", on_eval=functools.partial(die, tmp_path / "deaths", times))
-    calm = RunSpec({**config, "seed": 1}, tmp_path / "calm")
+    dying = RunSpec(config_of(config), tmp_path / "dying", on_eval=functools.partial(die, tmp_path / "deaths", times))
+    calm = RunSpec(config_of({**config, "seed": 1}), tmp_path / "calm")
     outcomes = run_all([dying, calm], workers=2)
     assert outcomes[0].status == status, outcomes[0]
     if status == "failed":

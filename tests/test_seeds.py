@@ -7,9 +7,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import config_of
 
-from gymlab import checkpoint, runs
+from gymlab import runs
 from gymlab.agent import load_agent_class
+from gymlab.checkpoint import Checkpoint
 from gymlab.cli import parse_seeds
 from gymlab.config import validate
 from gymlab.errors import GymlabError
@@ -51,7 +53,7 @@ def assert_complete(folder, seed):
 
 def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
     seeds = [0, 1, 2]
-    specs = [RunSpec({**CONFIG, "seed": s}, tmp_path / "parallel" / f"s{s}", tag=s) for s in seeds]
+    specs = [RunSpec(config_of({**CONFIG, "seed": s}), tmp_path / "parallel" / f"s{s}", tag=s) for s in seeds]
     results = run_all(specs, workers=2)
     assert [(r.status, r.error, r.spec.tag) for r in results] == [("finished", None, s) for s in seeds]
 
@@ -59,18 +61,18 @@ def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
     for seed, result in zip(seeds, results, strict=True):
         assert result.run_dir == tmp_path / "parallel" / f"s{seed}"
         assert_complete(result.run_dir, seed)
-        config = validate({**CONFIG, "seed": seed}, cls.Config)
-        alone = train(config, runs.create_run_dir(config, tmp_path / "alone" / f"s{seed}"))
+        config = validate({**CONFIG, "seed": seed}, cls)
+        alone = train(config, runs.RunFolder.create(config, tmp_path / "alone" / f"s{seed}").path)
         assert (result.step, result.last_eval, result.best_eval) == (alone.step, alone.last_eval, alone.best_eval)
-        q_parallel = checkpoint.load(tmp_path / "parallel" / f"s{seed}" / "checkpoints" / "last.pt")["agent_state"][
+        q_parallel = Checkpoint.read(tmp_path / "parallel" / f"s{seed}" / "checkpoints" / "last.pt").agent_state[
             "policy"
         ]["q"]
         assert alone.checkpoint is not None
-        q_alone = checkpoint.load(alone.checkpoint)["agent_state"]["policy"]["q"]
+        q_alone = Checkpoint.read(alone.checkpoint).agent_state["policy"]["q"]
         np.testing.assert_array_equal(q_parallel, q_alone)
     # Different seeds really are different runs.
     folders = [tmp_path / "parallel" / f"s{s}" for s in seeds]
-    tables = [checkpoint.load(f / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"] for f in folders]
+    tables = [Checkpoint.read(f / "checkpoints" / "last.pt").agent_state["policy"]["q"] for f in folders]
     assert not np.array_equal(tables[0], tables[1]) and not np.array_equal(tables[1], tables[2])
 
 

@@ -20,8 +20,8 @@ from gymlab.agents.seqgan import (
 )
 from gymlab.envs.oracle import TokenLSTM, nll_per_sequence
 
-from gymlab import checkpoint
 from gymlab.agent import Context
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
 from gymlab.loop import train
 
@@ -315,7 +315,7 @@ def tiny_config(adversarial_epochs: int, **run: object):
         "hparams": TINY,
         **run,
     }
-    return validate(data, SeqGAN.Config)
+    return validate(data, SeqGAN)
 
 
 class PhaseProgress:
@@ -355,7 +355,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_pretraining_runs_as_offline_phases_before_the_env_steps(tmp_path: Path):
     progress = PhaseProgress()
     result = train(tiny_config(3), tmp_path, progress=progress)
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", agent="seqgan")["agent_state"]["training"]
+    state = Checkpoint.read(tmp_path / "checkpoints" / "last.pt").agent_state["training"]
     phases = [p for p, _, _ in state["nll_history"]]
     assert phases == ["untrained", "mle", "mle", "adversarial", "adversarial", "adversarial"]
     assert [p for p, _, _ in state["nll_test_history"]] == phases  # NLL-test at the same points as NLL-oracle
@@ -405,12 +405,12 @@ def test_stopped_in_the_middle_of_a_phase_resumes_exactly(tmp_path: Path, monkey
     monkeypatch.setattr(SeqGAN, "run_phase", interrupted)
     first = train(cfg, tmp_path / "split")
     assert first.interrupted and first.step == 0
-    ckpt = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")
-    assert ckpt["loop"]["phase_done"] == 2 and ckpt["agent_state"]["training"]["counters"][0] == 2
+    ckpt = Checkpoint.read(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert ckpt.loop.phase_done == 2 and ckpt.agent_state["training"]["counters"][0] == 2
     monkeypatch.setattr(SeqGAN, "run_phase", original)
     train(cfg, tmp_path / "split", resume=ckpt)
-    full = checkpoint.load(tmp_path / "full" / "checkpoints" / "last.pt")["agent_state"]
-    split = checkpoint.load(tmp_path / "split" / "checkpoints" / "last.pt")["agent_state"]
+    full = Checkpoint.read(tmp_path / "full" / "checkpoints" / "last.pt").agent_state
+    split = Checkpoint.read(tmp_path / "split" / "checkpoints" / "last.pt").agent_state
     assert full["training"]["nll_history"] == split["training"]["nll_history"]
     for part, net in (("policy", "generator"), ("training", "rollout"), ("training", "discriminator")):
         for key, value in full[part][net].items():
@@ -465,8 +465,8 @@ def learn(tmp_path: Path, **hparams: object) -> dict[str, list[float]]:
         "device": "cpu",
         "hparams": {**LEARN, **hparams},
     }
-    train(validate(data, SeqGAN.Config), tmp_path)
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["agent_state"]["training"]
+    train(validate(data, SeqGAN), tmp_path)
+    state = Checkpoint.read(tmp_path / "checkpoints" / "last.pt").agent_state["training"]
     history: dict[str, list[float]] = {}
     for phase, _, nll in state["nll_history"]:
         history.setdefault(phase, []).append(nll)

@@ -77,7 +77,7 @@ def check_summary(result: sw.SweepResult, n_complete: int) -> None:
 
 def train_best(best_yaml: Path, tmp_path: Path) -> loop.TrainResult:
     cfg = resolve(None, None, best_yaml, steps=2000)
-    folder = runs.create_run_dir(cfg, tmp_path / "best-run")
+    folder = runs.RunFolder.create(cfg, tmp_path / "best-run").path
     return loop.train(cfg, folder)
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from gymlab.agents.tabular_q import TabularQ, TabularQConfig
 
-from gymlab import checkpoint
 from gymlab.agent import Context, Transition, load_agent_class
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
 from gymlab.loop import train
 
@@ -83,13 +83,13 @@ def frozenlake_success_probability(q: np.ndarray, horizon: int = 100) -> float:
 def train_preset(tmp_path: Path, env: str, *overrides: str):
     cfg = resolve("tabular_q", env, None, ["eval_every=0", "checkpoint_every=0", *overrides], seed=0)
     result = train(cfg, tmp_path)
-    return result, checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    return result, Checkpoint.read(tmp_path / "checkpoints" / "last.pt")
 
 
 @pytest.mark.slow
 def test_frozenlake_greedy_policy_succeeds_70_percent(tmp_path):
     _, ckpt = train_preset(tmp_path, "FrozenLake-v1")
-    success = frozenlake_success_probability(ckpt["agent_state"]["policy"]["q"])
+    success = frozenlake_success_probability(ckpt.agent_state["policy"]["q"])
     assert success >= 0.70  # the optimum within 100 steps is 0.744
 
 
@@ -103,7 +103,7 @@ def test_learning_fails_without_the_update(tmp_path, monkeypatch):
     """The learning tests measure learning: with the update removed the same budget learns nothing."""
     monkeypatch.setattr(TabularQ, "update", lambda self, step: {})
     _, ckpt = train_preset(tmp_path, "FrozenLake-v1", "steps=20000")
-    assert frozenlake_success_probability(ckpt["agent_state"]["policy"]["q"]) < 0.1
+    assert frozenlake_success_probability(ckpt.agent_state["policy"]["q"]) < 0.1
 
 
 def test_the_per_copy_act_draws_what_the_batched_formulation_draws():

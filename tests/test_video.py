@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gymlab import loop, registry, runs, video
 from gymlab import tblog as tb
 from gymlab.agent import Agent, load_agent_class
+from gymlab.build import build_policy
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
 from gymlab.loop import train
 
@@ -85,7 +87,7 @@ def make_config(env="FrozenLake-v1", **run):
     }
     if env == "FrozenLake-v1":
         data.setdefault("env_kwargs", {"is_slippery": False})
-    return validate(data, cls.Config)
+    return validate(data, cls)
 
 
 def test_mp4_round_trip_keeps_every_frame_and_pads_odd_sizes(tmp_path):
@@ -152,14 +154,15 @@ def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch, buf
     monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", float("inf"))  # no time budget: every due point
     monkeypatch.setattr(video, "BUFFERED_FRAMES", buffered)  # 2: episodes past 2 frames stream to the encoder
     config = make_config(video_every=1000)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     names = sorted(p.name for p in (folder / "videos").iterdir())
     assert names == ["step-000001000.mp4", "step-000002000.mp4", "step-000003000.mp4"]
     # Non-slippery FrozenLake is deterministic: the final policy's episode, replayed, has as many
     # steps as the recorded video has frames.
-    config_, ckpt, _ = runs.load_run(folder)
-    agent, _, _ = runs.load_policy(config_, ckpt, "cpu")
+    loaded = runs.load_run(folder)
+    config_, ckpt = loaded.config, loaded.checkpoint
+    agent = build_policy(config_, ckpt, "cpu")
     env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False)
     length = video.play_episode(env, agent, seed=0, record=None).length
     assert len(video.read_frames(folder / "videos" / "step-000003000.mp4")) == length
@@ -173,7 +176,7 @@ def test_videos_are_skipped_when_they_would_exceed_their_time_share(tmp_path, mo
     the first due one and the final one are recorded, those in between are skipped."""
     monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", 1e-9)
     config = make_config(video_every=1000)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     names = sorted(p.name for p in (folder / "videos").iterdir())
     assert names == ["step-000001000.mp4", "step-000003000.mp4"]
@@ -181,14 +184,14 @@ def test_videos_are_skipped_when_they_would_exceed_their_time_share(tmp_path, mo
 
 def test_video_every_zero_records_nothing(tmp_path):
     config = make_config()
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     assert not (folder / "videos").exists()
 
 
 def test_an_env_without_pixels_gets_its_text_render_recorded(tmp_path):
     config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300, video_every=300)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     text = (folder / "videos" / "step-000000600.txt").read_text()
     assert "length 3" in text and "sample: " in text
@@ -199,21 +202,20 @@ def test_an_env_without_pixels_gets_its_text_render_recorded(tmp_path):
 
 def test_recording_does_not_change_what_is_learned(tmp_path):
     """Videos play on their own env with the greedy policy: training must come out bit-identical."""
-    from gymlab import checkpoint
 
     tables = []
     for every in (0, 500):
         config = make_config(video_every=every, env_kwargs={"is_slippery": True})
-        folder = runs.create_run_dir(config, tmp_path / f"run{every}")
+        folder = runs.RunFolder.create(config, tmp_path / f"run{every}").path
         train(config, folder)
-        tables.append(checkpoint.load(folder / "checkpoints" / "last.pt")["agent_state"]["policy"]["q"])
+        tables.append(Checkpoint.read(folder / "checkpoints" / "last.pt").agent_state["policy"]["q"])
     assert (tmp_path / "run500" / "videos").is_dir()
     np.testing.assert_array_equal(tables[0], tables[1])
 
 
 def test_a_video_episode_on_an_env_without_time_limit_is_cut_at_eval_max_steps(tmp_path):
     config = make_config(env=ENDLESS_ENV, steps=600, eval_every=0, log_every=300, video_every=600, eval_max_steps=7)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     assert "length 7" in (folder / "videos" / "step-000000600.txt").read_text()
     acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
@@ -263,7 +265,7 @@ def test_an_interrupted_streamed_video_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(video, "greedy_policy", signalling_policy)
     config = make_config(video_every=1000)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     result = train(config, folder)
     assert result.interrupted and result.step == 1000
     assert list((folder / "videos").glob("*.mp4")) == []

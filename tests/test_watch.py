@@ -16,6 +16,7 @@ from test_video import ENDLESS_ENV, TEXT_ENV, make_config
 
 from gymlab import registry, runs, video
 from gymlab import watch as w
+from gymlab.build import build_policy
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import train
 
@@ -26,15 +27,16 @@ pytestmark = pytest.mark.needs("ffmpeg")  # mp4 writing and reading
 def trained_run(tmp_path_factory):
     """Tabular Q on non-slippery FrozenLake, trained until greedy play walks to the goal (6 steps)."""
     config = make_config(steps=4000, eval_every=2000)
-    folder = runs.create_run_dir(config, tmp_path_factory.mktemp("watch") / "run")
+    folder = runs.RunFolder.create(config, tmp_path_factory.mktemp("watch") / "run").path
     result = train(config, folder)
     assert result.last_eval == 1.0
     return folder
 
 
 def greedy_length(folder):
-    config, ckpt, _ = runs.load_run(folder)
-    agent, _, _ = runs.load_policy(config, ckpt, "cpu")
+    loaded = runs.load_run(folder)
+    config, ckpt = loaded.config, loaded.checkpoint
+    agent = build_policy(config, ckpt, "cpu")
     env = registry.make_env(config.run.env, config.run.env_kwargs, train=False)
     return video.play_episode(env, agent, seed=0, record=None).length
 
@@ -101,7 +103,7 @@ def test_cli_watch_of_a_run_without_checkpoint_is_a_one_line_error(tmp_path):
 
 def test_an_env_without_pixels_prints_its_samples(tmp_path):
     config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     lines: list[str] = []
     result = w.watch(folder, episodes=2, echo=lines.append)
@@ -134,12 +136,13 @@ def test_no_display_reasons(monkeypatch):
 def test_follow_reloads_a_newer_checkpoint_and_stops_after_the_final_one(tmp_path, monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     config = make_config(steps=4000, checkpoint_every=1000)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder, stop_at=1000)  # a run still "training": its checkpoint is at step 1000
     policy = w.FollowedPolicy(folder, "last", None, follow=True)
     assert (policy.step, policy.final, policy.maybe_reload()) == (1000, False, False)
     time.sleep(0.05)  # a newer mtime
-    config_, ckpt, _ = runs.load_run(folder)
+    loaded = runs.load_run(folder)
+    config_, ckpt = loaded.config, loaded.checkpoint
     train(config_, folder, resume=ckpt)
     assert policy.maybe_reload() and (policy.step, policy.final) == (4000, True)
     # On a finished run, --follow plays the final checkpoint once and stops by itself.
@@ -214,7 +217,7 @@ def test_watch_of_a_missing_path_is_a_clear_error(tmp_path):
 
 def test_watch_cuts_episodes_of_an_env_without_time_limit(tmp_path):
     config = make_config(env=ENDLESS_ENV, steps=300, eval_every=0, log_every=300, eval_max_steps=7)
-    folder = runs.create_run_dir(config, tmp_path / "run")
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
     lines: list[str] = []
     result = w.watch(folder, episodes=2, echo=lines.append)
