@@ -472,7 +472,7 @@ def checkpoint_roundtrip(state: dict, folder: Path) -> dict:
     """
     path = folder / "agent.pt"
     checkpoint.save(path, {"agent_state": state})
-    return Checkpoint.read(path).agent_state
+    return checkpoint.load(path)["agent_state"]
 
 
 def test_a_checkpoint_round_trip_on_the_cpu_restores_the_agent_exactly(tmp_path):

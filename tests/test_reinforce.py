@@ -265,7 +265,7 @@ def test_state_dict_round_trip_through_a_checkpoint_is_exact(tmp_path, act_space
     assert agent.updates > 0 and any(agent.ep_rewards)
     checkpoint.save(tmp_path / "a.pt", {"agent_state": agent.state_dict()})
     clone = make_agent(act_space, num_envs=2, episodes_per_update=2, baseline=baseline)
-    clone.load_state_dict(Checkpoint.read(tmp_path / "a.pt").agent_state)
+    clone.load_state_dict(checkpoint.load(tmp_path / "a.pt")["agent_state"])
 
     assert drive(agent, 12, np.random.default_rng(1)) == drive(clone, 12, np.random.default_rng(1))
     mine, theirs = agent.state_dict()["policy"]["net"], clone.state_dict()["policy"]["net"]
