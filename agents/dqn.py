@@ -57,6 +57,7 @@ from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
+from gymlab.cudagraph import CUDAGraphStep
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
 MB = 2**20
@@ -320,9 +321,7 @@ class DQN:
             capturable=graphed,
         )
         self._loss = torch.compile(self.training_loss, dynamic=False) if config.compile == "torch" else None
-        self._graph: torch.cuda.CUDAGraph | None = None  # compile=cuda_graph: recorded at the first step
-        self._static: list[torch.Tensor] = []  # the graph's inputs (obs, action, y) and outputs (loss, norm)
-        self._lr: torch.Tensor = self.optimizer.param_groups[0]["lr"] if graphed else torch.zeros(())
+        self._graphed = CUDAGraphStep(self.train_step, self.online_params, self.optimizer) if graphed else None
 
         frame_stack = frames_per_observation(config, obs_space)
         assert obs_space.shape is not None
@@ -475,52 +474,16 @@ class DQN:
         self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step on a batch with targets ``y``, as ``compile`` says; the loss and the gradient norm."""
-        if self.cfg.compile == "cuda_graph":
-            # A learning rate set as a number (a schedule) goes into the graph's tensor, before any
-            # recording too: a number there would be recorded as a constant.
-            for group in self.optimizer.param_groups:
-                if not isinstance(group["lr"], torch.Tensor):
-                    self._lr.fill_(group["lr"])
-                    group["lr"] = self._lr
-            if self._graph is None:
-                self._record_graph(obs, action, y)
-            for static, value in zip(self._static, (obs, action, y), strict=False):
-                static.copy_(value)
-            assert self._graph is not None
-            self._graph.replay()
-            return self._static[3], self._static[4]
+        if self._graphed is not None:
+            loss, grad_norm = self._graphed(obs, action, y)
+            return loss, grad_norm
         loss = (self._loss or self.training_loss)(obs, action, y)
         return loss, self.optimize(loss)
 
-    def _record_graph(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> None:
-        """Record one whole gradient step in a CUDA graph, on static copies of the inputs.
-
-        Recording needs a few warm-up steps on a side stream first (PyTorch's CUDA graph notes);
-        they would learn from the batch, so the weights and Adam's state are put back in place
-        afterwards (the graph holds their addresses): the first replay is then the first step.
-        """
-        inputs = [obs.clone(), action.clone(), y.clone()]
-        params = [p.detach().clone() for p in self.online_params]
-        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items()} for p in self.optimizer.state}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.optimize(self.training_loss(*inputs))
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)  # the graph's backward owns the gradients from now on
-        with torch.cuda.graph(graph):
-            loss = self.training_loss(*inputs)
-            grad_norm = self.optimize(loss)
-        with torch.no_grad():
-            for p, saved in zip(self.online_params, params, strict=True):
-                p.copy_(saved)
-            for p, values in self.optimizer.state.items():
-                for key, value in values.items():  # state Adam created while warming up starts from zero
-                    value.copy_(state[p][key]) if p in state else value.zero_()
-        self._static = [*inputs, loss, grad_norm]
-        self._graph = graph
+    def train_step(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole step that ``compile=cuda_graph`` records: the loss and the gradient norm."""
+        loss = self.training_loss(obs, action, y)
+        return loss, self.optimize(loss)
 
     def optimize(self, loss: torch.Tensor) -> torch.Tensor:
         """One Adam step on ``loss`` with the gradient clipped to ``max_grad_norm``; the norm before clipping."""
@@ -597,11 +560,8 @@ class DQN:
         training = state["training"]
         self.target.load_state_dict(training["target"])
         self.optimizer.load_state_dict(training["optimizer"])
-        if self.cfg.compile == "cuda_graph":
-            for group in self.optimizer.param_groups:
-                self._lr.fill_(float(group["lr"]))
-                group.update(lr=self._lr, capturable=True)
-            self._graph = None  # Adam's state tensors are new: record again at the next step
+        if self._graphed is not None:
+            self._graphed.optimizer_loaded()  # Adam's state tensors are new: record again at the next step
         self.rng.bit_generator.state = training["rng"]
         self.epsilon = float(training["epsilon"])
         self.next_train = int(training["next_train"])
