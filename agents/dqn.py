@@ -385,6 +385,8 @@ class DQN:
 
     def update(self, step: int) -> Mapping[str, float]:
         """Update ε and the target network on their schedules; run a learning round when due."""
+        if not self._told_replay_left_out:
+            self._tell_replay_left_out()
         cfg = self.cfg
         if step < cfg.learning_starts:
             self.epsilon = 1.0  # uniform-random play fills the memory first
@@ -500,18 +502,19 @@ class DQN:
         mode = self.cfg.save_replay
         return mode == "always" or (mode == "auto" and self.replay.nbytes <= self.cfg.replay_save_budget_mb * MB)
 
+    def _tell_replay_left_out(self) -> None:
+        """Say once, at the first update of a run not resumed, if checkpoints will leave the memory out."""
+        self._told_replay_left_out = True
+        if not self.replay_saved():
+            self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
+
     def state_dict(self) -> dict[str, Any]:
         """Policy: the online network. Training: target network, optimizer, schedules, generators, replay memory.
 
         The memory is left out when ``save_replay`` says so ("never", or "auto" over the budget); the
-        first such checkpoint says so on the text channel, since a resume from it cannot be exact.
+        run says so once on the text channel (at its first update), since a resume from it cannot be exact.
         """
-        replay = None
-        if self.replay_saved():
-            replay = self.replay.state_dict()
-        elif not self._told_replay_left_out:
-            self._told_replay_left_out = True
-            self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
+        replay = self.replay.state_dict() if self.replay_saved() else None
         return {
             "policy": {"online": self.online.state_dict()},
             "training": {
@@ -573,5 +576,5 @@ class DQN:
         if training["replay"] is not None:
             self.replay.load_state_dict(training["replay"])
         else:
-            self._told_replay_left_out = True  # said now, at resume; not again at the next save
+            self._told_replay_left_out = True  # said now, at resume; not again at the first update
             self.text("replay", self._replay_left_out("this resume is not exact"))
