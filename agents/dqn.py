@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
 from gymlab.cudagraph import CUDAGraphStep
+from gymlab.nets import is_image, observation_net
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
 MB = 2**20
@@ -135,67 +136,12 @@ def linear(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(max(fraction, 0.0), 1.0)
 
 
-def is_image(space: gym.Space[Any]) -> bool:
-    """A (C, H, W) uint8 Box: frames for the Nature CNN."""
-    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
-
-
 # --- networks ----------------------------------------------------------------------------------
 
 
-class NatureCNN(torch.nn.Module):
-    """The Nature DQN torso and head: 3 convolutions, 512 hidden units, one Q-value per action."""
-
-    def __init__(self, in_channels: int, height: int, width: int, n_actions: int) -> None:
-        super().__init__()
-        self.conv = torch.nn.Sequential(
-            torch.nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(32, 64, kernel_size=4, stride=2),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(64, 64, kernel_size=3, stride=1),
-            torch.nn.ReLU(),
-            torch.nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]  # 3136 for 84x84
-        self.head = torch.nn.Sequential(torch.nn.Linear(flat, 512), torch.nn.ReLU(), torch.nn.Linear(512, n_actions))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) uint8 -> (B, A); pixels are scaled on the device, after the transfer."""
-        return self.head(self.conv(obs.float() / 255.0))
-
-
-class MLP(torch.nn.Module):
-    """Fully connected ReLU network on flat (or one-hot) observations."""
-
-    def __init__(self, in_dim: int, hidden: list[int], n_actions: int, one_hot: int = 0) -> None:
-        super().__init__()
-        self.one_hot = one_hot  # > 0: observations are Discrete indices into this many states
-        layers: list[torch.nn.Module] = []
-        for size in hidden:
-            layers += [torch.nn.Linear(in_dim, size), torch.nn.ReLU()]
-            in_dim = size
-        layers.append(torch.nn.Linear(in_dim, n_actions))
-        self.net = torch.nn.Sequential(*layers)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, *obs_shape) -> (B, A)."""
-        if self.one_hot:
-            x = torch.nn.functional.one_hot(obs.long(), self.one_hot).float()  # (B, S)
-        else:
-            x = obs.reshape(obs.shape[0], -1).float()  # (B, D); a no-op for float32 vectors
-        return self.net(x)
-
-
 def q_network(observation_space: gym.Space[Any], n_actions: int, net_arch: list[int]) -> torch.nn.Module:
-    """The Nature CNN for uint8 images, else an MLP."""
-    if is_image(observation_space):
-        c, h, w = observation_space.shape  # type: ignore[misc]
-        return NatureCNN(c, h, w, n_actions)
-    if isinstance(observation_space, gym.spaces.Discrete):
-        return MLP(int(observation_space.n), net_arch, n_actions, one_hot=int(observation_space.n))
-    return MLP(int(np.prod(observation_space.shape or ())), net_arch, n_actions)
+    """One Q-value per action: the Nature CNN for uint8 images, else an MLP (``net_arch``) on vectors or one-hot."""
+    return observation_net(observation_space, n_actions, net_arch)
 
 
 # --- the loss, as pure functions ---------------------------------------------------------------
