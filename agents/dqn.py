@@ -38,11 +38,8 @@ transfer (``batch_source``: from host arrays, through pinned staging with non-bl
 gathered on the GPU from frames kept there; replay/loader.py), and computes every target in one
 forward pass (except for double DQN, whose action choice needs the online network as it learns).
 Each gradient step uses public torch only: Adam's fused kernel (CPU and CUDA) and
-``clip_grad_norm_(foreach=True)``. An earlier version kept the
-weights and gradients in two flat tensors and called private ``torch._foreach_*`` ops; it was no
-faster (benchmarks/dqn_update.py times both side by side; figures in benchmarks/README.md).
-``compile`` may run the step through ``torch.compile`` or replay it from a CUDA graph; it is off by
-default: on the CPU torch.compile was slower and costs seconds per run (benchmarks/README.md).
+``clip_grad_norm_(foreach=True)``. ``compile`` may run the step through ``torch.compile`` or replay
+it from a CUDA graph (gymlab/cudagraph.py); it is off by default (why: benchmarks/README.md).
 """
 
 from __future__ import annotations
