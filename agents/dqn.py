@@ -38,11 +38,8 @@ transfer (``batch_source``: from host arrays, through pinned staging with non-bl
 gathered on the GPU from frames kept there; replay/loader.py), and computes every target in one
 forward pass (except for double DQN, whose action choice needs the online network as it learns).
 Each gradient step uses public torch only: Adam's fused kernel (CPU and CUDA) and
-``clip_grad_norm_(foreach=True)``. An earlier version kept the
-weights and gradients in two flat tensors and called private ``torch._foreach_*`` ops; it was no
-faster (benchmarks/dqn_update.py times both side by side; figures in benchmarks/README.md).
-``compile`` may run the step through ``torch.compile`` or replay it from a CUDA graph; it is off by
-default: on the CPU torch.compile was slower and costs seconds per run (benchmarks/README.md).
+``clip_grad_norm_(foreach=True)``. ``compile`` may run the step through ``torch.compile`` or replay
+it from a CUDA graph (gymlab/cudagraph.py); it is off by default (why: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -57,6 +54,8 @@ from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
+from gymlab.cudagraph import CUDAGraphStep
+from gymlab.nets import is_image, observation_net
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
 MB = 2**20
@@ -134,67 +133,12 @@ def linear(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(max(fraction, 0.0), 1.0)
 
 
-def is_image(space: gym.Space[Any]) -> bool:
-    """A (C, H, W) uint8 Box: frames for the Nature CNN."""
-    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
-
-
 # --- networks ----------------------------------------------------------------------------------
 
 
-class NatureCNN(torch.nn.Module):
-    """The Nature DQN torso and head: 3 convolutions, 512 hidden units, one Q-value per action."""
-
-    def __init__(self, in_channels: int, height: int, width: int, n_actions: int) -> None:
-        super().__init__()
-        self.conv = torch.nn.Sequential(
-            torch.nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(32, 64, kernel_size=4, stride=2),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(64, 64, kernel_size=3, stride=1),
-            torch.nn.ReLU(),
-            torch.nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, height, width)).shape[1]  # 3136 for 84x84
-        self.head = torch.nn.Sequential(torch.nn.Linear(flat, 512), torch.nn.ReLU(), torch.nn.Linear(512, n_actions))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) uint8 -> (B, A); pixels are scaled on the device, after the transfer."""
-        return self.head(self.conv(obs.float() / 255.0))
-
-
-class MLP(torch.nn.Module):
-    """Fully connected ReLU network on flat (or one-hot) observations."""
-
-    def __init__(self, in_dim: int, hidden: list[int], n_actions: int, one_hot: int = 0) -> None:
-        super().__init__()
-        self.one_hot = one_hot  # > 0: observations are Discrete indices into this many states
-        layers: list[torch.nn.Module] = []
-        for size in hidden:
-            layers += [torch.nn.Linear(in_dim, size), torch.nn.ReLU()]
-            in_dim = size
-        layers.append(torch.nn.Linear(in_dim, n_actions))
-        self.net = torch.nn.Sequential(*layers)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, *obs_shape) -> (B, A)."""
-        if self.one_hot:
-            x = torch.nn.functional.one_hot(obs.long(), self.one_hot).float()  # (B, S)
-        else:
-            x = obs.reshape(obs.shape[0], -1).float()  # (B, D); a no-op for float32 vectors
-        return self.net(x)
-
-
 def q_network(observation_space: gym.Space[Any], n_actions: int, net_arch: list[int]) -> torch.nn.Module:
-    """The Nature CNN for uint8 images, else an MLP."""
-    if is_image(observation_space):
-        c, h, w = observation_space.shape  # type: ignore[misc]
-        return NatureCNN(c, h, w, n_actions)
-    if isinstance(observation_space, gym.spaces.Discrete):
-        return MLP(int(observation_space.n), net_arch, n_actions, one_hot=int(observation_space.n))
-    return MLP(int(np.prod(observation_space.shape or ())), net_arch, n_actions)
+    """One Q-value per action: the Nature CNN for uint8 images, else an MLP (``net_arch``) on vectors or one-hot."""
+    return observation_net(observation_space, n_actions, net_arch)
 
 
 # --- the loss, as pure functions ---------------------------------------------------------------
@@ -320,9 +264,7 @@ class DQN:
             capturable=graphed,
         )
         self._loss = torch.compile(self.training_loss, dynamic=False) if config.compile == "torch" else None
-        self._graph: torch.cuda.CUDAGraph | None = None  # compile=cuda_graph: recorded at the first step
-        self._static: list[torch.Tensor] = []  # the graph's inputs (obs, action, y) and outputs (loss, norm)
-        self._lr: torch.Tensor = self.optimizer.param_groups[0]["lr"] if graphed else torch.zeros(())
+        self._graphed = CUDAGraphStep(self.train_step, self.online_params, self.optimizer) if graphed else None
 
         frame_stack = frames_per_observation(config, obs_space)
         assert obs_space.shape is not None
@@ -386,6 +328,8 @@ class DQN:
 
     def update(self, step: int) -> Mapping[str, float]:
         """Update ε and the target network on their schedules; run a learning round when due."""
+        if not self._told_replay_left_out:
+            self._tell_replay_left_out()
         cfg = self.cfg
         if step < cfg.learning_starts:
             self.epsilon = 1.0  # uniform-random play fills the memory first
@@ -475,52 +419,16 @@ class DQN:
         self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step on a batch with targets ``y``, as ``compile`` says; the loss and the gradient norm."""
-        if self.cfg.compile == "cuda_graph":
-            # A learning rate set as a number (a schedule) goes into the graph's tensor, before any
-            # recording too: a number there would be recorded as a constant.
-            for group in self.optimizer.param_groups:
-                if not isinstance(group["lr"], torch.Tensor):
-                    self._lr.fill_(group["lr"])
-                    group["lr"] = self._lr
-            if self._graph is None:
-                self._record_graph(obs, action, y)
-            for static, value in zip(self._static, (obs, action, y), strict=False):
-                static.copy_(value)
-            assert self._graph is not None
-            self._graph.replay()
-            return self._static[3], self._static[4]
+        if self._graphed is not None:
+            loss, grad_norm = self._graphed(obs, action, y)
+            return loss, grad_norm
         loss = (self._loss or self.training_loss)(obs, action, y)
         return loss, self.optimize(loss)
 
-    def _record_graph(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> None:
-        """Record one whole gradient step in a CUDA graph, on static copies of the inputs.
-
-        Recording needs a few warm-up steps on a side stream first (PyTorch's CUDA graph notes);
-        they would learn from the batch, so the weights and Adam's state are put back in place
-        afterwards (the graph holds their addresses): the first replay is then the first step.
-        """
-        inputs = [obs.clone(), action.clone(), y.clone()]
-        params = [p.detach().clone() for p in self.online_params]
-        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items()} for p in self.optimizer.state}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.optimize(self.training_loss(*inputs))
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)  # the graph's backward owns the gradients from now on
-        with torch.cuda.graph(graph):
-            loss = self.training_loss(*inputs)
-            grad_norm = self.optimize(loss)
-        with torch.no_grad():
-            for p, saved in zip(self.online_params, params, strict=True):
-                p.copy_(saved)
-            for p, values in self.optimizer.state.items():
-                for key, value in values.items():  # state Adam created while warming up starts from zero
-                    value.copy_(state[p][key]) if p in state else value.zero_()
-        self._static = [*inputs, loss, grad_norm]
-        self._graph = graph
+    def train_step(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole step that ``compile=cuda_graph`` records: the loss and the gradient norm."""
+        loss = self.training_loss(obs, action, y)
+        return loss, self.optimize(loss)
 
     def optimize(self, loss: torch.Tensor) -> torch.Tensor:
         """One Adam step on ``loss`` with the gradient clipped to ``max_grad_norm``; the norm before clipping."""
@@ -537,18 +445,19 @@ class DQN:
         mode = self.cfg.save_replay
         return mode == "always" or (mode == "auto" and self.replay.nbytes <= self.cfg.replay_save_budget_mb * MB)
 
+    def _tell_replay_left_out(self) -> None:
+        """Say once, at the first update of a run not resumed, if checkpoints will leave the memory out."""
+        self._told_replay_left_out = True
+        if not self.replay_saved():
+            self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
+
     def state_dict(self) -> dict[str, Any]:
         """Policy: the online network. Training: target network, optimizer, schedules, generators, replay memory.
 
         The memory is left out when ``save_replay`` says so ("never", or "auto" over the budget); the
-        first such checkpoint says so on the text channel, since a resume from it cannot be exact.
+        run says so once on the text channel (at its first update), since a resume from it cannot be exact.
         """
-        replay = None
-        if self.replay_saved():
-            replay = self.replay.state_dict()
-        elif not self._told_replay_left_out:
-            self._told_replay_left_out = True
-            self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
+        replay = self.replay.state_dict() if self.replay_saved() else None
         return {
             "policy": {"online": self.online.state_dict()},
             "training": {
@@ -597,11 +506,8 @@ class DQN:
         training = state["training"]
         self.target.load_state_dict(training["target"])
         self.optimizer.load_state_dict(training["optimizer"])
-        if self.cfg.compile == "cuda_graph":
-            for group in self.optimizer.param_groups:
-                self._lr.fill_(float(group["lr"]))
-                group.update(lr=self._lr, capturable=True)
-            self._graph = None  # Adam's state tensors are new: record again at the next step
+        if self._graphed is not None:
+            self._graphed.optimizer_loaded()  # Adam's state tensors are new: record again at the next step
         self.rng.bit_generator.state = training["rng"]
         self.epsilon = float(training["epsilon"])
         self.next_train = int(training["next_train"])
@@ -613,5 +519,5 @@ class DQN:
         if training["replay"] is not None:
             self.replay.load_state_dict(training["replay"])
         else:
-            self._told_replay_left_out = True  # said now, at resume; not again at the next save
+            self._told_replay_left_out = True  # said now, at resume; not again at the first update
             self.text("replay", self._replay_left_out("this resume is not exact"))

@@ -34,7 +34,6 @@ state. Observations are flattened (Box) or one-hot encoded (Discrete).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gymlab.agent import Context, Transition
+from gymlab.nets import mlp
 
 
 class ReinforceConfig(BaseModel):
@@ -147,18 +147,7 @@ def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks and episode storage.
-
-
-def mlp(sizes: Sequence[int], activation: str) -> torch.nn.Sequential:
-    """Linear layers of ``sizes[0] -> … -> sizes[-1]`` with the activation between them."""
-    act: type[torch.nn.Module] = torch.nn.Tanh if activation == "tanh" else torch.nn.ReLU
-    layers: list[torch.nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(act())
-    return torch.nn.Sequential(*layers)
+# Episode storage.
 
 
 @dataclass

@@ -40,7 +40,8 @@ frames. ``tests/test_atari.py`` checks the agreement with the no-op count matche
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -48,13 +49,27 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TransformReward
 
-from gymlab.registry import install_hint
+from gymlab.extras import install_hint
 
 #: Frames per observation, frames per agent step, no-op frames at most at a new game.
 FRAME_STACK, FRAME_SKIP, NOOP_MAX = 4, 4, 30
 
 #: env_kwargs of an ALE id that the native vector env takes too (the rest only the Python path does).
 NATIVE_ENV_KWARGS = frozenset({"repeat_action_probability", "full_action_space", "max_num_frames_per_episode"})
+
+#: As an env family of ``gymlab.registry``: the wrapper stack the native vector env stands in for, and its name.
+NATIVE_WRAPPERS: tuple[str, ...] = ("atari",)
+NATIVE_NAME = "ALE's vector env"
+
+#: Atari ids as ale-py registers them: ``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``Pong-ramDeterministic-v4``.
+ATARI_ID = re.compile(
+    r"^(ALE/[A-Za-z]+(-ram)?-v\d+"  # ALE/Pong-v5
+    r"|[A-Z][A-Za-z]*(-ram)?(NoFrameskip|Deterministic)-v[04]"  # PongNoFrameskip-v4
+    r"|[A-Z][A-Za-z]*-ram-v[04])$"  # Pong-ram-v4
+)
+
+#: Plain ``Name-v0``/``-v4``/``-v5``, which are Atari games when ale-py is installed (``Pong-v4``).
+MAYBE_ATARI_ID = re.compile(r"^[A-Z][A-Za-z]*-v[045]$")
 
 
 class FireResetEnv(gym.Wrapper[Any, Any, Any, Any]):
@@ -182,6 +197,41 @@ def native_problem(spec: gym.envs.registration.EnvSpec | None, env_kwargs: Mappi
     except ImportError:  # an ale-py older than 0.11, or one that fails to import
         return f"this ale-py has no working vector env (ale-py >= 0.11): {install_hint('atari')}"
     return None
+
+
+# --- as an env family of gymlab.registry (see its EnvFamily) ----------------------------------
+
+
+def register() -> bool:
+    """Register ALE's ids with Gymnasium; False when ale-py is missing or cannot be imported."""
+    try:
+        import ale_py
+    except ImportError:  # absent, or present but broken (a missing shared library, a shadowing module)
+        return False
+    gym.register_envs(ale_py)
+    return True
+
+
+def unavailable_error(env_id: str) -> str | None:
+    """Without ale-py: the error for an id that is surely an Atari game."""
+    if ATARI_ID.match(env_id):
+        return f"environment '{env_id}' is an Atari game, which needs ale-py: {install_hint('atari')}"
+    return None
+
+
+def unavailable_hint(env_id: str) -> str | None:
+    """Without ale-py: a sentence for an unknown id that may be an Atari game (``Pong-v4``)."""
+    if MAYBE_ATARI_ID.match(env_id):
+        return f"If it is an Atari game, install ale-py: {install_hint('atari')}"
+    return None
+
+
+def native_vector_env(
+    spec: gym.envs.registration.EnvSpec | None, env_kwargs: Mapping[str, Any]
+) -> Callable[..., VectorEnv[Any, Any, Any]] | str:
+    """:class:`AtariVectorEnv` when it can run the env of ``spec`` with these env_kwargs, else why not."""
+    problem = native_problem(spec, env_kwargs)
+    return AtariVectorEnv if problem is None else problem
 
 
 def pad_episode_starts(obs: np.ndarray, age: np.ndarray) -> None:

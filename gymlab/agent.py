@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from typing_extensions import get_protocol_members
 
 from gymlab.errors import GymlabError
+from gymlab.extras import import_module
 
 #: Built-in agents by name, as import paths so that naming one never imports another.
 AGENTS: Mapping[str, str] = {
@@ -181,8 +182,6 @@ def load_agent_class(name: str) -> AgentClass:
         hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(AGENTS)}"
         raise GymlabError(f"unknown agent '{name}': {hint} (or give your own as module:Class; see `gymlab list`)")
     module_name, _, attr = target.partition(":")
-    from gymlab.registry import import_module  # local: the registry imports the config, which imports this module
-
     module = import_module(module_name, f"agent '{name}'")  # whatever the module raises is one line
     cls = getattr(module, attr, None)
     if cls is None:

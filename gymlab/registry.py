@@ -3,24 +3,27 @@
 The loop gets its envs from here: a vector env in same-step autoreset mode (so every step the
 loop sees is a real transition, with the episode's final observation in ``infos["final_obs"]``)
 and a separate evaluation env. Wrappers named in a config (``wrappers: [atari]``) are applied to
-each copy, told whether the copy is for training or for evaluation; for ``[atari]`` the vector env
-is ALE's native one by default (``vectorization: auto``; see ``gymlab.envs.atari``).
+each copy, told whether the copy is for training or for evaluation. Env families
+(:data:`ENV_FAMILIES`) add the ids an optional package registers, and may run a wrapper stack in a
+vector env of their own: for ``[atari]`` that is ALE's, by default (``vectorization: auto``; see
+``gymlab.envs.atari``).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from gymlab.errors import GymlabError, describe
+from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
 
 #: Wrapper stacks a config can name; each is ``fn(env, *, train: bool) -> env``.
@@ -30,66 +33,9 @@ WRAPPERS: Mapping[str, str] = {
 
 EnvWrapper = Callable[..., gym.Env[Any, Any]]
 
-
-#: Optional dependencies: the module an env's entry point (or a wrapper) lives in -> (extra, modules it needs).
-EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
-    "gymnasium.envs.box2d": ("box2d", ("Box2D",)),
-    "ale_py": ("atari", ("ale_py",)),
-    "gymlab.envs.atari": ("atari", ("ale_py", "cv2")),
-}
-
-#: Which extra installs a module that optional envs import.
-EXTRA_OF_MODULE: Mapping[str, str] = {"Box2D": "box2d", "ale_py": "atari", "cv2": "atari", "swig": "box2d"}
-
-#: Atari ids as ale-py registers them: ``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``Pong-ramDeterministic-v4``.
-_ATARI_ID = re.compile(
-    r"^(ALE/[A-Za-z]+(-ram)?-v\d+"  # ALE/Pong-v5
-    r"|[A-Z][A-Za-z]*(-ram)?(NoFrameskip|Deterministic)-v[04]"  # PongNoFrameskip-v4
-    r"|[A-Z][A-Za-z]*-ram-v[04])$"  # Pong-ram-v4
-)
-
-#: Plain ``Name-v0``/``-v4``/``-v5``, which are Atari games when ale-py is installed (``Pong-v4``).
-_MAYBE_ATARI_ID = re.compile(r"^[A-Z][A-Za-z]*-v[045]$")
-
-
-def install_hint(extra: str) -> str:
-    """The command that installs one of gymlab's extras."""
-    return f'pip install "gymlab[{extra}]"'
-
-
-def _module_missing(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is None
-    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
-        return True
-
-
-def missing_extra(entry_point: object) -> tuple[str, list[str]] | None:
-    """For an entry point (``module:attr`` or a callable), the extra it needs and which of its modules are missing."""
-    module = entry_point if isinstance(entry_point, str) else getattr(entry_point, "__module__", "") or ""
-    module = module.partition(":")[0]
-    for prefix, (extra, needs) in EXTRAS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            missing = [m for m in needs if _module_missing(m)]
-            return (extra, missing) if missing else None
-    return None
-
-
-def _missing_dependency(exc: BaseException) -> tuple[str, str] | None:
-    """For an ImportError or gymnasium's DependencyNotInstalled: (missing module, the extra that installs it)."""
-    if not isinstance(exc, (ImportError, gym.error.DependencyNotInstalled)):
-        return None
-    name = getattr(exc, "name", None)
-    if isinstance(name, str) and name.partition(".")[0] in EXTRA_OF_MODULE:
-        top = name.partition(".")[0]
-        return top, EXTRA_OF_MODULE[top]
-    text = str(exc).lower()
-    for module, extra in EXTRA_OF_MODULE.items():
-        if module.lower() in text:
-            return module, extra
-    if "opencv" in text:
-        return "opencv", "atari"
-    return None
+#: Env families (see :class:`EnvFamily`) as modules to import when the registry needs one: ids that an optional
+#: package registers, the hints for them when it is missing, and their native vector env.
+ENV_FAMILIES: tuple[str, ...] = ("gymlab.envs.atari",)
 
 
 def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
@@ -100,7 +46,7 @@ def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
     """
     if isinstance(exc, GymlabError):
         return exc
-    missing = _missing_dependency(exc)
+    missing = missing_dependency(exc)
     if missing is not None:
         module, extra = missing
         return GymlabError(f"environment '{env_id}' needs {module} (gymlab's {extra} extra): {install_hint(extra)}")
@@ -108,63 +54,69 @@ def env_error(env_id: str, call: str, exc: BaseException) -> GymlabError:
 
 
 def _register_lab_envs() -> None:
-    """Make the lab's own envs (and Atari, when ale-py is installed) known to gym.make."""
+    """Make the lab's own envs known to gym.make."""
     importlib.import_module("gymlab.envs")  # registers SeqGen and friends on import
 
 
-def _register_atari() -> bool:
-    """Register ALE's ids with Gymnasium; False when ale-py is missing or cannot be imported."""
-    try:
-        import ale_py
-    except ImportError:  # absent, or present but broken (a missing shared library, a shadowing module)
-        return False
-    gym.register_envs(ale_py)
-    return True
+class EnvFamily(Protocol):
+    """What a module in :data:`ENV_FAMILIES` provides: its ids, the hints for them, and its native vector env.
 
-
-def import_module(module_name: str, what: str) -> Any:
-    """Import a user's module, turning whatever its import raises into one line naming ``what`` and the cause.
-
-    ``what`` says what the module was imported for (``environment 'my.envs:Grid'``). A missing module
-    asks whether it is installed; a missing optional dependency names the extra that installs it.
+    A family is a set of ids that Gymnasium knows only once an optional package registers them
+    (Atari's, through ale-py), and that may come with a vector env of its own for one wrapper stack.
     """
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = _missing_dependency(exc)
-        if missing is not None:
-            raise GymlabError(
-                f"{what} needs {missing[0]} (gymlab's {missing[1]} extra): {install_hint(missing[1])}"
-            ) from None
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):  # the module or its package
-            raise GymlabError(f"{what}: cannot import '{module_name}' ({exc}); is it installed?") from None
-        raise GymlabError(f"{what}: importing '{module_name}' failed: {exc}; is it installed?") from None
-    except GymlabError:
-        raise
-    except (Exception, SystemExit) as exc:  # the user's module body raised (or called sys.exit)
-        raise GymlabError(f"{what}: importing '{module_name}' raised {describe(exc)}") from None
+
+    #: The wrapper stack its native vector env stands in for (empty: it has none), and that env's name in messages.
+    NATIVE_WRAPPERS: tuple[str, ...]
+    NATIVE_NAME: str
+
+    def register(self) -> bool:
+        """Register the family's ids with Gymnasium; False when its package is missing or fails to import."""
+        ...
+
+    def unavailable_error(self, env_id: str) -> str | None:
+        """For an unknown id while the family cannot register: the whole error when the id is surely one of its."""
+        ...
+
+    def unavailable_hint(self, env_id: str) -> str | None:
+        """For an unknown id while the family cannot register: a sentence to add when the id may be one of its."""
+        ...
+
+    def native_vector_env(
+        self, spec: EnvSpec | None, env_kwargs: Mapping[str, Any]
+    ) -> Callable[..., VectorEnv[Any, Any, Any]] | str:
+        """Its native vector env class for the env of ``spec``, or why that cannot run it.
+
+        The class is called as ``cls(env_id, num_envs, env_kwargs, train=train)`` in same-step autoreset mode.
+        """
+        ...
 
 
-def _load_attr(path: str, what: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    module = import_module(module_name, f"{what} '{path}'")
-    if not hasattr(module, attr):
-        raise GymlabError(f"{what} '{path}': module '{module_name}' has no attribute '{attr}'")
-    return getattr(module, attr)
+def _env_families() -> list[EnvFamily]:
+    """The modules of :data:`ENV_FAMILIES`, imported now (each is light: its package is imported by ``register``)."""
+    return [cast(EnvFamily, importlib.import_module(path)) for path in ENV_FAMILIES]
+
+
+def _register_families() -> list[EnvFamily]:
+    """Register every family's ids with Gymnasium; the families that cannot (their package missing or broken)."""
+    return [family for family in _env_families() if not family.register()]
 
 
 def _unknown_env(env_id: str) -> GymlabError:
-    atari_missing = not _register_atari()  # an ale-py that fails to import is as good as missing
-    if atari_missing and _ATARI_ID.match(env_id):
-        return GymlabError(f"environment '{env_id}' is an Atari game, which needs ale-py: {install_hint('atari')}")
+    unavailable = _register_families()
+    for family in unavailable:
+        error = family.unavailable_error(env_id)
+        if error is not None:
+            return GymlabError(error)
     names = list(gym.registry)
     close = difflib.get_close_matches(env_id, names, n=3, cutoff=0.6)
     if not close:  # try ignoring the version, e.g. Taxi-v3 -> Taxi-v4
         stem = re.sub(r"-v\d+$", "", env_id)
         close = [n for n in names if re.sub(r"-v\d+$", "", n).lower() == stem.lower()][:3]
     hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the ids"
-    if atari_missing and _MAYBE_ATARI_ID.match(env_id):
-        hint += f" If it is an Atari game, install ale-py: {install_hint('atari')}"
+    for family in unavailable:
+        extra = family.unavailable_hint(env_id)
+        if extra is not None:
+            hint += f" {extra}"
     return GymlabError(f"unknown environment '{env_id}': {hint} (your own env: module:EnvClass or module:Env-v0)")
 
 
@@ -199,8 +151,10 @@ def resolve_env(env_id: str) -> None:
         raise GymlabError(
             f"environment '{env_id}': '{module_name}' neither registers '{attr}' nor defines a class of that name"
         )
-    if env_id not in gym.registry and not (_register_atari() and env_id in gym.registry):
-        raise _unknown_env(env_id)
+    if env_id not in gym.registry:
+        _register_families()  # ids that an optional package registers (e.g. ale-py's Atari games)
+        if env_id not in gym.registry:
+            raise _unknown_env(env_id)
     _check_extra(env_id, env_id)
 
 
@@ -231,7 +185,7 @@ def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception)
     """One line for an env whose construction failed: bad env_kwargs, a missing extra, or the env's own error."""
     if isinstance(exc, GymlabError):
         return exc
-    if _missing_dependency(exc) is not None:
+    if missing_dependency(exc) is not None:
         return env_error(env_id, "construction", exc)
     given = f" with env_kwargs {dict(env_kwargs)}" if env_kwargs else ""
     if isinstance(exc, TypeError) and "argument" in str(exc):  # an unknown or missing keyword
@@ -259,12 +213,12 @@ def make_env(
     # or ends training episodes early (e.g. Atari's terminal-on-life-loss).
     env: gym.Env[Any, Any] = gym.wrappers.RecordEpisodeStatistics(_base_env(env_id, env_kwargs or {}, render_mode))
     for name in wrappers:
-        wrap: EnvWrapper = _load_attr(WRAPPERS.get(name, name), "wrapper")
+        wrap: EnvWrapper = load_attr(WRAPPERS.get(name, name), "wrapper")
         try:
             env = wrap(env, train=train)
         except Exception as exc:
             env.close()
-            if _missing_dependency(exc) is not None:
+            if missing_dependency(exc) is not None:
                 raise env_error(env_id, f"wrapper '{name}'", exc) from None
             raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {describe(exc)}") from None
     return env
@@ -282,27 +236,28 @@ def has_native_vector_env(env_id: str) -> bool:
     return isinstance(entry, str) and entry.startswith("gymlab.")
 
 
-def _native_atari(
+def _native_vector_env(
     env_id: str, env_kwargs: Mapping[str, Any], wrappers: Sequence[str], vectorization: str, render_mode: str | None
 ) -> Callable[..., VectorEnv[Any, Any, Any]] | None:
-    """The native Atari vector env class when ``vectorization`` asks for it (or ``auto``) and it can run the env."""
+    """A family's native vector env class when ``vectorization`` asks for it (or ``auto``) and it can run the env."""
     if vectorization not in ("auto", "native"):
         return None
-    if list(wrappers) != ["atari"] or render_mode is not None:
+    natives = [family for family in _env_families() if family.NATIVE_WRAPPERS]
+    family = next((f for f in natives if list(wrappers) == list(f.NATIVE_WRAPPERS)), None)
+    if family is None or render_mode is not None:
         if vectorization == "native":
+            offers = " or ".join(f"{f.NATIVE_NAME} for wrappers: [{', '.join(f.NATIVE_WRAPPERS)}]" for f in natives)
             raise GymlabError(
-                f"vectorization=native is ALE's vector env for wrappers: [atari] (without rendering); "
+                f"vectorization=native is {offers} (without rendering); "
                 f"environment '{env_id}' has wrappers {list(wrappers)}: use vectorization=sync"
             )
         return None
     resolve_env(env_id)
-    atari = import_module("gymlab.envs.atari", f"environment '{env_id}'")
-    problem = atari.native_problem(gym.registry.get(env_id.rpartition(":")[2]), env_kwargs)
-    if problem is None:
-        native: Callable[..., VectorEnv[Any, Any, Any]] = atari.AtariVectorEnv
+    native = family.native_vector_env(gym.registry.get(env_id.rpartition(":")[2]), env_kwargs)
+    if not isinstance(native, str):
         return native
     if vectorization == "native":
-        raise GymlabError(f"environment '{env_id}': vectorization=native cannot run it: {problem}; use sync")
+        raise GymlabError(f"environment '{env_id}': vectorization=native cannot run it: {native}; use sync")
     return None
 
 
@@ -316,7 +271,7 @@ def effective_vectorization(
     """
     if vectorization != "auto":
         return vectorization
-    return "native" if _native_atari(env_id, env_kwargs, wrappers, vectorization, None) is not None else "sync"
+    return "native" if _native_vector_env(env_id, env_kwargs, wrappers, vectorization, None) is not None else "sync"
 
 
 def make_vec_env(
@@ -339,7 +294,7 @@ def make_vec_env(
     ``native`` (ALE's C++ vector env for ``wrappers: [atari]``; one line when it cannot run the
     env), or ``auto``: native where it can run, sync otherwise.
     """
-    native = _native_atari(env_id, env_kwargs or {}, wrappers, vectorization, render_mode)
+    native = _native_vector_env(env_id, env_kwargs or {}, wrappers, vectorization, render_mode)
     if native is not None:
         try:
             return native(env_id, num_envs, env_kwargs, train=train)

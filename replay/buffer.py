@@ -10,8 +10,9 @@ observation is always the following slot. So
 * every frame is stored exactly once: not again as a next observation, and not four times
   through frame stacking (the stack is rebuilt at sampling time from the previous slots). An
   episode's first stack is padded the way the env pads it, seen at the first episode start that
-  tells: the first frame repeated (Gymnasium's ``FrameStackObservation``) or zeros (ALE's native
-  ``AtariVectorEnv``, also after a lost life);
+  tells: the first frame repeated (Gymnasium's ``FrameStackObservation``, and both Atari paths of
+  ``gymlab.envs.atari``, after a lost life too) or zeros (an env that pads so, e.g. ALE's own
+  vector env used directly);
 * the true last observation of an episode (``f_T``) is kept, so a step cut by a time limit
   bootstraps from the right state. That slot holds no transition of its own, which is the one
   cost of the layout: a lane holds ``L`` frames, i.e. ``L`` minus (episodes ended in the window)
@@ -19,7 +20,7 @@ observation is always the following slot. So
 
 Bytes: ``capacity × (frame_bytes + action_bytes + 8)`` (8 = float32 reward, terminated,
 truncated, has-transition flags and the uint8 in-episode offset). 1M Atari slots:
-1M × (84·84 + 8 + 8) = 7.07 GB (6.59 GiB), under the 7.5 GB asked for.
+1M × (84·84 + 8 + 8) = 7.07 GB (6.59 GiB).
 
 Where the frames live: a numpy array (host memory) by default; with ``device`` a torch tensor on
 that device (e.g. a GPU), written at each :meth:`add` and gathered there by :meth:`sample_frames`,

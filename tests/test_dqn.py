@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from gymlab.agents import dqn as dqn_module
-from gymlab.agents.dqn import DQN, MLP, DQNConfig, NatureCNN, q_loss, td_targets
+from gymlab.agents.dqn import DQN, DQNConfig, q_loss, td_targets
 from gymlab.replay import ReplayBuffer
 
 from gymlab import checkpoint
@@ -13,6 +13,7 @@ from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve, validate
 from gymlab.loop import train
+from gymlab.nets import MLP, NatureCNN
 
 # The learning tests' fixed seed. DQN's greedy return at one instant is volatile: in the 5-seed
 # benchmark (benchmarks/README.md) some seeds end below 450 at 50k steps, for Stable-Baselines3
