@@ -29,6 +29,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from gymlab.envs.oracle import make_oracle, nll_per_sequence
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -56,15 +58,10 @@ class OracleScorer:
     """Mean per-token oracle log-likelihood of each sequence (minus its NLL-oracle)."""
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, seed: int) -> None:
-        from gymlab.envs.oracle import make_oracle  # torch is imported only when an env is built
-
         self.oracle = make_oracle(vocab_size, embedding_dim, hidden_dim, seed)
 
     def __call__(self, sequences: np.ndarray) -> np.ndarray:
         """(M, T) int64 -> (M,) float64."""
-        import torch
-        from gymlab.envs.oracle import nll_per_sequence
-
         nll = nll_per_sequence(self.oracle, torch.as_tensor(sequences, dtype=torch.long))
         return -nll.double().numpy()
 
