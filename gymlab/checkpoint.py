@@ -28,6 +28,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from gymlab.agent import Agent
+from gymlab.config import Config
 from gymlab.errors import GymlabError
 
 FORMAT = "gymlab-checkpoint"
@@ -191,6 +193,40 @@ class Checkpoint:
     def step(self) -> int:
         """Env steps done at this checkpoint."""
         return self.loop.step
+
+    @classmethod
+    def capture(cls, config: Config, agent: Agent, envs: Any, loop: LoopState, window: Any, obs: Any) -> Checkpoint:
+        """A running run's state: the agent, the loop's counters and window, the generators and the envs."""
+        return cls(
+            agent=config.run.agent,
+            env=config.run.env,
+            config=config.to_dict(),
+            agent_state=agent.state_dict(),
+            loop=loop,
+            window=window.state_dict(),
+            obs=obs,
+            rng=rng_state(),
+            envs=vector_env_state(envs),
+        )
+
+    def restore(self, agent: Agent, envs: Any, loop: LoopState, window: Any, where: Path) -> bool:
+        """Put agent, loop counters (in place), window, generators and envs back where this checkpoint left them.
+
+        Returns whether the envs' state came back too (then the run continues from :attr:`obs`; else from
+        fresh episodes). A state that does not fit raises :class:`CheckpointMismatch` naming ``where``.
+        """
+        try:
+            agent.load_state_dict(self.agent_state)
+            window.load_state_dict(self.window)
+            for key, value in vars(self.loop).items():
+                setattr(loop, key, value)
+            set_rng_state(self.rng)
+            return set_vector_env_state(envs, self.envs)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            raise CheckpointMismatch(
+                f"checkpoint of {where} does not fit a {self.agent} agent on {self.env} "
+                f"({type(exc).__name__}: {exc}); it is damaged or from another version"
+            ) from None
 
     def write(self, path: Path) -> None:
         """Save atomically (see :func:`save`)."""

@@ -31,15 +31,7 @@ import numpy as np
 from gymlab import tblog as tb
 from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, prepare_process
-from gymlab.checkpoint import (
-    Checkpoint,
-    CheckpointMismatch,
-    LoopState,
-    rng_state,
-    set_rng_state,
-    set_vector_env_state,
-    vector_env_state,
-)
+from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
 from gymlab.envguard import EnvProblem, VectorGuard
 from gymlab.errors import GymlabError, Interrupted
@@ -92,8 +84,6 @@ class TrainResult:
 EVAL_CAPPED = "eval/capped_episodes"
 #: Longest time between two checkpoints while an agent's offline phases run (and one at each phase's end).
 PHASE_CHECKPOINT_SECONDS = 60.0
-#: Largest share of training time that recording videos may take (see ``Trainer._maybe_record``).
-VIDEO_TIME_SHARE = 0.05
 
 
 def train(
@@ -216,8 +206,8 @@ class Trainer:
         run, total = self.config.run, self.total
         try:  # start-up can be interrupted (or fail) anywhere: close what was built
             self.obs, _ = self.guard.reset(seed=run.seed)
-            if resume is not None:
-                self._restore(resume)
+            if resume is not None and resume.restore(self.agent, self.envs, self.state, self.window, self.folder.path):
+                self.obs = np.asarray(resume.obs)  # else env internals could not be captured: fresh episodes
             self.phase_total = sum(iterations for _, iterations in agent_phases(self.agent))
             self.logger = self._open_logger(resume is not None)
             self.text.open(self.logger)
@@ -229,7 +219,6 @@ class Trainer:
             raise
         # The newest checkpoint known good, and its step (for the message of a run stopped by a NaN).
         self.saved_step: int | None = self.state.step if resume is not None else None
-        self.t_start, self.video_seconds = time.perf_counter(), 0.0
         # Due points are multiples of each interval, so they follow from the step alone (a resume
         # with a larger budget gets them right, and they need no place in the checkpoint).
         step = self.state.step
@@ -242,24 +231,6 @@ class Trainer:
         self.t_window, self.s_window = time.perf_counter(), step
         if self.progress is not None:
             self.progress.start(total, step)
-
-    def _restore(self, ckpt: Checkpoint) -> None:
-        """Put agent, loop counters, generators and envs back where the checkpoint left them."""
-        try:
-            self.agent.load_state_dict(ckpt.agent_state)
-            self.window.load_state_dict(ckpt.window)
-            for key, value in vars(ckpt.loop).items():  # in place: the text channel reads the same state
-                setattr(self.state, key, value)
-            set_rng_state(ckpt.rng)
-            if set_vector_env_state(self.envs, ckpt.envs):
-                self.obs = np.asarray(ckpt.obs)
-            # else env internals could not be captured: continue from fresh episodes
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            run = self.config.run
-            raise CheckpointMismatch(
-                f"checkpoint of {self.folder.path} does not fit a {run.agent} agent on {run.env} "
-                f"({type(exc).__name__}: {exc}); it is damaged or from another version"
-            ) from None
 
     def _open_logger(self, resumed: bool) -> tb.RunLogger:
         """The TensorBoard writer, discarding whatever a killed run logged after the checkpoint it resumes.
@@ -411,17 +382,10 @@ class Trainer:
             self.next_progress = step + self.progress_every
 
     def _maybe_record(self, step: int) -> None:
-        """Record a video if recording so far stays within its share of the run's time (always at the end).
-
-        An episode with rendering can cost seconds (Acrobot: ~0.7 s for 500 frames), so a fixed
-        interval cannot bound the slowdown on fast runs; the time budget does, and the videos
-        simply come less often than ``video_every`` when they would cost more.
-        """
+        """Record a video unless recording would take more than its share of the run's time (always at the end)."""
         assert self.recorder is not None
-        elapsed = time.perf_counter() - self.t_start
-        if step < self.total and self.video_seconds > VIDEO_TIME_SHARE * (elapsed - self.video_seconds):
+        if not self.recorder.within_budget(final=step >= self.total):
             return
-        start = time.perf_counter()
         run = self.config.run
 
         def capped(length: int, ret: float) -> None:
@@ -429,16 +393,9 @@ class Trainer:
 
         self.folder.check_present()
         self.during = " during a video"
-        self.recorder.record(
-            self.agent,
-            step,
-            eval_seed(run.seed, "video", step),
-            max_steps=run.eval_max_steps,
-            stop=self.stop,
-            on_capped=capped,
-        )
+        seed = eval_seed(run.seed, "video", step)
+        self.recorder.record(self.agent, step, seed, max_steps=run.eval_max_steps, stop=self.stop, on_capped=capped)
         self.during = ""
-        self.video_seconds += time.perf_counter() - start
 
     def _note(self, message: str) -> None:
         """A line for TensorBoard's text tab (``notes``) and the console."""
@@ -497,18 +454,7 @@ class Trainer:
         A NaN or infinite tensor in the agent's state raises :class:`NonFinite` before anything is
         written, so the previous checkpoint stays as it was.
         """
-        run = self.config.run
-        ckpt = Checkpoint(
-            agent=run.agent,
-            env=run.env,
-            config=self.config.to_dict(),
-            agent_state=self.agent.state_dict(),
-            loop=self.state,
-            window=self.window.state_dict(),
-            obs=self.obs,
-            rng=rng_state(),
-            envs=vector_env_state(self.envs),
-        )
+        ckpt = Checkpoint.capture(self.config, self.agent, self.envs, self.state, self.window, self.obs)
         problem = nonfinite_tensor(ckpt.agent_state)
         if problem is not None:
             name = "last.pt" if which == "last" else "best.pt"

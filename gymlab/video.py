@@ -20,6 +20,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -236,6 +237,12 @@ def read_frames(path: Path) -> np.ndarray:
     return np.asarray(iio.imread(str(path), plugin="FFMPEG"))
 
 
+#: Largest share of training time that recording videos may take. An episode with rendering can cost
+#: seconds (Acrobot: ~0.7 s for 500 frames), so a fixed interval cannot bound the slowdown on fast
+#: runs; this budget does, and the videos simply come less often than ``video_every`` when they would
+#: cost more.
+VIDEO_TIME_SHARE = 0.05
+
 #: Frames of a recorded episode held in memory (about 0.7 GB of CartPole's 400x600 frames); past
 #: them the episode streams to the encoder as it is played, so a long one (up to eval_max_steps)
 #: never holds all its frames at once.
@@ -311,6 +318,12 @@ class EpisodeRecorder:
         self._mode: str | None = None
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gymlab-video")
         self._pending: list[Future[Path]] = []
+        self.started, self.seconds = time.perf_counter(), 0.0  # the budget's clock; time spent recording
+
+    def within_budget(self, final: bool) -> bool:
+        """Whether recording now keeps videos within :data:`VIDEO_TIME_SHARE` of the run's time (``final``: always)."""
+        elapsed = time.perf_counter() - self.started
+        return final or self.seconds <= VIDEO_TIME_SHARE * (elapsed - self.seconds)
 
     def _make_env(self) -> gym.Env[Any, Any]:
         env, self._mode = render_env(self.config.run)
@@ -331,6 +344,21 @@ class EpisodeRecorder:
         ``max_steps`` and ``stop`` as in :func:`play_steps` (an interrupted episode writes nothing);
         a cut episode is still saved, and reported to ``on_capped(length, return)``.
         """
+        start = time.perf_counter()
+        try:
+            return self._record(agent, step, seed, max_steps, stop, on_capped)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _record(
+        self,
+        agent: Agent,
+        step: int,
+        seed: int,
+        max_steps: int | None,
+        stop: threading.Event | None,
+        on_capped: Callable[[int, float], None] | None,
+    ) -> Path | None:
         if self._env is None:
             self._env = self._make_env()
         self.folder.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed

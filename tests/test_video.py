@@ -10,7 +10,7 @@ from PIL import Image
 from PIL.GifImagePlugin import GifImageFile
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import loop, registry, runs, video
+from gymlab import registry, runs, video
 from gymlab import tblog as tb
 from gymlab.agent import Agent, load_agent_class
 from gymlab.build import build_policy
@@ -151,7 +151,7 @@ def test_play_episode_frames_match_the_episode_length():
 
 @pytest.mark.parametrize("buffered", [video.BUFFERED_FRAMES, 2], ids=["in-one-piece", "streamed"])
 def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch, buffered):
-    monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", float("inf"))  # no time budget: every due point
+    monkeypatch.setattr(video, "VIDEO_TIME_SHARE", float("inf"))  # no time budget: every due point
     monkeypatch.setattr(video, "BUFFERED_FRAMES", buffered)  # 2: episodes past 2 frames stream to the encoder
     config = make_config(video_every=1000)
     folder = runs.RunFolder.create(config, tmp_path / "run").path
@@ -174,7 +174,7 @@ def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch, buf
 def test_videos_are_skipped_when_they_would_exceed_their_time_share(tmp_path, monkeypatch):
     """A run this fast (a few thousand FrozenLake steps) cannot afford a video every 1000 steps:
     the first due one and the final one are recorded, those in between are skipped."""
-    monkeypatch.setattr(loop, "VIDEO_TIME_SHARE", 1e-9)
+    monkeypatch.setattr(video, "VIDEO_TIME_SHARE", 1e-9)
     config = make_config(video_every=1000)
     folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder)
