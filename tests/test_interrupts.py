@@ -33,7 +33,22 @@ def _busy(cpu: float) -> Callable[[Child, Path], bool]:
 INTERRUPTS = {
     # phase: (argv, when to send SIGINT, fragments of the one line)
     "start-up": (["train", "tabular_q", "Taxi-v4", "--run-dir", "r"], _started, []),
-    "training": (["train", "tabular_q", "Taxi-v4", "--steps", "50000000", "--run-dir", "r"], _training, ["--resume"]),
+    # No periodic checkpoint or evaluation: the checkpoint it leaves is the one the interrupt wrote.
+    "training": (
+        [
+            "train",
+            "tabular_q",
+            "Taxi-v4",
+            "--steps",
+            "50000000",
+            "eval_every=0",
+            "checkpoint_every=0",
+            "--run-dir",
+            "r",
+        ],
+        _training,
+        ["interrupted at step", "gymlab train --resume r"],
+    ),
     "eval": (["eval", "RUN", "--episodes", "100000000"], _busy(5.0), []),
     "watch": (["watch", "RUN", "--episodes", "100000", "--record", "w.mp4"], _busy(5.0), []),
 }
@@ -53,7 +68,8 @@ def test_sigint_in_any_phase_exits_130_with_one_line_and_loses_nothing(taxi_run:
         time.sleep(0.05)
     child.popen.send_signal(signal.SIGINT)
     proc = child.wait(timeout=60)
-    assert_one_line(proc, 130, *fragments)
+    line = assert_one_line(proc, 130, *fragments)
     assert_nothing_lost(run, before)
     if phase == "training":
+        assert line.startswith("gymlab: "), line
         assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 50_000_000
