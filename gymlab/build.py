@@ -8,6 +8,7 @@ that training-time evaluation and ``gymlab eval`` both play on.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,15 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_process(config: Config) -> None:
-    """A training process's global state for this run: seeded generators and torch's CPU threads."""
+    """A training process's global state for this run: seeded generators, torch's CPU threads, determinism.
+
+    ``deterministic`` makes torch choose deterministic kernels (and cuBLAS a fixed workspace, which
+    it reads before its first call), so a CUDA run repeats itself bit for bit, resumes included.
+    """
+    if config.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     seed_everything(config.run.seed)
     if config.run.threads > 0:
         # Measured: REINFORCE/DQN-sized nets on 2 cores run up to several times slower with 2

@@ -53,6 +53,11 @@ class RunConfig(BaseModel):
         1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto|cpu|cuda[:N]")
+    deterministic: bool = Field(
+        False,
+        description="deterministic GPU kernels (torch.use_deterministic_algorithms): a CUDA resume then repeats the "
+        "uninterrupted run bit for bit, at some speed; the CPU is deterministic without it",
+    )
     eval_every: int = Field(10_000, ge=0, description="env steps between evaluations (0: only at the end)")
     eval_episodes: int = Field(10, ge=1, description="greedy episodes per evaluation")
     eval_max_steps: int = Field(

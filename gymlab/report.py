@@ -58,6 +58,7 @@ BOOKKEEPING_KEYS = frozenset(
         "video_every",
         "vectorization",
         "threads",
+        "deterministic",
     }
 )
 

@@ -44,8 +44,9 @@ CONFIG_FILE = "config.yaml"
 EVENTS_GLOB = "events.out.tfevents.*"
 LOCK_FILE = ".lock"
 HEAD_FILE = "head.json"
-#: Config keys a resume may change without the run becoming another run.
-MAY_CHANGE = ("device",)
+#: Config keys a resume may change without the run becoming another run (``deterministic`` chooses
+#: kernels, not what is learned; a folder from before the key existed lacks it).
+MAY_CHANGE = ("device", "deterministic")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,22 @@ import sys
 
 import pytest
 import torch
-from conftest import OPTIONAL, missing_optional, optional_of_env
+from conftest import OPTIONAL, ctrl_c_after_update, gymlab_inprocess, missing_optional, optional_of_env
 
 from gymlab import checkpoint
 from gymlab.build import resolve_device
+from gymlab.checkpoint import Checkpoint
+
+
+def tensors(state: object) -> list[torch.Tensor]:
+    """Every tensor in a nested state, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in tensors(item)]
+    return []
 
 
 def test_device_auto_resolves_to_the_cpu_here():
@@ -49,3 +61,22 @@ def test_a_missing_optional_package_names_its_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "Box2D", None)  # as if not installed
     assert missing_optional("box2d") == 'needs box2d (Box2D not installed): pip install "gymlab[box2d]"'
     assert set(OPTIONAL) == {"mujoco", "box2d", "atari", "ffmpeg", "sweep", "ray"}
+
+
+@pytest.mark.cuda
+def test_a_deterministic_cuda_resume_repeats_the_uninterrupted_run_bit_for_bit(tmp_path):
+    """With ``deterministic: true`` a DQN run on CUDA, interrupted and resumed, ends with the same weights."""
+    args = ["train", "dqn", "CartPole-v1", "--steps", "640", "--device", "cuda", "deterministic=true"]
+    args += ["eval_every=320", "eval_episodes=1", "checkpoint_every=64", "net_arch=[32]", "learning_starts=32"]
+    args += ["train_freq=4", "batch_size=16"]
+    whole = gymlab_inprocess(*args, "--run-dir", tmp_path / "whole")
+    assert whole.code == 0, whole.ok()
+    with ctrl_c_after_update("dqn", 400):
+        stopped = gymlab_inprocess(*args, "--run-dir", tmp_path / "parts")
+    assert stopped.code == 130, stopped.ok()
+    resumed = gymlab_inprocess("train", "--resume", tmp_path / "parts")
+    assert resumed.code == 0, resumed.ok()
+    flat_a = tensors(Checkpoint.read(tmp_path / "whole" / "checkpoints" / "last.pt").agent_state)
+    flat_b = tensors(Checkpoint.read(tmp_path / "parts" / "checkpoints" / "last.pt").agent_state)
+    assert flat_a and len(flat_a) == len(flat_b)
+    assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
