@@ -194,7 +194,8 @@ class Mp4Writer:
     """Append frames to an H.264 mp4 one at a time (for long or live recordings)."""
 
     def __init__(self, path: Path, fps: float) -> None:
-        self.path = path  # its folder exists (the caller made it)
+        path.parent.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
+        self.path = path
         self.frames = 0
         # macro_block_size=1: never let imageio resize; even_frame already made the sizes legal.
         self._writer = imageio.get_writer(
@@ -361,7 +362,6 @@ class EpisodeRecorder:
     ) -> Path | None:
         if self._env is None:
             self._env = self._make_env()
-        self.folder.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
         stem = f"step-{step:09d}"
         if self._mode == "rgb_array":
             return self._record_pixels(agent, self.folder / f"{stem}.mp4", step, seed, max_steps, stop, on_capped)
@@ -370,6 +370,7 @@ class EpisodeRecorder:
             on_capped(episode.length, episode.ret)
         text = episode.texts[-1] if episode.texts else f"actions: {episode.actions}"
         text = f"return {episode.ret:.4g}, length {episode.length}\n{text}"
+        self.folder.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
         path = self.folder / f"{stem}.txt"
         path.write_text(text + "\n")
         self.logger.text("eval/sample", f"```\n{text}\n```", step)
