@@ -1,68 +1,16 @@
 """SeqGAN (Yu et al., AAAI 2017): a sequence generator trained as an RL policy, rewarded by a discriminator.
 
-The generator G is an LSTM policy in the token-generation MDP (``envs/seqgen.py``): the state is
-the prefix, the action the next token. The reward of a finished sequence is the discriminator
-D's probability that it is real. A token in the middle of a sequence has no reward of its own,
-so its action value is estimated by Monte-Carlo search: N rollouts from a *rollout policy* (a
-delayed copy of G) finish the prefix, and D scores the finished sequences::
+The generator G, an LSTM (``envs/oracle.py: TokenLSTM``), is the policy of the token-generation
+MDP (``envs/seqgen.py``); a CNN discriminator D scores finished sequences, and Monte-Carlo rollouts
+of a delayed copy of G give each prefix its action value::
 
     Q(y_1..y_{t-1}, y_t) = mean_n D(Y^n_{1:T}),  Y^n ~ rollout policy, continuing y_1..y_t  (t < T)
     Q(y_1..y_{T-1}, y_T) = D(y_1..y_T)
 
-and G takes a REINFORCE step on ``− mean_t log G(y_t | y_<t) · Q_t`` (no baseline, as in the paper).
-The schedule of the paper's synthetic experiment:
-
-1. MLE pre-training of G on the oracle's real sequences (``mle_epochs`` epochs), then (not in the
-   paper) a measurement of the MLE generator sampled at each of ``temperatures``, the
-   quality–diversity baseline of Caccia et al. 2018;
-2. pre-training of D on real vs generated sequences (``disc_pretrain_rounds`` rounds, each on
-   freshly generated negatives, ``disc_pretrain_epochs`` epochs);
-3. adversarial epochs: ``g_steps`` policy-gradient steps, each on one batch of sequences that G
-   generated in the env, then ``d_steps`` rounds of D training on fresh negatives
-   (``d_epochs`` epochs each); the rollout policy moves towards G at rate ``1 − rollout_update_rate``.
-
-How it meets the loop: steps 1 and 2 need no env, so they are the agent's offline phases
-(``phases``/``run_phase``: one MLE epoch or one D round per iteration), which the loop runs,
-shows, logs and checkpoints before the first env step. Then the loop steps the batched env one
-token at a time: one batch of N sequences (N = ``num_envs``, the paper's 64) takes T loop steps,
-i.e. N·T env steps (tokens), and ``update`` runs one g-step per finished batch, computing the MC
-action values with its own D (the env's terminal reward, the oracle's log-likelihood, is not the
-training signal: it only lets the loop log NLL-oracle as episode returns), and the d-steps after
-the epoch's g-steps. So ``steps`` = adversarial epochs × ``g_steps`` × N·T. The greedy evaluation
-the loop runs generates the argmax sequence; its return is minus its NLL-oracle (a quick check).
-
-The oracle is configured once, in the env's ``env_kwargs`` (``oracle_seed``,
-``oracle_embedding_dim``, ``oracle_hidden_dim``); the agent reads them from its context and
-builds the same oracle for its real data and its NLL-oracle measurements.
-
-What is measured (TensorBoard, at the untrained G, every ``nll_every`` MLE and adversarial epochs):
-``nll_oracle``, the quality: the oracle's per-token NLL of ``nll_samples`` generated sequences;
-``nll_test``, the diversity: G's per-token NLL of ``test_samples`` held-out oracle sequences
-(seed ``test_seed``, none of them in the real data), which a generator that drops the oracle's
-modes scores badly. Tags: ``mle/nll_oracle_untrained``, ``mle/nll_test_untrained``,
-``mle/nll_oracle``, ``mle/nll_test``, ``train/nll_oracle``, ``train/nll_test``. The temperature
-sweep is its own offline phase, one iteration per temperature T: ``temperature/temperature``,
-``temperature/nll_oracle`` (samples of softmax(logits / T)) and ``temperature/nll_test`` (held-out
-data under that tempered distribution) share each iteration's step, and a text table
-(``train/temperature``) sums them up.
-
-The controls are hparams too (``reward``): ``constant`` replaces every action value by
-``constant_reward`` (no rollouts), ``shuffled`` gives each sequence the MC values D gave another
-sequence of the batch (the same sizes, none of D's information).
-
-A caution, measured in this lab (benchmarks/README.md): without a baseline (the paper's update)
-every Q is positive, and reinforcing the generator's own samples sharpens it. That alone lowers
-NLL-oracle: in the paper's oracle world a *constant* reward of 0.5 lowered it as much as the
-discriminator's rewards did. ``baseline: true`` removes that effect (a constant reward then gives
-no gradient at all), so what remains is the discriminator's doing; the learning test and the small
-preset use it, and ``shuffled`` is its control.
-
-A second caution: with a fixed set of real sequences D can learn *which* sequences are real rather
-than what makes a sequence likely. Each adversarial measurement therefore also logs D's accuracy
-on its training sequences, on held-out real ones and on G's samples, and the rank correlation of
-its verdict with the oracle's log-likelihood over G's samples (``d_accuracy_real_train``,
-``d_accuracy_real_heldout``, ``d_accuracy_fake``, ``d_oracle_rank_corr``). In the small preset D
-calls most unseen real sequences fake and ranks G's samples at random (benchmarks/README.md).
+G takes REINFORCE steps on ``− mean_t log G(y_t | y_<t) · Q_t``. MLE pre-training of G, its
+temperature sweep and D pre-training are the agent's offline phases; each adversarial epoch is
+``g_steps`` env batches and ``d_steps`` rounds of D training. Schedule, metrics and what was
+measured with them: benchmarks/README.md, section SeqGAN.
 """
 
 from __future__ import annotations
@@ -267,14 +215,34 @@ def rollout_action_values(
     scorer: SequenceScorer,
     num_rollouts: int,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MC action value of every token of every sequence, (B, T) -> (B, T).
 
-    Column t − 1 holds Q for the prefix y_1..y_t: the mean score of ``num_rollouts``
-    completions of that prefix sampled from ``policy``; the last column is the score of the
-    finished sequence itself. For each prefix length the B sequences × R rollouts run as one
-    batch of R·B, starting from the policy's state after the prefix (computed once for all t).
+    Column t − 1 holds Q for the prefix y_1..y_t: the mean score of ``num_rollouts`` completions
+    of that prefix sampled from ``policy``; the last column is the score of the finished sequence
+    itself. The (T − 1)·R·B rollouts advance as one batch (:meth:`TokenLSTM.complete_prefixes`)
+    and are scored in one call. ``uniform`` (T − 1, R, B, T): the sampling noise, for tests.
     """
+    batch, length = sequences.shape
+    values = torch.empty(batch, length, device=sequences.device)
+    finished = policy.complete_prefixes(sequences, num_rollouts, generator, uniform)  # (T − 1, R, B, T)
+    scores = scorer(finished.view(-1, length)).view(length - 1, num_rollouts, batch)
+    values[:, : length - 1] = scores.mean(dim=1).T
+    values[:, length - 1] = scorer(sequences)
+    return values
+
+
+@torch.no_grad()
+def rollout_action_values_per_position(
+    policy: TokenLSTM,
+    sequences: torch.Tensor,
+    scorer: SequenceScorer,
+    num_rollouts: int,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`rollout_action_values` one prefix length at a time: the reference it is tested and timed against."""
     batch, length = sequences.shape
     states = policy.prefix_states(sequences)  # states[t]: after BOS, y_1..y_t; each (1, B, H)
     values = torch.empty(batch, length, device=sequences.device)
@@ -282,7 +250,8 @@ def rollout_action_values(
         h, c = states[t]
         state = (h.repeat(1, num_rollouts, 1), c.repeat(1, num_rollouts, 1))  # (1, R·B, H), rollout-major
         prefix = sequences[:, :t].repeat(num_rollouts, 1)  # (R·B, t)
-        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state)
+        noise = None if uniform is None else uniform[t - 1].reshape(num_rollouts * batch, length)
+        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state, uniform=noise)
         values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
     values[:, length - 1] = scorer(sequences)
     return values
