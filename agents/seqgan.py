@@ -438,15 +438,15 @@ class SeqGAN:
 
     def _mle_epoch(self) -> dict[str, float]:
         self.generator.train()
-        losses = []
+        losses = []  # on the device: one read at the end of the epoch, not one per step
         for idx in self._batches(len(self.real), self.cfg.gen_batch_size):
             loss = mle_loss(self.generator.log_probs(self.real[idx]))
             self._generator_step(self.mle_opt, loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())
         self.mle_epoch += 1
         # The delayed rollout copy starts the adversarial phase equal to the pre-trained G.
         self.rollout.load_state_dict(self.generator.state_dict())
-        metrics = {"g_mle_loss": float(np.mean(losses))}
+        metrics = {"g_mle_loss": torch.stack(losses).mean().item()}
         if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
             metrics.update(self._record_nll(MLE, self.mle_epoch))
         return metrics
@@ -481,8 +481,8 @@ class SeqGAN:
         self.generator.train()
         loss = policy_gradient_loss(self.generator.log_probs(sequences), values, self.cfg.baseline)
         self._generator_step(self.pg_opt, loss)
-        metrics.update({"g_pg_loss": loss.item(), "rollout_reward": values.mean().item()})
-        metrics["final_reward"] = values[:, -1].mean().item()
+        read = torch.stack([loss.detach(), values.mean(), values[:, -1].mean()]).tolist()  # one device read
+        metrics.update(dict(zip(("g_pg_loss", "rollout_reward", "final_reward"), read, strict=True)))
         if np.std(env_reward) > 0:  # does D's verdict track the oracle's (the env's reward)?
             d_final = values[:, -1].double().cpu().numpy()
             if np.std(d_final) > 0:
@@ -528,20 +528,24 @@ class SeqGAN:
         optimizer.step()
 
     def _batches(self, n: int, size: int) -> list[torch.Tensor]:
-        """A shuffled split of range(n) into minibatches of indices on the device."""
-        perm = torch.randperm(n, generator=self.index_rng).to(self.device)
-        return list(perm.split(size))
+        """A shuffled split of range(n) into minibatches of indices on the device (one copy per epoch)."""
+        return list(self._to_device(torch.randperm(n, generator=self.index_rng)).split(size))
+
+    def _to_device(self, cpu_tensor: torch.Tensor) -> torch.Tensor:
+        """One host-to-device copy, from pinned memory (asynchronous) when the device is a GPU."""
+        if self.device.type != "cuda":
+            return cpu_tensor.to(self.device)
+        return cpu_tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _train_discriminator(self, epochs: int) -> tuple[float, float]:
         """One round: fresh negatives and as many real sequences, ``epochs`` epochs; mean loss and accuracy."""
         cfg = self.cfg
         fake = self._generate(cfg.disc_samples)  # (M, T)
-        take = torch.randperm(len(self.real), generator=self.index_rng)[: cfg.disc_samples].to(self.device)
-        real = self.real[take]
+        real = self.real[self._to_device(torch.randperm(len(self.real), generator=self.index_rng)[: cfg.disc_samples])]
         tokens = torch.cat([real, fake])  # (2M', T)
-        labels = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(self.device)
+        labels = torch.cat([torch.ones(len(real), device=self.device), torch.zeros(len(fake), device=self.device)])
         self.discriminator.train()
-        losses, correct = [], 0.0
+        losses, correct = [], []  # the last epoch's fit, kept on the device and read once
         for epoch in range(epochs):
             for idx in self._batches(len(tokens), cfg.disc_batch_size):
                 logits = self.discriminator(tokens[idx])
@@ -549,10 +553,10 @@ class SeqGAN:
                 self.disc_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.disc_opt.step()
-                if epoch == epochs - 1:  # report the last epoch's fit
-                    losses.append(loss.item())
-                    correct += ((logits > 0).float() == labels[idx]).sum().item()
-        return float(np.mean(losses)), correct / len(tokens)
+                if epoch == epochs - 1:
+                    losses.append(loss.detach())
+                    correct.append(((logits > 0).float() == labels[idx]).sum())
+        return torch.stack(losses).mean().item(), torch.stack(correct).sum().item() / len(tokens)
 
     def _generate(self, num: int, chunk: int = 2_000, temperature: float = 1.0) -> torch.Tensor:
         self.generator.eval()
