@@ -165,7 +165,6 @@ class TokenLSTM(nn.Module):
                 logits, state = self.step(token, state)
         return out
 
-
     @torch.no_grad()
     def complete_prefixes(
         self,
@@ -180,8 +179,10 @@ class TokenLSTM(nn.Module):
         Entry [t − 1, r] holds rollout r of the prefixes y_1..y_t: those t tokens, then L − t sampled
         ones. All of them advance as one batch: row blocks are ordered by prefix length, each starts
         from this model's state after its prefix (read once for all t), and at step s the blocks of
-        prefix length ≤ s, the first s·R·B rows, sample token s. ``uniform`` (L − 1, R, B, L) gives the
-        noise of each sampled token (see :func:`sample_tokens`), as :meth:`sample` reads it. ``chunk``
+        prefix length ≤ s, the first s·R·B rows, sample token s. ``uniform`` (L − 1, R, B, L) is the noise
+        of each sampled token (see :func:`sample_tokens`), as :meth:`sample` reads it; without it the noise
+        is drawn from ``generator`` first, in the order of one :meth:`sample` per prefix length (on the
+        CPU the same generator then gives the same rollouts as that loop). ``chunk``
         caps the rows whose logits exist at once (the LSTM step stays one batch); None picks 512 rows on
         the CPU, where a cache-sized chunk is 2.5× faster than one (s·R·B, V) tensor, and all rows on an
         accelerator, where one batch launches the fewest kernels.
@@ -194,7 +195,12 @@ class TokenLSTM(nn.Module):
         states = self.prefix_states(sequences)[1:length]  # after y_1..y_t, t = 1..L − 1; each (1, B, H)
         h = torch.cat([s[0].repeat(1, num_rollouts, 1) for s in states], dim=1)  # (1, P·R·B, H)
         c = torch.cat([s[1].repeat(1, num_rollouts, 1) for s in states], dim=1)
-        noise = None if uniform is None else uniform.reshape((length - 1) * rows, length)
+        if uniform is None:
+            uniform = torch.zeros(length - 1, length, rows, device=sequences.device)
+            for t in range(1, length):  # prefix length t samples tokens t..L − 1, each for all its R·B rows
+                uniform[t - 1, t:] = torch.rand(length - t, rows, generator=generator, device=sequences.device)
+            uniform = uniform.view(length - 1, length, num_rollouts, batch).permute(0, 2, 3, 1)
+        noise = uniform.reshape((length - 1) * rows, length)
         if chunk is None and sequences.device.type == "cpu":
             chunk = 512
         for s in range(1, length):
@@ -203,7 +209,7 @@ class TokenLSTM(nn.Module):
             for lo in range(0, active, step):
                 hi = min(lo + step, active)
                 logits = self.out(h[0, lo:hi])  # (rows, V)
-                out[lo:hi, s] = sample_tokens(logits, generator, None if noise is None else noise[lo:hi, s])
+                out[lo:hi, s] = sample_tokens(logits, uniform=noise[lo:hi, s])
             token = out[:active, s]
             if s + 1 < length:
                 h_new, c_new = self.advance(token, (h[:, :active], c[:, :active]))

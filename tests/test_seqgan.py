@@ -108,9 +108,18 @@ def test_batched_rollouts_equal_the_per_position_loop_on_the_same_noise():
         assert torch.equal(finished, batched_calls[0].view(length - 1, rollouts, 5, length))
         assert torch.equal(batched_calls[1], seqs) and torch.equal(looped_calls[-1], seqs)
         torch.testing.assert_close(batched, looped, rtol=0, atol=1e-6)
-    # Without given noise both draw from the generator: the same estimator, different draws.
-    free = rollout_action_values(policy, seqs, recording_scorer([]), rollouts, torch.Generator().manual_seed(2))
-    assert free.shape == (5, length) and not torch.equal(free, batched)
+    # Without given noise both draw it from the generator, in the same order: the same rollouts again.
+    batched_calls.clear()
+    looped_calls.clear()
+    free = rollout_action_values(
+        policy, seqs, recording_scorer(batched_calls), rollouts, torch.Generator().manual_seed(2)
+    )
+    looped = rollout_action_values_per_position(
+        policy, seqs, recording_scorer(looped_calls), rollouts, torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(batched_calls[0].view(length - 1, rollouts * 5, length), torch.stack(looped_calls[:-1]))
+    torch.testing.assert_close(free, looped, rtol=0, atol=1e-6)
+    assert not torch.equal(free, batched)  # other noise, other rollouts
 
 
 def test_rollouts_continue_the_generators_state_after_the_prefix():
