@@ -50,6 +50,8 @@ from gymlab.agents.seqgan import (
 from gymlab.agent import Context
 
 REPO = Path(__file__).resolve().parents[1]
+#: Each batched rollout phase and the per-position loop it replaced (timed with ``--old-rollouts``).
+PAIRS = {"rollouts": "rollouts_old", "rollout_sampling": "rollout_sampling_old"}
 PRESETS = {"paper": REPO / "configs/seqgan/SeqGen-v0.yaml", "small": REPO / "configs/seqgan/SeqGen-v0-small.yaml"}
 
 
@@ -79,8 +81,9 @@ def g_step(agent: SeqGAN, sequences: torch.Tensor, values: torch.Tensor) -> None
     agent._generator_step(agent.pg_opt, loss)
 
 
-def schedule(run: dict, cfg: SeqGANConfig, med: dict[str, float]) -> list[tuple[str, str, float | None]]:
-    """(part, count, seconds) of the whole schedule; seconds None where a phase went unmeasured."""
+def schedule(run: dict, med: dict[str, float]) -> list[tuple[str, str, float | None]]:
+    """(part, count, seconds) of the preset's whole schedule; seconds None where a phase went unmeasured."""
+    cfg = SeqGANConfig(**run["hparams"])
     adv = run["steps"] // (cfg.g_steps * run["num_envs"] * run["env_kwargs"]["seq_len"])
     d_epoch = med["d_round_1ep"] - med["d_negatives"] if {"d_round_1ep", "d_negatives"} <= med.keys() else None
     pre_round = None if d_epoch is None else med["d_negatives"] + cfg.disc_pretrain_epochs * d_epoch
@@ -115,6 +118,53 @@ def schedule(run: dict, cfg: SeqGANConfig, med: dict[str, float]) -> list[tuple[
     ]
 
 
+def measure(
+    phases: dict[str, Callable[[], object]], repeats: int, deadline: float, sync: Callable[[], None]
+) -> tuple[dict[str, list[float]], bool]:
+    """Seconds of each run of each phase, round-robin; True if the deadline stopped it early."""
+    times: dict[str, list[float]] = {name: [] for name in phases}
+    for rep in range(repeats):
+        order = [n for n in phases if n not in PAIRS.values()]
+        for name in list(order):
+            if PAIRS.get(name) in phases:  # ABBA: the old loop first in even repeats, second in odd ones
+                order.insert(order.index(name) + (rep % 2), PAIRS[name])
+        for name in order:
+            if time.perf_counter() > deadline:
+                return times, True
+            sync()
+            t0 = time.perf_counter()
+            phases[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times, False
+
+
+def report(times: dict[str, list[float]], run: dict, device: torch.device) -> None:
+    """The table of seconds per phase, the old loop's paired ratios, and the schedule's estimate."""
+    print(f"\n{'phase':<22}{'n':>3}{'median s':>11}{'min s':>10}{'max s':>10}")
+    for name, ts in times.items():
+        row = f"{statistics.median(ts):>11.4f}{min(ts):>10.4f}{max(ts):>10.4f}" if ts else f"{'not measured':>31}"
+        print(f"{name:<22}{len(ts):>3}{row}")
+    for new, old in PAIRS.items():
+        n = min(len(times[new]), len(times.get(old, [])))
+        if n:
+            ratios = [times[old][i] / times[new][i] for i in range(n)]
+            print(
+                f"speed-up of batched {new} over the per-position loop: {statistics.median(ratios):.2f}x "
+                f"(paired median of {n}; {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+    med = {name: statistics.median(ts) for name, ts in times.items() if ts}
+    print(f"\nwhole schedule of the preset from the medians ({device}):")
+    total, missing = 0.0, []
+    for part, count, seconds in schedule(run, med):
+        print(f"  {part:<20} {count:<56} " + ("not measured" if seconds is None else f"{seconds:>10.1f} s"))
+        total += seconds or 0.0
+        if seconds is None:
+            missing.append(part)
+    note = f" (without {', '.join(missing)})" if missing else ""
+    print(f"  {'total':<20} {'':<56} {total:>10.1f} s = {total / 60:.1f} min{note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -128,10 +178,10 @@ def main() -> None:
     start = time.perf_counter()
     agent, run = build(PRESETS["paper" if args.paper else "small"], device)
     cfg = agent.cfg
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"SeqGAN phases, {'paper' if args.paper else 'small'} preset, {device} "
-        f"({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}; agent built in {time.perf_counter() - start:.1f} s"
+        f"SeqGAN phases, {'paper' if args.paper else 'small'} preset, {device} ({where}), torch {torch.__version__}, "
+        f"load {os.getloadavg()[0]:.2f}; agent built in {time.perf_counter() - start:.1f} s"
     )
     sequences = agent._generate(run["num_envs"])  # a batch of G's own sequences, as the env returns them
     values = torch.rand(sequences.shape, device=device)
@@ -155,7 +205,6 @@ def main() -> None:
         "g_step": lambda: g_step(agent, sequences, values),
         "nll_eval": lambda: agent._record_nll(ADVERSARIAL, 0),
     }
-    pairs = {"rollouts": "rollouts_old", "rollout_sampling": "rollout_sampling_old"}
     if args.old_rollouts:
         phases["rollouts_old"] = rollouts(rollout_action_values_per_position, prob_real)
         phases["rollout_sampling_old"] = rollouts(rollout_action_values_per_position, trivial)
@@ -163,46 +212,8 @@ def main() -> None:
         for fn in phases.values():
             fn()
         sync()
-    times: dict[str, list[float]] = {name: [] for name in phases}
-    spent_out = False
-    for rep in range(args.repeats):
-        order = [n for n in phases if n not in pairs.values()]
-        for name in list(order):
-            if name in pairs and pairs[name] in phases:  # ABBA: old first in even repeats, second in odd ones
-                order.insert(order.index(name) + (rep % 2), pairs[name])
-        for name in order:
-            if time.perf_counter() - start > args.budget_s:
-                spent_out = True
-                break
-            sync()
-            t0 = time.perf_counter()
-            phases[name]()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-        if spent_out:
-            break
-    print(f"\n{'phase':<22}{'n':>3}{'median s':>11}{'min s':>10}{'max s':>10}")
-    for name, ts in times.items():
-        row = f"{statistics.median(ts):>11.4f}{min(ts):>10.4f}{max(ts):>10.4f}" if ts else f"{'not measured':>31}"
-        print(f"{name:<22}{len(ts):>3}{row}")
-    for new, old in pairs.items():
-        n = min(len(times[new]), len(times.get(old, [])))
-        if n:
-            ratios = [times[old][i] / times[new][i] for i in range(n)]
-            print(
-                f"speed-up of batched {new} over the per-position loop: {statistics.median(ratios):.2f}x "
-                f"(paired median of {n}; {min(ratios):.2f}-{max(ratios):.2f})"
-            )
-    med = {name: statistics.median(ts) for name, ts in times.items() if ts}
-    print(f"\nwhole schedule of the preset from the medians ({device}):")
-    total, missing = 0.0, []
-    for part, count, seconds in schedule(run, cfg, med):
-        print(f"  {part:<20} {count:<52} " + ("not measured" if seconds is None else f"{seconds:>10.1f} s"))
-        total += seconds or 0.0
-        if seconds is None:
-            missing.append(part)
-    note = f" (without {', '.join(missing)})" if missing else ""
-    print(f"  {'total':<20} {'':<52} {total:>10.1f} s = {total / 60:.1f} min{note}")
+    times, spent_out = measure(phases, args.repeats, start + args.budget_s, sync)
+    report(times, run, device)
     if spent_out:
         print(f"budget of {args.budget_s:.0f} s spent: measuring stopped early")
     print(f"load {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - start:.0f} s in all")
