@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 import torch
+from gymlab.agents.sequence_cnn import Discriminator, membership_or_realism
 from gymlab.envs.oracle import (
     TokenLSTM,
     held_out_dataset,
@@ -29,7 +30,7 @@ from gymlab.envs.oracle import (
     sample_dataset,
     sample_tokens,
 )
-from gymlab.envs.seqgen import oracle_settings
+from gymlab.envs.seqgen import oracle_settings, token_spaces_problem
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -125,58 +126,6 @@ def make_generator(config: SeqGANConfig, vocab_size: int) -> TokenLSTM:
     return gen
 
 
-class Highway(nn.Module):
-    """y = τ·relu(W_h x) + (1 − τ)·x with gate τ = σ(W_τ x): carries or transforms each feature."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.transform = nn.Linear(size, size)
-        self.gate = nn.Linear(size, size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F) -> (B, F)."""
-        tau = torch.sigmoid(self.gate(x))
-        return tau * torch.relu(self.transform(x)) + (1.0 - tau) * x
-
-
-class Discriminator(nn.Module):
-    """The paper's CNN discriminator, giving one logit of "real" per sequence.
-
-    Convolutions of several widths over the token embeddings, max-over-time pooling, a highway
-    layer and dropout.
-    """
-
-    def __init__(
-        self, vocab_size: int, embedding_dim: int, filter_sizes: list[int], num_filters: list[int], dropout: float
-    ) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(embedding_dim, n, width) for width, n in zip(filter_sizes, num_filters, strict=True)
-        )
-        features = sum(num_filters)
-        self.highway = Highway(features)
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(features, 1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logit of "real" per sequence, (B, T) -> (B,)."""
-        x = self.embedding(tokens).transpose(1, 2)  # (B, E, T): channels first for Conv1d
-        # Max over time makes each filter a detector of its n-gram anywhere in the sequence.
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]  # each (B, n_i)
-        h = self.highway(torch.cat(pooled, dim=1))  # (B, F)
-        return self.out(self.dropout(h)).squeeze(1)
-
-    @torch.no_grad()
-    def prob_real(self, tokens: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
-        """D(Y): probability that each sequence is real, (M, T) -> (M,), without dropout."""
-        was_training = self.training
-        self.eval()
-        probs = torch.cat([torch.sigmoid(self(tokens[i : i + chunk])) for i in range(0, len(tokens), chunk)])
-        self.train(was_training)
-        return probs
-
-
 # --- losses and the Monte-Carlo action values (pure functions) --------------------------------
 
 
@@ -188,12 +137,8 @@ def mle_loss(log_probs: torch.Tensor) -> torch.Tensor:
 def policy_gradient_loss(log_probs: torch.Tensor, action_values: torch.Tensor, baseline: bool) -> torch.Tensor:
     """REINFORCE on MC action values: ``− mean_{b,t} log G(y_t | y_<t) · (Q_t − b_t)``, both (B, T).
 
-    The action values are constants (no gradient flows into the rollouts or D). The paper uses
-    no baseline (b = 0): every Q is a probability in (0, 1), so every sampled token is pushed up,
-    the ones in sequences D finds realistic more than the others. Pushing up a sample has zero
-    expected effect, so that common part is pure noise; ``baseline`` subtracts the batch's mean
-    Q at each position (b_t = mean_b Q_{b,t}), which keeps the gradient unbiased up to O(1/B)
-    and removes the noise.
+    The action values are constants. The paper uses b = 0; ``baseline`` subtracts the batch's mean Q
+    at each position (b_t = mean_b Q_{b,t}): unbiased up to O(1/B), without the common push-up of every sample.
     """
     advantages = action_values.detach()
     if baseline:
@@ -231,39 +176,6 @@ def rollout_action_values(
     values[:, : length - 1] = scores.mean(dim=1).T
     values[:, length - 1] = scorer(sequences)
     return values
-
-
-@torch.no_grad()
-def rollout_action_values_per_position(
-    policy: TokenLSTM,
-    sequences: torch.Tensor,
-    scorer: SequenceScorer,
-    num_rollouts: int,
-    generator: torch.Generator | None = None,
-    uniform: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`rollout_action_values` one prefix length at a time: the reference it is tested and timed against."""
-    batch, length = sequences.shape
-    states = policy.prefix_states(sequences)  # states[t]: after BOS, y_1..y_t; each (1, B, H)
-    values = torch.empty(batch, length, device=sequences.device)
-    for t in range(1, length):
-        h, c = states[t]
-        state = (h.repeat(1, num_rollouts, 1), c.repeat(1, num_rollouts, 1))  # (1, R·B, H), rollout-major
-        prefix = sequences[:, :t].repeat(num_rollouts, 1)  # (R·B, t)
-        noise = None if uniform is None else uniform[t - 1].reshape(num_rollouts * batch, length)
-        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state, uniform=noise)
-        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
-    values[:, length - 1] = scorer(sequences)
-    return values
-
-
-def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation of two 1-D tensors (ties broken by position; 0 if either is constant)."""
-    rx, ry = (v.argsort().argsort().double() for v in (x, y))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    if x.unique().numel() < 2 or y.unique().numel() < 2:
-        return 0.0
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
 
 
 def soft_update(target: nn.Module, source: nn.Module, keep: float) -> None:
@@ -311,19 +223,7 @@ class SeqGAN:
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
         """Needs SeqGen's spaces: a prefix of T entries in [0, V] (V = padding) and Discrete(V) tokens."""
-        if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.start) != 0:
-            return f"it generates tokens, needing a Discrete(V) action space, not {action_space} (use SeqGen-v0)"
-        v = int(action_space.n)
-        if (
-            not isinstance(observation_space, gym.spaces.MultiDiscrete)
-            or observation_space.nvec.ndim != 1
-            or not np.all(observation_space.nvec == v + 1)
-        ):
-            return (
-                f"it needs the token prefix as MultiDiscrete([{v + 1}] * T) observations, "
-                f"not {observation_space} (use SeqGen-v0)"
-            )
-        return None
+        return token_spaces_problem(observation_space, action_space, "it")
 
     @classmethod
     def check_config(cls, config: SeqGANConfig, ctx: Context) -> str | None:
@@ -349,7 +249,7 @@ class SeqGAN:
         self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
         # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
         self.held_out = held_out_dataset(self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real)
-        self.real, self.held_out = self.real.to(self.device), self.held_out.to(self.device)
+        self.real, self.held_out = self._to_device(self.real), self._to_device(self.held_out)  # once, pinned
         self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)
         self.rollout = make_generator(config, self.vocab_size).to(self.device)
@@ -588,37 +488,23 @@ class SeqGAN:
             metrics.update(self._discriminator_diagnostics(fake, per_sequence))
         return metrics
 
-    @torch.no_grad()
     def _discriminator_diagnostics(self, fake: torch.Tensor, oracle_nll: torch.Tensor) -> dict[str, float]:
-        """Measure whether D judges realism or membership of the real data it trains on (no training).
-
-        D's accuracy on real sequences it trains on, on held-out oracle sequences (NLL-test's, never
-        shown to D) and on the generator's samples; and the rank correlation, over those samples,
-        of D's verdict with the oracle's log-likelihood: the signal the generator's reward is meant
-        to carry. A D that knows its training sequences by heart scores held-out real ones as fake
-        and ranks samples at random (benchmarks/README.md, SeqGAN).
-        """
+        """Does D judge realism or membership of its real data? (:func:`membership_or_realism`, no training)."""
         real = self.real[: len(self.held_out)]
-        p_real, p_held, p_fake = (self.discriminator.prob_real(x) for x in (real, self.held_out, fake))
-        return {
-            "d_accuracy_real_train": (p_real > 0.5).float().mean().item(),
-            "d_accuracy_real_heldout": (p_held > 0.5).float().mean().item(),
-            "d_accuracy_fake": (p_fake <= 0.5).float().mean().item(),
-            "d_oracle_rank_corr": rank_correlation(p_fake, -oracle_nll.to(p_fake.device)),
-        }
+        return membership_or_realism(self.discriminator.prob_real, real, self.held_out, fake, -oracle_nll)
 
     # --- checkpoints ---------------------------------------------------------------------
 
+    #: Everything of an exact resume beside the generator: modules and optimizers, saved by their state_dict.
+    _STATEFUL = ("rollout", "discriminator", "mle_opt", "pg_opt", "disc_opt")
+
     def state_dict(self) -> dict[str, Any]:
         """Policy: the generator. Training: the other networks, optimizers, generators' states, counters, batch."""
+        training = {name: getattr(self, name).state_dict() for name in self._STATEFUL}
         return {
             "policy": {"generator": self.generator.state_dict()},
             "training": {
-                "rollout": self.rollout.state_dict(),
-                "discriminator": self.discriminator.state_dict(),
-                "mle_opt": self.mle_opt.state_dict(),
-                "pg_opt": self.pg_opt.state_dict(),
-                "disc_opt": self.disc_opt.state_dict(),
+                **training,
                 "rng": self.rng.get_state(),
                 "index_rng": self.index_rng.get_state(),
                 "counters": [self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
@@ -636,17 +522,13 @@ class SeqGAN:
         if "training" not in state:
             return
         training = state["training"]
-        self.rollout.load_state_dict(training["rollout"])
-        self.discriminator.load_state_dict(training["discriminator"])
-        self.mle_opt.load_state_dict(training["mle_opt"])
-        self.pg_opt.load_state_dict(training["pg_opt"])
-        self.disc_opt.load_state_dict(training["disc_opt"])
+        for name in self._STATEFUL:
+            getattr(self, name).load_state_dict(training[name])
         self.rng.set_state(training["rng"])
         self.index_rng.set_state(training["index_rng"])
         self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (int(v) for v in training["counters"])
-        finished = training["finished"]
+        finished, reward = training["finished"], training["finished_reward"]
         self.finished = None if finished is None else finished.to(self.device)
-        reward = training["finished_reward"]
         self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
         self.nll_history = [(str(p), int(e), float(v)) for p, e, v in training["nll_history"]]
         self.nll_test_history = [(str(p), int(e), float(v)) for p, e, v in training.get("nll_test_history", [])]

@@ -16,9 +16,10 @@ same load; ``--budget-s`` stops measuring when that many seconds are spent and p
 * ``nll_eval``: one adversarial measurement: NLL-oracle, NLL-test and D's diagnostics.
 
 ``--old-rollouts`` adds ``rollouts_old`` and ``rollout_sampling_old``, the per-position loop the
-batched rollouts replaced, each timed next to its batched twin in ABBA order; their paired ratio is
-the speed-up. The schedule estimate sums each phase's median times its count in the preset (MLE
-epochs, D rounds × epochs, adversarial epochs with their g-steps and D rounds, NLL measurements).
+batched rollouts replaced (rebuilt here as it was), each timed next to its batched twin in ABBA
+order; their paired ratio is the speed-up. The schedule estimate sums each phase's median times its
+count in the preset (MLE epochs, D rounds × epochs, adversarial epochs with their g-steps and D
+rounds, NLL measurements).
 
     python benchmarks/seqgan_phases.py --repeats 3                           # small preset, CPU
     python benchmarks/seqgan_phases.py --paper --old-rollouts --repeats 3 --budget-s 900
@@ -44,8 +45,8 @@ from gymlab.agents.seqgan import (
     SeqGANConfig,
     policy_gradient_loss,
     rollout_action_values,
-    rollout_action_values_per_position,
 )
+from gymlab.envs.oracle import TokenLSTM
 
 from gymlab.agent import Context
 
@@ -53,6 +54,28 @@ REPO = Path(__file__).resolve().parents[1]
 #: Each batched rollout phase and the per-position loop it replaced (timed with ``--old-rollouts``).
 PAIRS = {"rollouts": "rollouts_old", "rollout_sampling": "rollout_sampling_old"}
 PRESETS = {"paper": REPO / "configs/seqgan/SeqGen-v0.yaml", "small": REPO / "configs/seqgan/SeqGen-v0-small.yaml"}
+
+
+@torch.no_grad()
+def per_position_action_values(
+    policy: TokenLSTM,
+    sequences: torch.Tensor,
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    num_rollouts: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The rollouts before batching, rebuilt here: one prefix length at a time, R·B rows each, scored per length."""
+    batch, length = sequences.shape
+    states = policy.prefix_states(sequences)  # states[t]: after BOS, y_1..y_t; each (1, B, H)
+    values = torch.empty(batch, length, device=sequences.device)
+    for t in range(1, length):
+        h, c = states[t]
+        state = (h.repeat(1, num_rollouts, 1), c.repeat(1, num_rollouts, 1))  # (1, R·B, H), rollout-major
+        prefix = sequences[:, :t].repeat(num_rollouts, 1)  # (R·B, t)
+        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state)
+        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
+    values[:, length - 1] = scorer(sequences)
+    return values
 
 
 def build(preset: Path, device: torch.device) -> tuple[SeqGAN, dict]:
@@ -206,8 +229,8 @@ def main() -> None:
         "nll_eval": lambda: agent._record_nll(ADVERSARIAL, 0),
     }
     if args.old_rollouts:
-        phases["rollouts_old"] = rollouts(rollout_action_values_per_position, prob_real)
-        phases["rollout_sampling_old"] = rollouts(rollout_action_values_per_position, trivial)
+        phases["rollouts_old"] = rollouts(per_position_action_values, prob_real)
+        phases["rollout_sampling_old"] = rollouts(per_position_action_values, trivial)
     if device.type == "cuda":  # kernels chosen, memory pooled: not part of an epoch's cost
         for fn in phases.values():
             fn()

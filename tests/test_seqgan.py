@@ -15,10 +15,9 @@ from gymlab.agents.seqgan import (
     SeqGANConfig,
     discriminator_loss,
     policy_gradient_loss,
-    rank_correlation,
     rollout_action_values,
-    rollout_action_values_per_position,
 )
+from gymlab.agents.sequence_cnn import rank_correlation
 from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence
 
 from gymlab import checkpoint
@@ -73,6 +72,22 @@ def test_rollout_values_average_the_rollouts_to_the_expected_score():
     assert torch.equal(values[:, -1], count_zeros(seqs))  # the last token's value is the score itself
 
 
+@torch.no_grad()
+def per_position_values(policy, seqs, scorer, num_rollouts, generator=None, uniform=None) -> torch.Tensor:
+    """The rollouts as they ran before batching: one prefix length at a time, R·B rows each."""
+    batch, length = seqs.shape
+    states = policy.prefix_states(seqs)
+    values = torch.empty(batch, length)
+    for t in range(1, length):
+        state = tuple(x.repeat(1, num_rollouts, 1) for x in states[t])
+        noise = None if uniform is None else uniform[t - 1].reshape(num_rollouts * batch, length)
+        prefix = seqs[:, :t].repeat(num_rollouts, 1)
+        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state, uniform=noise)
+        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
+    values[:, length - 1] = scorer(seqs)
+    return values
+
+
 def recording_scorer(calls: list[torch.Tensor]):
     """A non-linear score of the tokens that keeps every batch of finished sequences it is given."""
     weights = torch.arange(1.0, 7.0, dtype=torch.float64)
@@ -100,9 +115,7 @@ def test_batched_rollouts_equal_the_per_position_loop_on_the_same_noise():
         finished = policy.complete_prefixes(seqs, rollouts, uniform=noise, chunk=chunk)
         batched = rollout_action_values(policy, seqs, recording_scorer(batched_calls), rollouts, uniform=noise)
         looped_calls.clear()
-        looped = rollout_action_values_per_position(
-            policy, seqs, recording_scorer(looped_calls), rollouts, uniform=noise
-        )
+        looped = per_position_values(policy, seqs, recording_scorer(looped_calls), rollouts, uniform=noise)
         # The same sequences, token for token (the loop scores one prefix length per call), the same values.
         assert torch.equal(batched_calls[0].view(length - 1, rollouts * 5, length), torch.stack(looped_calls[:-1]))
         assert torch.equal(finished, batched_calls[0].view(length - 1, rollouts, 5, length))
@@ -114,7 +127,7 @@ def test_batched_rollouts_equal_the_per_position_loop_on_the_same_noise():
     free = rollout_action_values(
         policy, seqs, recording_scorer(batched_calls), rollouts, torch.Generator().manual_seed(2)
     )
-    looped = rollout_action_values_per_position(
+    looped = per_position_values(
         policy, seqs, recording_scorer(looped_calls), rollouts, torch.Generator().manual_seed(2)
     )
     assert torch.equal(batched_calls[0].view(length - 1, rollouts * 5, length), torch.stack(looped_calls[:-1]))
