@@ -73,16 +73,12 @@ class SeqGANConfig(BaseModel):
     disc_pretrain_epochs: int = Field(3, ge=1, description="epochs per D pre-training round")
     # Adversarial training.
     num_rollouts: int = Field(16, ge=1, description="Monte-Carlo rollouts per partial sequence")
-    rollout_update_rate: float = Field(
-        0.8, ge=0, le=1, description="rollout params ← rate·rollout + (1−rate)·generator after each epoch"
-    )
+    rollout_update_rate: float = Field(0.8, ge=0, le=1, description="rollout ← rate·rollout + (1−rate)·G, each epoch")
     baseline: bool = Field(False, description="subtract the batch-mean action value per position (paper: no)")
     reward: Literal["discriminator", "constant", "shuffled"] = Field(
         "discriminator",
-        description=(
-            "action values of the g-steps: the discriminator's MC rollouts (SeqGAN); controls: 'constant' "
-            "(every Q = constant_reward, no rollouts) or 'shuffled' (D's MC values, rows permuted across the batch)"
-        ),
+        description="g-step action values: D's MC rollouts (SeqGAN); controls: 'constant' (every Q = constant_reward, "
+        "no rollouts) or 'shuffled' (D's MC values, rows permuted across the batch)",
     )
     constant_reward: float = Field(0.5, description="every action value of the reward: constant control")
     g_steps: int = Field(1, ge=1, description="policy-gradient steps (env batches) per adversarial epoch")
@@ -97,9 +93,7 @@ class SeqGANConfig(BaseModel):
         description="sampling temperatures of the MLE generator's quality-diversity sweep (after MLE; [] skips it)",
     )
     nll_every: int = Field(5, ge=1, description="MLE / adversarial epochs between NLL-oracle measurements")
-    text_samples: int = Field(
-        3, ge=0, description="sample sequences shown as text at each adversarial NLL-oracle measurement"
-    )
+    text_samples: int = Field(3, ge=0, description="samples shown as text at each adversarial NLL measurement")
 
     @model_validator(mode="after")
     def _filters_match(self) -> SeqGANConfig:
@@ -292,10 +286,7 @@ class SeqGAN:
         return actions.cpu().numpy()
 
     def observe(self, transition: Transition) -> None:
-        """Keep each finished batch of sequences (the true final observations) for the g-step.
-
-        Every batch is the current G's: the g-step comes when a batch ends, before the next begins.
-        """
+        """Keep each finished batch (the true final observations) for the g-step, which comes before the next batch."""
         if transition.terminated.all():
             self.finished = torch.as_tensor(transition.next_obs, dtype=torch.long, device=self.device)
             self.finished_reward = np.asarray(transition.reward, dtype=np.float64)
@@ -352,11 +343,7 @@ class SeqGAN:
         return metrics
 
     def _temperature_point(self, temperature: float) -> dict[str, float]:
-        """One point of the MLE generator's quality-diversity curve: NLL-oracle and NLL-test at ``temperature``.
-
-        NLL-oracle of ``nll_samples`` sequences sampled from softmax(logits / T); NLL-test of the
-        held-out sequences under that same tempered distribution. The generator is not changed.
-        """
+        """One point of the MLE generator's quality-diversity curve: both NLLs under softmax(logits / T)."""
         nll, nll_test, _, _ = self._nll_measure(temperature)
         self.temperature_results.append((temperature, nll, nll_test))
         if len(self.temperature_results) == len(self.cfg.temperatures):
@@ -393,15 +380,11 @@ class SeqGAN:
         # The epoch's g-steps are done: move the rollout policy, then train D on fresh negatives.
         self.g_step_in_epoch = 0
         soft_update(self.rollout, self.generator, self.cfg.rollout_update_rate)
-        d_losses, d_accs = [], []
-        for _ in range(self.cfg.d_steps):
-            d_loss, d_acc = self._train_discriminator(self.cfg.d_epochs)
-            d_losses.append(d_loss)
-            d_accs.append(d_acc)
+        d_fits = np.array([self._train_discriminator(self.cfg.d_epochs) for _ in range(self.cfg.d_steps)])
         self.adv_epoch += 1
         metrics["adv_epoch"] = self.adv_epoch
-        if d_losses:
-            metrics.update({"d_loss": float(np.mean(d_losses)), "d_accuracy": float(np.mean(d_accs))})
+        if len(d_fits):  # mean loss and accuracy of the rounds
+            metrics.update({"d_loss": float(d_fits[:, 0].mean()), "d_accuracy": float(d_fits[:, 1].mean())})
         if self.adv_epoch % self.cfg.nll_every == 0 or self.adv_epoch == 1:
             metrics.update(self._record_nll(ADVERSARIAL, self.adv_epoch))
             if self.cfg.text_samples:
@@ -467,12 +450,7 @@ class SeqGAN:
         return torch.cat(parts)
 
     def _nll_measure(self, temperature: float = 1.0) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-        """NLL-oracle, NLL-test, and the scored samples with the oracle's NLL of each.
-
-        NLL-oracle: the oracle's per-token NLL of ``nll_samples`` generated sequences (quality).
-        NLL-test: the generator's per-token NLL of the held-out oracle sequences (diversity: a
-        generator that drops modes of the oracle scores them badly).
-        """
+        """NLL-oracle (quality), NLL-test (diversity), and the generated samples with the oracle's NLL of each."""
         self.generator.eval()
         fake = self._generate(self.cfg.nll_samples, temperature=temperature)
         per_sequence = nll_per_sequence(self.oracle, fake)
