@@ -19,7 +19,7 @@ same load; ``--budget-s`` stops measuring when that many seconds are spent and p
 batched rollouts replaced (rebuilt here as it was), each timed next to its batched twin in ABBA
 order; their paired ratio is the speed-up. The schedule estimate sums each phase's median times its
 count in the preset (MLE epochs, D rounds × epochs, adversarial epochs with their g-steps and D
-rounds, NLL measurements).
+rounds, NLL measurements); with ``--paper`` also for SeqGen-v0-fast.yaml, of the same shapes.
 
     python benchmarks/seqgan_phases.py --repeats 3                           # small preset, CPU
     python benchmarks/seqgan_phases.py --paper --old-rollouts --repeats 3 --budget-s 900
@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: Each batched rollout phase and the per-position loop it replaced (timed with ``--old-rollouts``).
 PAIRS = {"rollouts": "rollouts_old", "rollout_sampling": "rollout_sampling_old"}
 PRESETS = {"paper": REPO / "configs/seqgan/SeqGen-v0.yaml", "small": REPO / "configs/seqgan/SeqGen-v0-small.yaml"}
+#: Presets of the paper's shapes whose schedules the same figures also price (``--paper``).
+PAPER_SHAPED = [REPO / "configs/seqgan/SeqGen-v0-fast.yaml"]
 
 
 @torch.no_grad()
@@ -162,7 +164,7 @@ def measure(
     return times, False
 
 
-def report(times: dict[str, list[float]], run: dict, device: torch.device) -> None:
+def report(times: dict[str, list[float]], runs: dict[str, dict], device: torch.device) -> None:
     """The table of seconds per phase, the old loop's paired ratios, and the schedule's estimate."""
     print(f"\n{'phase':<22}{'n':>3}{'median s':>11}{'min s':>10}{'max s':>10}")
     for name, ts in times.items():
@@ -177,15 +179,16 @@ def report(times: dict[str, list[float]], run: dict, device: torch.device) -> No
                 f"(paired median of {n}; {min(ratios):.2f}-{max(ratios):.2f})"
             )
     med = {name: statistics.median(ts) for name, ts in times.items() if ts}
-    print(f"\nwhole schedule of the preset from the medians ({device}):")
-    total, missing = 0.0, []
-    for part, count, seconds in schedule(run, med):
-        print(f"  {part:<20} {count:<56} " + ("not measured" if seconds is None else f"{seconds:>10.1f} s"))
-        total += seconds or 0.0
-        if seconds is None:
-            missing.append(part)
-    note = f" (without {', '.join(missing)})" if missing else ""
-    print(f"  {'total':<20} {'':<56} {total:>10.1f} s = {total / 60:.1f} min{note}")
+    for preset, run in runs.items():
+        print(f"\nwhole schedule of {preset} from the medians ({device}):")
+        total, missing = 0.0, []
+        for part, count, seconds in schedule(run, med):
+            print(f"  {part:<20} {count:<56} " + ("not measured" if seconds is None else f"{seconds:>10.1f} s"))
+            total += seconds or 0.0
+            if seconds is None:
+                missing.append(part)
+        note = f" (without {', '.join(missing)})" if missing else ""
+        print(f"  {'total':<20} {'':<56} {total:>10.1f} s = {total / 60:.1f} min{note}")
 
 
 def main() -> None:
@@ -199,7 +202,9 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    agent, run = build(PRESETS["paper" if args.paper else "small"], device)
+    preset = PRESETS["paper" if args.paper else "small"]
+    agent, run = build(preset, device)
+    runs = {preset.name: run} | {p.name: yaml.safe_load(p.read_text()) for p in (PAPER_SHAPED if args.paper else [])}
     cfg = agent.cfg
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
@@ -236,7 +241,7 @@ def main() -> None:
             fn()
         sync()
     times, spent_out = measure(phases, args.repeats, start + args.budget_s, sync)
-    report(times, run, device)
+    report(times, runs, device)
     if spent_out:
         print(f"budget of {args.budget_s:.0f} s spent: measuring stopped early")
     print(f"load {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - start:.0f} s in all")
