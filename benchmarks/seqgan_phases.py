@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--paper", action="store_true", help="the paper's shapes (configs/seqgan/SeqGen-v0.yaml)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="stop measuring after this many seconds")
     parser.add_argument("--old-rollouts", action="store_true", help="also time the per-position rollout loop")
+    parser.add_argument("--phases", default="", help="comma-separated phases to time (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -236,6 +237,9 @@ def main() -> None:
     if args.old_rollouts:
         phases["rollouts_old"] = rollouts(per_position_action_values, prob_real)
         phases["rollout_sampling_old"] = rollouts(per_position_action_values, trivial)
+    if args.phases:
+        keep = set(args.phases.split(",")) | {PAIRS[n] for n in args.phases.split(",") if n in PAIRS}
+        phases = {name: fn for name, fn in phases.items() if name in keep}
     if device.type == "cuda":  # kernels chosen, memory pooled: not part of an epoch's cost
         for fn in phases.values():
             fn()
