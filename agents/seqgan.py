@@ -1,68 +1,16 @@
 """SeqGAN (Yu et al., AAAI 2017): a sequence generator trained as an RL policy, rewarded by a discriminator.
 
-The generator G is an LSTM policy in the token-generation MDP (``envs/seqgen.py``): the state is
-the prefix, the action the next token. The reward of a finished sequence is the discriminator
-D's probability that it is real. A token in the middle of a sequence has no reward of its own,
-so its action value is estimated by Monte-Carlo search: N rollouts from a *rollout policy* (a
-delayed copy of G) finish the prefix, and D scores the finished sequences::
+The generator G, an LSTM (``envs/oracle.py: TokenLSTM``), is the policy of the token-generation
+MDP (``envs/seqgen.py``); a CNN discriminator D scores finished sequences, and Monte-Carlo rollouts
+of a delayed copy of G give each prefix its action value::
 
     Q(y_1..y_{t-1}, y_t) = mean_n D(Y^n_{1:T}),  Y^n ~ rollout policy, continuing y_1..y_t  (t < T)
     Q(y_1..y_{T-1}, y_T) = D(y_1..y_T)
 
-and G takes a REINFORCE step on ``− mean_t log G(y_t | y_<t) · Q_t`` (no baseline, as in the paper).
-The schedule of the paper's synthetic experiment:
-
-1. MLE pre-training of G on the oracle's real sequences (``mle_epochs`` epochs), then (not in the
-   paper) a measurement of the MLE generator sampled at each of ``temperatures``, the
-   quality–diversity baseline of Caccia et al. 2018;
-2. pre-training of D on real vs generated sequences (``disc_pretrain_rounds`` rounds, each on
-   freshly generated negatives, ``disc_pretrain_epochs`` epochs);
-3. adversarial epochs: ``g_steps`` policy-gradient steps, each on one batch of sequences that G
-   generated in the env, then ``d_steps`` rounds of D training on fresh negatives
-   (``d_epochs`` epochs each); the rollout policy moves towards G at rate ``1 − rollout_update_rate``.
-
-How it meets the loop: steps 1 and 2 need no env, so they are the agent's offline phases
-(``phases``/``run_phase``: one MLE epoch or one D round per iteration), which the loop runs,
-shows, logs and checkpoints before the first env step. Then the loop steps the batched env one
-token at a time: one batch of N sequences (N = ``num_envs``, the paper's 64) takes T loop steps,
-i.e. N·T env steps (tokens), and ``update`` runs one g-step per finished batch, computing the MC
-action values with its own D (the env's terminal reward, the oracle's log-likelihood, is not the
-training signal: it only lets the loop log NLL-oracle as episode returns), and the d-steps after
-the epoch's g-steps. So ``steps`` = adversarial epochs × ``g_steps`` × N·T. The greedy evaluation
-the loop runs generates the argmax sequence; its return is minus its NLL-oracle (a quick check).
-
-The oracle is configured once, in the env's ``env_kwargs`` (``oracle_seed``,
-``oracle_embedding_dim``, ``oracle_hidden_dim``); the agent reads them from its context and
-builds the same oracle for its real data and its NLL-oracle measurements.
-
-What is measured (TensorBoard, at the untrained G, every ``nll_every`` MLE and adversarial epochs):
-``nll_oracle``, the quality: the oracle's per-token NLL of ``nll_samples`` generated sequences;
-``nll_test``, the diversity: G's per-token NLL of ``test_samples`` held-out oracle sequences
-(seed ``test_seed``, none of them in the real data), which a generator that drops the oracle's
-modes scores badly. Tags: ``mle/nll_oracle_untrained``, ``mle/nll_test_untrained``,
-``mle/nll_oracle``, ``mle/nll_test``, ``train/nll_oracle``, ``train/nll_test``. The temperature
-sweep is its own offline phase, one iteration per temperature T: ``temperature/temperature``,
-``temperature/nll_oracle`` (samples of softmax(logits / T)) and ``temperature/nll_test`` (held-out
-data under that tempered distribution) share each iteration's step, and a text table
-(``train/temperature``) sums them up.
-
-The controls are hparams too (``reward``): ``constant`` replaces every action value by
-``constant_reward`` (no rollouts), ``shuffled`` gives each sequence the MC values D gave another
-sequence of the batch (the same sizes, none of D's information).
-
-A caution, measured in this lab (benchmarks/README.md): without a baseline (the paper's update)
-every Q is positive, and reinforcing the generator's own samples sharpens it. That alone lowers
-NLL-oracle: in the paper's oracle world a *constant* reward of 0.5 lowered it as much as the
-discriminator's rewards did. ``baseline: true`` removes that effect (a constant reward then gives
-no gradient at all), so what remains is the discriminator's doing; the learning test and the small
-preset use it, and ``shuffled`` is its control.
-
-A second caution: with a fixed set of real sequences D can learn *which* sequences are real rather
-than what makes a sequence likely. Each adversarial measurement therefore also logs D's accuracy
-on its training sequences, on held-out real ones and on G's samples, and the rank correlation of
-its verdict with the oracle's log-likelihood over G's samples (``d_accuracy_real_train``,
-``d_accuracy_real_heldout``, ``d_accuracy_fake``, ``d_oracle_rank_corr``). In the small preset D
-calls most unseen real sequences fake and ranks G's samples at random (benchmarks/README.md).
+G takes REINFORCE steps on ``− mean_t log G(y_t | y_<t) · Q_t``. MLE pre-training of G, its
+temperature sweep and D pre-training are the agent's offline phases; each adversarial epoch is
+``g_steps`` env batches and ``d_steps`` rounds of D training. Schedule, metrics and what was
+measured with them: benchmarks/README.md, section SeqGAN.
 """
 
 from __future__ import annotations
@@ -73,6 +21,7 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 import torch
+from gymlab.agents.sequence_cnn import Discriminator, membership_or_realism
 from gymlab.envs.oracle import (
     TokenLSTM,
     held_out_dataset,
@@ -81,7 +30,7 @@ from gymlab.envs.oracle import (
     sample_dataset,
     sample_tokens,
 )
-from gymlab.envs.seqgen import oracle_settings
+from gymlab.envs.seqgen import oracle_settings, token_spaces_problem
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -124,16 +73,12 @@ class SeqGANConfig(BaseModel):
     disc_pretrain_epochs: int = Field(3, ge=1, description="epochs per D pre-training round")
     # Adversarial training.
     num_rollouts: int = Field(16, ge=1, description="Monte-Carlo rollouts per partial sequence")
-    rollout_update_rate: float = Field(
-        0.8, ge=0, le=1, description="rollout params ← rate·rollout + (1−rate)·generator after each epoch"
-    )
+    rollout_update_rate: float = Field(0.8, ge=0, le=1, description="rollout ← rate·rollout + (1−rate)·G, each epoch")
     baseline: bool = Field(False, description="subtract the batch-mean action value per position (paper: no)")
     reward: Literal["discriminator", "constant", "shuffled"] = Field(
         "discriminator",
-        description=(
-            "action values of the g-steps: the discriminator's MC rollouts (SeqGAN); controls: 'constant' "
-            "(every Q = constant_reward, no rollouts) or 'shuffled' (D's MC values, rows permuted across the batch)"
-        ),
+        description="g-step action values: D's MC rollouts (SeqGAN); controls: 'constant' (every Q = constant_reward, "
+        "no rollouts) or 'shuffled' (D's MC values, rows permuted across the batch)",
     )
     constant_reward: float = Field(0.5, description="every action value of the reward: constant control")
     g_steps: int = Field(1, ge=1, description="policy-gradient steps (env batches) per adversarial epoch")
@@ -148,9 +93,7 @@ class SeqGANConfig(BaseModel):
         description="sampling temperatures of the MLE generator's quality-diversity sweep (after MLE; [] skips it)",
     )
     nll_every: int = Field(5, ge=1, description="MLE / adversarial epochs between NLL-oracle measurements")
-    text_samples: int = Field(
-        3, ge=0, description="sample sequences shown as text at each adversarial NLL-oracle measurement"
-    )
+    text_samples: int = Field(3, ge=0, description="samples shown as text at each adversarial NLL measurement")
 
     @model_validator(mode="after")
     def _filters_match(self) -> SeqGANConfig:
@@ -177,58 +120,6 @@ def make_generator(config: SeqGANConfig, vocab_size: int) -> TokenLSTM:
     return gen
 
 
-class Highway(nn.Module):
-    """y = τ·relu(W_h x) + (1 − τ)·x with gate τ = σ(W_τ x): carries or transforms each feature."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.transform = nn.Linear(size, size)
-        self.gate = nn.Linear(size, size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, F) -> (B, F)."""
-        tau = torch.sigmoid(self.gate(x))
-        return tau * torch.relu(self.transform(x)) + (1.0 - tau) * x
-
-
-class Discriminator(nn.Module):
-    """The paper's CNN discriminator, giving one logit of "real" per sequence.
-
-    Convolutions of several widths over the token embeddings, max-over-time pooling, a highway
-    layer and dropout.
-    """
-
-    def __init__(
-        self, vocab_size: int, embedding_dim: int, filter_sizes: list[int], num_filters: list[int], dropout: float
-    ) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.convs = nn.ModuleList(
-            nn.Conv1d(embedding_dim, n, width) for width, n in zip(filter_sizes, num_filters, strict=True)
-        )
-        features = sum(num_filters)
-        self.highway = Highway(features)
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(features, 1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logit of "real" per sequence, (B, T) -> (B,)."""
-        x = self.embedding(tokens).transpose(1, 2)  # (B, E, T): channels first for Conv1d
-        # Max over time makes each filter a detector of its n-gram anywhere in the sequence.
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]  # each (B, n_i)
-        h = self.highway(torch.cat(pooled, dim=1))  # (B, F)
-        return self.out(self.dropout(h)).squeeze(1)
-
-    @torch.no_grad()
-    def prob_real(self, tokens: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
-        """D(Y): probability that each sequence is real, (M, T) -> (M,), without dropout."""
-        was_training = self.training
-        self.eval()
-        probs = torch.cat([torch.sigmoid(self(tokens[i : i + chunk])) for i in range(0, len(tokens), chunk)])
-        self.train(was_training)
-        return probs
-
-
 # --- losses and the Monte-Carlo action values (pure functions) --------------------------------
 
 
@@ -240,12 +131,8 @@ def mle_loss(log_probs: torch.Tensor) -> torch.Tensor:
 def policy_gradient_loss(log_probs: torch.Tensor, action_values: torch.Tensor, baseline: bool) -> torch.Tensor:
     """REINFORCE on MC action values: ``− mean_{b,t} log G(y_t | y_<t) · (Q_t − b_t)``, both (B, T).
 
-    The action values are constants (no gradient flows into the rollouts or D). The paper uses
-    no baseline (b = 0): every Q is a probability in (0, 1), so every sampled token is pushed up,
-    the ones in sequences D finds realistic more than the others. Pushing up a sample has zero
-    expected effect, so that common part is pure noise; ``baseline`` subtracts the batch's mean
-    Q at each position (b_t = mean_b Q_{b,t}), which keeps the gradient unbiased up to O(1/B)
-    and removes the noise.
+    The action values are constants. The paper uses b = 0; ``baseline`` subtracts the batch's mean Q
+    at each position (b_t = mean_b Q_{b,t}): unbiased up to O(1/B), without the common push-up of every sample.
     """
     advantages = action_values.detach()
     if baseline:
@@ -267,34 +154,22 @@ def rollout_action_values(
     scorer: SequenceScorer,
     num_rollouts: int,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MC action value of every token of every sequence, (B, T) -> (B, T).
 
-    Column t − 1 holds Q for the prefix y_1..y_t: the mean score of ``num_rollouts``
-    completions of that prefix sampled from ``policy``; the last column is the score of the
-    finished sequence itself. For each prefix length the B sequences × R rollouts run as one
-    batch of R·B, starting from the policy's state after the prefix (computed once for all t).
+    Column t − 1 holds Q for the prefix y_1..y_t: the mean score of ``num_rollouts`` completions
+    of that prefix sampled from ``policy``; the last column is the score of the finished sequence
+    itself. The (T − 1)·R·B rollouts advance as one batch (:meth:`TokenLSTM.complete_prefixes`)
+    and are scored in one call. ``uniform`` (T − 1, R, B, T): the sampling noise, for tests.
     """
     batch, length = sequences.shape
-    states = policy.prefix_states(sequences)  # states[t]: after BOS, y_1..y_t; each (1, B, H)
     values = torch.empty(batch, length, device=sequences.device)
-    for t in range(1, length):
-        h, c = states[t]
-        state = (h.repeat(1, num_rollouts, 1), c.repeat(1, num_rollouts, 1))  # (1, R·B, H), rollout-major
-        prefix = sequences[:, :t].repeat(num_rollouts, 1)  # (R·B, t)
-        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state)
-        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
+    finished = policy.complete_prefixes(sequences, num_rollouts, generator, uniform)  # (T − 1, R, B, T)
+    scores = scorer(finished.view(-1, length)).view(length - 1, num_rollouts, batch)
+    values[:, : length - 1] = scores.mean(dim=1).T
     values[:, length - 1] = scorer(sequences)
     return values
-
-
-def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation of two 1-D tensors (ties broken by position; 0 if either is constant)."""
-    rx, ry = (v.argsort().argsort().double() for v in (x, y))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    if x.unique().numel() < 2 or y.unique().numel() < 2:
-        return 0.0
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
 
 
 def soft_update(target: nn.Module, source: nn.Module, keep: float) -> None:
@@ -342,19 +217,7 @@ class SeqGAN:
     @classmethod
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
         """Needs SeqGen's spaces: a prefix of T entries in [0, V] (V = padding) and Discrete(V) tokens."""
-        if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.start) != 0:
-            return f"it generates tokens, needing a Discrete(V) action space, not {action_space} (use SeqGen-v0)"
-        v = int(action_space.n)
-        if (
-            not isinstance(observation_space, gym.spaces.MultiDiscrete)
-            or observation_space.nvec.ndim != 1
-            or not np.all(observation_space.nvec == v + 1)
-        ):
-            return (
-                f"it needs the token prefix as MultiDiscrete([{v + 1}] * T) observations, "
-                f"not {observation_space} (use SeqGen-v0)"
-            )
-        return None
+        return token_spaces_problem(observation_space, action_space, "it")
 
     @classmethod
     def check_config(cls, config: SeqGANConfig, ctx: Context) -> str | None:
@@ -380,7 +243,7 @@ class SeqGAN:
         self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
         # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
         self.held_out = held_out_dataset(self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real)
-        self.real, self.held_out = self.real.to(self.device), self.held_out.to(self.device)
+        self.real, self.held_out = self._to_device(self.real), self._to_device(self.held_out)  # once, pinned
         self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)
         self.rollout = make_generator(config, self.vocab_size).to(self.device)
@@ -423,10 +286,7 @@ class SeqGAN:
         return actions.cpu().numpy()
 
     def observe(self, transition: Transition) -> None:
-        """Keep each finished batch of sequences (the true final observations) for the g-step.
-
-        Every batch is the current G's: the g-step comes when a batch ends, before the next begins.
-        """
+        """Keep each finished batch (the true final observations) for the g-step, which comes before the next batch."""
         if transition.terminated.all():
             self.finished = torch.as_tensor(transition.next_obs, dtype=torch.long, device=self.device)
             self.finished_reward = np.asarray(transition.reward, dtype=np.float64)
@@ -469,25 +329,21 @@ class SeqGAN:
 
     def _mle_epoch(self) -> dict[str, float]:
         self.generator.train()
-        losses = []
+        losses = []  # on the device: one read at the end of the epoch, not one per step
         for idx in self._batches(len(self.real), self.cfg.gen_batch_size):
             loss = mle_loss(self.generator.log_probs(self.real[idx]))
             self._generator_step(self.mle_opt, loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())
         self.mle_epoch += 1
         # The delayed rollout copy starts the adversarial phase equal to the pre-trained G.
         self.rollout.load_state_dict(self.generator.state_dict())
-        metrics = {"g_mle_loss": float(np.mean(losses))}
+        metrics = {"g_mle_loss": torch.stack(losses).mean().item()}
         if self.mle_epoch % self.cfg.nll_every == 0 or self.mle_epoch == self.cfg.mle_epochs:
             metrics.update(self._record_nll(MLE, self.mle_epoch))
         return metrics
 
     def _temperature_point(self, temperature: float) -> dict[str, float]:
-        """One point of the MLE generator's quality-diversity curve: NLL-oracle and NLL-test at ``temperature``.
-
-        NLL-oracle of ``nll_samples`` sequences sampled from softmax(logits / T); NLL-test of the
-        held-out sequences under that same tempered distribution. The generator is not changed.
-        """
+        """One point of the MLE generator's quality-diversity curve: both NLLs under softmax(logits / T)."""
         nll, nll_test, _, _ = self._nll_measure(temperature)
         self.temperature_results.append((temperature, nll, nll_test))
         if len(self.temperature_results) == len(self.cfg.temperatures):
@@ -512,8 +368,8 @@ class SeqGAN:
         self.generator.train()
         loss = policy_gradient_loss(self.generator.log_probs(sequences), values, self.cfg.baseline)
         self._generator_step(self.pg_opt, loss)
-        metrics.update({"g_pg_loss": loss.item(), "rollout_reward": values.mean().item()})
-        metrics["final_reward"] = values[:, -1].mean().item()
+        read = torch.stack([loss.detach(), values.mean(), values[:, -1].mean()]).tolist()  # one device read
+        metrics.update(dict(zip(("g_pg_loss", "rollout_reward", "final_reward"), read, strict=True)))
         if np.std(env_reward) > 0:  # does D's verdict track the oracle's (the env's reward)?
             d_final = values[:, -1].double().cpu().numpy()
             if np.std(d_final) > 0:
@@ -524,15 +380,11 @@ class SeqGAN:
         # The epoch's g-steps are done: move the rollout policy, then train D on fresh negatives.
         self.g_step_in_epoch = 0
         soft_update(self.rollout, self.generator, self.cfg.rollout_update_rate)
-        d_losses, d_accs = [], []
-        for _ in range(self.cfg.d_steps):
-            d_loss, d_acc = self._train_discriminator(self.cfg.d_epochs)
-            d_losses.append(d_loss)
-            d_accs.append(d_acc)
+        d_fits = np.array([self._train_discriminator(self.cfg.d_epochs) for _ in range(self.cfg.d_steps)])
         self.adv_epoch += 1
         metrics["adv_epoch"] = self.adv_epoch
-        if d_losses:
-            metrics.update({"d_loss": float(np.mean(d_losses)), "d_accuracy": float(np.mean(d_accs))})
+        if len(d_fits):  # mean loss and accuracy of the rounds
+            metrics.update({"d_loss": float(d_fits[:, 0].mean()), "d_accuracy": float(d_fits[:, 1].mean())})
         if self.adv_epoch % self.cfg.nll_every == 0 or self.adv_epoch == 1:
             metrics.update(self._record_nll(ADVERSARIAL, self.adv_epoch))
             if self.cfg.text_samples:
@@ -559,20 +411,24 @@ class SeqGAN:
         optimizer.step()
 
     def _batches(self, n: int, size: int) -> list[torch.Tensor]:
-        """A shuffled split of range(n) into minibatches of indices on the device."""
-        perm = torch.randperm(n, generator=self.index_rng).to(self.device)
-        return list(perm.split(size))
+        """A shuffled split of range(n) into minibatches of indices on the device (one copy per epoch)."""
+        return list(self._to_device(torch.randperm(n, generator=self.index_rng)).split(size))
+
+    def _to_device(self, cpu_tensor: torch.Tensor) -> torch.Tensor:
+        """One host-to-device copy, from pinned memory (asynchronous) when the device is a GPU."""
+        if self.device.type != "cuda":
+            return cpu_tensor.to(self.device)
+        return cpu_tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _train_discriminator(self, epochs: int) -> tuple[float, float]:
         """One round: fresh negatives and as many real sequences, ``epochs`` epochs; mean loss and accuracy."""
         cfg = self.cfg
         fake = self._generate(cfg.disc_samples)  # (M, T)
-        take = torch.randperm(len(self.real), generator=self.index_rng)[: cfg.disc_samples].to(self.device)
-        real = self.real[take]
+        real = self.real[self._to_device(torch.randperm(len(self.real), generator=self.index_rng)[: cfg.disc_samples])]
         tokens = torch.cat([real, fake])  # (2M', T)
-        labels = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(self.device)
+        labels = torch.cat([torch.ones(len(real), device=self.device), torch.zeros(len(fake), device=self.device)])
         self.discriminator.train()
-        losses, correct = [], 0.0
+        losses, correct = [], []  # the last epoch's fit, kept on the device and read once
         for epoch in range(epochs):
             for idx in self._batches(len(tokens), cfg.disc_batch_size):
                 logits = self.discriminator(tokens[idx])
@@ -580,10 +436,10 @@ class SeqGAN:
                 self.disc_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.disc_opt.step()
-                if epoch == epochs - 1:  # report the last epoch's fit
-                    losses.append(loss.item())
-                    correct += ((logits > 0).float() == labels[idx]).sum().item()
-        return float(np.mean(losses)), correct / len(tokens)
+                if epoch == epochs - 1:
+                    losses.append(loss.detach())
+                    correct.append(((logits > 0).float() == labels[idx]).sum())
+        return torch.stack(losses).mean().item(), torch.stack(correct).sum().item() / len(tokens)
 
     def _generate(self, num: int, chunk: int = 2_000, temperature: float = 1.0) -> torch.Tensor:
         self.generator.eval()
@@ -594,12 +450,7 @@ class SeqGAN:
         return torch.cat(parts)
 
     def _nll_measure(self, temperature: float = 1.0) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-        """NLL-oracle, NLL-test, and the scored samples with the oracle's NLL of each.
-
-        NLL-oracle: the oracle's per-token NLL of ``nll_samples`` generated sequences (quality).
-        NLL-test: the generator's per-token NLL of the held-out oracle sequences (diversity: a
-        generator that drops modes of the oracle scores them badly).
-        """
+        """NLL-oracle (quality), NLL-test (diversity), and the generated samples with the oracle's NLL of each."""
         self.generator.eval()
         fake = self._generate(self.cfg.nll_samples, temperature=temperature)
         per_sequence = nll_per_sequence(self.oracle, fake)
@@ -615,37 +466,23 @@ class SeqGAN:
             metrics.update(self._discriminator_diagnostics(fake, per_sequence))
         return metrics
 
-    @torch.no_grad()
     def _discriminator_diagnostics(self, fake: torch.Tensor, oracle_nll: torch.Tensor) -> dict[str, float]:
-        """Measure whether D judges realism or membership of the real data it trains on (no training).
-
-        D's accuracy on real sequences it trains on, on held-out oracle sequences (NLL-test's, never
-        shown to D) and on the generator's samples; and the rank correlation, over those samples,
-        of D's verdict with the oracle's log-likelihood: the signal the generator's reward is meant
-        to carry. A D that knows its training sequences by heart scores held-out real ones as fake
-        and ranks samples at random (benchmarks/README.md, SeqGAN).
-        """
+        """Does D judge realism or membership of its real data? (:func:`membership_or_realism`, no training)."""
         real = self.real[: len(self.held_out)]
-        p_real, p_held, p_fake = (self.discriminator.prob_real(x) for x in (real, self.held_out, fake))
-        return {
-            "d_accuracy_real_train": (p_real > 0.5).float().mean().item(),
-            "d_accuracy_real_heldout": (p_held > 0.5).float().mean().item(),
-            "d_accuracy_fake": (p_fake <= 0.5).float().mean().item(),
-            "d_oracle_rank_corr": rank_correlation(p_fake, -oracle_nll.to(p_fake.device)),
-        }
+        return membership_or_realism(self.discriminator.prob_real, real, self.held_out, fake, -oracle_nll)
 
     # --- checkpoints ---------------------------------------------------------------------
 
+    #: Everything of an exact resume beside the generator: modules and optimizers, saved by their state_dict.
+    _STATEFUL = ("rollout", "discriminator", "mle_opt", "pg_opt", "disc_opt")
+
     def state_dict(self) -> dict[str, Any]:
         """Policy: the generator. Training: the other networks, optimizers, generators' states, counters, batch."""
+        training = {name: getattr(self, name).state_dict() for name in self._STATEFUL}
         return {
             "policy": {"generator": self.generator.state_dict()},
             "training": {
-                "rollout": self.rollout.state_dict(),
-                "discriminator": self.discriminator.state_dict(),
-                "mle_opt": self.mle_opt.state_dict(),
-                "pg_opt": self.pg_opt.state_dict(),
-                "disc_opt": self.disc_opt.state_dict(),
+                **training,
                 "rng": self.rng.get_state(),
                 "index_rng": self.index_rng.get_state(),
                 "counters": [self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch],
@@ -663,17 +500,13 @@ class SeqGAN:
         if "training" not in state:
             return
         training = state["training"]
-        self.rollout.load_state_dict(training["rollout"])
-        self.discriminator.load_state_dict(training["discriminator"])
-        self.mle_opt.load_state_dict(training["mle_opt"])
-        self.pg_opt.load_state_dict(training["pg_opt"])
-        self.disc_opt.load_state_dict(training["disc_opt"])
+        for name in self._STATEFUL:
+            getattr(self, name).load_state_dict(training[name])
         self.rng.set_state(training["rng"])
         self.index_rng.set_state(training["index_rng"])
         self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (int(v) for v in training["counters"])
-        finished = training["finished"]
+        finished, reward = training["finished"], training["finished_reward"]
         self.finished = None if finished is None else finished.to(self.device)
-        reward = training["finished_reward"]
         self.finished_reward = None if reward is None else np.asarray(reward, dtype=np.float64)
         self.nll_history = [(str(p), int(e), float(v)) for p, e, v in training["nll_history"]]
         self.nll_test_history = [(str(p), int(e), float(v)) for p, e, v in training.get("nll_test_history", [])]

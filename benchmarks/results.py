@@ -58,7 +58,10 @@ NLL_ORACLE, NLL_ORACLE_MLE = "train/nll_oracle", "mle/nll_oracle"
 NLL_TEST, NLL_TEST_MLE = "train/nll_test", "mle/nll_test"
 
 #: Presets that need a GPU: (agent, preset stem) -> why. Atari presets are found by their wrapper.
-GPU_SCALE = {("seqgan", "SeqGen-v0"): "paper-scale SeqGAN: days of CPU (its discriminator training)"}
+GPU_SCALE = {
+    ("seqgan", "SeqGen-v0"): "paper-scale SeqGAN: days of CPU (its discriminator training)",
+    ("seqgan", "SeqGen-v0-fast"): "paper-shaped SeqGAN, 15 adversarial epochs: hours of CPU (its discriminator)",
+}
 ATARI_REASON = "Atari: a 10M-step budget, GPU scale"
 
 #: The REINFORCE reference's env steps to 475 (ANCHORS.md: PyTorch-examples recipe, 5 seeds).

@@ -31,7 +31,9 @@ def _block_size(vocab_size: int) -> int:
     return next(b for b in range(math.isqrt(vocab_size), 0, -1) if vocab_size % b == 0)
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor, generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row from ``softmax(logits)``, (B, V) -> (B,), by inverting the CDF in two levels.
 
     The vocabulary is cut into blocks of ``b`` tokens (b ≈ √V divides V): a block is drawn by its
@@ -40,14 +42,17 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
     weights are unnormalised ``exp(logits − max)``: one pass over the (B, V) logits, then a sum
     per block. On the CPU this is about 3× faster than softmax + a full cumsum and ~10× faster than
     ``torch.multinomial`` for a 5,000-way softmax. The uniform draw is scaled by the total, and
-    each level is clamped, so float rounding never runs off the end.
+    each level is clamped, so float rounding never runs off the end. ``uniform`` (B,) in [0, 1)
+    replaces the draw from ``generator``: the same noise gives the same tokens (used to compare samplers).
     """
     batch, vocab = logits.shape
     block = _block_size(vocab)
     blocks = vocab // block
     weights = (logits - logits.amax(dim=1, keepdim=True)).exp_().view(batch, blocks, block)  # (B, V/b, b)
     block_cdf = weights.sum(dim=2).cumsum_(dim=1)  # (B, V/b)
-    u = torch.rand(batch, 1, generator=generator, device=logits.device) * block_cdf[:, -1:]  # (B, 1)
+    if uniform is None:
+        uniform = torch.rand(batch, 1, generator=generator, device=logits.device)
+    u = uniform.reshape(batch, 1) * block_cdf[:, -1:]  # (B, 1)
     k = torch.searchsorted(block_cdf, u, right=True).clamp_(max=blocks - 1)  # (B, 1): the block
     below = block_cdf.gather(1, (k - 1).clamp(min=0)) * (k > 0)  # (B, 1): mass of the blocks before it
     inner_cdf = weights.gather(1, k.unsqueeze(2).expand(batch, 1, block)).squeeze(1).cumsum_(dim=1)  # (B, b)
@@ -73,7 +78,8 @@ class TokenLSTM(nn.Module):
 
     def initial_state(self, batch: int) -> LSTMState:
         """Zero (h, c) for ``batch`` sequences."""
-        zeros = torch.zeros(1, batch, self.hidden_dim, device=self.out.weight.device)
+        weight = self.out.weight
+        zeros = torch.zeros(1, batch, self.hidden_dim, device=weight.device, dtype=weight.dtype)
         return zeros, zeros.clone()
 
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -100,8 +106,13 @@ class TokenLSTM(nn.Module):
 
     def step(self, token: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """Feed one token per sequence, (B,) -> next-token logits (B, V) and the new state."""
-        hidden, state = self.lstm(self.embedding(token).unsqueeze(1), state)  # (B, 1, H)
-        return self.out(hidden.squeeze(1)), state
+        state = self.advance(token, state)
+        return self.out(state[0].squeeze(0)), state
+
+    def advance(self, token: torch.Tensor, state: LSTMState) -> LSTMState:
+        """Feed one token per sequence, (B,) -> the new state, without the output layer's logits."""
+        _, state = self.lstm(self.embedding(token).unsqueeze(1), state)
+        return state
 
     def prefix_states(self, tokens: torch.Tensor) -> list[LSTMState]:
         """The state after reading BOS and ``tokens[:, :t]``, for t = 0..L (L + 1 states).
@@ -126,12 +137,14 @@ class TokenLSTM(nn.Module):
         prefix: torch.Tensor | None = None,
         state: LSTMState | None = None,
         temperature: float = 1.0,
+        uniform: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample ``batch`` sequences of ``length`` tokens, (batch, length).
 
         With ``prefix`` (B, t) and the ``state`` after reading BOS and that prefix (from
         :meth:`prefix_states`), the sequences continue the prefix: Monte-Carlo rollouts.
         ``temperature`` T samples each token from softmax(logits / T): T < 1 sharpens.
+        ``uniform`` (batch, length) gives the noise of token t in column t (see :func:`sample_tokens`).
         """
         device = self.out.weight.device
         if prefix is None:
@@ -145,11 +158,63 @@ class TokenLSTM(nn.Module):
         out = torch.empty(batch, length, dtype=torch.long, device=device)
         out[:, : prefix.shape[1]] = prefix
         for t in range(prefix.shape[1], length):
-            token = sample_tokens(logits if temperature == 1.0 else logits / temperature, generator)
+            u = None if uniform is None else uniform[:, t]
+            token = sample_tokens(logits if temperature == 1.0 else logits / temperature, generator, u)
             out[:, t] = token
             if t + 1 < length:
                 logits, state = self.step(token, state)
         return out
+
+    @torch.no_grad()
+    def complete_prefixes(
+        self,
+        sequences: torch.Tensor,
+        num_rollouts: int,
+        generator: torch.Generator | None = None,
+        uniform: torch.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> torch.Tensor:
+        """``num_rollouts`` completions of every proper prefix of each sequence, (B, L) -> (L − 1, R, B, L).
+
+        Entry [t − 1, r] holds rollout r of the prefixes y_1..y_t: those t tokens, then L − t sampled
+        ones. All of them advance as one batch: row blocks are ordered by prefix length, each starts
+        from this model's state after its prefix (read once for all t), and at step s the blocks of
+        prefix length ≤ s, the first s·R·B rows, sample token s. ``uniform`` (L − 1, R, B, L) is the noise
+        of each sampled token (see :func:`sample_tokens`), as :meth:`sample` reads it; without it the noise
+        is drawn from ``generator`` first, in the order of one :meth:`sample` per prefix length (on the
+        CPU the same generator then gives the same rollouts as that loop). ``chunk``
+        caps the rows whose logits exist at once (the LSTM step stays one batch); None picks 512 rows on
+        the CPU, where a cache-sized chunk is 2.5× faster than one (s·R·B, V) tensor, and all rows on an
+        accelerator, where one batch launches the fewest kernels.
+        """
+        batch, length = sequences.shape
+        rows = num_rollouts * batch  # one block: R rollouts of B prefixes of the same length, rollout-major
+        out = sequences.repeat((length - 1) * num_rollouts, 1)  # (P·R·B, L): every row starts as its sequence
+        if length < 2:
+            return out.view(0, num_rollouts, batch, length)
+        states = self.prefix_states(sequences)[1:length]  # after y_1..y_t, t = 1..L − 1; each (1, B, H)
+        h = torch.cat([s[0].repeat(1, num_rollouts, 1) for s in states], dim=1)  # (1, P·R·B, H)
+        c = torch.cat([s[1].repeat(1, num_rollouts, 1) for s in states], dim=1)
+        if uniform is None:
+            uniform = torch.zeros(length - 1, length, rows, device=sequences.device)
+            for t in range(1, length):  # prefix length t samples tokens t..L − 1, each for all its R·B rows
+                uniform[t - 1, t:] = torch.rand(length - t, rows, generator=generator, device=sequences.device)
+            uniform = uniform.view(length - 1, length, num_rollouts, batch).permute(0, 2, 3, 1)
+        noise = uniform.reshape((length - 1) * rows, length)
+        if chunk is None and sequences.device.type == "cpu":
+            chunk = 512
+        for s in range(1, length):
+            active = s * rows
+            step = active if chunk is None else chunk
+            for lo in range(0, active, step):
+                hi = min(lo + step, active)
+                logits = self.out(h[0, lo:hi])  # (rows, V)
+                out[lo:hi, s] = sample_tokens(logits, uniform=noise[lo:hi, s])
+            token = out[:active, s]
+            if s + 1 < length:
+                h_new, c_new = self.advance(token, (h[:, :active], c[:, :active]))
+                h[:, :active], c[:, :active] = h_new, c_new
+        return out.view(length - 1, num_rollouts, batch, length)
 
 
 def make_oracle(vocab_size: int, embedding_dim: int = 32, hidden_dim: int = 32, seed: int = 0) -> TokenLSTM:

@@ -54,6 +54,26 @@ def oracle_settings(env_kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
     )
 
 
+def token_spaces_problem(observation_space: gym.Space[Any], action_space: gym.Space[Any], who: str) -> str | None:
+    """Why an agent (``who``) that writes tokens cannot run on these spaces, or None if they are SeqGen's.
+
+    SeqGen's spaces: the prefix as MultiDiscrete([V + 1] * T) (V pads) and Discrete(V) tokens.
+    """
+    if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.start) != 0:
+        return f"{who} generates tokens, needing a Discrete(V) action space, not {action_space} (use SeqGen-v0)"
+    v = int(action_space.n)
+    if (
+        not isinstance(observation_space, gym.spaces.MultiDiscrete)
+        or observation_space.nvec.ndim != 1
+        or not np.all(observation_space.nvec == v + 1)
+    ):
+        return (
+            f"{who} needs the token prefix as MultiDiscrete([{v + 1}] * T) observations, "
+            f"not {observation_space} (use SeqGen-v0)"
+        )
+    return None
+
+
 class OracleScorer:
     """Mean per-token oracle log-likelihood of each sequence (minus its NLL-oracle)."""
 

@@ -15,10 +15,10 @@ from gymlab.agents.seqgan import (
     SeqGANConfig,
     discriminator_loss,
     policy_gradient_loss,
-    rank_correlation,
     rollout_action_values,
 )
-from gymlab.envs.oracle import TokenLSTM, nll_per_sequence
+from gymlab.agents.sequence_cnn import rank_correlation
+from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence
 
 from gymlab.agent import Context
 from gymlab.checkpoint import Checkpoint
@@ -70,6 +70,88 @@ def test_rollout_values_average_the_rollouts_to_the_expected_score():
             expected = (zeros + probs[0] * (length - t)) / length
             assert values[b, t - 1].item() == pytest.approx(expected, abs=0.01)
     assert torch.equal(values[:, -1], count_zeros(seqs))  # the last token's value is the score itself
+
+
+@torch.no_grad()
+def per_position_values(policy, seqs, scorer, num_rollouts, generator=None, uniform=None) -> torch.Tensor:
+    """The rollouts as they ran before batching: one prefix length at a time, R·B rows each."""
+    batch, length = seqs.shape
+    states = policy.prefix_states(seqs)
+    values = torch.empty(batch, length)
+    for t in range(1, length):
+        state = tuple(x.repeat(1, num_rollouts, 1) for x in states[t])
+        noise = None if uniform is None else uniform[t - 1].reshape(num_rollouts * batch, length)
+        prefix = seqs[:, :t].repeat(num_rollouts, 1)
+        finished = policy.sample(num_rollouts * batch, length, generator, prefix=prefix, state=state, uniform=noise)
+        values[:, t - 1] = scorer(finished).view(num_rollouts, batch).mean(dim=0)
+    values[:, length - 1] = scorer(seqs)
+    return values
+
+
+def recording_scorer(calls: list[torch.Tensor]):
+    """A non-linear score of the tokens that keeps every batch of finished sequences it is given."""
+    weights = torch.arange(1.0, 7.0, dtype=torch.float64)
+
+    def score(seqs: torch.Tensor) -> torch.Tensor:
+        calls.append(seqs.clone())
+        return torch.sin((seqs.double() * weights[: seqs.shape[1]]).sum(dim=1))
+
+    return score
+
+
+def peaked_policy() -> TokenLSTM:
+    """A random LSTM whose next token depends strongly on its state (N(0, 1) weights, as the oracle's)."""
+    return make_oracle(20, 8, 8, seed=3).double()  # float64: both batchings give the same logits to ~1e-16
+
+
+def test_batched_rollouts_equal_the_per_position_loop_on_the_same_noise():
+    policy, seqs = peaked_policy(), torch.randint(0, 20, (5, 6), generator=torch.Generator().manual_seed(0))
+    rollouts, length = 4, seqs.shape[1]
+    noise = torch.rand(length - 1, rollouts, 5, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batched_calls: list[torch.Tensor] = []
+    looped_calls: list[torch.Tensor] = []
+    for chunk in (None, 7):  # one batch (as on a GPU) and rows sampled in uneven chunks (as on the CPU)
+        batched_calls.clear()
+        finished = policy.complete_prefixes(seqs, rollouts, uniform=noise, chunk=chunk)
+        batched = rollout_action_values(policy, seqs, recording_scorer(batched_calls), rollouts, uniform=noise)
+        looped_calls.clear()
+        looped = per_position_values(policy, seqs, recording_scorer(looped_calls), rollouts, uniform=noise)
+        # The same sequences, token for token (the loop scores one prefix length per call), the same values.
+        assert torch.equal(batched_calls[0].view(length - 1, rollouts * 5, length), torch.stack(looped_calls[:-1]))
+        assert torch.equal(finished, batched_calls[0].view(length - 1, rollouts, 5, length))
+        assert torch.equal(batched_calls[1], seqs) and torch.equal(looped_calls[-1], seqs)
+        torch.testing.assert_close(batched, looped, rtol=0, atol=1e-6)
+    # Without given noise both draw it from the generator, in the same order: the same rollouts again.
+    batched_calls.clear()
+    looped_calls.clear()
+    free = rollout_action_values(
+        policy, seqs, recording_scorer(batched_calls), rollouts, torch.Generator().manual_seed(2)
+    )
+    looped = per_position_values(
+        policy, seqs, recording_scorer(looped_calls), rollouts, torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(batched_calls[0].view(length - 1, rollouts * 5, length), torch.stack(looped_calls[:-1]))
+    torch.testing.assert_close(free, looped, rtol=0, atol=1e-6)
+    assert not torch.equal(free, batched)  # other noise, other rollouts
+
+
+def test_rollouts_continue_the_generators_state_after_the_prefix():
+    # Each rollout must be the policy's own continuation of its prefix: the same noise fed to a fresh
+    # sample that reads the prefix from scratch gives the same tokens. A rollout that ignored the prefix
+    # (started from the initial state, or from another prefix's state) would not: checked at the end.
+    policy, seqs = peaked_policy(), torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(4))
+    rollouts, length = 5, seqs.shape[1]
+    noise = torch.rand(length - 1, rollouts, 3, length, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    finished = policy.complete_prefixes(seqs, rollouts, uniform=noise)  # (T - 1, R, B, T)
+    ignoring_prefix_differs = 0
+    for t in range(1, length):
+        for r in range(rollouts):
+            prefix, u = seqs[:, :t], noise[t - 1, r]
+            expected = policy.sample(3, length, prefix=prefix, uniform=u)  # state recomputed from the prefix
+            assert torch.equal(finished[t - 1, r], expected), (t, r)
+            from_scratch = policy.sample(3, length, uniform=u)  # the prefix's state ignored
+            ignoring_prefix_differs += int(not torch.equal(from_scratch[:, t:], expected[:, t:]))
+    assert ignoring_prefix_differs > 0.8 * (length - 1) * rollouts
 
 
 def test_policy_gradient_loss_by_hand():
