@@ -40,7 +40,8 @@ import yaml
 from gymlab.agents.seqgan import Discriminator, SeqGAN
 from torch import nn
 
-from gymlab import checkpoint, loop
+from gymlab.build import build
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +79,9 @@ def report(label: str, agent: SeqGAN) -> None:
 
 def check_runs(runs: list[Path]) -> None:
     for run in runs:
-        agent = loop.build(resolve(None, None, run / "config.yaml")).agent
+        agent = build(resolve(None, None, run / "config.yaml")).agent
         assert isinstance(agent, SeqGAN)
-        agent.load_state_dict(checkpoint.load(run / "checkpoints" / "last.pt", agent="seqgan")["agent_state"])
+        agent.load_state_dict(Checkpoint.read(run / "checkpoints" / "last.pt").agent_state)
         report(str(run), agent)
 
 
@@ -107,7 +108,7 @@ def _split_top_level(text: str) -> list[str]:
 
 def offline(seed: int, variants: list[str], overrides: list[str], validation: int = 1_000) -> None:
     torch.set_num_threads(1)
-    agent = loop.build(resolve("seqgan", "SeqGen-v0", SMALL, overrides, seed=seed)).agent
+    agent = build(resolve("seqgan", "SeqGen-v0", SMALL, overrides, seed=seed)).agent
     assert isinstance(agent, SeqGAN)
     start = time.perf_counter()
     for epoch in range(agent.cfg.mle_epochs):
