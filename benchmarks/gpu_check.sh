@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The GPU check: everything that needs CUDA, in one run of at most ~8 minutes on a GPU machine.
+#
+#   bash benchmarks/gpu_check.sh            on a GPU machine (from the working tree's root, .whl/ carried)
+#   bash benchmarks/gpu_check.sh --smoke    anywhere: the same steps, tiny, on the CPU (tests/test_gpu_check.py)
+#
+# Steps, each under its own timeout, logged to "$OUT" (a temporary folder when OUT is unset):
+#   install   the wheels ../shared/gpu/prepare.sh put in .whl/ (GYMLAB_CHECK_NO_INSTALL=1 skips it)
+#   cuda      the cuda-marked tests
+#   suite     the not-slow suite with CUDA present (every non-cuda test pins itself to the CPU)
+#   cli       train / resume / eval on --device cuda for DQN, REINFORCE and tabular Q, and DQN's
+#             deterministic mode beside the default (its cost)
+#   update    DQN's gradient step, eager against the CUDA graph (benchmarks/dqn_update.py)
+#   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default and its CUDA graph
+#   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
+# summary.txt gets one line per step as it ends (name, exit code, seconds, test counts), so a run
+# cut short still says what it did; gpu_util.csv samples GPU utilisation once a second.
+set -u
+smoke=0
+[[ ${1:-} == --smoke ]] && smoke=1
+root=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+log=$OUT/gpu_check.log
+summary=$OUT/summary.txt
+: >"$log"
+: >"$summary"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+failed=0
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# step NAME LIMIT_S COMMAND...: run it under a timeout, log its output, add its line to the summary.
+step() {
+  local name=$1 limit=$2 start rc counts=""
+  shift 2
+  start=$(date +%s)
+  echo "=== $name (limit ${limit}s, $(date -u +%T)): $*" >>"$log"
+  timeout -k 10 "$limit" "$@" > >(tee "$OUT/.step" >>"$log") 2>&1
+  rc=$?
+  sleep 0.2  # the tee behind the process substitution catches up
+  if grep -qE '(PASSED|FAILED|ERROR|SKIPPED) ' "$OUT/.step"; then
+    counts=$(awk '/ PASSED /{p++} / FAILED /{f++} / ERROR /{e++} / SKIPPED /{s++}
+      END {printf "passed %d, failed %d, errors %d, skipped %d", p, f, e, s}' "$OUT/.step")
+  fi
+  rm -f "$OUT/.step"
+  [[ $rc == 0 ]] || failed=1
+  note "$name rc=$rc $(($(date +%s) - start))s${counts:+ ($counts)}$([[ $rc == 124 || $rc == 137 ]] && echo ' TIMED OUT')"
+}
+
+skip() { note "$1 skipped: $2"; }
+
+if [[ $smoke == 0 && ${GYMLAB_CHECK_NO_INSTALL:-0} != 1 ]]; then
+  step install 60 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$root"/.whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # From the repo root `import gymlab` would find the source folder, whose agents/, envs/ and replay/
+  # only the installed wheel maps under gymlab.*: run from a copy of what the steps read.
+  rm -rf /tmp/w && mkdir -p /tmp/w && cp -r "$root"/tests "$root"/benchmarks "$root"/configs "$root"/pyproject.toml /tmp/w
+  cd /tmp/w || exit 2
+else
+  cd "$root" || exit 2
+fi
+
+cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+[[ $cuda == 1 ]] || smoke=1
+{
+  echo "host $(hostname), $(nproc) cores, $(uptime)"
+  "$py" -c 'import sys, torch, gymnasium; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "gymnasium", gymnasium.__version__)'
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+} >>"$summary" 2>&1
+note "mode: $([[ $smoke == 1 ]] && echo 'smoke (CPU, tiny budgets)' || echo 'GPU')"
+
+if [[ $smoke == 1 ]]; then
+  device=cpu dqn_steps=600 resume_steps=900 rf_steps=600 tq_steps=2000
+  pytest_suite=(tests/test_devices.py tests/test_checkpoint.py)
+  update_args=(--repeats 2 --steps 4)
+  atari_args=(--steps 600 --seeds 1 --eval-episodes 1 --only gymlab)
+  seqgan_args=(--repeats 1 --budget-s 20 --phases mle)
+else
+  device=cuda dqn_steps=3000 resume_steps=5000 rf_steps=3000 tq_steps=20000
+  pytest_suite=(-m "not slow" tests)
+  update_args=(--atari --paths eager,cuda_graph --repeats 6 --steps 50)
+  atari_args=(--steps 12000 --seeds 1 --eval-episodes 1)
+  seqgan_args=(--paper --repeats 2 --budget-s 75)
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$OUT/gpu_util.csv" 2>&1 &
+  util_pid=$!
+fi
+
+timeout_opt=()
+"$py" -c 'import pytest_timeout' 2>/dev/null && timeout_opt=(--timeout 150)
+workers=()
+"$py" -c 'import xdist' 2>/dev/null && workers=(-n "$(($(nproc) > 2 ? $(nproc) - 2 : 1))")
+
+if [[ $smoke == 1 && $cuda == 0 ]]; then
+  step cuda 60 "$py" -m pytest -p no:cacheprovider -m cuda -q -rs tests/test_devices.py
+else
+  step cuda 90 "$py" -m pytest -p no:cacheprovider -m cuda -v -rA tests
+fi
+step suite 200 "$py" -m pytest -p no:cacheprovider "${workers[@]}" "${timeout_opt[@]}" -v -rfE "${pytest_suite[@]}"
+
+cli_runs() {
+  local g=("$py" -m gymlab) d=$OUT/cli
+  rm -rf "$d" && mkdir -p "$d" || return 1
+  "${g[@]}" train dqn CartPole-v1 --steps "$dqn_steps" --device "$device" --run-dir "$d/dqn" eval_every=0 &&
+    "${g[@]}" train --resume "$d/dqn" --steps "$resume_steps" &&
+    "${g[@]}" eval "$d/dqn" --episodes 3 --device "$device" &&
+    "${g[@]}" train dqn CartPole-v1 --steps "$dqn_steps" --device "$device" --run-dir "$d/dqn-det" eval_every=0 \
+      deterministic=true &&
+    "${g[@]}" train reinforce CartPole-v1 --steps "$rf_steps" --device "$device" --run-dir "$d/rf" eval_every=0 &&
+    "${g[@]}" eval "$d/rf" --episodes 3 &&
+    "${g[@]}" train tabular_q FrozenLake-v1 --steps "$tq_steps" --device "$device" --run-dir "$d/tq" &&
+    "${g[@]}" eval "$d/tq" --json
+}
+step cli 90 cli_runs
+
+step update 60 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
+
+if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
+  atari_runs() {
+    "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" "${atari_args[@]}" &&
+      if [[ $smoke == 0 ]]; then
+        "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --compile cuda_graph --num-envs 8 \
+          "${atari_args[@]}"
+      fi
+  }
+  step atari 120 atari_runs
+else
+  skip atari "ale-py or stable-baselines3 is not installed"
+fi
+
+step seqgan 100 "$py" benchmarks/seqgan_phases.py --device "$device" "${seqgan_args[@]}"
+
+[[ -n ${util_pid:-} ]] && kill "$util_pid" 2>/dev/null
+note "done: $([[ $failed == 0 ]] && echo 'every step passed' || echo 'some step failed'); log $log"
+exit "$failed"
