@@ -10,9 +10,9 @@
 #   suite     the not-slow suite with CUDA present (every non-cuda test pins itself to the CPU)
 #   cli       train / resume / eval on --device cuda for DQN, REINFORCE and tabular Q, and DQN's
 #             deterministic mode beside the default (its cost)
+#   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
 #   update    DQN's gradient step, eager against the CUDA graph (benchmarks/dqn_update.py)
 #   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default and its CUDA graph
-#   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
 # summary.txt gets one line per step as it ends (name, exit code, seconds, test counts), so a run
 # cut short still says what it did; gpu_util.csv samples GPU utilisation once a second.
 set -u
@@ -99,7 +99,7 @@ if [[ $smoke == 1 && $cuda == 0 ]]; then
 else
   step cuda 90 "$py" -m pytest -p no:cacheprovider -m cuda -v -rA tests
 fi
-step suite 200 "$py" -m pytest -p no:cacheprovider "${workers[@]}" "${timeout_opt[@]}" -v -rfE "${pytest_suite[@]}"
+step suite 230 "$py" -m pytest -p no:cacheprovider "${workers[@]}" "${timeout_opt[@]}" -v -rfE "${pytest_suite[@]}"
 
 cli_runs() {
   local g=("$py" -m gymlab) d=$OUT/cli
@@ -114,24 +114,32 @@ cli_runs() {
     "${g[@]}" train tabular_q FrozenLake-v1 --steps "$tq_steps" --device "$device" --run-dir "$d/tq" &&
     "${g[@]}" eval "$d/tq" --json
 }
-step cli 90 cli_runs
+export -f cli_runs
+export py device dqn_steps resume_steps rf_steps tq_steps OUT
+step cli 90 bash -c cli_runs
+
+step seqgan 100 "$py" benchmarks/seqgan_phases.py --device "$device" "${seqgan_args[@]}"
 
 step update 60 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
 
 if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
   atari_runs() {
-    "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" "${atari_args[@]}" &&
+    local args
+    read -ra args <<<"$atari_args_text"
+    "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" "${args[@]}" &&
       if [[ $smoke == 0 ]]; then
         "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --compile cuda_graph --num-envs 8 \
-          "${atari_args[@]}"
+          "${args[@]}"
       fi
   }
-  step atari 120 atari_runs
+  export -f atari_runs
+  export smoke
+  export atari_args_text="${atari_args[*]}"
+  step atari 100 bash -c atari_runs
 else
   skip atari "ale-py or stable-baselines3 is not installed"
 fi
 
-step seqgan 100 "$py" benchmarks/seqgan_phases.py --device "$device" "${seqgan_args[@]}"
 
 [[ -n ${util_pid:-} ]] && kill "$util_pid" 2>/dev/null
 note "done: $([[ $failed == 0 ]] && echo 'every step passed' || echo 'some step failed'); log $log"

@@ -171,7 +171,7 @@ def report(times: dict[str, list[float]], runs: dict[str, dict], device: torch.d
         row = f"{statistics.median(ts):>11.4f}{min(ts):>10.4f}{max(ts):>10.4f}" if ts else f"{'not measured':>31}"
         print(f"{name:<22}{len(ts):>3}{row}")
     for new, old in PAIRS.items():
-        n = min(len(times[new]), len(times.get(old, [])))
+        n = min(len(times.get(new, [])), len(times.get(old, [])))
         if n:
             ratios = [times[old][i] / times[new][i] for i in range(n)]
             print(
