@@ -90,16 +90,20 @@ else
 fi
 
 timeout_opt=()
-"$py" -c 'import pytest_timeout' 2>/dev/null && timeout_opt=(--timeout 150)
+"$py" -c "import pytest_timeout" 2>/dev/null && timeout_opt=(--timeout 120)
 workers=()
 "$py" -c 'import xdist' 2>/dev/null && workers=(-n "$(($(nproc) > 2 ? $(nproc) - 2 : 1))")
 
+# Each failure is written to failures.txt as it happens (a step cut short by its timeout still says why).
+export GYMLAB_FAILURE_LOG=$OUT/failures.txt
+: >"$GYMLAB_FAILURE_LOG"
+live=(-p no:cacheprovider -p tests.live_failures)
 if [[ $smoke == 1 && $cuda == 0 ]]; then
-  step cuda 60 "$py" -m pytest -p no:cacheprovider -m cuda -q -rs tests/test_devices.py
+  step cuda 60 "$py" -m pytest "${live[@]}" -m cuda -q -rs tests/test_devices.py
 else
-  step cuda 90 "$py" -m pytest -p no:cacheprovider -m cuda -v -rA tests
+  step cuda 150 "$py" -m pytest "${live[@]}" "${timeout_opt[@]}" -m cuda -v -rA tests
 fi
-step suite 230 "$py" -m pytest -p no:cacheprovider "${workers[@]}" "${timeout_opt[@]}" -v -rfE "${pytest_suite[@]}"
+step suite 300 "$py" -m pytest "${live[@]}" "${workers[@]}" "${timeout_opt[@]}" -v -rfE "${pytest_suite[@]}"
 
 cli_runs() {
   local g=("$py" -m gymlab) d=$OUT/cli

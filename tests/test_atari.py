@@ -215,6 +215,7 @@ def test_atari_presets_train_on_the_native_env_and_sync_selects_the_wrappers():
 
 
 def test_a_missing_native_vector_env_names_the_atari_extra(monkeypatch):
+    registry.resolve_env("PongNoFrameskip-v4")  # ALE's ids registered, as an old ale-py registers them too
     monkeypatch.setitem(sys.modules, "ale_py.vector_env", None)  # as with an ale-py too old to have it
     with pytest.raises(GymlabError) as info:
         registry.make_vec_env("PongNoFrameskip-v4", 1, {}, ["atari"], vectorization="native")
