@@ -246,6 +246,9 @@ def pad_episode_starts(obs: np.ndarray, age: np.ndarray) -> None:
         obs[i, :first] = obs[i, first]
 
 
+ALE_SEEDS = 2**31  # seeds ALE's native vector env takes: 0 .. 2**31 - 1 (larger ones are taken modulo this)
+
+
 class AtariVectorEnv(VectorEnv[Any, Any, Any]):
     """N games in ALE's native C++ vector env, in the loop's same-step autoreset form.
 
@@ -325,6 +328,8 @@ class AtariVectorEnv(VectorEnv[Any, Any, Any]):
             seeds = [s for s, m in zip(seed, mask, strict=True) if m]
             # ALE reads -1 as "no seed" (a copy seeded from its own generator).
             ale_seed = None if all(s is None for s in seeds) else np.array([-1 if s is None else s for s in seeds])
+        if ale_seed is not None:  # ALE's seeds are C ints; Gymnasium's any non-negative int (e.g. a SeedSequence draw)
+            ale_seed = np.where(ale_seed < 0, ale_seed, ale_seed % ALE_SEEDS)
         full = bool(mask.all())
         obs, info = self._ale.reset(seed=ale_seed, options=None if full else {"reset_mask": mask})
         self._lives[mask] = info["lives"][mask]

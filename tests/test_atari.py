@@ -194,6 +194,18 @@ def test_native_episodes_are_true_stacks_padded_with_their_first_frame():
     env.close()
 
 
+def test_native_env_takes_any_gymnasium_seed_as_its_evaluation_cap_reset_draws_them():
+    """An evaluation cut at ``eval_max_steps`` resets with a 32-bit SeedSequence draw; ALE takes C ints."""
+    env = AtariVectorEnv("PongNoFrameskip-v4", 2, train=False)
+    try:
+        big, _ = env.reset(seed=3_000_000_000)  # over 2**31: ALE's reset refused it with a TypeError
+        small, _ = env.reset(seed=3_000_000_000 - 2**31)
+        np.testing.assert_array_equal(big, small)  # the same games: seeds are taken modulo 2**31
+        env.reset(seed=[2**40, None], options=None)
+    finally:
+        env.close()
+
+
 def test_atari_presets_train_on_the_native_env_and_sync_selects_the_wrappers():
     native = registry.make_vec_env("PongNoFrameskip-v4", 2, {}, ["atari"])
     assert isinstance(native, AtariVectorEnv) and native.train
