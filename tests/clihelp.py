@@ -166,6 +166,24 @@ def resave(path: Path, payload: dict[str, Any]) -> None:
     checkpoint.save(path, {k: v for k, v in payload.items() if k not in ("format", "version")})
 
 
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run (wall-clock ``time/`` tags aside) as (step, value) lists in step order.
+
+    In step order because a run resumed within the same second of the same process (only in tests)
+    has two event files whose names differ only by a counter, which sorts as text ("...10" before
+    "...9"): the files can be read in either order. A point logged twice still shows twice.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: sorted((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["scalars"]
+        if not tag.startswith("time/")
+    }
+
+
 def tensors(tree: Any) -> Iterator[torch.Tensor]:
     """Every numeric array in a checkpoint's (nested) state, as tensors, in a fixed order."""
     if isinstance(tree, torch.Tensor):

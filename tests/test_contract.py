@@ -46,8 +46,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from clihelp import scalars
 from conftest import Result, ctrl_c_after_update, gymlab_inprocess, needs_of_env
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab import checkpoint, registry
 from gymlab.agent import AGENTS, load_agent_class, smoke_hparams
@@ -230,17 +230,6 @@ def trained(runs: Runs) -> Path:
 def last_checkpoint(run: Path) -> dict[str, Any]:
     """The run's newest checkpoint, decoded."""
     return checkpoint.load(run / "checkpoints" / "last.pt")
-
-
-def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every TensorBoard scalar of a run (wall-clock ``time/`` tags aside) as (step, value) lists."""
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-        for tag in acc.Tags()["scalars"]
-        if not tag.startswith("time/")
-    }
 
 
 def assert_same(a: Any, b: Any, path: str = "checkpoint") -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clihelp import tensors
+from clihelp import scalars, tensors
 from conftest import ctrl_c_after_update, gymlab_inprocess
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve
@@ -28,16 +27,6 @@ OVERRIDES = [
     "checkpoint_every=3000",
     "log_every=500",
 ]
-
-
-def scalars(run_dir):
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-        for tag in acc.Tags()["scalars"]
-        if not tag.startswith("time/")
-    }
 
 
 def q_table(run_dir):
