@@ -400,8 +400,20 @@ def vector_env_state(envs: Any) -> dict[str, Any] | None:
     if hasattr(envs, "state_dict"):
         return {"native": envs.state_dict()}
     if hasattr(envs, "envs") and all(capturable(e) for e in envs.envs):
-        return {"copies": [env_state(e) for e in envs.envs]}
+        state: dict[str, Any] = {"copies": [env_state(e) for e in envs.envs]}
+        episodes = envs.episode_state() if hasattr(envs, "episode_state") else None
+        if episodes is not None:  # the running sums of a vector env that keeps episode statistics itself
+            state["episodes"] = episodes
+        return state
     return None
+
+
+def _layers(env: gym.Env[Any, Any]) -> int:
+    """How many layers (wrappers and the env) :func:`env_state` walks."""
+    count, layer = 1, env
+    while isinstance(layer, gym.Wrapper):
+        count, layer = count + 1, layer.env
+    return count
 
 
 def set_vector_env_state(envs: Any, state: dict[str, Any] | None) -> bool:
@@ -412,7 +424,15 @@ def set_vector_env_state(envs: Any, state: dict[str, Any] | None) -> bool:
         envs.load_state_dict(state["native"])
         return True
     if "copies" in state and hasattr(envs, "envs"):
+        # A checkpoint of copies wrapped otherwise (e.g. one from before the vector env kept episode
+        # statistics itself) cannot be put back layer by layer: fresh episodes then.
+        if any(len(layers) != _layers(env) for env, layers in zip(envs.envs, state["copies"], strict=True)):
+            return False
+        if ("episodes" in state) != (getattr(envs, "episode_state", lambda: None)() is not None):
+            return False
         for env, layers in zip(envs.envs, state["copies"], strict=True):
             set_env_state(env, layers)
+        if "episodes" in state:
+            envs.load_episode_state(state["episodes"])
         return True
     return False

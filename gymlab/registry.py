@@ -202,8 +202,12 @@ def make_env(
     *,
     train: bool,
     render_mode: str | None = None,
+    episode_statistics: bool = True,
 ) -> gym.Env[Any, Any]:
     """Build one env with the named wrappers; ``train`` tells them training from evaluation.
+
+    ``episode_statistics``: a ``RecordEpisodeStatistics`` innermost (off where the vector env keeps
+    the statistics itself: :class:`~gymlab.vector.LeanSyncVectorEnv` over copies without wrappers).
 
     Whatever goes wrong building it (bad env_kwargs, a constructor or wrapper that raises, a
     missing optional dependency) is one :class:`GymlabError` naming the env and the cause.
@@ -211,7 +215,9 @@ def make_env(
     resolve_env(env_id)
     # Innermost, so episode statistics are the whole game's, before any wrapper that clips rewards
     # or ends training episodes early (e.g. Atari's terminal-on-life-loss).
-    env: gym.Env[Any, Any] = gym.wrappers.RecordEpisodeStatistics(_base_env(env_id, env_kwargs or {}, render_mode))
+    env: gym.Env[Any, Any] = _base_env(env_id, env_kwargs or {}, render_mode)
+    if episode_statistics:
+        env = gym.wrappers.RecordEpisodeStatistics(env)
     for name in wrappers:
         wrap: EnvWrapper = load_attr(WRAPPERS.get(name, name), "wrapper")
         try:
@@ -314,14 +320,23 @@ def make_vec_env(
             raise GymlabError(f"environment '{env_id}': its vector env must use same-step autoreset")
         return venv
 
-    def factory() -> gym.Env[Any, Any]:
-        return make_env(env_id, env_kwargs, wrappers, train=train, render_mode=render_mode)
+    # Without wrappers, the lean vector env keeps episode statistics itself (no wrapper call per step);
+    # wrappers that end episodes early or clip rewards need them innermost, below themselves.
+    lean_counts = not wrappers and vectorization != "async"
 
-    fns = [factory] * num_envs
+    def factory(statistics: bool = True) -> gym.Env[Any, Any]:
+        return make_env(
+            env_id, env_kwargs, wrappers, train=train, render_mode=render_mode, episode_statistics=statistics
+        )
+
     if vectorization == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    first = factory()
-    fns = [lambda: first, *fns[1:]]
+        return gym.vector.AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+    first = factory(not lean_counts)
     if isinstance(first.observation_space, ARRAY_SPACES):
-        return LeanSyncVectorEnv(fns)
-    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        copies = [lambda: first, *[lambda: factory(not lean_counts)] * (num_envs - 1)]
+        return LeanSyncVectorEnv(copies, count_episodes=lean_counts)
+    if lean_counts:  # Gymnasium's vector env needs the statistics from the copies
+        first = gym.wrappers.RecordEpisodeStatistics(first)
+    return gym.vector.SyncVectorEnv(
+        [lambda: first, *[factory] * (num_envs - 1)], autoreset_mode=AutoresetMode.SAME_STEP
+    )
