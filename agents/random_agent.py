@@ -7,10 +7,11 @@ It is also the smallest complete agent, the worked example of docs/ARCHITECTURE.
 ``Config``, the class attributes, ``check_spaces``, ``act``, ``observe``, ``update``,
 ``state_dict`` and ``load_state_dict``, and one line in ``gymlab.agent.AGENTS``.
 
-Sampling goes through Gymnasium's ``batch_space``, so every space works: Box, Discrete,
-MultiDiscrete, MultiBinary, and Dict or Tuple spaces of them (and, as tuples of samples, spaces
-that cannot be batched). Each call seeds the batched space from the agent's own generator, so the
-generator's state is the agent's whole state and a resume draws the very same actions.
+Discrete, MultiDiscrete, MultiBinary and bounded Box actions are drawn for all N envs with one
+call of the agent's own generator (one array, no per-env Python). Every other space (a Box with an
+infinite bound, Dict or Tuple spaces, and as tuples of samples, spaces that cannot be batched) goes
+through Gymnasium's ``batch_space``, seeded from the same generator each call. Either way the
+generator's state is the agent's whole state, so a resume draws the very same actions.
 """
 
 from __future__ import annotations
@@ -67,11 +68,30 @@ class RandomAgent:
     def act(self, obs: Any, explore: bool) -> Any:
         """One uniform action per observation (``explore`` changes nothing): (N, ...) -> (N, *action_shape)."""
         n = batch_size(obs)
+        drawn = self._draw(n)
+        if drawn is not None:
+            return drawn
         if n not in self._batched:
             self._batched[n] = batch_space(self.action_space, n)
         space = self._batched[n]
         space.seed(int(self.rng.integers(2**63)))
         return space.sample()
+
+    def _draw(self, n: int) -> np.ndarray | None:
+        """``n`` uniform actions in one generator call, for the spaces that have a closed form; else None."""
+        space, rng = self.action_space, self.rng
+        if isinstance(space, gym.spaces.Discrete):
+            return (space.start + rng.integers(int(space.n), size=n)).astype(space.dtype)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return (space.start + rng.integers(space.nvec, size=(n, *space.nvec.shape))).astype(space.dtype)
+        if isinstance(space, gym.spaces.MultiBinary):
+            return rng.integers(2, size=(n, *space.shape)).astype(space.dtype)
+        if isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
+            shape = (n, *space.shape)
+            if np.dtype(space.dtype).kind in "iu":
+                return rng.integers(space.low, space.high, size=shape, endpoint=True).astype(space.dtype)
+            return rng.uniform(space.low, space.high, size=shape).astype(space.dtype)
+        return None
 
     def observe(self, transition: Transition) -> None:
         """Nothing to remember."""

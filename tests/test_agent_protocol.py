@@ -154,6 +154,11 @@ SPACES = [
     gym.spaces.Box(-2.0, 2.0, (2, 3), np.float32),
     gym.spaces.MultiDiscrete([2, 5]),
     gym.spaces.MultiBinary(4),
+    gym.spaces.MultiBinary([2, 2]),
+    gym.spaces.MultiDiscrete([3, 4], start=[1, -2]),
+    gym.spaces.Box(0, 255, (2,), np.uint8),
+    gym.spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 1e6]), dtype=np.float64),
+    gym.spaces.Box(-np.inf, 1.0, (2,), np.float32),  # an infinite bound: Gymnasium's own sampling
     gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Box(0, 1, (2,))}),
     gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.MultiBinary(3))),
     gym.spaces.Text(5),
@@ -182,6 +187,35 @@ def test_random_agent_is_uniform_over_discrete_actions():
     ctx = Context(gym.spaces.Discrete(2), gym.spaces.Discrete(4), 1000, 3, torch.device("cpu"), 100)
     actions = RandomAgent(RandomAgent.Config(), ctx).act(np.zeros(1000, np.int64), explore=False)
     assert np.bincount(actions, minlength=4) == pytest.approx([250] * 4, abs=60)
+
+
+@pytest.mark.parametrize(
+    ("space", "cells"),
+    [
+        (gym.spaces.MultiDiscrete([3, 4], start=[1, -2]), [(1, 2, 3), (-2, -1, 0, 1)]),
+        (gym.spaces.Box(0, 3, (2,), np.int64), [(0, 1, 2, 3)] * 2),
+        (gym.spaces.MultiBinary(2), [(0, 1)] * 2),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_random_agent_reaches_every_value_of_each_component_evenly(space, cells):
+    ctx = Context(gym.spaces.Discrete(2), space, 4000, 3, torch.device("cpu"), 100)
+    actions = RandomAgent(RandomAgent.Config(), ctx).act(np.zeros(4000, np.int64), explore=True)
+    for column, values in zip(actions.T, cells, strict=True):
+        counts = [int((column == v).sum()) for v in values]
+        assert sum(counts) == 4000  # nothing outside the space
+        assert counts == pytest.approx([4000 / len(values)] * len(values), rel=0.1)
+
+
+def test_random_agent_spreads_bounded_box_actions_over_the_whole_box():
+    space = gym.spaces.Box(np.array([-1.0, 0.0]), np.array([1.0, 100.0]), dtype=np.float32)
+    ctx = Context(gym.spaces.Discrete(2), space, 4000, 3, torch.device("cpu"), 100)
+    actions = RandomAgent(RandomAgent.Config(), ctx).act(np.zeros(4000, np.int64), explore=True)
+    assert actions.dtype == np.float32 and space.contains(actions[0])
+    scaled = (actions - space.low) / (space.high - space.low)  # each component to [0, 1]
+    assert scaled.mean(axis=0) == pytest.approx([0.5, 0.5], abs=0.025)
+    assert scaled.min(axis=0) == pytest.approx([0.0, 0.0], abs=0.01)
+    assert scaled.max(axis=0) == pytest.approx([1.0, 1.0], abs=0.01)
 
 
 def test_random_agent_gets_chance_return_on_cartpole(tmp_path: Path):
