@@ -40,6 +40,7 @@ class TabularQConfig(BaseModel):
 
 
 REPORT_EVERY = 1_000  # updates between reported metrics
+PENDING_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 
 
 def linear(start: float, end: float, fraction: float) -> float:
@@ -156,7 +157,12 @@ class TabularQ:
         return {"epsilon": self.epsilon, "learning_rate": self.alpha, "rms_td_error": rms_td}
 
     def state_dict(self) -> dict[str, Any]:
-        """Policy: the table. Training: the schedules' current values and the exploration generator."""
+        """Policy: the table. Training: schedules, exploration generator, and the step not yet learned from.
+
+        With the loop's overlap on, a checkpoint falls between observing a step and learning from it.
+        """
+        last = self._last
+        pending = None if last is None else {k: np.array(getattr(last, k)) for k in PENDING_FIELDS}
         return {
             "policy": {"q": self.q},
             "training": {
@@ -165,6 +171,7 @@ class TabularQ:
                 "rng": self.rng.bit_generator.state,
                 "updates": self._updates,
                 "sq_td_sum": self._sq_td_sum,
+                "pending": pending,
             },
         }
 
@@ -182,3 +189,5 @@ class TabularQ:
         self.rng.bit_generator.state = training["rng"]
         self._updates = int(training["updates"])
         self._sq_td_sum = float(training["sq_td_sum"])
+        pending = training.get("pending")  # absent from checkpoints written before the overlap
+        self._last = None if pending is None else Transition(**{k: np.array(pending[k]) for k in PENDING_FIELDS})

@@ -341,7 +341,16 @@ class AtariVectorEnv(VectorEnv[Any, Any, Any]):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every game; a game that ended is reset in the same call (ALE's same-step autoreset)."""
-        obs, raw, game_over, truncated, info = self._ale.step(np.asarray(actions, dtype=np.int64).reshape(-1))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Hand the actions to ALE's threads and return at once (the loop learns while the games step)."""
+        self._ale.send(np.asarray(actions, dtype=np.int64).reshape(-1))
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The step :meth:`step_async` started, once ALE's threads are done with it."""
+        obs, raw, game_over, truncated, info = self._ale.recv()
         reward = raw.astype(np.float64)
         self._return += reward
         self._length += 1

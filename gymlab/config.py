@@ -49,6 +49,12 @@ class RunConfig(BaseModel):
         description="sync: one process; async: one per env; native: ALE's C++ vector env (wrappers: [atari]); "
         "auto: native where it runs, else sync",
     )
+    overlap: bool | Literal["auto"] = Field(
+        "auto",
+        description="step the envs while the agent learns (an update then samples a memory without the step in "
+        "flight): true; false: one after the other; auto: true where the vector env steps by itself (ALE's "
+        "native, async)",
+    )
     threads: int = Field(
         1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
     )

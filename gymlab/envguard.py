@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -127,12 +128,26 @@ def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray
     return actions
 
 
+def steps_by_itself(envs: VectorEnv[Any, Any, Any]) -> bool:
+    """Whether a vector env steps its copies asynchronously itself (``step_async``/``step_wait``).
+
+    ALE's native vector env (C++ threads) and Gymnasium's ``AsyncVectorEnv`` (processes) do; an
+    in-process vector env needs a thread to step while the agent learns.
+    """
+    return hasattr(envs, "step_async") and hasattr(envs, "step_wait")
+
+
 class VectorGuard:
     """A vector env's ``reset`` and ``step`` as the loop and evaluation call them, guarded.
 
     ``step`` clips Box actions for the env, turns a raised error into an :class:`EnvProblem`, and
     checks rewards and float array observations for NaN or infinity with one reduction each (Dict
     or Tuple observations are not looked into) unless the vector env checks them itself.
+
+    ``send`` and ``recv`` split a step in two, so that the envs step while the caller does
+    something else (the loop's overlap): through the vector env's own ``step_async``/``step_wait``
+    where it has them, else on one worker thread. Only one step is ever in flight; :meth:`close`
+    waits for it.
     """
 
     def __init__(self, envs: VectorEnv[Any, Any, Any]) -> None:
@@ -142,6 +157,10 @@ class VectorGuard:
         space = envs.single_observation_space
         self.check = not getattr(envs, "checks_finite", False)
         self.float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
+        self.native_async = steps_by_itself(envs)
+        self._thread: ThreadPoolExecutor | None = None
+        self._future: Future[Any] | None = None
+        self._in_flight = False
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """``envs.reset(**kwargs)``, guarded."""
@@ -160,6 +179,56 @@ class VectorGuard:
         if self.check:
             self._check(obs, reward)
         return obs, reward, terminated, truncated, infos
+
+    def send(self, actions: Any) -> None:
+        """Start a step with ``actions``; :meth:`recv` returns what :meth:`step` would have."""
+        if self.clip:
+            actions = env_actions(self.action_space, actions)
+        if self.native_async:
+            try:
+                self.envs.step_async(actions)  # type: ignore[attr-defined]
+            except (EnvProblem, Interrupted):
+                raise
+            except Exception as exc:
+                raise raised("step()", exc, copy=None) from exc
+        else:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gymlab-envs")
+            self._future = self._thread.submit(self.envs.step, actions)
+        self._in_flight = True
+
+    def recv(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The step :meth:`send` started, once it is done, guarded as :meth:`step` is."""
+        self._in_flight = False
+        try:
+            if self.native_async:
+                obs, reward, terminated, truncated, infos = self.envs.step_wait()  # type: ignore[attr-defined]
+            else:
+                assert self._future is not None
+                future, self._future = self._future, None
+                obs, reward, terminated, truncated, infos = future.result()
+        except (EnvProblem, Interrupted):
+            raise
+        except Exception as exc:
+            raise raised("step()", exc, copy=None) from exc
+        if self.check:
+            self._check(obs, reward)
+        return obs, reward, terminated, truncated, infos
+
+    def close(self) -> None:
+        """Wait for a step still in flight (its result is dropped) and stop the worker thread."""
+        if self._in_flight:
+            self._in_flight = False
+            try:
+                if self.native_async:
+                    self.envs.step_wait()  # type: ignore[attr-defined]
+                elif self._future is not None:
+                    self._future.exception()
+            except Exception:
+                pass
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     def _check(self, obs: Any, reward: np.ndarray) -> None:
         if not math.isfinite(np.sum(reward)):  # a NaN/inf, or a sum that overflowed: find the copy

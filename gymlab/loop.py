@@ -35,7 +35,7 @@ from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
 from gymlab.envguard import EnvProblem, VectorGuard
 from gymlab.errors import GymlabError, Interrupted
-from gymlab.evaluation import Evaluator, episode_stats, eval_seed, evaluate
+from gymlab.evaluation import Evaluator, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, nonfinite_tensor
 from gymlab.runs import RunFolder
 from gymlab.signals import StopFlag, graceful_stop, starting
@@ -200,6 +200,8 @@ class Trainer:
         built = build(config, text=self.text)
         self.envs, self.eval_envs, self.agent = built.envs, built.eval_envs, built.agent
         self.guard = VectorGuard(self.envs)
+        mode = config.run.overlap  # auto: where the vector env steps by itself, no thread is needed
+        self.overlap = mode is True or (mode == "auto" and self.guard.native_async)
 
     def start(self, resume: Checkpoint | None) -> None:
         """Reset the envs, put back ``resume``, open the logger and the recorder, and set the due points."""
@@ -316,28 +318,40 @@ class Trainer:
         return True
 
     def _steps(self, stop_flag: threading.Event, stop_at: int | None) -> bool:
-        agent, guard, state, window, n = self.agent, self.guard, self.state, self.window, self.envs.num_envs
-        agent_name = self.config.run.agent
+        """The step loop: act, step the envs, observe, learn, and whatever falls due.
+
+        With the overlap on, the envs play step t while the agent learns: ``update`` runs between
+        :meth:`VectorGuard.send` and :meth:`VectorGuard.recv`, so it samples a memory that does
+        not yet hold step t (it observes step t right after). Acting still waits for the
+        observation it acts on. Off, each part waits for the last, as it always did.
+        """
+        agent, guard, state, n = self.agent, self.guard, self.state, self.envs.num_envs
+        agent_name, overlap = self.config.run.agent, self.overlap
         obs = self.obs
         last_step = min(self.total, stop_at) if stop_at is not None else self.total
         next_due = self._next_due(last_step)
         while state.step < self.total:
             action = agent.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, infos = guard.step(action)
+            if overlap:
+                guard.send(action)
+                metrics = agent.update(state.step + n)  # learns while the envs step
+                next_obs, reward, terminated, truncated, infos = guard.recv()
+            else:
+                next_obs, reward, terminated, truncated, infos = guard.step(action)
             real_next = next_obs
-            if "final_obs" in infos:  # some copy ended an episode: the agent sees its true last obs
-                real_next = next_obs.copy()
-                for i in np.flatnonzero(infos["_final_obs"]):
-                    real_next[i] = infos["final_obs"][i]
+            if infos:  # some copy ended an episode: the agent sees its true last obs
+                final = infos.get("_final_obs")
+                if final is not None:
+                    real_next = self._real_next(next_obs, infos["final_obs"], final)
                 self._record_episodes(infos)
             agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
             obs = self.obs = next_obs
             state.step += n
-            metrics = agent.update(state.step)
+            if not overlap:
+                metrics = agent.update(state.step)
             if metrics:
                 check_metrics(metrics, "train", agent_name, "update()", "the agent's update")
-                for key, value in metrics.items():
-                    window.add(f"train/{key}", value)
+                self.window.add_all(metrics, "train/")
             if state.step >= next_due:
                 self._chores()
                 next_due = self._next_due(last_step)
@@ -348,15 +362,32 @@ class Trainer:
     def _next_due(self, last_step: int) -> int:
         return min(self.next_log, self.next_eval, self.next_checkpoint, self.next_video, self.next_progress, last_step)
 
+    @staticmethod
+    def _real_next(next_obs: Any, final_obs: Any, final: np.ndarray) -> Any:
+        """``next_obs`` with the copies that ended an episode given their true last observation."""
+        if isinstance(next_obs, np.ndarray) and isinstance(final_obs, np.ndarray) and final_obs.dtype != object:
+            real_next = next_obs.copy()  # one masked copy for array observations (the lean vector env's)
+            real_next[final] = final_obs[final]
+            return real_next
+        real_next = next_obs.copy()  # Dict or Tuple observations: Gymnasium's vector env, one by one
+        for i in np.flatnonzero(final):
+            real_next[i] = final_obs[i]
+        return real_next
+
     def _record_episodes(self, infos: dict[str, Any]) -> None:
-        state, window, recent = self.state, self.window, self.state.recent_returns
-        for _, ret, length in episode_stats(infos):
-            state.episodes += 1
-            window.add(tb.EPISODE_RETURN, ret)
-            window.add(tb.EPISODE_LENGTH, length)
-            recent.append(ret)  # the last 100, kept in place (a new list per episode cost ~1 µs)
-            if len(recent) > 100:
-                del recent[0]
+        """Count the episodes that ended in this step and add their returns and lengths to the window."""
+        final = infos.get("final_info")
+        if not final or "episode" not in final:
+            return
+        mask, stats = final["_episode"], final["episode"]
+        returns, lengths = stats["r"][mask].tolist(), stats["l"][mask].tolist()
+        self.state.episodes += len(returns)
+        self.window.add_each(tb.EPISODE_RETURN, returns)
+        self.window.add_each(tb.EPISODE_LENGTH, lengths)
+        recent = self.state.recent_returns
+        recent.extend(returns)  # the last 100, kept in place
+        if len(recent) > 100:
+            del recent[:-100]
 
     def _chores(self) -> None:
         """Whatever is due at this step, in order: log, evaluate, checkpoint, video, progress."""
@@ -498,5 +529,6 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
+            self.guard.close()
             self.envs.close()
             self.eval_envs.close()

@@ -55,6 +55,22 @@ class MeanWindow:
         self.sums[key] = self.sums.get(key, 0.0) + value
         self.counts[key] = self.counts.get(key, 0) + 1
 
+    def add_each(self, key: str, values: list[float] | list[int]) -> None:
+        """Add each of ``values`` to the window, in order (the same sums as one :meth:`add` each)."""
+        total = self.sums.get(key, 0.0)
+        for value in values:
+            total += value
+        self.sums[key] = total
+        self.counts[key] = self.counts.get(key, 0) + len(values)
+
+    def add_all(self, values: Mapping[str, float], prefix: str = "") -> None:
+        """Add one value per key (``prefix`` + key) to the window."""
+        sums, counts = self.sums, self.counts
+        for key, value in values.items():
+            name = prefix + key
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+
     def pop_means(self) -> dict[str, float]:
         """The window's mean of each key, and an empty window."""
         means = {k: s / self.counts[k] for k, s in self.sums.items()}
