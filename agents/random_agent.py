@@ -81,7 +81,7 @@ class RandomAgent:
         """``n`` uniform actions in one generator call, for the spaces that have a closed form; else None."""
         space, rng = self.action_space, self.rng
         if isinstance(space, gym.spaces.Discrete):
-            return (space.start + rng.integers(int(space.n), size=n)).astype(space.dtype)
+            return rng.integers(space.start, space.start + space.n, size=n, dtype=space.dtype)
         if isinstance(space, gym.spaces.MultiDiscrete):
             return (space.start + rng.integers(space.nvec, size=(n, *space.nvec.shape))).astype(space.dtype)
         if isinstance(space, gym.spaces.MultiBinary):

@@ -241,6 +241,8 @@ def pad_episode_starts(obs: np.ndarray, age: np.ndarray) -> None:
     observation), so slot ``S - 1 - age`` holds the episode's first frame.
     """
     last = obs.shape[1] - 1
+    if age.min() >= last:  # no episode younger than the stack (most steps): nothing to pad
+        return
     for i in np.flatnonzero(age < last):
         first = last - int(age[i])
         obs[i, :first] = obs[i, first]
