@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from clihelp import scalars, tensors
+from conftest import ctrl_c_after_update, gymlab_inprocess
 
 from gymlab.agent import Transition
 from gymlab.checkpoint import Checkpoint
@@ -238,3 +239,24 @@ def test_overlap_on_learns_differently_from_off_and_off_is_the_serial_default_fo
     auto, off, on = q("auto"), q("false"), q("true")
     np.testing.assert_array_equal(auto, off)  # sync envs: auto is off
     assert not np.array_equal(on, off)  # learning one step later changes the run, deterministically
+
+
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_ctrl_c_while_a_step_is_in_flight_stops_after_it_and_resumes_exactly(tmp_path, overlap):
+    """The interrupt lands inside update(), with the overlap while the envs step: the run finishes
+    that step, saves, exits 130, and the resumed run ends where an uninterrupted one does."""
+    args = ["train", "dqn", "CartPole-v1", "--steps", "320", "eval_every=160", "eval_episodes=1", "checkpoint_every=64"]
+    args += ["net_arch=[8]", "learning_starts=16", "train_freq=4", "batch_size=8", "num_envs=2", f"overlap={overlap}"]
+    whole = gymlab_inprocess(*args, "--run-dir", tmp_path / "whole")
+    assert whole.code == 0, whole.ok()
+    with ctrl_c_after_update("dqn", 200):
+        stopped = gymlab_inprocess(*args, "--run-dir", tmp_path / "parts")
+    assert stopped.code == 130, stopped.ok()
+    assert (
+        Checkpoint.read(tmp_path / "parts" / "checkpoints" / "last.pt").loop.step == 200
+    )  # update(200) ran while the step to 200 was in flight: it finished
+    resumed = gymlab_inprocess("train", "--resume", tmp_path / "parts")
+    assert resumed.code == 0, resumed.ok()
+    for a, b in zip(tensors(final_state(tmp_path / "whole")), tensors(final_state(tmp_path / "parts")), strict=True):
+        assert torch.equal(a, b)
+    assert scalars(tmp_path / "parts") == scalars(tmp_path / "whole")
