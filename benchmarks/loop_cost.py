@@ -13,7 +13,8 @@ gymlab is timed **from its first env step** to its last periodic progress report
 ROMs, the TensorBoard writer) and the final evaluation and checkpoint are left out, as the engine's
 own set-up is. The cost must not grow with N: every per-step part is paid once per batch of N.
 
-``--parts`` also profiles one gymlab run per engine and N with cProfile and splits the measured
+``--parts`` also profiles one gymlab run per engine and N with cProfile (its steps alone, from the
+first progress report to the last) and splits the measured
 (unprofiled) time per env step into parts: the engine's own work, the vector env, episode
 statistics, the env guard (finite checks, clipping), the agent's act / observe / update, the loop's
 own lines and chores (logging, progress). A builtin's or library function's time goes to the part
@@ -59,14 +60,21 @@ PONG = "PongNoFrameskip-v4"
 class Clock:
     """A ``gymlab.loop.Progress`` that notes (time, step) at each report: the loop's rate from its first step."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: cProfile.Profile | None = None) -> None:
         self.marks: list[tuple[float, int]] = []
+        self.profile, self.total = profile, 0
 
     def start(self, total: int, initial: int) -> None:
         self.marks.clear()
+        self.total = total
 
     def update(self, step: int, episodes: int, recent_return: float | None) -> None:
         self.marks.append((time.perf_counter(), step))
+        if self.profile is not None:  # profile the steps alone, as they are timed
+            if len(self.marks) == 1:
+                self.profile.enable()
+            elif step >= self.total:
+                self.profile.disable()
 
     def phase(self, name: str, done: int, total: int) -> None:
         pass
@@ -105,16 +113,10 @@ def gymlab_config(engine: str, n: int, steps: int, seed: int) -> Any:
 
 def through_gymlab(engine: str, n: int, steps: int, seed: int, profile: cProfile.Profile | None = None) -> float:
     """gymlab's env steps/s, timed from its first env step."""
-    clock = Clock()
+    clock = Clock(profile)
     cfg = gymlab_config(engine, n, steps, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        if profile is not None:
-            profile.enable()
-        try:
-            train(cfg, Path(tmp), progress=clock)
-        finally:
-            if profile is not None:
-                profile.disable()
+        train(cfg, Path(tmp), progress=clock)
     return clock.rate()
 
 
