@@ -13,8 +13,8 @@ gymlab is timed **from its first env step** to its last periodic progress report
 ROMs, the TensorBoard writer) and the final evaluation and checkpoint are left out, as the engine's
 own set-up is. The cost must not grow with N: every per-step part is paid once per batch of N.
 
-``--parts`` also profiles one gymlab run per engine and N with cProfile (its steps alone, from the
-first progress report to the last) and splits the measured
+``--parts`` also profiles gymlab runs per engine and N with cProfile (a run's profile less a fifth as
+long one's, so that start-up and the final evaluation cancel out) and splits the measured
 (unprofiled) time per env step into parts: the engine's own work, the vector env, episode
 statistics, the env guard (finite checks, clipping), the agent's act / observe / update, the loop's
 own lines and chores (logging, progress). A builtin's or library function's time goes to the part
@@ -63,21 +63,14 @@ SEEDS = [0, 3, 7]
 class Clock:
     """A ``gymlab.loop.Progress`` that notes (time, step) at each report: the loop's rate from its first step."""
 
-    def __init__(self, profile: cProfile.Profile | None = None) -> None:
+    def __init__(self) -> None:
         self.marks: list[tuple[float, int]] = []
-        self.profile, self.total = profile, 0
 
     def start(self, total: int, initial: int) -> None:
         self.marks.clear()
-        self.total = total
 
     def update(self, step: int, episodes: int, recent_return: float | None) -> None:
         self.marks.append((time.perf_counter(), step))
-        if self.profile is not None:  # profile the steps alone, as they are timed
-            if len(self.marks) == 1:
-                self.profile.enable()
-            elif step >= self.total:
-                self.profile.disable()
 
     def phase(self, name: str, done: int, total: int) -> None:
         pass
@@ -116,10 +109,16 @@ def gymlab_config(engine: str, n: int, steps: int, seed: int) -> Any:
 
 def through_gymlab(engine: str, n: int, steps: int, seed: int, profile: cProfile.Profile | None = None) -> float:
     """gymlab's env steps/s, timed from its first env step."""
-    clock = Clock(profile)
+    clock = Clock()
     cfg = gymlab_config(engine, n, steps, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp), progress=clock)
+        if profile is not None:
+            profile.enable()
+        try:
+            train(cfg, Path(tmp), progress=clock)
+        finally:
+            if profile is not None:
+                profile.disable()
     return clock.rate()
 
 
@@ -216,36 +215,47 @@ def part_of(func: tuple[str, int, str]) -> str | None:
     return None
 
 
-def split(stats: pstats.Stats) -> dict[str, float]:
-    """Each part's share of the profiled time; unassigned functions' time goes to their callers' parts."""
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+def split(long: pstats.Stats, short: pstats.Stats) -> dict[str, float]:
+    """Each part's share of the steps' time: a long run's profile less a short one's (start-up and the
+    final evaluation cancel out); a function with no part gives its time to its callers' parts."""
+    a: dict[Any, Any] = long.stats  # type: ignore[attr-defined]
+    b: dict[Any, Any] = short.stats  # type: ignore[attr-defined]
+
+    def tottime(func: Any) -> float:
+        return max(0.0, a[func][2] - (b[func][2] if func in b else 0.0))
+
+    def callers(func: Any) -> dict[Any, tuple[float, float]]:
+        """caller -> (calls, time in ``func`` on its calls), the short run's taken off."""
+        out = {}
+        for caller, c in a[func][4].items():
+            d = b[func][4].get(caller, (0, 0, 0.0, 0.0)) if func in b else (0, 0, 0.0, 0.0)
+            out[caller] = (max(0.0, c[1] - d[1]), max(0.0, c[2] - d[2]))
+        return out
+
     memo: dict[Any, dict[str, float]] = {}
 
     def dist(func: Any, depth: int = 0) -> dict[str, float]:
         if func in memo:
             return memo[func]
         part = part_of(func)
+        out: dict[str, float] = {}
         if part is not None:
             out = {part: 1.0}
-        else:
-            callers = raw[func][4] if func in raw else {}
+        elif func in a and depth < 20:
+            calls = callers(func)
             # Each caller's share: the time spent in ``func`` on its calls (by call count where none was timed).
-            index = 2 if sum(c[2] for c in callers.values()) else 1
-            total = sum(c[index] for c in callers.values())
-            out = {}
-            if depth < 20 and total:
-                for caller, c in callers.items():
-                    for p, share in dist(caller, depth + 1).items():
-                        out[p] = out.get(p, 0.0) + c[index] / total * share
-            if not out:
-                out = {"other": 1.0}
-        memo[func] = out
-        return out
+            index = 1 if sum(c[1] for c in calls.values()) else 0
+            total = sum(c[index] for c in calls.values())
+            for caller, c in calls.items():
+                for p, share in dist(caller, depth + 1).items() if total else []:
+                    out[p] = out.get(p, 0.0) + c[index] / total * share
+        memo[func] = out or {"other": 1.0}
+        return memo[func]
 
     shares: dict[str, float] = {}
-    for func, (_, _, tottime, _, _) in raw.items():
+    for func in a:
         for p, share in dist(func).items():
-            shares[p] = shares.get(p, 0.0) + tottime * share
+            shares[p] = shares.get(p, 0.0) + tottime(func) * share
     whole = sum(shares.values())
     return {p: v / whole for p, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
@@ -290,10 +300,11 @@ def main() -> None:
             print(f"\n{engine}: gymlab's time per env step by part (cProfile shares × the median unprofiled µs/step)")
             table: dict[int, dict[str, float]] = {}
             for n in args.envs:
-                profile = cProfile.Profile()
-                through_gymlab(engine, n, budget[n] // 2, SEEDS[0], profile)
+                long, short = cProfile.Profile(), cProfile.Profile()
+                through_gymlab(engine, n, budget[n], SEEDS[0], long)
+                through_gymlab(engine, n, budget[n] // 5, SEEDS[0], short)
                 us = 1e6 / statistics.median(loop[n])
-                table[n] = {p: share * us for p, share in split(pstats.Stats(profile)).items()}
+                table[n] = {p: share * us for p, share in split(pstats.Stats(long), pstats.Stats(short)).items()}
             names = sorted({p for t in table.values() for p in t}, key=lambda p: -table[args.envs[0]].get(p, 0.0))
             print("| part | " + " | ".join(f"N={n}" for n in args.envs) + " |")
             print("|---|" + "---|" * len(args.envs))
