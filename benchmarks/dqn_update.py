@@ -16,6 +16,8 @@ Paths (``--paths``, the first is the reference):
   weights), one batch drawn once into preallocated tensors, then per step ``zero_grad``, forward,
   Huber loss against fixed targets, backward and Adam (fused, as the agent's). No sampling, no
   target network, no clipping, no metrics.
+* ``floor_clip``: ``floor`` plus the clipping alone (so ``floor_target`` − ``floor_clip`` is the
+  target network's share).
 * ``floor_target``: ``floor`` plus what the algorithm itself adds to the arithmetic, done as the
   agent does it: the target network's forward pass on a round's next observations (one pass for
   the round's G batches, under ``inference_mode``; the batch repeated G times) and the clipping of
@@ -99,8 +101,9 @@ class Floor:
     """The bare arithmetic of ``agent``'s gradient step on one fixed batch (``floor``; ``floor_target`` with
     the target network's forward pass and the gradient clipping): the time a step cannot go below."""
 
-    def __init__(self, agent: DQN, with_target: bool, per_round: int) -> None:
+    def __init__(self, agent: DQN, with_target: bool, per_round: int, with_clip: bool = False) -> None:
         self.with_target = with_target
+        self.with_clip = with_clip or with_target
         self.per_round = per_round
         self.net = copy.deepcopy(agent.online)  # the same network and weights, its own parameters
         self.target = copy.deepcopy(agent.target)
@@ -126,7 +129,7 @@ class Floor:
             q = self.net(self.obs).gather(1, self.action.unsqueeze(1)).squeeze(1)
             loss = torch.nn.functional.huber_loss(q, self.y, delta=self.delta)
             loss.backward()
-            if self.with_target:
+            if self.with_clip:
                 clip_arithmetic(self.params, self.max_norm)
             self.optimizer.step()
             self._last = loss
@@ -208,7 +211,7 @@ def random_play(steps: int, seed: int = 0) -> list[Transition]:
     return out
 
 
-FLOORS = ("floor", "floor_target", "sample")
+FLOORS = ("floor", "floor_clip", "floor_target", "sample")
 
 
 def sync(agent: Any) -> None:
@@ -233,7 +236,7 @@ def make(path: str, hparams: DQNConfig, transitions: list[Transition], device: s
         agent = build(hparams, transitions, device)
         if path == "sample":
             return SampleOnly(agent)
-        return Floor(agent, with_target=path == "floor_target", per_round=hparams.gradient_steps)
+        return Floor(agent, path == "floor_target", hparams.gradient_steps, with_clip=path == "floor_clip")
     if path == "flat":
         return make_flat(build(hparams, transitions, device))
     if path.startswith("nstep"):
@@ -251,7 +254,7 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default=None,
-        help="comma-separated: eager, auto, torch, cuda_graph, flat, nstep3, floor, floor_target, sample "
+        help="comma-separated: eager, auto, torch, cuda_graph, flat, nstep3, floor, floor_clip, floor_target, sample "
         "(default eager,torch; with --floor floor,floor_target,eager)",
     )
     parser.add_argument("--floor", action="store_true", help="the whole step against its floors (see above)")
@@ -295,7 +298,7 @@ def main() -> None:
     for r in range(args.repeats):
         for path in paths if r % 2 == 0 else paths[::-1]:  # ABBA: no path always runs first
             # A floor times its steps in one block (it has no rounds); the same number of steps.
-            n, k = (1, rounds * per_round) if path in ("floor", "floor_target") else (rounds, per_round)
+            n, k = (1, rounds * per_round) if path.startswith("floor") else (rounds, per_round)
             times[path].append(ms_per_step(agents[path], n, k))
 
     net = "Nature CNN" if args.atari else f"MLP {hparams.net_arch}"
@@ -311,7 +314,7 @@ def main() -> None:
     for path, values in times.items():
         median = statistics.median(values)
         print(f"| {path} | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {median / base:.3f} |")
-    floors = [path for path in ("floor", "floor_target") if path in times]
+    floors = [path for path in ("floor", "floor_clip", "floor_target") if path in times]
     if learners and floors:
         whole = learners[0]
         print(f"\nthe whole step ({whole}) against its floor, ratio per repeat (the two timed side by side):")
