@@ -13,7 +13,7 @@
 #   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
 #   update    DQN's gradient step on the Nature CNN: its floor, the default (compile=auto: the CUDA graph)
 #             and eager, side by side (benchmarks/dqn_update.py)
-#   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default and its CUDA graph
+#   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default (compile=auto: the CUDA graph), then 16 envs
 #   fast      the wall-clock Pong preset (configs/dqn/PongNoFrameskip-v4-fast.yaml) on the budget that fits:
 #             env steps/s, and the final greedy score (gpu_util.csv covers it)
 # summary.txt gets one line per step as it ends (name, exit code, seconds, test counts), so a run
@@ -137,7 +137,7 @@ if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
     read -ra args <<<"$atari_args_text"
     "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" "${args[@]}" &&
       if [[ $smoke == 0 ]]; then
-        "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --compile cuda_graph --num-envs 8 \
+        "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --num-envs 16 \
           "${args[@]}"
       fi
   }
