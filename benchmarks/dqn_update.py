@@ -26,8 +26,13 @@ Paths (``--paths``, the first is the reference):
 * ``sample``: the replay memory's side alone: drawing and gathering a round's batches onto the
   device (``DeviceBatches.sample``), per gradient step.
 
-``--floor`` times ``floor,floor_target,eager`` and prints, per repeat, the whole step (the first
-non-floor path) against each floor: median (min, max) of the ratio over the repeats.
+``--baseline FILE`` adds the path ``baseline``: an earlier ``agents/dqn.py`` loaded as a module of its
+own and run eagerly (``git show 0e5d529:agents/dqn.py > /tmp/dqn_before.py``), so a change to the
+step is timed before and after in one process, alternated, under the same load.
+
+``--floor`` times ``floor,floor_target,eager``. With any floor among the paths the script prints, for
+each whole step (every path that learns) and each floor, the ratio of the two blocks timed side by
+side in a repeat: median (min, max) over the repeats.
 
 All agents start from the same weights and replay memory and draw the same batches. CartPole (the
 default): RL Zoo's preset, MLP [256, 256], batch 64, memory filled by random play, rounds of 128
@@ -46,13 +51,16 @@ repeats and each path's median against the reference's.
     python benchmarks/dqn_update.py --repeats 2 --steps 8              # a smoke run
     python benchmarks/dqn_update.py --floor --repeats 10               # whole step vs its floor, CartPole MLP
     python benchmarks/dqn_update.py --floor --atari --repeats 10       # ... and the Nature CNN at batch 32
+    python benchmarks/dqn_update.py --paths floor,floor_target,baseline,eager --baseline /tmp/dqn_before.py
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
+import sys
 import time
 import types
 from typing import Any
@@ -161,7 +169,10 @@ class SampleOnly:
             self._last.sum().item()
 
 
-def build(hparams: DQNConfig, transitions: list[Transition], device: str = "cpu", compile: str = "off") -> DQN:
+def build(
+    hparams: DQNConfig, transitions: list[Transition], device: str = "cpu", compile: str = "off", module: Any = None
+) -> Any:
+    """A DQN agent (``module``'s, else this checkout's) with the networks seeded alike and the memory filled."""
     obs = transitions[0].obs
     if obs.dtype == np.uint8:
         obs_space: gym.Space[Any] = gym.spaces.Box(0, 255, obs.shape[1:], np.uint8)
@@ -170,7 +181,10 @@ def build(hparams: DQNConfig, transitions: list[Transition], device: str = "cpu"
         obs_space, act_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2)
     ctx = Context(obs_space, act_space, 1, 0, torch.device(device), 1)
     torch.manual_seed(0)  # the networks' initial weights come from the global generator
-    agent = DQN(hparams.model_copy(update={"compile": compile}), ctx)
+    if module is None:
+        agent = DQN(hparams.model_copy(update={"compile": compile}), ctx)
+    else:
+        agent = module.DQN(module.DQNConfig(**{**hparams.model_dump(), "compile": compile}), ctx)
     for t in transitions:
         agent.observe(t)
     return agent
@@ -216,7 +230,7 @@ FLOORS = ("floor", "floor_clip", "floor_target", "sample")
 
 def sync(agent: Any) -> None:
     """Wait for the device's arithmetic (a no-op on the CPU)."""
-    if isinstance(agent, DQN):
+    if hasattr(agent, "_sums"):  # a DQN agent, this checkout's or a baseline's
         agent._sums.sum().item()
     else:
         agent.sync()
@@ -231,7 +245,20 @@ def ms_per_step(agent: Any, rounds: int, steps: int) -> float:
     return (time.perf_counter() - start) / (rounds * steps) * 1e3
 
 
-def make(path: str, hparams: DQNConfig, transitions: list[Transition], device: str) -> Any:
+def load_baseline(path: str) -> Any:
+    """An earlier ``agents/dqn.py``, imported from ``path`` as a module of its own."""
+    spec = importlib.util.spec_from_file_location("dqn_baseline", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def make(path: str, hparams: DQNConfig, transitions: list[Transition], device: str, baseline: Any = None) -> Any:
+    if path == "baseline":
+        assert baseline is not None, "the baseline path needs --baseline FILE"
+        return build(hparams, transitions, device, module=baseline)
     if path in FLOORS:
         agent = build(hparams, transitions, device)
         if path == "sample":
@@ -258,8 +285,10 @@ def main() -> None:
         "(default eager,torch; with --floor floor,floor_target,eager)",
     )
     parser.add_argument("--floor", action="store_true", help="the whole step against its floors (see above)")
+    parser.add_argument("--baseline", default=None, help="an earlier agents/dqn.py, timed as the path 'baseline'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     paths = (args.paths or ("floor,floor_target,eager" if args.floor else "eager,torch")).split(",")
     if args.atari:
         hparams = DQNConfig(learning_rate=1e-4, batch_size=32, buffer_size=10_000, frame_stack=4)
@@ -275,7 +304,7 @@ def main() -> None:
     # and batches every path ends near the reference's weights.
     agents: dict[str, Any] = {}
     for path in paths:
-        agents[path] = make(path, hparams, transitions, args.device)
+        agents[path] = make(path, hparams, transitions, args.device, baseline)
         start = time.perf_counter()
         agents[path].learn(per_round)
         sync(agents[path])
@@ -289,7 +318,7 @@ def main() -> None:
         gap = max(
             (a - b).abs().max().item() for a, b in zip(ref.online_params, agents[path].online_params, strict=True)
         )
-        print(f"same update: {path} vs {paths[0]}, largest weight difference {gap:.2e}")
+        print(f"same update: {path} vs {learners[0]}, largest weight difference {gap:.2e}")
         assert gap < 1e-3, gap
 
     for agent in agents.values():  # warm-up: allocations, kernels
@@ -316,13 +345,14 @@ def main() -> None:
         print(f"| {path} | {median:.3f} | {min(values):.3f} | {max(values):.3f} | {median / base:.3f} |")
     floors = [path for path in ("floor", "floor_clip", "floor_target") if path in times]
     if learners and floors:
-        whole = learners[0]
-        print(f"\nthe whole step ({whole}) against its floor, ratio per repeat (the two timed side by side):")
-        print("| floor | median ratio | min | max |")
-        print("|---|---|---|---|")
-        for path in floors:
-            ratios = [w / f for w, f in zip(times[whole], times[path], strict=True)]
-            print(f"| {path} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} |")
+        print("\nthe whole step against its floors, ratio per repeat (the two timed side by side):")
+        print("| whole step | floor | median ratio | min | max |")
+        print("|---|---|---|---|---|")
+        for whole in learners:
+            for path in floors:
+                ratios = [w / f for w, f in zip(times[whole], times[path], strict=True)]
+                median = statistics.median(ratios)
+                print(f"| {whole} | {path} | {median:.3f} | {min(ratios):.3f} | {max(ratios):.3f} |")
 
 
 if __name__ == "__main__":
