@@ -37,9 +37,16 @@ gradient steps. A round therefore draws all its batches at once, moves them to t
 transfer (``batch_source``: from host arrays, through pinned staging with non-blocking copies, or
 gathered on the GPU from frames kept there; replay/loader.py), and computes every target in one
 forward pass (except for double DQN, whose action choice needs the online network as it learns).
-Each gradient step uses public torch only: Adam's fused kernel (CPU and CUDA) and
-``clip_grad_norm_(foreach=True)``. ``compile`` may run the step through ``torch.compile`` or replay
-it from a CUDA graph (gymlab/cudagraph.py); it is off by default (why: benchmarks/README.md).
+Each gradient step runs Adam's fused kernel (CPU and CUDA) and clips the gradient's global norm
+with the arithmetic of ``clip_grad_norm_(foreach=True)``, op for op, without its per-call grouping
+(:func:`clip_grad_norm`). ``compile`` may run the step through ``torch.compile`` or replay it from a
+CUDA graph (gymlab/cudagraph.py); ``auto``, the default, is the graph on CUDA and eager elsewhere
+(why: benchmarks/README.md, "DQN: the step against its floor").
+
+Acting runs under ``torch.inference_mode`` (:class:`Greedy`). On the CPU the network reads the
+observations where numpy holds them (``torch.from_numpy`` shares the memory: no copy at all). On
+CUDA they are copied into preallocated page-locked host buffers and from there, non-blocking, into
+preallocated device tensors, and with the graph the forward pass and argmax are one graph replay.
 """
 
 from __future__ import annotations
@@ -50,11 +57,11 @@ from typing import Annotated, Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
+from gymlab.replay import DeviceBatches, HostStaging, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
-from gymlab.cudagraph import CUDAGraphStep
+from gymlab.cudagraph import CUDAGraphForward, CUDAGraphStep
 from gymlab.nets import is_image, observation_net
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
@@ -95,10 +102,11 @@ class DQNConfig(BaseModel):
         ge=1,
         description="observations stack this many frames on axis 0 (None: the channels of a uint8 image, else 1)",
     )
-    compile: Literal["off", "torch", "cuda_graph"] = Field(
-        "off",
+    compile: Literal["auto", "off", "torch", "cuda_graph"] = Field(
+        "auto",
         description="the gradient step: off = eager; torch = torch.compile the loss (forward and backward); "
-        "cuda_graph = the whole step (forward, backward, clipping, Adam) replayed from one CUDA graph (CUDA only)",
+        "cuda_graph = the whole step (forward, backward, clipping, Adam) replayed from one CUDA graph, and acting "
+        "(forward, argmax) from another (CUDA only); auto = cuda_graph on CUDA, off elsewhere",
     )
     batch_source: Literal["auto", "host", "pinned", "device"] = Field(
         "auto",
@@ -126,6 +134,13 @@ def frames_per_observation(config: DQNConfig, observation_space: gym.Space[Any])
     if config.frame_stack is not None:
         return config.frame_stack
     return int(observation_space.shape[0]) if is_image(observation_space) else 1  # type: ignore[index]
+
+
+def resolve_compile(requested: str, device: torch.device) -> str:
+    """``compile=auto``: the CUDA graph on a CUDA device, eager (``off``) anywhere else; other values as they are."""
+    if requested != "auto":
+        return requested
+    return "cuda_graph" if device.type == "cuda" else "off"
 
 
 def linear(start: float, end: float, fraction: float) -> float:
@@ -186,6 +201,68 @@ def q_loss(q_values: torch.Tensor, action: torch.Tensor, target: torch.Tensor, d
     return torch.nn.functional.huber_loss(q_taken, target, delta=delta)
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients to a global L2 norm of at most ``max_norm``; the norm before scaling.
+
+    The arithmetic of ``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` op for op
+    (per-tensor norms in one foreach call, their norm, ``min(max_norm / (norm + 1e-6), 1)``, one foreach
+    multiply), so the result is the same to the bit, without the public function's per-call grouping
+    of the tensors by device and dtype: 37 against 63 µs per call for CartPole's MLP on this CPU
+    (benchmarks/README.md). The parameters must share one device and dtype (one network's do).
+    ``tests/test_dqn.py`` checks it against ``clip_grad_norm_`` on the installed torch.
+    """
+    with torch.no_grad():
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
+class Greedy:
+    """argmax_a Q(obs, a) for batches of observations: (N, *obs_shape) numpy -> (N,) int64 numpy.
+
+    Runs under ``torch.inference_mode``. Off CUDA the network reads the observations in place
+    (``torch.from_numpy``: no copy). On CUDA each batch shape gets a preallocated device tensor,
+    filled through page-locked staging with a non-blocking copy; with ``graphed`` the forward pass
+    and argmax on it are recorded in a CUDA graph at the first batch of that shape and replayed
+    after (the graph reads the weights where they live, so it follows every update).
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, graphed: bool) -> None:
+        self.net = net
+        self.device = device
+        self.graphed = graphed
+        self.cuda = device.type == "cuda"
+        self.staging = HostStaging(device, pin=True) if self.cuda else None
+        # Per (shape, dtype) of a batch: its static device input and, with the graph, the graph.
+        self.inputs: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+        self.graphs: dict[tuple[tuple[int, ...], str], CUDAGraphForward] = {}
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The greedy actions of a batch of observations (before the action space's start)."""
+        if self.staging is None:
+            with torch.inference_mode():
+                on_device = torch.from_numpy(obs).to(self.device, non_blocking=True)  # the CPU: the same memory
+                return self.net(on_device).argmax(dim=1).cpu().numpy()
+        key = (obs.shape, obs.dtype.str)
+        if key in self.inputs:
+            x = self.staging.to_device((obs,), out=(self.inputs[key],))[0]
+        else:
+            x = self.inputs[key] = self.staging.to_device((obs,))[0]
+        if self.graphed:
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self.graphs[key] = CUDAGraphForward(self._argmax, (x,))
+            actions = graph()[0]
+        else:
+            with torch.inference_mode():
+                actions = self._argmax(x)
+        return actions.cpu().numpy()
+
+    def _argmax(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).argmax(dim=1)
+
+
 # --- the agent ---------------------------------------------------------------------------------
 
 
@@ -228,7 +305,10 @@ class DQN:
     def check_config(cls, config: DQNConfig, ctx: Context) -> str | None:
         """The replay memory must give every env's lane room for a frame stack and a transition; graphs need CUDA."""
         if config.compile == "cuda_graph" and ctx.device.type != "cuda":
-            return f"compile=cuda_graph needs a CUDA device, but the run's device is {ctx.device}: use compile=off"
+            return (
+                f"compile=cuda_graph needs a CUDA device, but the run's device is {ctx.device}: "
+                "use compile=auto or compile=off"
+            )
         per_env = frames_per_observation(config, ctx.observation_space) + 2
         if config.buffer_size // ctx.num_envs < per_env:
             return (
@@ -255,7 +335,8 @@ class DQN:
         # replays Adam's kernels with the tensors they were recorded with: its learning rate is a
         # tensor (a schedule changes it in place) and its step counters stay on the device.
         fused = self.device.type in ("cuda", "cpu")
-        graphed = config.compile == "cuda_graph"
+        self.compile = resolve_compile(config.compile, self.device)
+        graphed = self.compile == "cuda_graph"
         self.optimizer = torch.optim.Adam(
             self.online_params,
             lr=torch.tensor(config.learning_rate, device=self.device) if graphed else config.learning_rate,
@@ -263,7 +344,7 @@ class DQN:
             foreach=None if fused else True,
             capturable=graphed,
         )
-        self._loss = torch.compile(self.training_loss, dynamic=False) if config.compile == "torch" else None
+        self._loss = torch.compile(self.training_loss, dynamic=False) if self.compile == "torch" else None
         self._graphed = CUDAGraphStep(self.train_step, self.online_params, self.optimizer) if graphed else None
 
         frame_stack = frames_per_observation(config, obs_space)
@@ -283,6 +364,7 @@ class DQN:
             gamma=config.gamma,
         )
         self.batches = DeviceBatches(self.replay, self.device, source)
+        self.greedy = Greedy(self.online, self.device, graphed)
         self.text = ctx.text
         self._told_replay_left_out = False
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
@@ -296,12 +378,6 @@ class DQN:
         self._summed = 0
 
     # --- acting ----------------------------------------------------------------------------------
-
-    def greedy(self, obs: np.ndarray) -> np.ndarray:
-        """argmax_a Q(obs, a), (N, *obs_shape) -> (N,) int64 (before the action space's start)."""
-        with torch.inference_mode():
-            x = torch.from_numpy(obs).to(self.device, non_blocking=True)
-            return self.online(x).argmax(dim=1).cpu().numpy()
 
     def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
         """ε-greedy actions (greedy when ``explore`` is False), (N, *obs_shape) -> (N,)."""
@@ -407,7 +483,7 @@ class DQN:
                 y = targets[sl]
             loss, grad_norm = self.gradient_step(obs[sl], action[sl], y)
             with torch.no_grad():
-                self._sums += torch.stack((loss.detach(), y.mean(), grad_norm))
+                self._sums += torch.stack((loss, y.mean(), grad_norm))
         self._summed += gradient_steps
         self.grad_steps += gradient_steps
 
@@ -426,7 +502,7 @@ class DQN:
         return loss, self.optimize(loss)
 
     def train_step(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole step that ``compile=cuda_graph`` records: the loss and the gradient norm."""
+        """The whole step that the CUDA graph records: the loss and the gradient norm."""
         loss = self.training_loss(obs, action, y)
         return loss, self.optimize(loss)
 
@@ -434,7 +510,7 @@ class DQN:
         """One Adam step on ``loss`` with the gradient clipped to ``max_grad_norm``; the norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.online_params, self.cfg.max_grad_norm, foreach=True)
+        grad_norm = clip_grad_norm(self.online_params, self.cfg.max_grad_norm)
         self.optimizer.step()
         return grad_norm
 

@@ -13,14 +13,14 @@ dominates short Atari runs). SB3 is timed over ``model.learn``.
     pip install -e .[bench]          # stable-baselines3
     python benchmarks/dqn_vs_sb3.py [--seeds 5] [--steps 50000] [--threads 1]
     python benchmarks/dqn_vs_sb3.py --atari --device cuda --steps 200000 --seeds 1
-    python benchmarks/dqn_vs_sb3.py --atari --device cuda --compile cuda_graph --num-envs 8 ...
+    python benchmarks/dqn_vs_sb3.py --atari --device cuda --num-envs 16 ...       # compile=auto: the CUDA graph
     python benchmarks/dqn_vs_sb3.py --env MountainCar-v0 --only sb3 --seeds 5   # SB3 on another preset
 
 ``--env`` takes any shipped DQN preset's env (its hparams and budget, as ``gymlab train dqn ENV`` gets them):
 run with ``--only sb3``, it says how Stable-Baselines3 itself spreads over seeds with RL Zoo's settings,
 against which a single published run can be read.
 
-``--compile`` and ``--batch-source`` set gymlab's hparams of those names (its defaults: off, auto);
+``--compile`` and ``--batch-source`` set gymlab's hparams of those names (its defaults: auto, auto);
 ``--num-envs`` gymlab's envs (SB3 keeps one: its ``train_freq`` counts vector steps, so more envs
 would change its replay ratio; gymlab's counts env steps, so its ratio stays).
 """
@@ -167,7 +167,9 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--atari", action="store_true", help="PongNoFrameskip-v4 with RL Zoo's Atari settings")
     parser.add_argument("--only", choices=["gymlab", "sb3"], default=None, help="run one side only")
-    parser.add_argument("--compile", choices=["off", "torch", "cuda_graph"], default="off", help="gymlab's compile")
+    parser.add_argument(
+        "--compile", choices=["auto", "off", "torch", "cuda_graph"], default="auto", help="gymlab's compile"
+    )
     parser.add_argument("--batch-source", default="auto", help="gymlab's batch_source: auto | host | pinned | device")
     parser.add_argument("--num-envs", type=int, default=1, help="gymlab's envs (SB3 keeps one)")
     parser.add_argument("--env", default="CartPole-v1", help="a shipped DQN preset's env (its hparams and budget)")

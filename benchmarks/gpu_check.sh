@@ -11,8 +11,11 @@
 #   cli       train / resume / eval on --device cuda for DQN, REINFORCE and tabular Q, and DQN's
 #             deterministic mode beside the default (its cost)
 #   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
-#   update    DQN's gradient step, eager against the CUDA graph (benchmarks/dqn_update.py)
-#   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default and its CUDA graph
+#   update    DQN's gradient step on the Nature CNN: its floor, the default (compile=auto: the CUDA graph)
+#             and eager, side by side (benchmarks/dqn_update.py)
+#   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default (compile=auto: the CUDA graph), then 16 envs
+#   fast      the wall-clock Pong preset (configs/dqn/PongNoFrameskip-v4-fast.yaml) on the budget that fits:
+#             env steps/s, and the final greedy score (gpu_util.csv covers it)
 # summary.txt gets one line per step as it ends (name, exit code, seconds, test counts), so a run
 # cut short still says what it did; gpu_util.csv samples GPU utilisation once a second.
 set -u
@@ -76,14 +79,16 @@ note "mode: $([[ $smoke == 1 ]] && echo 'smoke (CPU, tiny budgets)' || echo 'GPU
 if [[ $smoke == 1 ]]; then
   device=cpu dqn_steps=600 resume_steps=900 rf_steps=600 tq_steps=2000
   pytest_suite=(tests/test_devices.py tests/test_checkpoint.py)
-  update_args=(--repeats 2 --steps 4)
+  update_args=(--atari --paths floor,floor_target,auto,eager --repeats 2 --steps 2)
   atari_args=(--steps 600 --seeds 1 --eval-episodes 1 --only gymlab)
+  fast_args=(--steps 640 hparams.learning_starts=320 hparams.buffer_size=4096 eval_episodes=1 checkpoint_every=0)
   seqgan_args=(--repeats 1 --budget-s 20 --phases mle)
 else
   device=cuda dqn_steps=3000 resume_steps=5000 rf_steps=3000 tq_steps=20000
   pytest_suite=(-m "not slow" tests)
-  update_args=(--atari --paths eager,cuda_graph --repeats 6 --steps 50)
+  update_args=(--atari --paths floor,floor_target,auto,eager --repeats 6 --steps 50)
   atari_args=(--steps 12000 --seeds 1 --eval-episodes 1)
+  fast_args=(--steps 400000 eval_episodes=3 checkpoint_every=0)
   seqgan_args=(--paper --repeats 2 --budget-s 75)
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$OUT/gpu_util.csv" 2>&1 &
   util_pid=$!
@@ -124,7 +129,7 @@ step cli 90 bash -c cli_runs
 
 step seqgan 100 "$py" benchmarks/seqgan_phases.py --device "$device" "${seqgan_args[@]}"
 
-step update 60 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
+step update 90 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
 
 if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
   atari_runs() {
@@ -132,7 +137,7 @@ if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
     read -ra args <<<"$atari_args_text"
     "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" "${args[@]}" &&
       if [[ $smoke == 0 ]]; then
-        "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --compile cuda_graph --num-envs 8 \
+        "$py" benchmarks/dqn_vs_sb3.py --atari --device "$device" --only gymlab --num-envs 16 \
           "${args[@]}"
       fi
   }
@@ -142,6 +147,13 @@ if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
   step atari 100 bash -c atari_runs
 else
   skip atari "ale-py or stable-baselines3 is not installed"
+fi
+
+if "$py" -c 'import ale_py' 2>/dev/null; then
+  step fast 200 "$py" -m gymlab train dqn PongNoFrameskip-v4 --config configs/dqn/PongNoFrameskip-v4-fast.yaml \
+    --device "$device" --run-dir "$OUT/fast" "${fast_args[@]}"
+else
+  skip fast "ale-py is not installed"
 fi
 
 

@@ -1,4 +1,4 @@
-"""A training step recorded once in a CUDA graph and replayed: one launch for the whole step.
+"""A training step (or a forward pass) recorded once in a CUDA graph and replayed: one launch for all of it.
 
 A CUDA graph replays a fixed sequence of kernels on fixed memory. :class:`CUDAGraphStep` wraps a
 step function (forward, backward, clipping, the optimizer's step) so that calling it copies the
@@ -12,6 +12,11 @@ What the graph needs from the step (PyTorch's CUDA graph notes):
   recorded as a constant. A learning rate later set as a number (a schedule) is copied into that
   tensor at the next call, and :meth:`CUDAGraphStep.optimizer_loaded` does the same after
   ``optimizer.load_state_dict``.
+
+:class:`CUDAGraphForward` records a function without side effects (acting: a forward pass and an
+argmax) on input tensors the caller owns and refills before each replay. The weights it reads are
+read where they live, so the graph sees every later change made in place (Adam's steps, a
+checkpoint loaded with ``load_state_dict``).
 """
 
 from __future__ import annotations
@@ -102,3 +107,36 @@ class CUDAGraphStep:
                 for key, value in values.items():  # state the optimizer created while warming up starts from zero
                     value.copy_(state[p][key]) if p in state else value.zero_()
         self.inputs, self.outputs, self.graph = static, tuple(outputs), graph
+
+
+class CUDAGraphForward:
+    """``fn(*inputs) -> outputs`` (no side effects) recorded once in a CUDA graph on ``inputs``, replayed per call.
+
+    Args:
+        fn: tensors in, a tensor or a tuple of tensors out; it must not change any tensor (it is
+            run a few times while warming up). It runs under ``torch.inference_mode``.
+        inputs: the static CUDA tensors ``fn`` reads; the caller writes each call's values into
+            them (e.g. ``copy_(..., non_blocking=True)`` from pinned memory) before calling.
+
+    """
+
+    def __init__(
+        self, fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]], inputs: Sequence[torch.Tensor]
+    ) -> None:
+        self.inputs = list(inputs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode():
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                out = fn(*self.inputs)
+        self.outputs: tuple[torch.Tensor, ...] = out if isinstance(out, tuple) else (out,)
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        """Replay on what the inputs hold now; the static outputs (overwritten by the next replay)."""
+        self.graph.replay()
+        return self.outputs

@@ -24,8 +24,10 @@ truncated, has-transition flags and the uint8 in-episode offset). 1M Atari slots
 
 Where the frames live: a numpy array (host memory) by default; with ``device`` a torch tensor on
 that device (e.g. a GPU), written at each :meth:`add` and gathered there by :meth:`sample_frames`,
-so a batch's pixels never cross the bus. Everything else (actions, rewards, flags, offsets) stays
-in numpy: the sampler's bookkeeping never waits for the device.
+so a batch's pixels never cross the bus. Each step's new frames go there through staging buffers
+of the memory's own (page-locked on CUDA, so the copy does not wait for the host: replay/staging.py).
+Everything else (actions, rewards, flags, offsets) stays in numpy: the sampler's bookkeeping never
+waits for the device.
 
 n-step returns (``n_step`` > 1) need nothing stored beyond this: an episode's steps are consecutive
 slots, so a sampled transition at slot ``p`` reads the rewards of slots ``p .. p+k-1`` and bootstraps
@@ -45,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymlab.replay.staging import HostStaging
 
 #: How an env pads the frame stack of an episode's first observation.
 PADDINGS = ("reset", "zero")
@@ -125,6 +128,8 @@ class ReplayBuffer:
         else:
             dtype = torch.from_numpy(np.zeros(0, dtype=obs_dtype)).dtype
             self.frames = torch.zeros((n, L, *self.frame_shape), dtype=dtype, device=device)
+            self._frame_dtype = np.dtype(obs_dtype)
+            self._staging = HostStaging(device, pin=device.type == "cuda")
         self.action = np.zeros((n, L, *action_shape), dtype=action_dtype)  # (N, L, *action_shape)
         self.reward = np.zeros((n, L), dtype=np.float32)
         self.terminated = np.zeros((n, L), dtype=bool)
@@ -225,9 +230,9 @@ class ReplayBuffer:
         # Overwriting the oldest slot also retires the transition that lived there.
         if isinstance(self.frames, np.ndarray):
             self.frames[lanes, pos] = frame
-        else:  # one index and one frame transfer; the copy is queued on the device's stream, in order
-            flat = torch.from_numpy(lanes * self.lane_size + pos).to(self.device, non_blocking=True)
-            values = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device, self.frames.dtype, True)
+        else:  # one index and one frame transfer through the staging buffers, queued on the device's stream
+            rows = (lanes * self.lane_size + pos).astype(np.int64, copy=False)
+            flat, values = self._staging.to_device((rows, np.asarray(frame, dtype=self._frame_dtype)))
             self.frames.view(-1, *self.frame_shape).index_copy_(0, flat, values)
         self.offset[lanes, pos] = offset
         self.has_transition[lanes, pos] = False

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from gymlab.agents import dqn as dqn_module
-from gymlab.agents.dqn import DQN, DQNConfig, q_loss, td_targets
+from gymlab.agents.dqn import DQN, DQNConfig, clip_grad_norm, q_loss, resolve_compile, td_targets
 from gymlab.replay import ReplayBuffer
 
 from gymlab import checkpoint
 from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
-from gymlab.config import resolve, validate
+from gymlab.config import configs_root, resolve, validate
 from gymlab.loop import train
 from gymlab.nets import MLP, NatureCNN
 
@@ -420,6 +420,93 @@ def test_cuda_graph_needs_cuda():
     ctx = Context(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), 1, 0, torch.device("cpu"), 1000)
     problem = DQN.check_config(DQNConfig(compile="cuda_graph"), ctx)
     assert problem is not None and "CUDA" in problem and "compile=off" in problem
+    assert DQN.check_config(DQNConfig(), ctx) is None  # the default, auto, runs anywhere
+
+
+def test_compile_auto_is_eager_on_the_cpu_and_the_cuda_graph_on_cuda():
+    assert DQNConfig().compile == "auto"
+    assert resolve_compile("auto", torch.device("cpu")) == "off"
+    assert resolve_compile("auto", torch.device("cuda")) == "cuda_graph"
+    assert resolve_compile("auto", torch.device("cuda", 1)) == "cuda_graph"
+    assert resolve_compile("auto", torch.device("meta")) == "off"
+    for mode in ("off", "torch", "cuda_graph"):  # what the user asked for, as it is
+        assert resolve_compile(mode, torch.device("cuda")) == mode == resolve_compile(mode, torch.device("cpu"))
+    agent = make_agent(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
+    assert agent.compile == "off" and agent._graphed is None and agent._loss is None and not agent.greedy.graphed
+    assert all(isinstance(group["lr"], float) for group in agent.optimizer.param_groups)  # eager Adam, as before
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e9])  # clipping, and not
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_clip_grad_norm_is_torchs_to_the_bit(net, max_norm):
+    """agents/dqn.py clips with clip_grad_norm_'s arithmetic, written out; on this torch it must be the same bits."""
+    make = (lambda: MLP(4, [256, 256], 2)) if net == "mlp" else (lambda: NatureCNN(4, 84, 84, 6))
+    ours, theirs = list(make().parameters()), list(make().parameters())
+    generator = torch.Generator().manual_seed(0)
+    before = [torch.randn(p.shape, generator=generator) for p in ours]
+    for p, q, g in zip(ours, theirs, before, strict=True):
+        p.grad, q.grad = g.clone(), g.clone()
+    norm = clip_grad_norm(ours, max_norm)
+    reference = torch.nn.utils.clip_grad_norm_(theirs, max_norm, foreach=True)
+    assert torch.equal(norm, reference)
+    grads = [(p.grad, q.grad) for p, q in zip(ours, theirs, strict=True)]
+    assert all(a is not None and b is not None and torch.equal(a, b) for a, b in grads)
+    scaled = any(not torch.equal(a, g) for (a, _), g in zip(grads, before, strict=True) if a is not None)
+    assert scaled == (max_norm < 1)
+
+
+def _acting_before(agent: DQN, rng: np.random.Generator, obs: np.ndarray, explore: bool) -> np.ndarray:
+    """DQN.act as it was written before acting went through inference_mode on preallocated tensors (0e5d529)."""
+    with torch.no_grad():
+        greedy = agent.online(torch.as_tensor(obs)).argmax(dim=1).numpy()
+    if explore:
+        u = rng.random(len(obs))
+        eps = agent.epsilon
+        random_actions = np.minimum((u / max(eps, 1e-12) * agent.n_actions).astype(np.int64), agent.n_actions - 1)
+        greedy = np.where(u < eps, random_actions, greedy)
+    return greedy + agent.act_start
+
+
+def test_acting_runs_in_inference_mode_on_the_observations_in_place_and_gives_the_same_actions():
+    agent = make_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(5, start=2), num_envs=16)
+    seen = []
+    agent.online.register_forward_hook(
+        lambda module, args, out: seen.append((torch.is_inference_mode_enabled(), args[0].data_ptr()))
+    )
+    reference_rng = np.random.default_rng([0, 1])  # the agent's exploration generator, seed 0
+    data = np.random.default_rng(1)
+    for eps in (0.0, 0.05, 0.5, 0.999):
+        agent.epsilon = eps
+        for explore in (True, False):
+            obs = data.normal(size=(16, 3)).astype(np.float32)
+            seen.clear()
+            actions = agent.act(obs, explore)
+            # One pass under inference_mode, reading numpy's memory (no copy), unless every env explored.
+            assert seen == [(True, obs.ctypes.data)] or (explore and eps > 0.99 and not seen)
+            assert actions.dtype == np.int64 and actions.shape == (16,)
+            assert np.array_equal(actions, _acting_before(agent, reference_rng, obs, explore)), (eps, explore)
+    assert np.array_equal(agent.rng.random(4), reference_rng.random(4))  # one draw per env per call, as before
+
+
+def test_the_fast_pong_preset_validates_and_keeps_rl_zoos_sampled_transitions_per_env_step():
+    fast_path = configs_root() / "dqn" / "PongNoFrameskip-v4-fast.yaml"
+    fast, zoo = resolve("dqn", "PongNoFrameskip-v4", fast_path), resolve("dqn", "PongNoFrameskip-v4")
+    assert 16 <= fast.run.num_envs <= 32 and zoo.run.num_envs == 1
+    assert isinstance(fast.hparams, DQNConfig) and isinstance(zoo.hparams, DQNConfig)
+    f, z = fast.hparams, zoo.hparams
+    assert f.compile == "auto" and f.frame_stack == z.frame_stack == 4
+    sampled = lambda h: h.batch_size * h.gradient_steps / h.train_freq  # noqa: E731
+    assert sampled(f) == sampled(z) == 8  # transitions drawn per env step: what the replay ratio keeps
+    assert f.gradient_steps / f.train_freq < z.gradient_steps / z.train_freq  # fewer gradient steps: the trade
+    # The target follows after as many gradient steps as RL Zoo's.
+    assert f.target_update_interval * f.gradient_steps / f.train_freq == z.target_update_interval / z.train_freq
+    text = fast_path.read_text()
+    assert "What was traded" in text and "RL Zoo" in text and "PongNoFrameskip-v4.yaml" in text
+    ctx = Context(
+        gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6), fast.run.num_envs, 0,
+        torch.device("cpu"), fast.run.steps,
+    )  # fmt: skip
+    assert DQN.check_config(f, ctx) is None
 
 
 @pytest.mark.slow  # torch.compile takes tens of seconds on this CPU
@@ -464,6 +551,29 @@ def test_cuda_graph_learns_as_eager_and_checkpoints_portably(double_dqn, tmp_pat
     assert all(torch.equal(p.cpu(), q) for p, q in zip(graphed.online_params, cpu.online_params, strict=True))
     cpu.learn(2)
     assert cpu.grad_steps == graphed.grad_steps + 2
+
+
+@pytest.mark.cuda
+def test_acting_through_the_cuda_graph_gives_the_eager_actions_and_follows_learning():
+    eager, auto = _twins("cuda", "auto")
+    assert auto.compile == "cuda_graph" and auto._graphed is not None and auto.greedy.graphed
+    assert auto.batches.source == "device"  # a few KB of frames: gathered on the GPU
+
+    def by_hand(agent: DQN, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return agent.online(torch.as_tensor(obs, device="cuda")).argmax(dim=1).cpu().numpy()
+
+    rng = np.random.default_rng(3)
+    for round_ in range(3):
+        for n in (2, 5, 2):  # a graph per batch shape, replayed when the shape comes back
+            obs = rng.normal(size=(n, 4)).astype(np.float32)
+            assert np.array_equal(auto.act(obs, explore=False), by_hand(auto, obs)), (round_, n)
+            assert np.array_equal(eager.act(obs, explore=False), by_hand(eager, obs)), (round_, n)
+        auto.learn(4)  # the weights move in place; the acting graph reads them where they live
+    assert len(auto.greedy.graphs) == 2
+    auto.load_state_dict(eager.state_dict())  # a checkpoint loaded in place reaches the graph too
+    obs = rng.normal(size=(5, 4)).astype(np.float32)
+    assert np.array_equal(auto.act(obs, explore=False), eager.act(obs, explore=False))
 
 
 def checkpoint_roundtrip(state: dict, folder: Path) -> dict:

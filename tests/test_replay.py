@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from gymlab.replay import DeviceBatches, ReplayBuffer
+from gymlab.replay import DeviceBatches, HostStaging, ReplayBuffer, choose_source, loader
 
 
 def add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> None:
@@ -295,3 +295,55 @@ def test_frames_on_a_device_checkpoint_as_numpy():
     back.load_state_dict(state)
     assert torch.equal(back.frames, on_device.frames) and back.padding == "zero"
     assert np.array_equal(back.gather(*back.sample_slots(50)).obs, on_host.gather(*on_host.sample_slots(50)).obs)
+
+
+def test_auto_gathers_on_the_device_when_the_frames_fit_a_quarter_of_its_free_memory(monkeypatch):
+    free = 8 * 2**30
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return free, 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    cuda = torch.device("cuda")
+    assert choose_source("auto", cuda, 2 * 2**30) == "device"  # exactly a quarter: fits
+    assert choose_source("auto", cuda, 2 * 2**30 + 1) == "pinned"  # host gather, pinned transfer
+    assert asked == [cuda, cuda]
+    assert choose_source("auto", torch.device("cpu"), 1) == "host" and len(asked) == 2  # no CUDA call off CUDA
+    for explicit in ("host", "pinned", "device"):
+        assert choose_source(explicit, cuda, 10**15) == explicit
+    assert loader.DEVICE_SHARE == 0.25
+
+
+def test_staging_copies_any_array_and_never_hands_out_a_buffer_it_refills():
+    staging = HostStaging(torch.device("cpu"), pin=False, sets=2)
+    rng = np.random.default_rng(0)
+    kept = []
+    for rows in (3, 8, 2, 8, 5):  # grows, then cuts views of its buffers
+        frames = rng.integers(0, 255, (rows, 2, 4, 4), dtype=np.uint8)[:, 1]  # a non-contiguous view
+        index = rng.integers(0, 100, rows)
+        f, i = staging.to_device((frames, index))
+        assert f.dtype == torch.uint8 and i.dtype == torch.int64 and f.shape == (rows, 4, 4)
+        kept.append((frames.copy(), index.copy(), f, i))
+    for frames, index, f, i in kept:  # every result still holds its own values: none aliases a buffer
+        assert np.array_equal(f.numpy(), frames) and np.array_equal(i.numpy(), index)
+    out = torch.zeros(4, 3, dtype=torch.float32)
+    values = rng.normal(size=(4, 3)).astype(np.float32)
+    assert staging.to_device((values,), out=(out,))[0] is out and np.array_equal(out.numpy(), values)
+    # A new dtype at a position replaces its buffer.
+    assert staging.to_device((values.astype(np.float64),))[0].dtype == torch.float64
+
+
+def test_frames_kept_on_a_device_arrive_through_the_staging_buffers(monkeypatch):
+    calls = []
+    original = HostStaging.to_device
+
+    def spy(self, arrays, out=None):
+        calls.append([a.shape for a in arrays])
+        return original(self, arrays, out)
+
+    monkeypatch.setattr(HostStaging, "to_device", spy)
+    on_device, on_host = fill_both_ways(True), fill_both_ways(False)
+    assert calls and all(len(shapes) == 2 for shapes in calls)  # rows and frames, in one call per write
+    assert np.array_equal(on_device.frames.numpy(), on_host.frames)

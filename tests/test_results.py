@@ -63,7 +63,8 @@ def test_median_steps_counts_unreached_seeds() -> None:
 
 def test_gpu_presets_are_skipped_with_their_reason() -> None:
     presets = {p.name: p for p in results.find_presets(configs_root(), ["seqgan/SeqGen-v0", "dqn/Pong*"])}
-    assert set(presets) == {"seqgan/SeqGen-v0", "dqn/PongNoFrameskip-v4"}
+    assert set(presets) == {"seqgan/SeqGen-v0", "dqn/PongNoFrameskip-v4", "dqn/PongNoFrameskip-v4-fast"}
+    assert presets["dqn/PongNoFrameskip-v4-fast"].env == "PongNoFrameskip-v4"  # read against RL Zoo's figure
     for preset in presets.values():
         results.resolve_preset(preset, [0], smoke=True)
         reason = results.skip_reason(preset, include_gpu=False, gpu=False)
