@@ -154,6 +154,9 @@ def pong_engine(n: int, steps: int, seed: int) -> float:
         "pong",
         n,
         num_threads=min(n, os.cpu_count() or 1),
+        max_num_frames_per_episode=108_000,
+        repeat_action_probability=0.0,  # PongNoFrameskip-v4's: no sticky actions
+        full_action_space=False,
         autoreset_mode="SameStep",
         reward_clipping=False,
         episodic_life=False,
