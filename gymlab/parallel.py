@@ -25,6 +25,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +34,7 @@ from typing import Any
 
 from gymlab.runner import RunOutcome, RunSpec, execute, saved_step
 from gymlab.runs import RunFolder
+from gymlab.signals import multi_run_stop
 
 _STOP: Any = None  # in a worker: the pool's stop event (a multiprocessing.Event)
 
@@ -189,25 +191,38 @@ def retry_spec(spec: RunSpec) -> RunSpec:
     return replace(spec, mode=mode, attempt=spec.attempt + 1)
 
 
+#: Seconds between two looks at the stop flag while runs go on in worker processes.
+POLL_S = 0.1
+
+
 def run_all(
-    specs: Sequence[RunSpec], workers: int, on_done: Callable[[RunOutcome], None] | None = None
+    specs: Sequence[RunSpec],
+    workers: int,
+    on_done: Callable[[RunOutcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[RunOutcome]:
     """Run every spec, ``workers`` at a time; outcomes come back in the specs' order.
 
-    With one worker the runs go one after another in this process. On Ctrl-C (or SIGTERM, which
-    the CLI turns into one) the runs stop gracefully: the outcomes then say which were
-    ``interrupted`` (and what each saved) and which were ``cancelled`` before they started.
+    With one worker the runs go one after another in this process. On Ctrl-C or SIGTERM, whenever
+    it lands, the runs stop gracefully: the outcomes then say which were ``interrupted`` (and what
+    each saved) and which were ``cancelled`` before they started. ``stop`` is the flag of the
+    caller's :func:`gymlab.signals.multi_run_stop` (one is held here when None is given).
     """
+    if stop is None:
+        with multi_run_stop() as flag:
+            return run_all(specs, workers, on_done, flag)
     if workers <= 1 or len(specs) <= 1:
-        return _run_here(specs, on_done)
+        return _run_here(specs, on_done, stop)
     outcomes: dict[int, RunOutcome] = {}
     pool = RunPool(workers)
     try:
         for i, spec in enumerate(specs):
             pool.submit(replace(spec, tag=(i, spec.tag)))  # the index finds the spec's place again
-        while len(pool):
-            for outcome in pool.wait():
+        while len(pool) and not stop.is_set():
+            for outcome in pool.wait(timeout=POLL_S):
                 _collect(outcome, outcomes, on_done)
+        if stop.is_set():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         for outcome in pool.stop():
             _collect(outcome, outcomes, on_done)
@@ -230,14 +245,19 @@ def _untag(outcome: RunOutcome) -> RunOutcome:
     return outcome
 
 
-def _run_here(specs: Iterable[RunSpec], on_done: Callable[[RunOutcome], None] | None) -> list[RunOutcome]:
-    """One run after another in this process; after an interrupt the rest are cancelled."""
+def _run_here(
+    specs: Iterable[RunSpec], on_done: Callable[[RunOutcome], None] | None, stop: threading.Event
+) -> list[RunOutcome]:
+    """One run after another in this process; after an interrupt (``stop`` set) the rest are cancelled."""
     outcomes: list[RunOutcome] = []
     for spec in specs:
-        if outcomes and outcomes[-1].status in ("interrupted", "cancelled"):
+        if stop.is_set() or (outcomes and outcomes[-1].status in ("interrupted", "cancelled")):
             outcome = RunOutcome(spec, "cancelled")
         else:
-            outcome = execute(replace(spec, threads=spec.threads or 1))
+            try:
+                outcome = execute(replace(spec, threads=spec.threads or 1))
+            except KeyboardInterrupt:  # a second signal outside the run's own handling: what its folder holds
+                outcome = _lost(spec)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
