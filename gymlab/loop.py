@@ -33,7 +33,7 @@ from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
-from gymlab.envguard import EnvProblem, VectorGuard
+from gymlab.envguard import EnvProblem, VectorGuard, batch_out_of_bounds, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, episode_stats, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, nonfinite_tensor
@@ -326,9 +326,7 @@ class Trainer:
             next_obs, reward, terminated, truncated, infos = guard.step(action)
             real_next = next_obs
             if "final_obs" in infos:  # some copy ended an episode: the agent sees its true last obs
-                real_next = next_obs.copy()
-                for i in np.flatnonzero(infos["_final_obs"]):
-                    real_next[i] = infos["final_obs"][i]
+                real_next = with_final_obs(self.envs, next_obs, infos)
                 self._record_episodes(infos)
             agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
             obs = self.obs = next_obs
@@ -472,6 +470,9 @@ class Trainer:
                 step += self.envs.num_envs
         else:
             what, hint = f"{exc}{self.during}", "the agent diverged: try a lower learning rate"
+            outside = batch_out_of_bounds(self.envs.single_observation_space, getattr(self, "obs", None))
+            if outside is not None:  # the env fed it observations it promised not to: the env's fault
+                hint = f"the env is at fault: its observations are {outside}; check it with: gymlab check {run.env}"
         last = self.folder.last
         if last.is_file():
             at = f" (step {self.saved_step:,})" if self.saved_step is not None else ""
@@ -498,5 +499,5 @@ class Trainer:
         finally:
             if self.logger is not None:
                 self.logger.close()
-            self.envs.close()
-            self.eval_envs.close()
+            close_env(self.envs)
+            close_env(self.eval_envs)
