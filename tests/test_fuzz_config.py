@@ -35,7 +35,9 @@ def honoured(given: Any, made: Any) -> bool:
     if isinstance(given, (list, tuple)):
         return isinstance(made, (list, tuple)) and len(given) == len(made) and all(map(honoured, given, made))
     if isinstance(given, dict):
-        return isinstance(made, dict) and given.keys() == made.keys() and all(honoured(given[k], made[k]) for k in given)
+        return (
+            isinstance(made, dict) and given.keys() == made.keys() and all(honoured(given[k], made[k]) for k in given)
+        )
     return type(given) is type(made) and given == made
 
 

@@ -10,6 +10,7 @@ word in a list.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.needs("ffmpeg")  # videos and watch write mp4s
 
 
 @pytest.fixture(scope="module")
-def user_envs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def user_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The generated env's module on sys.path: (env id, folder)."""
     folder = tmp_path_factory.mktemp("userenvs")
     env_id = fz.write_env_module(folder)
