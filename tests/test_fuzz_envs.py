@@ -106,3 +106,14 @@ def test_an_env_without_an_observation_space_is_one_line(tmp_path: Path) -> None
     for result in (checked, trained):
         assert result.code == 2, result.ok()
         assert "observation_space" in result.err and "Traceback" not in result.err, result.ok()
+
+
+def test_observations_outside_their_bounds_are_blamed_on_the_env(user_envs: tuple[str, Path], tmp_path: Path) -> None:
+    # issue 23: 1e38 against bounds of ±1 stopped DQN with "the agent diverged: try a lower learning rate"
+    env_id, _ = user_envs
+    result = run_here(
+        "train", "dqn", env_id, "env_kwargs.space=box", "env_kwargs.fault=out-of-bounds", "learning_starts=4",
+        "batch_size=4", "--steps", "200", "eval_episodes=1", "--run-dir", tmp_path / "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.ok()
+    assert "outside its declared bounds" in result.err and "learning rate" not in result.err, result.err
