@@ -183,8 +183,6 @@ MAX_SEEDS = 1_000
 MAX_SEED = 2**32 - 1
 #: The most worker processes ``--workers`` may ask for.
 MAX_WORKERS = 256
-#: The most episodes ``eval`` and ``watch`` play in one command.
-MAX_EPISODES = 1_000
 #: The most trials ``sweep --trials`` asks for.
 MAX_TRIALS = 100_000
 #: The most random steps ``check --steps`` takes.
@@ -321,7 +319,7 @@ def _seed_ranges(seeds: list[str]) -> str:
 @app.command("eval")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
-    episodes: Annotated[int, typer.Option(min=1, max=MAX_EPISODES, help="episodes to play")] = 10,
+    episodes: Annotated[int, typer.Option(min=1, help="episodes to play")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
     seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="seed of the evaluation episodes")] = None,
@@ -405,7 +403,7 @@ def watch(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
     episodes: Annotated[
         int | None,
-        typer.Option(min=1, max=MAX_EPISODES, help="episodes to play (default 3; with --follow: until the run ends)"),
+        typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)"),
     ] = None,
     fps: Annotated[
         float | None, typer.Option(min=0.1, max=240, help="frames per second, up to 240 (default: the env's own)")

@@ -412,6 +412,15 @@ def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
     return _coerced_items(given, made, where)
 
 
+def converts_itself(model: type[BaseModel], field: str) -> bool:
+    """Whether a schema's field has its own before/plain/wrap validator: it states which values it converts.
+
+    (DQN's ``save_replay`` takes ``true``/``false`` for ``always``/``never``, on purpose and documented.)
+    """
+    decorators = model.__pydantic_decorators__.field_validators.values()
+    return any(field in d.info.fields and d.info.mode in ("before", "plain", "wrap") for d in decorators)
+
+
 def _coerced_items(given: Any, made: Any, where: str) -> tuple[str, str] | None:
     """:func:`_coerced` for each item of a list or mapping ``given`` against what validation made of it."""
     pairs: list[tuple[Any, Any, str]] = []
@@ -419,6 +428,8 @@ def _coerced_items(given: Any, made: Any, where: str) -> tuple[str, str] | None:
         pairs = [(g, m, f"{where}.{i}") for i, (g, m) in enumerate(zip(given, made, strict=True))]
     elif isinstance(given, Mapping) and isinstance(made, (Mapping, BaseModel)):
         for key, g in given.items():
+            if isinstance(made, BaseModel) and converts_itself(type(made), str(key)):
+                continue
             m = made.get(key) if isinstance(made, Mapping) else getattr(made, str(key), None)
             pairs.append((g, m, f"{where}.{key}" if where else str(key)))
     for g, m, at in pairs:

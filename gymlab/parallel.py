@@ -51,15 +51,16 @@ def _worker_init(stop: Any) -> None:
 
 def _work(spec: RunSpec) -> RunOutcome:
     """Run one spec in a worker unless the pool is stopping (SIGTERM interrupts it only while it runs)."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        if _STOP is not None and _STOP.is_set():
-            return RunOutcome(spec, "cancelled")
-        return execute(spec)
+    try:  # the handler is set and put back inside the try: a SIGTERM at any instant never kills the worker
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            if _STOP is not None and _STOP.is_set():
+                return RunOutcome(spec, "cancelled")
+            return execute(spec)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except KeyboardInterrupt:  # SIGTERM between execute's own handling and here
         return RunOutcome(spec, "cancelled")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class RunPool:
@@ -132,9 +133,11 @@ class RunPool:
         Runs not started are ``cancelled``. A Ctrl-C while waiting signals the workers again (the
         loop then stops at once, keeping its last periodic checkpoint); a third kills them.
         """
+        # Runs not started yet see the stop event and return "cancelled" at once (see _work). Their futures
+        # are not cancelled here: a future cancelled while the executor hands it to a worker made its
+        # management thread fail (InvalidStateError) and print a traceback.
         self._stop.set()
-        outcomes = [RunOutcome(spec, "cancelled") for future, spec in self._running.items() if future.cancel()]
-        self._running = {f: s for f, s in self._running.items() if not f.cancelled()}
+        outcomes: list[RunOutcome] = []
         for attempt in range(3):
             self._signal(signal.SIGTERM if attempt < 2 else signal.SIGKILL)
             try:
@@ -179,7 +182,12 @@ class RunPool:
 
 
 def _lost(spec: RunSpec) -> RunOutcome:
-    """A run whose worker was killed before it reported: what its folder holds now."""
+    """A run whose worker was killed before it reported: what its folder holds now.
+
+    No folder at all: it left nothing, so it counts as not started (``cancelled``), not as a run.
+    """
+    if spec.run_dir is not None and not spec.run_dir.is_dir():
+        return RunOutcome(spec, "cancelled")
     newest = RunFolder(spec.run_dir).newest() if spec.run_dir is not None and spec.run_dir.is_dir() else None
     error = "its worker was stopped before it reported"
     return RunOutcome(spec, "interrupted", spec.run_dir, saved_step(newest), checkpoint=newest, error=error)
