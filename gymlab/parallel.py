@@ -47,6 +47,9 @@ def _worker_init(stop: Any) -> None:
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Spawned with both blocked (RunPool.submit): a stop signal during this process's start-up (imports,
+    # seconds) would have killed it and broken the pool, taking the other workers' runs mid-cleanup.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _work(spec: RunSpec) -> RunOutcome:
@@ -93,11 +96,17 @@ class RunPool:
         """Queue a run (with this pool's torch threads unless the spec sets its own)."""
         if spec.threads is None:
             spec = replace(spec, threads=self.threads)
+        # A worker spawned here inherits the blocked signals until its initializer ignores them (_worker_init).
+        held = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
-            future = self._pool.submit(_work, spec)
-        except BrokenProcessPool:
-            self._renew()
-            future = self._pool.submit(_work, spec)
+            try:
+                future = self._pool.submit(_work, spec)
+            except BrokenProcessPool:
+                self._renew()
+                future = self._pool.submit(_work, spec)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._running[future] = spec
 
     def wait(self, timeout: float | None = None) -> list[RunOutcome]:
