@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,12 +24,17 @@ from gymnasium.vector import VectorEnv
 from gymlab import registry
 from gymlab.agent import POLICY, Agent, Context, check_agent_spaces, check_config, ignore_text
 from gymlab.checkpoint import Checkpoint
-from gymlab.config import Config
+from gymlab.config import DEVICE_PATTERN, Config
+from gymlab.envguard import close_env
 from gymlab.errors import GymlabError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
+    """``auto`` picks CUDA when present; asking for CUDA without one, or for no device at all, is a clear error."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        raise GymlabError(f"--device '{name}': expected auto, cpu, cuda, cuda:N or mps")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GymlabError("--device mps was asked for but this machine has no MPS device; use --device auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -100,7 +106,7 @@ def preflight(config: Config) -> None:
     try:
         check_fit(config, make_context(config, env.observation_space, env.action_space))
     finally:
-        env.close()
+        close_env(env)
 
 
 def eval_envs(config: Config) -> VectorEnv[Any, Any, Any]:
@@ -141,10 +147,10 @@ def build(config: Config, text: Callable[[str, str], None] = ignore_text) -> Bui
         try:
             agent = config.agent_class(config.hparams, ctx)
         except BaseException:
-            evaluation.close()
+            close_env(evaluation)
             raise
     except BaseException:
-        envs.close()
+        close_env(envs)
         raise
     return Built(envs, evaluation, agent)
 
@@ -157,7 +163,7 @@ def build_policy(config: Config, ckpt: Checkpoint, device: str | None = None) ->
     run = config.run
     env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    close_env(env)
     ctx = make_context(config, obs_space, act_space, num_envs=1, device=resolve_device(device or run.device))
     agent = config.agent_class(config.hparams, ctx)
     state = ckpt.agent_state

@@ -21,7 +21,7 @@ import typer
 from gymlab.errors import GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
-    from gymlab.runner import RunSpec
+    from gymlab.runner import RunOutcome, RunSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -104,7 +104,7 @@ def train(
         typer.Argument(metavar="AGENT ENV [KEY=VALUE ...]", help="agent, env id, then config overrides"),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, help="random seed")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="random seed")] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="env-step budget (with --resume: total steps to reach)")
     ] = None,
@@ -121,7 +121,9 @@ def train(
         str | None,
         typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)"),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="with --seeds: runs at once, each in its own process")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, max=MAX_WORKERS, help="with --seeds: runs at once, each in its own process")
+    ] = 1,
     trust: TrustOption = None,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
@@ -175,18 +177,52 @@ def _train_one(spec: RunSpec, label: str) -> None:
     )
 
 
+#: The most runs one ``train --seeds`` starts (each is a run folder and a process's worth of work).
+MAX_SEEDS = 1_000
+#: The largest seed (as ``gymlab.config.MAX_SEED``; the CLI module imports no config at start-up).
+MAX_SEED = 2**32 - 1
+#: The most worker processes ``--workers`` may ask for.
+MAX_WORKERS = 256
+#: The most trials ``sweep --trials`` asks for.
+MAX_TRIALS = 100_000
+#: The most random steps ``check --steps`` takes.
+MAX_CHECK_STEPS = 100_000
+
+
 def parse_seeds(spec: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists combine (``"0-2,9"``)."""
-    seeds: list[int] = []
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists combine (``"0-2,9"``).
+
+    Counted before any list is made: more than :data:`MAX_SEEDS` seeds, or one above :data:`MAX_SEED`,
+    is refused in one line (``0-99999999999`` would otherwise build a list for minutes).
+    """
+    ranges: list[tuple[int, int]] = []
     try:
         for part in spec.split(","):
             lo, dash, hi = part.strip().partition("-")
-            first, last = int(lo), int(hi) if dash else int(lo)
-            if first < 0 or last < first:
+            if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()) or len(part) > 40:
                 raise ValueError
-            seeds.extend(s for s in range(first, last + 1) if s not in seeds)
+            first, last = int(lo), int(hi) if dash else int(lo)
+            if last < first:
+                raise ValueError
+            ranges.append((first, last))
     except ValueError:
-        raise GymlabError(f"--seeds '{spec}': expected seeds >= 0 like 0-4 or 0,3,7") from None
+        raise GymlabError(f"--seeds '{spec[:60]}': expected seeds >= 0 like 0-4 or 0,3,7") from None
+    named = sum(last - first + 1 for first, last in ranges)
+    if named > MAX_SEEDS:
+        raise GymlabError(
+            f"--seeds '{spec[:60]}' names {named:,} seeds; one command starts at most {MAX_SEEDS:,} runs: "
+            f"split it (e.g. --seeds 0-{MAX_SEEDS - 1}, then {MAX_SEEDS}-{2 * MAX_SEEDS - 1})"
+        )
+    top = max(last for _, last in ranges)
+    if top > MAX_SEED:
+        raise GymlabError(f"--seeds '{spec[:60]}': seed {top:,} is above the largest seed, {MAX_SEED:,}")
+    seen: set[int] = set()
+    seeds: list[int] = []
+    for first, last in ranges:
+        for s in range(first, last + 1):
+            if s not in seen:
+                seen.add(s)
+                seeds.append(s)
     return seeds
 
 
@@ -205,8 +241,9 @@ def _train_seeds(
     from gymlab.build import preflight
     from gymlab.config import resolve
     from gymlab.parallel import run_all
-    from gymlab.runner import RunOutcome, RunSpec
+    from gymlab.runner import RunSpec
     from gymlab.runs import RunFolder
+    from gymlab.signals import multi_run_stop
 
     agent, env = [*positional, None, None][:2]
     first_cfg = resolve(agent, env, config, overrides, seed=seeds[0], steps=steps, device=device)
@@ -224,28 +261,59 @@ def _train_seeds(
     print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(specs))} at a time", flush=True)
 
     def done(outcome: RunOutcome) -> None:
-        print(f"seed {outcome.spec.tag}: {outcome.describe()}", flush=True)
+        if outcome.status != "cancelled":  # runs never started are counted in the summary, not listed
+            print(f"seed {outcome.spec.tag}: {outcome.describe()}", flush=True)
 
     start = time.perf_counter()
-    outcomes = run_all(specs, workers, on_done=done)
-    evals = [o.last_eval for o in outcomes if o.ok and o.last_eval is not None]
-    if evals:
-        print(f"final eval return: {report.mean_ci(evals).text()}")
-    elapsed = time.perf_counter() - start
-    print(f"{len(outcomes)} runs in {elapsed:.1f} s; compare them: gymlab compare {run_dir or 'runs'}")
+    # One scope for the runs and their summary: a signal landing anywhere in it is heard (never lost
+    # between two runs, or to a run about to finish) and the summary below still gets written.
+    with multi_run_stop() as stop:
+        outcomes = run_all(specs, workers, on_done=done, stop=stop)
+        evals = [o.last_eval for o in outcomes if o.ok and o.last_eval is not None]
+        if evals:
+            print(f"final eval return: {report.mean_ci(evals).text()}")
+        elapsed = time.perf_counter() - start
+        ran = [o for o in outcomes if o.status != "cancelled"]
+        finished = sum(o.ok for o in outcomes)
+        print(
+            f"{len(ran)} of {len(outcomes)} runs started, {finished} finished, in {elapsed:.1f} s; "
+            f"compare them: gymlab compare {run_dir or 'runs'}"
+        )
     stopped = [o for o in outcomes if o.status in ("interrupted", "cancelled")]
-    if stopped:
-        saved = [f"gymlab train --resume {o.run_dir}" for o in stopped if o.checkpoint is not None]
-        unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
-        parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
-        if unstarted:
-            parts.append(f"seeds {', '.join(unstarted)} saved nothing (start them again with --seeds)")
-        raise Interrupted("interrupted: " + "; ".join(parts))
+    if stopped or stop.is_set():
+        raise Interrupted(_seeds_interrupted(stopped))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise GymlabError(
             f"{len(failed)} of {len(outcomes)} seeds failed (first: seed {failed[0].spec.tag}: {failed[0].error})"
         )
+
+
+def _seeds_interrupted(stopped: list[RunOutcome]) -> str:
+    """The line for an interrupted ``--seeds``: how many runs saved a checkpoint, which seeds saved nothing."""
+    if not stopped:
+        return "interrupted after every run had finished: nothing is left to continue"
+    saved = [f"gymlab train --resume {o.run_dir}" for o in stopped if o.checkpoint is not None]
+    unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
+    parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
+    if unstarted:
+        parts.append(f"seeds {_seed_ranges(unstarted)} saved nothing (start them again with --seeds)")
+    return "interrupted: " + "; ".join(parts)
+
+
+def _seed_ranges(seeds: list[str]) -> str:
+    """Seeds as --seeds writes them: runs of consecutive seeds as ranges (``0-4,7``)."""
+    numbers = sorted(int(s) for s in seeds)
+    parts: list[str] = []
+    first = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(first) if first == prev else f"{first}-{prev}")
+        if n is not None:
+            first = prev = n
+    return ",".join(parts)
 
 
 @app.command("eval")
@@ -254,7 +322,7 @@ def evaluate(
     episodes: Annotated[int, typer.Option(min=1, help="episodes to play")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
-    seed: Annotated[int | None, typer.Option(min=0, help="seed of the evaluation episodes")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="seed of the evaluation episodes")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     trust: TrustOption = None,
 ) -> None:
@@ -314,7 +382,9 @@ def check_env(
     env_kwargs: Annotated[
         list[str] | None, typer.Argument(metavar="[KEY=VALUE ...]", help="keyword arguments for the env")
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="random steps for the finite-values and in-space checks")] = 300,
+    steps: Annotated[
+        int, typer.Option(min=1, max=MAX_CHECK_STEPS, help="random steps for the finite-values and in-space checks")
+    ] = 300,
 ) -> None:
     """Check your own env before training: Gymnasium's checker plus the lab's points, one verdict each."""
     from rich.console import Console
@@ -332,13 +402,18 @@ def check_env(
 def watch(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
     episodes: Annotated[
-        int | None, typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)")
+        int | None,
+        typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)"),
     ] = None,
-    fps: Annotated[float | None, typer.Option(min=0.1, help="frames per second (default: the env's own)")] = None,
+    fps: Annotated[
+        float | None, typer.Option(min=0.1, max=240, help="frames per second, up to 240 (default: the env's own)")
+    ] = None,
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
     which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
-    seed: Annotated[int | None, typer.Option(min=0, help="seed of the first episode (then +1 each)")] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, max=MAX_SEED, help="seed of the first episode (then +1 each)")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     trust: TrustOption = None,
 ) -> None:
@@ -394,9 +469,11 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (e.g. HOST:6379 or auto); with --backend ray")
     ] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="number of trials (over the file's)")] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, max=MAX_TRIALS, help="number of trials (over the file's)")
+    ] = None,
     max_concurrent: Annotated[
-        int | None, typer.Option("--max-concurrent", min=1, help="runs at once (default: the CPUs)")
+        int | None, typer.Option("--max-concurrent", min=1, max=MAX_WORKERS, help="runs at once (default: the CPUs)")
     ] = None,
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="sweep folder (default runs/sweeps/NAME; reused to resume)")
@@ -426,6 +503,13 @@ def sweep(
         print(f"best config: {result.best_yaml} (gymlab train --config {result.best_yaml})")
     if result.interrupted:
         raise Interrupted(f"interrupted: {resume}")
+    failed = [row for row in result.rows if row.state == "failed"]
+    if result.rows and len(failed) == len(result.rows):
+        first = f" (first: trial {failed[0].number}: {failed[0].error})" if failed[0].error else ""
+        raise GymlabError(
+            f"every trial of sweep {spec.name} failed ({len(failed)} of {len(result.rows)}){first}; "
+            f"fix the cause and run the same command again (summary: {result.summary_md})"
+        )
 
 
 def _import_native_stack() -> None:

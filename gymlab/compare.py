@@ -120,7 +120,16 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         runs = [run for m in matches if Path(m).exists() for run in iter_runs(Path(m))]
         if not runs:
-            what = "matches nothing" if glob.has_magic(pattern) or not Path(pattern).exists() else "holds no runs"
+            path = Path(pattern)
+            what = (
+                "matches nothing"
+                if glob.has_magic(pattern) or not path.exists()
+                else "is a file of no run folder"
+                if path.is_file()
+                else "is not a folder"
+                if not path.is_dir()
+                else "holds no runs"
+            )
             raise GymlabError(f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'")
         found.extend(r for r in runs if r not in found)
     return found

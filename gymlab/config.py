@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import reprlib
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -94,8 +96,9 @@ class Config:
 
     def with_run(self, **changes: Any) -> Config:
         """A copy with some run keys changed (``seed``, ``device``), each checked as the schema would."""
-        if "seed" in changes and not (isinstance(changes["seed"], int) and changes["seed"] >= 0):
-            raise GymlabError(f"seed {changes['seed']!r}: must be a whole number >= 0")
+        seed = changes.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise GymlabError(f"seed {seed!r}: must be a whole number from 0 to {MAX_SEED:,}")
         if "device" in changes and not re.fullmatch(DEVICE_PATTERN, str(changes["device"])):
             raise GymlabError(f"device '{changes['device']}': expected auto, cpu, cuda or cuda:N")
         unknown = set(changes) - {"seed", "device"}
@@ -179,8 +182,16 @@ def _check_expansion(root: yaml.Node) -> None:
         stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
 
 
+class DuplicateKeyError(YamlLimitError):
+    """A mapping that names one key twice: YAML would silently keep the last value."""
+
+
 class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses documents beyond :data:`MAX_YAML_NODES` and :data:`MAX_YAML_DEPTH`."""
+    """PyYAML's safe loader that refuses documents beyond :data:`MAX_YAML_NODES` and :data:`MAX_YAML_DEPTH`.
+
+    It also refuses a mapping with a key given twice (PyYAML keeps the last silently), and reads
+    ``1e-4`` as the number YAML 1.2 says it is (YAML 1.1, PyYAML's, makes it text without a dot).
+    """
 
     def compose_document(self) -> yaml.Node | None:
         """Compose the document's node graph, then check its expanded size before anything is built."""
@@ -188,6 +199,27 @@ class BoundedLoader(yaml.SafeLoader):
         if node is not None:
             _check_expansion(node)
         return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refusing a key given twice (merge keys ``<<`` may repeat what they merge)."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"key '{key}' is given twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.2 floats without a dot (1e-4, 2E6): text under YAML 1.1's rules, which PyYAML follows.
+BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def parse_yaml(text: str) -> Any:
@@ -206,10 +238,19 @@ def read_text_file(path: Path, what: str = "config", limit: int = MAX_YAML_BYTES
     ``what`` names the file's role in messages (``config``, ``sweep file``, ``run file``).
     """
     try:
-        with path.open("rb") as f:
-            raw = f.read(limit + 1)  # bounded even for a device or a pipe
+        # Non-blocking, so that opening a FIFO does not wait for a writer; only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise GymlabError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise GymlabError(f"{what} {path} is {file_kind(kind)}, not a regular file: give the path of a YAML file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(limit + 1)
+        except OSError as exc:
+            raise GymlabError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(raw) > limit:
         raise GymlabError(f"{what} {path} is larger than {limit:,} bytes; is it the right file?")
     try:
@@ -218,6 +259,20 @@ def read_text_file(path: Path, what: str = "config", limit: int = MAX_YAML_BYTES
         raise GymlabError(
             f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
         ) from None
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a folder", "a FIFO (named pipe)", ...)."""
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def load_yaml(path: Path, what: str = "config") -> dict[str, Any]:
@@ -252,18 +307,23 @@ def _parse_value(key: str, text: str) -> Any:
         return text
 
 
+def override_path(key: str, hparam_keys: Sequence[str]) -> list[str]:
+    """The key path an override's key names: dotted as given, a bare hyperparameter name under ``hparams``."""
+    path = key.strip().split(".")
+    if len(path) == 1 and path[0] not in RunConfig.model_fields and path[0] in hparam_keys:
+        path = ["hparams", *path]
+    return path
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    run_keys = set(RunConfig.model_fields)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise GymlabError(f"override '{item}' is not key=value (e.g. hparams.learning_rate=0.001)")
-        path = key.split(".")
-        if len(path) == 1 and path[0] not in run_keys and path[0] in hparam_keys:
-            path = ["hparams", *path]
+        path = override_path(key, hparam_keys)
         node = out
         for part in path[:-1]:
             child = node.get(part)
@@ -330,30 +390,136 @@ def _data_problem(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
-def validate(data: Mapping[str, Any], agent_class: AgentClass, source: str = "config") -> Config:
+#: The most env copies a run may step at once.
+MAX_NUM_ENVS = 4096
+#: The largest seed (seeds derived from it for evaluations and videos must stay in every generator's range).
+MAX_SEED = 2**32 - 1
+
+
+def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
+    """Where validation turned a value into another kind that it does not mean: (key path, why); else None.
+
+    A boolean is never a number, text is never a number or a boolean, and a number is never a
+    boolean; an integral float for a whole number (``steps: 1.0e5``) is exact and kept. Lists and
+    mappings are compared item by item.
+    """
+    if isinstance(given, bool):
+        if not isinstance(made, bool):
+            return where, f"{given}: a boolean is not {_kind(made)}"
+        return None
+    if isinstance(given, str):
+        if isinstance(made, (bool, int, float)):
+            return where, f"{given!r}: text is not {_kind(made)} (write the value unquoted)"
+        return None
+    if isinstance(given, (int, float)):
+        if isinstance(made, bool):
+            return where, f"{given}: a number is not a boolean (write true or false)"
+        return None
+    return _coerced_items(given, made, where)
+
+
+def converts_itself(model: type[BaseModel], field: str) -> bool:
+    """Whether a schema's field has its own before/plain/wrap validator: it states which values it converts.
+
+    (DQN's ``save_replay`` takes ``true``/``false`` for ``always``/``never``, on purpose and documented.)
+    """
+    decorators = model.__pydantic_decorators__.field_validators.values()
+    return any(field in d.info.fields and d.info.mode in ("before", "plain", "wrap") for d in decorators)
+
+
+def _coerced_items(given: Any, made: Any, where: str) -> tuple[str, str] | None:
+    """:func:`_coerced` for each item of a list or mapping ``given`` against what validation made of it."""
+    pairs: list[tuple[Any, Any, str]] = []
+    if isinstance(given, (list, tuple)) and isinstance(made, (list, tuple)) and len(given) == len(made):
+        pairs = [(g, m, f"{where}.{i}") for i, (g, m) in enumerate(zip(given, made, strict=True))]
+    elif isinstance(given, Mapping) and isinstance(made, (Mapping, BaseModel)):
+        for key, g in given.items():
+            if isinstance(made, BaseModel) and converts_itself(type(made), str(key)):
+                continue
+            m = made.get(key) if isinstance(made, Mapping) else getattr(made, str(key), None)
+            pairs.append((g, m, f"{where}.{key}" if where else str(key)))
+    for g, m, at in pairs:
+        found = _coerced(g, m, at)
+        if found is not None:
+            return found
+    return None
+
+
+def _kind(value: Any) -> str:
+    """A value's kind in words, for an error line."""
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a whole number" if isinstance(value, int) else "a number" if isinstance(value, float) else "a value"
+
+
+def _bounds_problem(run: RunConfig) -> tuple[str, str] | None:
+    """A run key out of bounds that its schema cannot state alone: (key, why); else None."""
+    if run.seed > MAX_SEED:
+        return "seed", f"{run.seed}: seeds go from 0 to {MAX_SEED:,}"
+    if run.num_envs > run.steps:
+        return "num_envs", (
+            f"{run.num_envs} is more than 'steps' = {run.steps}: each step steps every copy once; "
+            "lower num_envs or raise steps"
+        )
+    if run.num_envs > MAX_NUM_ENVS:
+        return "num_envs", f"{run.num_envs}: at most {MAX_NUM_ENVS:,} env copies step at once; lower num_envs"
+    return None
+
+
+def _origin(origins: Mapping[str, str] | None, key: str, source: str) -> str:
+    """Where ``key`` (``device``, ``hparams.gamma.0``) was given: its own origin, else its parent's, else ``source``."""
+    if origins:
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            found = origins.get(".".join(parts[:end]))
+            if found is not None:
+                return found
+    return source
+
+
+def validate(
+    data: Mapping[str, Any],
+    agent_class: AgentClass,
+    source: str = "config",
+    origins: Mapping[str, str] | None = None,
+) -> Config:
     """Validate a merged config mapping against the run schema and the hyperparameters of ``agent_class``.
 
     Besides each schema's own checks, every number anywhere in the config (run keys, ``env_kwargs``,
     ``hparams``) must be finite: YAML's ``.inf``/``.nan`` and overrides like ``learning_rate=inf``
-    would otherwise train to all-NaN weights and still "succeed".
+    would otherwise train to all-NaN weights and still "succeed". Nothing is taken by coercion (see
+    :func:`_coerced`), and ``num_envs`` is bounded (by :data:`MAX_NUM_ENVS` and by ``steps``).
+    ``origins`` maps a key (``device``, ``hparams.gamma``) to where it was given (``--device``, a file,
+    ``override gamma=...``), for the error line; ``source`` names everything else.
     """
     hparams_model = agent_class.Config
     valid = _valid_keys(hparams_model)
     try:
         run = RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise explain(exc, "", valid, source) from None
+        key = ".".join(map(str, exc.errors()[0]["loc"]))
+        raise explain(exc, "", valid, _origin(origins, key, source)) from None
     try:
         hparams = hparams_model.model_validate(run.hparams)
     except ValidationError as exc:
-        raise explain(exc, "hparams", valid, source) from None
+        key = ".".join(["hparams", *map(str, exc.errors()[0]["loc"])])
+        raise explain(exc, "hparams", valid, _origin(origins, key, source)) from None
     # The raw run keys and hparams as given (env_kwargs and any Any-typed field keep what YAML made), then the
     # validated hparams (a schema may turn the text "inf" into a float).
     for tree in ({**run.model_dump(), "hparams": run.hparams}, {"hparams": hparams.model_dump()}):
         found = _data_problem(tree, "")
         if found is not None:
             key, why = found
-            raise GymlabError(f"{source}: '{key}' = {why}")
+            raise GymlabError(f"{_origin(origins, key, source)}: '{key}' = {why}")
+    given = {k: v for k, v in data.items() if k != "hparams"}
+    for found in (
+        _coerced(given, run, ""),
+        _coerced(dict(data.get("hparams") or {}), hparams, "hparams"),
+        _bounds_problem(run),
+    ):
+        if found is not None:
+            key, why = found
+            raise GymlabError(f"{_origin(origins, key, source)}: '{key}' = {why}")
     run = run.model_copy(update={"hparams": hparams.model_dump(mode="json")})
     return Config(run=run, hparams=hparams, agent_class=agent_class)
 
@@ -394,14 +560,32 @@ def resolve(
         )
     agent_cls = load_agent_class(str(agent))
     data: dict[str, Any] = {"agent": agent, "env": env}
+    origins: dict[str, str] = {}  # key -> where it was given, for the error line (later layers win)
     if config_file is None:
         preset = preset_path(str(agent), slug(str(env)))
         if preset is not None:
-            data = merge(data, load_yaml(preset))
+            preset_data = load_yaml(preset)
+            data = merge(data, preset_data)
             source = str(preset)
+            origins.update(dict.fromkeys(_given_keys(preset_data), source))
     data = merge(data, file_data)
-    data = apply_overrides(data, overrides, list(agent_cls.Config.model_fields))
+    origins.update(dict.fromkeys(_given_keys(file_data), source))
+    hparam_keys = list(agent_cls.Config.model_fields)
+    data = apply_overrides(data, overrides, hparam_keys)
+    for item in overrides:
+        named = item if len(item) <= 60 else item[:59] + "…"
+        origins[".".join(override_path(item.partition("=")[0], hparam_keys))] = f"override {named}"
     for key, flag in (("seed", seed), ("steps", steps), ("device", device)):
         if flag is not None:
             data[key] = flag
-    return validate(data, agent_cls, source=source if not overrides else f"{source} + overrides")
+            origins[key] = f"--{key} {flag}"
+    return validate(data, agent_cls, source=source if not overrides else f"{source} + overrides", origins=origins)
+
+
+def _given_keys(data: Mapping[str, Any]) -> list[str]:
+    """The keys a config mapping gives: its top-level keys and, one level down, ``hparams.x`` and the like."""
+    keys = [str(k) for k in data]
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            keys += [f"{key}.{sub}" for sub in value]
+    return keys

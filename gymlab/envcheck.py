@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,8 +36,10 @@ from rich.table import Table
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
-from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS
+from gymlab.envguard import ARRAY_SPACES, DEFAULT_EVAL_MAX_STEPS, EnvProblem, check_nested, close_env
+from gymlab.envguard import render as guarded_render
 from gymlab.errors import GymlabError, describe, one_line
+from gymlab.video import headless_gl, render_modes
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -46,6 +49,8 @@ DEFAULT_STEPS = 300
 DETERMINISM_STEPS = 100
 #: Built-in agents that accept any spaces but learn nothing: their fit alone is no reason to pass.
 BASELINES = ("random",)
+#: Steps rendered by the render check (fewer when the episode ends first).
+RENDER_STEPS = 3
 #: Longest detail kept per verdict.
 MAX_DETAIL = 400
 
@@ -106,9 +111,21 @@ def _step(env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool]:
 
 
 def _close(env: gym.Env[Any, Any]) -> None:
-    """Close an env; a close that raises is Gymnasium's checker's to report, not a reason to stop here."""
-    with contextlib.suppress(Exception):
-        env.close()
+    """Close an env as a run does (what close() raises is ignored; the close point reports it)."""
+    close_env(env)
+
+
+@contextlib.contextmanager
+def _env_var(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration, unless the user set it already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _plain(message: str) -> str:
@@ -176,7 +193,15 @@ class _RandomWalk:
     def _look(self, obs: Any, where: str) -> None:
         if self.bad_value is None and not _all_finite(obs):
             self.bad_value = f"{where}: the observation is not finite (NaN or inf)"
-        if self.bad_obs is None and not self.space.contains(obs):
+        if self.bad_obs is not None:
+            return
+        if isinstance(self.space, (*ARRAY_SPACES, gym.spaces.Tuple, gym.spaces.Dict)):
+            try:  # the rule training applies (gymlab.envguard), so the verdict agrees with what a run does
+                check_nested(self.space, obs, where)
+            except EnvProblem as exc:
+                if " holds " not in exc.problem:  # not finite: the finite-values point says so
+                    self.bad_obs = exc.problem
+        elif not self.space.contains(obs):
             self.bad_obs = f"{where}: {_shape_of(obs)} is not in {self.space}"
 
     def run(self, env: gym.Env[Any, Any], seed: int, steps: int) -> None:
@@ -227,6 +252,8 @@ class EnvChecker:
             ("gymnasium checker", self.gymnasium_checker),
             ("time limit", self.time_limit),
             ("determinism", self.determinism),
+            ("render", self.render),
+            ("close", self.close),
         ]
         for point, check in points:
             report.verdicts.append(self._guarded(point, check))
@@ -317,6 +344,50 @@ class EnvChecker:
             for e in envs:
                 _close(e)
         return Verdict("determinism", PASS, f"equal over the first {DETERMINISM_STEPS} steps")
+
+    def render(self) -> Verdict:
+        """What videos (``video_every``) and ``watch`` do: render in the mode they would pick, over a few steps."""
+        probe = self._make()
+        try:
+            modes = render_modes(probe)
+        finally:
+            _close(probe)
+        mode = "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
+        if mode is None:
+            return Verdict("render", PASS, "no render mode declared: videos and watch show no frames")
+        if mode == "rgb_array":
+            headless_gl()
+        # Pixels need no screen: SDL's dummy driver keeps envs that draw with pygame from probing for one.
+        with _env_var("SDL_VIDEODRIVER", "dummy"):
+            env = registry.make_env(self.env_id, self.env_kwargs, train=False, render_mode=mode)
+            try:
+                return self._render_steps(env, mode)
+            finally:
+                _close(env)
+
+    def _render_steps(self, env: gym.Env[Any, Any], mode: str) -> Verdict:
+        """Reset, then render and step a few times; the first failure of render() is the verdict."""
+        _reset(env, seed=self.seed)
+        env.action_space.seed(self.seed)
+        shown = ""
+        for _ in range(RENDER_STEPS):
+            try:
+                frame = guarded_render(env, mode)
+            except EnvProblem as exc:
+                return Verdict("render", FAIL, f"{exc.problem} (render_mode={mode!r}; videos and watch call it)")
+            shown = f"frames of shape {frame.shape}" if mode == "rgb_array" else "text"
+            _, _, terminated, truncated = _step(env, env.action_space.sample())
+            if terminated or truncated:
+                break
+        return Verdict("render", PASS, f"render_mode={mode!r} gives {shown}")
+
+    def close(self) -> Verdict:
+        """Whether ``close()`` returns cleanly (one that raises is ignored by runs, so this only warns)."""
+        env = self._make()
+        problem = close_env(env)
+        if problem is None:
+            return Verdict("close", PASS, "close() returned cleanly")
+        return Verdict("close", WARN, f"{problem}; runs ignore it (closing never stops one), but fix it")
 
     def random_steps(self) -> list[Verdict]:
         """Finite observations and rewards, and observations inside the space, over random steps."""

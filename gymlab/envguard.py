@@ -7,7 +7,10 @@ What it guards against, in one place:
 - a reward that is NaN or infinite, or not a number at all, and a float observation holding NaN or
   infinity (one reduction per batch; :class:`~gymlab.vector.LeanSyncVectorEnv` checks as it steps
   and says so with ``checks_finite``);
-- an observation that does not fit its space (checked at resets and episode ends);
+- an observation that does not fit its space: its shape, dtype, finiteness, and a Box's declared
+  bounds (checked at resets and episode ends, so the env is blamed, not the learner it misleads);
+- ``render()`` raising (:func:`render`), ``close()`` raising (:func:`close_env`: closing never
+  stops anything), and an env without Gymnasium spaces (:func:`check_spaces_declared`);
 - Box actions outside the space: the env gets them clipped (:func:`env_actions`), the agent keeps
   its own sample;
 - an episode that never ends: played episodes are cut at the env's time limit or, on an env without
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -104,6 +107,52 @@ def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None
         raise EnvProblem(f"{call} returned an observation of dtype {arr.dtype}, the space says {dtype}", copy, call)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise nonfinite_obs(arr, call, copy)
+    outside = out_of_bounds(space, arr) if isinstance(space, gym.spaces.Box) else _off_grid(space, arr)
+    if outside is not None:
+        raise EnvProblem(f"{call} returned an observation {outside}", copy, call)
+
+
+def _off_grid(space: gym.Space[Any], arr: np.ndarray) -> str | None:
+    """Where a Discrete, MultiDiscrete or MultiBinary observation takes a value its space does not have; else None."""
+    try:
+        inside = space.contains(arr.item() if arr.ndim == 0 else arr)
+    except Exception:  # a value the space's own test trips on is not one of its values
+        inside = False
+    return None if inside else f"with a value outside {space}: the env breaks its own observation_space"
+
+
+def out_of_bounds(space: gym.spaces.Box, obs: Any) -> str | None:
+    """Where an observation leaves its Box's declared bounds, in words; None when it stays inside them."""
+    arr = np.asarray(obs)
+    if arr.shape != space.shape:
+        return None
+    with np.errstate(invalid="ignore"):
+        below, above = arr < space.low, arr > space.high
+    if not (below.any() or above.any()):
+        return None
+    index = int(np.flatnonzero(below | above)[0])
+    value, low, high = arr.reshape(-1)[index], space.low.reshape(-1)[index], space.high.reshape(-1)[index]
+    at = f" at index {tuple(int(i) for i in np.unravel_index(index, arr.shape))}" if arr.ndim else ""
+    return (
+        f"outside its declared bounds ({value:.4g}{at}, bounds [{low:.4g}, {high:.4g}]): "
+        "the env breaks its own observation_space, fix the env or its bounds"
+    )
+
+
+def check_nested(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
+    """:func:`check_obs` through Tuple and Dict spaces, part by part; a missing or extra part is a misfit too."""
+    if isinstance(space, gym.spaces.Tuple):
+        if not isinstance(obs, tuple) or len(obs) != len(space.spaces):
+            raise EnvProblem(f"{call} returned {type(obs).__name__} for the Tuple space {space}", copy, call)
+        for part, value in zip(space.spaces, obs, strict=True):
+            check_nested(part, value, call, copy)
+    elif isinstance(space, gym.spaces.Dict):
+        if not isinstance(obs, Mapping) or set(obs) != set(space.spaces):
+            raise EnvProblem(f"{call} returned an observation whose keys do not fit the Dict space {space}", copy, call)
+        for key, part in space.spaces.items():
+            check_nested(part, obs[key], call, copy)
+    else:
+        check_obs(space, obs, call, copy)
 
 
 def call_env(fn: Callable[..., Any], call: str, *args: Any, copy: int | None = None, **kwargs: Any) -> Any:
@@ -114,6 +163,86 @@ def call_env(fn: Callable[..., Any], call: str, *args: Any, copy: int | None = N
         raise
     except Exception as exc:
         raise raised(call, exc, copy) from exc
+
+
+def batch_out_of_bounds(space: gym.Space[Any], batch: Any) -> str | None:
+    """Where a batch of observations leaves a Box's declared bounds (see :func:`out_of_bounds`); else None."""
+    if not isinstance(space, gym.spaces.Box) or not isinstance(batch, np.ndarray) or batch.shape[1:] != space.shape:
+        return None
+    for obs in batch:
+        found = out_of_bounds(space, obs)
+        if found is not None:
+            return found
+    return None
+
+
+def render(env: gym.Env[Any, Any], mode: str | None = None) -> Any:
+    """``env.render()``, guarded: what it raises is an :class:`EnvProblem` naming ``render()``.
+
+    With ``mode="rgb_array"`` the frame must be an (H, W, 3 or 4) image; it comes back as (H, W, 3) uint8.
+    """
+    frame = call_env(env.render, "render()", copy=0)
+    if mode != "rgb_array":
+        return frame
+    try:
+        image = np.asarray(frame)
+    except Exception:  # an object numpy cannot even look at
+        image = np.asarray(None)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype.kind not in "uif" or 0 in image.shape:
+        raise EnvProblem(
+            f"render() returned {type(frame).__name__} of shape {image.shape} and dtype {image.dtype} in rgb_array "
+            "mode, not an (H, W, 3) image",
+            0,
+            "render()",
+        )
+    return np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+
+
+def close_env(env: Any) -> str | None:
+    """Close an env (single or vector); never raises for what a user's ``close()`` raises.
+
+    Closing is cleanup after the work is done or failed: a ``close()`` that raises cannot lose
+    anything, so it never stops a run or hides the error that ended it (``gymlab check`` reports it).
+    A vector env's copies are closed one by one, so one that raises does not keep the others open.
+    Returns what was raised, in words (None when everything closed cleanly).
+    """
+    problems: list[str] = []
+    copies = getattr(env, "envs", None)
+    targets = list(copies) if isinstance(copies, (list, tuple)) else []
+    for target in targets:
+        try:
+            target.close()
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            problems.append(f"close() raised {describe(exc)}")
+    if targets and hasattr(env, "closed"):
+        env.closed = True  # its copies are closed: its own close() would only close them again
+    else:
+        try:
+            env.close()
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            problems.append(f"close() raised {describe(exc)}")
+    return problems[0] if problems else None
+
+
+def check_spaces_declared(env: Any, env_id: str) -> None:
+    """Refuse, in one line, an env without a Gymnasium ``observation_space`` and ``action_space``."""
+    for name in ("observation_space", "action_space"):
+        try:
+            space = getattr(env, name)
+        except AttributeError:
+            space = None
+        except Exception as exc:
+            raise GymlabError(f"environment '{env_id}': reading its {name} raised {describe(exc)}") from None
+        if not isinstance(space, gym.spaces.Space):
+            what = "has no" if space is None else f"has a {type(space).__name__} as its"
+            raise GymlabError(
+                f"environment '{env_id}' {what} {name}: set it to a gymnasium.spaces.Space "
+                "(as a class attribute or in __init__)"
+            )
 
 
 def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
@@ -141,8 +270,9 @@ class VectorGuard:
     """A vector env's ``reset`` and ``step`` as the loop and evaluation call them, guarded.
 
     ``step`` clips Box actions for the env, turns a raised error into an :class:`EnvProblem`, and
-    checks rewards and float array observations for NaN or infinity with one reduction each (Dict
-    or Tuple observations are not looked into) unless the vector env checks them itself.
+    checks rewards and float array observations for NaN or infinity with one reduction each unless
+    the vector env checks them itself. Dict and Tuple observations are checked against their space
+    (each part's shape, dtype, finiteness and bounds) at resets and episode ends.
 
     ``send`` and ``recv`` split a step in two, so that the envs step while the caller does
     something else (the loop's overlap): through the vector env's own ``step_async``/``step_wait``
@@ -157,6 +287,7 @@ class VectorGuard:
         space = envs.single_observation_space
         self.check = not getattr(envs, "checks_finite", False)
         self.float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
+        self.nested = isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict))
         self.native_async = steps_by_itself(envs)
         self._thread: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
@@ -164,7 +295,11 @@ class VectorGuard:
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """``envs.reset(**kwargs)``, guarded."""
-        return call_env(self.envs.reset, "reset()", **kwargs)
+        obs, infos = call_env(self.envs.reset, "reset()", **kwargs)
+        if self.nested:
+            for i, single in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
+                check_nested(self.envs.single_observation_space, single, "reset()", i)
+        return obs, infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """``envs.step(actions)``, guarded; ``actions`` as the agent chose them."""
@@ -176,8 +311,7 @@ class VectorGuard:
             raise
         except Exception as exc:  # a user env's step raising inside a vector env that does not say which copy
             raise raised("step()", exc, copy=None) from exc
-        if self.check:
-            self._check(obs, reward)
+        self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
 
     def send(self, actions: Any) -> None:
@@ -211,9 +345,16 @@ class VectorGuard:
             raise
         except Exception as exc:
             raise raised("step()", exc, copy=None) from exc
+        self._checked(obs, reward, infos)
+        return obs, reward, terminated, truncated, infos
+
+    def _checked(self, obs: Any, reward: np.ndarray, infos: dict[str, Any]) -> None:
+        """What :meth:`step` and :meth:`recv` check of a step's results."""
         if self.check:
             self._check(obs, reward)
-        return obs, reward, terminated, truncated, infos
+        if self.nested and "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                check_nested(self.envs.single_observation_space, infos["final_obs"][i], "step()", int(i))
 
     def close(self) -> None:
         """Wait for a step still in flight (its result is dropped) and stop the worker thread."""
@@ -239,6 +380,30 @@ class VectorGuard:
             for i, o in enumerate(obs):
                 if not np.isfinite(o).all():
                     raise nonfinite_obs(o, "step()", i)
+
+
+def with_final_obs(envs: Any, next_obs: Any, infos: dict[str, Any]) -> Any:
+    """The batch of true next observations: ``next_obs`` with each ended episode's last one put back.
+
+    An array batch is copied and patched in place; a Tuple or Dict batch (Gymnasium's sync vector env)
+    is taken apart into single observations and batched again.
+    """
+    mask, final = infos["_final_obs"], infos["final_obs"]
+    if isinstance(next_obs, np.ndarray):
+        real = next_obs.copy()
+        if isinstance(final, np.ndarray) and final.dtype != object:  # the lean and native envs': one masked copy
+            real[mask] = final[mask]
+        else:  # Gymnasium's vector env: an object array of single observations
+            for i in np.flatnonzero(mask):
+                real[i] = final[i]
+        return real
+    ended = np.flatnonzero(mask)
+    space = envs.single_observation_space
+    singles = list(gym.vector.utils.iterate(envs.observation_space, next_obs))
+    for i in ended:
+        singles[i] = infos["final_obs"][i]
+    out: Any = gym.vector.utils.create_empty_array(space, len(singles))
+    return gym.vector.utils.concatenate(space, singles, out)
 
 
 class SingleGuard:

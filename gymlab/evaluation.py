@@ -19,7 +19,7 @@ from gymnasium.vector import VectorEnv
 
 from gymlab.agent import Agent
 from gymlab.build import build_policy, eval_envs
-from gymlab.envguard import VectorGuard, episode_cap
+from gymlab.envguard import VectorGuard, close_env, episode_cap
 from gymlab.errors import Interrupted
 from gymlab.runs import load_run
 from gymlab.signals import graceful_stop
@@ -167,7 +167,7 @@ def evaluate_run(
             on_capped=lambda n, ret: cut.append(n),
         )
     finally:
-        envs.close()
+        close_env(envs)
     return {
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),

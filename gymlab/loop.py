@@ -33,7 +33,7 @@ from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
-from gymlab.envguard import EnvProblem, VectorGuard
+from gymlab.envguard import EnvProblem, VectorGuard, batch_out_of_bounds, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, nonfinite_tensor
@@ -340,9 +340,8 @@ class Trainer:
                 next_obs, reward, terminated, truncated, infos = guard.step(action)
             real_next = next_obs
             if infos:  # some copy ended an episode: the agent sees its true last obs
-                final = infos.get("_final_obs")
-                if final is not None:
-                    real_next = self._real_next(next_obs, infos["final_obs"], final)
+                if "_final_obs" in infos:
+                    real_next = with_final_obs(self.envs, next_obs, infos)
                 self._record_episodes(infos)
             agent.observe(Transition(obs, action, reward, real_next, terminated, truncated))
             obs = self.obs = next_obs
@@ -361,18 +360,6 @@ class Trainer:
 
     def _next_due(self, last_step: int) -> int:
         return min(self.next_log, self.next_eval, self.next_checkpoint, self.next_video, self.next_progress, last_step)
-
-    @staticmethod
-    def _real_next(next_obs: Any, final_obs: Any, final: np.ndarray) -> Any:
-        """``next_obs`` with the copies that ended an episode given their true last observation."""
-        if isinstance(next_obs, np.ndarray) and isinstance(final_obs, np.ndarray) and final_obs.dtype != object:
-            real_next = next_obs.copy()  # one masked copy for array observations (the lean vector env's)
-            real_next[final] = final_obs[final]
-            return real_next
-        real_next = next_obs.copy()  # Dict or Tuple observations: Gymnasium's vector env, one by one
-        for i in np.flatnonzero(final):
-            real_next[i] = final_obs[i]
-        return real_next
 
     def _record_episodes(self, infos: dict[str, Any]) -> None:
         """Count the episodes that ended in this step and add their returns and lengths to the window."""
@@ -503,6 +490,9 @@ class Trainer:
                 step += self.envs.num_envs
         else:
             what, hint = f"{exc}{self.during}", "the agent diverged: try a lower learning rate"
+            outside = batch_out_of_bounds(self.envs.single_observation_space, getattr(self, "obs", None))
+            if outside is not None:  # the env fed it observations it promised not to: the env's fault
+                hint = f"the env is at fault: its observations are {outside}; check it with: gymlab check {run.env}"
         last = self.folder.last
         if last.is_file():
             at = f" (step {self.saved_step:,})" if self.saved_step is not None else ""
@@ -530,5 +520,5 @@ class Trainer:
             if self.logger is not None:
                 self.logger.close()
             self.guard.close()
-            self.envs.close()
-            self.eval_envs.close()
+            close_env(self.envs)
+            close_env(self.eval_envs)

@@ -25,6 +25,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +34,7 @@ from typing import Any
 
 from gymlab.runner import RunOutcome, RunSpec, execute, saved_step
 from gymlab.runs import RunFolder
+from gymlab.signals import multi_run_stop
 
 _STOP: Any = None  # in a worker: the pool's stop event (a multiprocessing.Event)
 
@@ -45,19 +47,23 @@ def _worker_init(stop: Any) -> None:
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Spawned with both blocked (RunPool.submit): a stop signal during this process's start-up (imports,
+    # seconds) would have killed it and broken the pool, taking the other workers' runs mid-cleanup.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _work(spec: RunSpec) -> RunOutcome:
     """Run one spec in a worker unless the pool is stopping (SIGTERM interrupts it only while it runs)."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        if _STOP is not None and _STOP.is_set():
-            return RunOutcome(spec, "cancelled")
-        return execute(spec)
+    try:  # the handler is set and put back inside the try: a SIGTERM at any instant never kills the worker
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            if _STOP is not None and _STOP.is_set():
+                return RunOutcome(spec, "cancelled")
+            return execute(spec)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     except KeyboardInterrupt:  # SIGTERM between execute's own handling and here
         return RunOutcome(spec, "cancelled")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class RunPool:
@@ -90,11 +96,17 @@ class RunPool:
         """Queue a run (with this pool's torch threads unless the spec sets its own)."""
         if spec.threads is None:
             spec = replace(spec, threads=self.threads)
+        # A worker spawned here inherits the blocked signals until its initializer ignores them (_worker_init).
+        held = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
-            future = self._pool.submit(_work, spec)
-        except BrokenProcessPool:
-            self._renew()
-            future = self._pool.submit(_work, spec)
+            try:
+                future = self._pool.submit(_work, spec)
+            except BrokenProcessPool:
+                self._renew()
+                future = self._pool.submit(_work, spec)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._running[future] = spec
 
     def wait(self, timeout: float | None = None) -> list[RunOutcome]:
@@ -130,9 +142,11 @@ class RunPool:
         Runs not started are ``cancelled``. A Ctrl-C while waiting signals the workers again (the
         loop then stops at once, keeping its last periodic checkpoint); a third kills them.
         """
+        # Runs not started yet see the stop event and return "cancelled" at once (see _work). Their futures
+        # are not cancelled here: a future cancelled while the executor hands it to a worker made its
+        # management thread fail (InvalidStateError) and print a traceback.
         self._stop.set()
-        outcomes = [RunOutcome(spec, "cancelled") for future, spec in self._running.items() if future.cancel()]
-        self._running = {f: s for f, s in self._running.items() if not f.cancelled()}
+        outcomes: list[RunOutcome] = []
         for attempt in range(3):
             self._signal(signal.SIGTERM if attempt < 2 else signal.SIGKILL)
             try:
@@ -177,7 +191,12 @@ class RunPool:
 
 
 def _lost(spec: RunSpec) -> RunOutcome:
-    """A run whose worker was killed before it reported: what its folder holds now."""
+    """A run whose worker was killed before it reported: what its folder holds now.
+
+    No folder at all: it left nothing, so it counts as not started (``cancelled``), not as a run.
+    """
+    if spec.run_dir is not None and not spec.run_dir.is_dir():
+        return RunOutcome(spec, "cancelled")
     newest = RunFolder(spec.run_dir).newest() if spec.run_dir is not None and spec.run_dir.is_dir() else None
     error = "its worker was stopped before it reported"
     return RunOutcome(spec, "interrupted", spec.run_dir, saved_step(newest), checkpoint=newest, error=error)
@@ -189,25 +208,38 @@ def retry_spec(spec: RunSpec) -> RunSpec:
     return replace(spec, mode=mode, attempt=spec.attempt + 1)
 
 
+#: Seconds between two looks at the stop flag while runs go on in worker processes.
+POLL_S = 0.1
+
+
 def run_all(
-    specs: Sequence[RunSpec], workers: int, on_done: Callable[[RunOutcome], None] | None = None
+    specs: Sequence[RunSpec],
+    workers: int,
+    on_done: Callable[[RunOutcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[RunOutcome]:
     """Run every spec, ``workers`` at a time; outcomes come back in the specs' order.
 
-    With one worker the runs go one after another in this process. On Ctrl-C (or SIGTERM, which
-    the CLI turns into one) the runs stop gracefully: the outcomes then say which were
-    ``interrupted`` (and what each saved) and which were ``cancelled`` before they started.
+    With one worker the runs go one after another in this process. On Ctrl-C or SIGTERM, whenever
+    it lands, the runs stop gracefully: the outcomes then say which were ``interrupted`` (and what
+    each saved) and which were ``cancelled`` before they started. ``stop`` is the flag of the
+    caller's :func:`gymlab.signals.multi_run_stop` (one is held here when None is given).
     """
+    if stop is None:
+        with multi_run_stop() as flag:
+            return run_all(specs, workers, on_done, flag)
     if workers <= 1 or len(specs) <= 1:
-        return _run_here(specs, on_done)
+        return _run_here(specs, on_done, stop)
     outcomes: dict[int, RunOutcome] = {}
     pool = RunPool(workers)
     try:
         for i, spec in enumerate(specs):
             pool.submit(replace(spec, tag=(i, spec.tag)))  # the index finds the spec's place again
-        while len(pool):
-            for outcome in pool.wait():
+        while len(pool) and not stop.is_set():
+            for outcome in pool.wait(timeout=POLL_S):
                 _collect(outcome, outcomes, on_done)
+        if stop.is_set():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         for outcome in pool.stop():
             _collect(outcome, outcomes, on_done)
@@ -230,14 +262,19 @@ def _untag(outcome: RunOutcome) -> RunOutcome:
     return outcome
 
 
-def _run_here(specs: Iterable[RunSpec], on_done: Callable[[RunOutcome], None] | None) -> list[RunOutcome]:
-    """One run after another in this process; after an interrupt the rest are cancelled."""
+def _run_here(
+    specs: Iterable[RunSpec], on_done: Callable[[RunOutcome], None] | None, stop: threading.Event
+) -> list[RunOutcome]:
+    """One run after another in this process; after an interrupt (``stop`` set) the rest are cancelled."""
     outcomes: list[RunOutcome] = []
     for spec in specs:
-        if outcomes and outcomes[-1].status in ("interrupted", "cancelled"):
+        if stop.is_set() or (outcomes and outcomes[-1].status in ("interrupted", "cancelled")):
             outcome = RunOutcome(spec, "cancelled")
         else:
-            outcome = execute(replace(spec, threads=spec.threads or 1))
+            try:
+                outcome = execute(replace(spec, threads=spec.threads or 1))
+            except KeyboardInterrupt:  # a second signal outside the run's own handling: what its folder holds
+                outcome = _lost(spec)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)

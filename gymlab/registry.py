@@ -22,6 +22,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from gymlab.envguard import check_spaces_declared
 from gymlab.errors import GymlabError, describe
 from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
@@ -173,6 +174,7 @@ def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | Non
                 made: gym.Env[Any, Any] = target(**kwargs)
             except Exception as exc:
                 raise _construct_error(env_id, env_kwargs, exc) from None
+            check_spaces_declared(made, env_id)
             return made
         name = attr
     try:

@@ -23,11 +23,13 @@ so retrying the same command works. A checkpoint written meanwhile is always kep
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,7 +152,8 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
     start = time.perf_counter()
     opened: Opened | None = None
     try:
-        opened = open_run(spec)
+        with _signals_held():  # a signal while the folder is made is taken once `opened` can clean it up
+            opened = open_run(spec)
         return _train(spec, opened, progress, start)
     except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
         return _interrupted(spec, opened, start)
@@ -161,6 +164,24 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
     finally:
         if opened is not None:
             opened.lock.release()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back (in the main thread) for the duration; one that came arrives right after.
+
+    Creating a run folder and taking its lock is not interruptible in between: a signal there would
+    leave a folder with no checkpoint that nobody removes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def execute(spec: RunSpec) -> RunOutcome:

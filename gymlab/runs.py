@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import yaml
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
-from gymlab.config import Config, load_yaml, slug, validate
+from gymlab.config import Config, file_kind, load_yaml, slug, validate
 from gymlab.errors import FolderRemoved, GymlabError
 
 CONFIG_FILE = "config.yaml"
@@ -208,6 +209,7 @@ class RunFolder:
         """The checkpoint ``which`` (last, best or newest) names, with one-line errors when there is none."""
         if not self.path.exists():
             raise GymlabError(f"no run folder or checkpoint at {self.path}")
+        check_regular(self.path, "run folder")
         if which == "newest":
             newest = self.newest()
             if newest is None:
@@ -217,8 +219,12 @@ class RunFolder:
         if ckpt.is_file():
             return ckpt
         other = self.best if which == "last" else self.last
-        if other.is_file():
-            return other
+        if other.is_file():  # never another checkpoint than the one asked for
+            other_name = "best" if which == "last" else "last"
+            raise GymlabError(
+                f"run folder {self.path} has no {ckpt.name}; it holds {other.name} only: "
+                f"pass --checkpoint {other_name} to use that"
+            )
         raise GymlabError(f"run folder {self.path} has no checkpoint yet (expected {ckpt}); train it first")
 
     def data(self) -> dict[str, Any] | None:
@@ -248,6 +254,7 @@ def load_run(target: Path, which: str = "last", trust: Iterable[str] = ()) -> Lo
     that is neither built in nor trusted (``trust`` adds modules to :func:`trust_modules`' set),
     and a checkpoint that does not belong to the run folder holding it.
     """
+    check_regular(target, "run folder or checkpoint")
     folder = RunFolder.of(target)
     path = target if target.is_file() else folder.find(which)
     ckpt = Checkpoint.read(path)
@@ -258,6 +265,19 @@ def load_run(target: Path, which: str = "last", trust: Iterable[str] = ()) -> Lo
         check_belongs(ckpt, path, expected, folder.path)
     config = validate(ckpt.config, load_agent_class(ckpt.config["agent"]), source=str(path))
     return LoadedRun(config, ckpt, path)
+
+
+def check_regular(path: Path, what: str) -> None:
+    """Refuse, in one line, a path that exists but is not a regular file or folder (a FIFO, a socket, a device).
+
+    Reading a FIFO blocks until someone writes to it; nothing but regular files and folders is read.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing or unreadable: the reader says so
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise GymlabError(f"{what} {path} is {file_kind(mode)}, not a regular file or a run folder")
 
 
 def check_belongs(ckpt: Checkpoint, path: Path, expected: Mapping[str, Any], folder: Path) -> None:
@@ -300,9 +320,16 @@ def is_run_dir(path: Path) -> bool:
 
 
 def iter_runs(path: Path) -> list[Path]:
-    """The run folders ``path`` names: a checkpoint's run, a run folder, or every run folder below it (sorted)."""
+    """The run folders ``path`` names: a checkpoint's run, a run folder, or every run folder below it (sorted).
+
+    A file names only the run folder it belongs to (none for a file outside any run), never the
+    runs beside it; anything that is neither a regular file nor a folder names no run.
+    """
     if path.is_file():
-        path = RunFolder.of(path).path
+        folder = RunFolder.of(path).path
+        return [folder] if is_run_dir(folder) else []
+    if not path.is_dir():
+        return []
     if is_run_dir(path):
         return [path]
     found = {p.parent for pattern in (CONFIG_FILE, EVENTS_GLOB) for p in path.rglob(pattern)}

@@ -3,6 +3,11 @@
 Stopping between steps (never inside an update) is what makes a saved checkpoint exact. While a
 run starts up (building envs and agent) there is nothing to finish, so the first signal stops at
 once. A second Ctrl-C always interrupts at once.
+
+A parent that runs several runs (``train --seeds``, a local sweep) holds :func:`multi_run_stop` around
+them: its flag is set by a signal whenever it lands, between runs, in a run's start-up or inside a
+run's own :func:`graceful_stop` (which passes it on), so no signal is lost to a run that was about
+to finish, and a run that starts after it stops at once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+#: The flags of the :func:`multi_run_stop` scopes this process is inside, innermost last.
+_ENCLOSING: list[threading.Event] = []
 
 
 class StartUpInterrupt(KeyboardInterrupt):
@@ -45,6 +53,8 @@ def graceful_stop() -> Iterator[StopFlag]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        for outer in _ENCLOSING:  # the parent of several runs hears it too, whatever this run does with it
+            outer.set()
         if flag.is_set():
             raise KeyboardInterrupt
         flag.set()
@@ -54,6 +64,8 @@ def graceful_stop() -> Iterator[StopFlag]:
             )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    if any(outer.is_set() for outer in _ENCLOSING):  # the parent was stopped before this run began
+        flag.set()
     try:
         yield flag
     finally:
@@ -62,8 +74,42 @@ def graceful_stop() -> Iterator[StopFlag]:
 
 
 @contextmanager
+def multi_run_stop() -> Iterator[StopFlag]:
+    """For a parent of several runs: the first Ctrl-C/SIGTERM sets the flag, wherever it lands (see the module doc).
+
+    The parent checks the flag before each run and after each; a run inside sees it as its own
+    first signal. A second signal raises ``KeyboardInterrupt``. Outside the main thread nothing is
+    installed and the flag is never set.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        for outer in _ENCLOSING:
+            outer.set()
+
+    _ENCLOSING.append(flag)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _ENCLOSING.remove(flag)
+
+
+@contextmanager
 def starting(flag: StopFlag) -> Iterator[None]:
-    """Start-up under ``flag``'s handler: a signal stops it at once, raising :class:`StartUpInterrupt`."""
+    """Start-up under ``flag``'s handler: a signal stops it at once, raising :class:`StartUpInterrupt`.
+
+    A flag already set (the parent of several runs was stopped) stops it before it begins.
+    """
+    if flag.is_set():
+        raise StartUpInterrupt("stopped before this run started: nothing was saved")
     flag.at_once = True
     try:
         yield
@@ -76,6 +122,6 @@ def sigterm_interrupts() -> Any:
 
     Returns the previous handler to put back (None outside the main thread, where nothing changes).
     """
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    if threading.current_thread() is not threading.main_thread() or _ENCLOSING:
+        return None  # inside multi_run_stop, whose handler hears SIGTERM without raising at a random place
     return signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -16,6 +16,7 @@ is checked before each step; once set, :class:`~gymlab.errors.Interrupted` is ra
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import sys
@@ -36,7 +37,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from gymlab import registry
 from gymlab.agent import Agent
 from gymlab.config import Config, RunConfig
-from gymlab.envguard import SingleGuard, env_actions, episode_cap
+from gymlab.envguard import SingleGuard, close_env, env_actions, episode_cap, render
 from gymlab.errors import Interrupted
 from gymlab.tblog import RunLogger
 
@@ -45,7 +46,9 @@ DEFAULT_FPS = 30
 
 def render_modes(env: gym.Env[Any, Any]) -> list[str]:
     """The render modes an env declares in its metadata."""
-    return list(env.unwrapped.metadata.get("render_modes", []) or [])
+    metadata = getattr(env.unwrapped, "metadata", None)  # the user's code: anything may be there
+    modes = metadata.get("render_modes") if isinstance(metadata, dict) else None
+    return [m for m in modes if isinstance(m, str)] if isinstance(modes, (list, tuple)) else []
 
 
 def render_env(run: RunConfig) -> tuple[gym.Env[Any, Any], str | None]:
@@ -57,17 +60,27 @@ def render_env(run: RunConfig) -> tuple[gym.Env[Any, Any], str | None]:
     """
     probe = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     modes = render_modes(probe)
-    probe.close()
+    close_env(probe)
     mode = "rgb_array" if "rgb_array" in modes else "ansi" if "ansi" in modes else None
     if mode == "rgb_array":
         headless_gl()
     return registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False, render_mode=mode), mode
 
 
+#: The fastest playback rate shown or encoded (ffmpeg refuses absurd rates; a screen shows no more).
+MAX_FPS = 240
+
+
 def frame_fps(env: gym.Env[Any, Any], default: int = DEFAULT_FPS) -> int:
-    """The env's own playback rate (``metadata["render_fps"]``), or ``default``."""
-    fps = env.unwrapped.metadata.get("render_fps")
-    return int(fps) if fps else default
+    """The env's own playback rate (``metadata["render_fps"]``), or ``default``; within 1..:data:`MAX_FPS`.
+
+    An env's metadata is the user's code: a rate that is not a finite positive number gives ``default``.
+    """
+    metadata = getattr(env.unwrapped, "metadata", None)
+    fps = metadata.get("render_fps") if isinstance(metadata, dict) else None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        return default
+    return max(1, min(MAX_FPS, round(fps)))
 
 
 def headless_gl() -> None:
@@ -172,9 +185,9 @@ def play_episode(
     policy = greedy_policy(agent, env)
     for step in play_steps(env, policy, seed, max_steps=max_steps, stop=stop):
         if record == "rgb_array":
-            episode.frames.append(np.asarray(env.render(), dtype=np.uint8))
+            episode.frames.append(render(env, "rgb_array"))
         elif record == "ansi":
-            episode.texts.append(str(env.render()))
+            episode.texts.append(str(render(env)))
         episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
         episode.ret, episode.length, episode.capped = step.total, step.index, step.capped
     return episode
@@ -396,7 +409,7 @@ class EpisodeRecorder:
         try:
             for played in play_steps(env, greedy_policy(agent, env), seed, max_steps=max_steps, stop=stop):
                 last = played
-                frame = np.asarray(env.render(), dtype=np.uint8)
+                frame = render(env, "rgb_array")
                 if stream is not None:
                     stream.put(frame)
                     continue
@@ -446,5 +459,5 @@ class EpisodeRecorder:
         finally:
             self._encoder.shutdown(wait=True)
             if self._env is not None:
-                self._env.close()
+                close_env(self._env)
                 self._env = None

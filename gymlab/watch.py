@@ -38,6 +38,7 @@ from gymlab import video
 from gymlab.agent import Agent
 from gymlab.build import build_policy
 from gymlab.config import Config
+from gymlab.envguard import EnvProblem, close_env, render
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import eval_seed
 from gymlab.runs import RunFolder, load_run
@@ -269,8 +270,10 @@ def watch(
                     echo(f"{run.env} renders no pixels: --record ignored, printing the episodes instead")
                 return _watch_text(play, mode, limit)
             return _watch_pixels(play, limit, fps, record)
+        except EnvProblem as exc:
+            raise GymlabError(f"{exc.describe(run.env)}; check the env with: gymlab check {run.env}") from None
         finally:
-            env.close()
+            close_env(env)
 
 
 @dataclass
@@ -324,7 +327,7 @@ def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult
             episode = video.Episode()
             for step in play.steps(len(result.episodes)):
                 if mode == "ansi":
-                    episode.texts.append(str(env.render()))
+                    episode.texts.append(str(render(env)))
                 episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
                 episode.ret, episode.length = step.total, step.index
             result.episodes.append((episode.ret, episode.length))
@@ -355,10 +358,20 @@ def window_problem() -> str | None:
     reason = no_display_reason()
     driver = os.environ.get("SDL_VIDEODRIVER")
     if reason is None:
+        x11 = os.environ.get("DISPLAY")
+        if driver is None and x11 and sys.platform.startswith("linux") and not os.environ.get("WAYLAND_DISPLAY"):
+            # DISPLAY names an X server: ask SDL for it alone, or an unreachable one makes SDL fall back to an
+            # offscreen driver (after printing other drivers' errors) and the window shows nowhere.
+            os.environ["SDL_VIDEODRIVER"] = "x11"
         try:
             pygame.display.init()
         except pygame.error as exc:
-            reason = f"cannot open a window ({f'SDL_VIDEODRIVER={driver!r}: ' if driver is not None else ''}{exc})"
+            where = f"DISPLAY={x11!r}: " if x11 and driver is None else ""
+            reason = f"cannot open a window ({f'SDL_VIDEODRIVER={driver!r}: ' if driver is not None else where}{exc})"
+        else:
+            got = pygame.display.get_driver()
+            if got in ("dummy", "offscreen"):
+                reason = f"cannot open a window (SDL found no screen and chose its {got} driver)"
     if reason is not None and (driver or "").lower() not in ("dummy", "offscreen"):
         pygame.display.quit()
         os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -433,7 +446,7 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
                 lines = [f"episode {ep}", f"step {step.index}", f"return {step.total:.4g}"]
                 if policy.follow:
                     lines.append(f"checkpoint step {policy.step:,}")
-                if not output.emit(np.asarray(env.render(), dtype=np.uint8), lines):
+                if not output.emit(render(env, "rgb_array"), lines):
                     result.stopped_by_user = True
                     break
                 last = (step.total, step.index)

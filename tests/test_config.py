@@ -28,7 +28,8 @@ def test_dotted_and_bare_overrides():
         ["hparams.gamma=0.5", "learning_rate=1e-3", "env_kwargs.map_name=8x8"],
         ["gamma", "learning_rate"],
     )
-    assert data == {"hparams": {"gamma": 0.5, "learning_rate": "1e-3"}, "env_kwargs": {"map_name": "8x8"}}
+    # 1e-3 is a number (YAML 1.2), not the text YAML 1.1 makes of it: text is never taken as a number
+    assert data == {"hparams": {"gamma": 0.5, "learning_rate": 1e-3}, "env_kwargs": {"map_name": "8x8"}}
     cfg = resolve("tabular_q", "FrozenLake-v1", None, ["learning_rate=1e-3"])
     assert cfg.hparams.model_dump()["learning_rate"] == pytest.approx(1e-3)
 

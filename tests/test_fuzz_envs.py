@@ -1,0 +1,119 @@
+"""Generated user envs: any observation space, raising in any one method or returning what the space does not allow.
+
+Each env goes through ``gymlab check``, ``train`` (with videos), ``eval`` and ``watch``. Every command ends by
+the project's rule (exit 0, or exit 2 with one line), and ``check``'s verdict agrees with what ``train`` then
+does: an env that check passes trains, and one it fails is stopped in one line blaming the env. The env is
+one class whose space and fault are its ``env_kwargs`` (tests/strategies.py), so a new space or fault is one
+word in a list.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import strategies as fz
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_fuzz_cli import assert_by_the_rule, run_here
+
+from gymlab import envcheck
+
+pytestmark = pytest.mark.needs("ffmpeg")  # videos and watch write mp4s
+
+
+@pytest.fixture(scope="module")
+def user_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The generated env's module on sys.path: (env id, folder)."""
+    folder = tmp_path_factory.mktemp("userenvs")
+    env_id = fz.write_env_module(folder)
+    sys.path.insert(0, str(folder))
+    yield env_id, folder
+    sys.path.remove(str(folder))
+
+
+@given(case=fz.env_cases())
+@settings(max_examples=60)
+@example(case=("tuple", "none"))  # issue 23: the random agent crashed on a Tuple observation space
+@example(case=("box", "render"))  # issue 23: a traceback under video_every, and check passed it
+@example(case=("box", "close"))  # issue 23: a close() that raises crashed start-up
+@example(case=("box", "out-of-bounds"))  # issue 23: 1e38 against bounds ±1 was blamed on the learner
+@example(case=("dict", "wrong-dtype"))
+def test_check_agrees_with_train_and_every_command_ends_by_the_rule(
+    user_envs: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory, case: tuple[str, str]
+) -> None:
+    env_id, _ = user_envs
+    space, fault = case
+    kwargs = {"space": space, "fault": fault}
+    report = envcheck.check(env_id, kwargs, steps=30)
+    work = tmp_path_factory.mktemp("env")
+    run = work / "run"
+    trained = run_here(
+        "train", "random", env_id, f"env_kwargs.space={space}", f"env_kwargs.fault={fault}",
+        "--steps", "24", "eval_every=12", "eval_episodes=1", "video_every=12", "--run-dir", run, cwd=work,
+    )  # fmt: skip
+    assert_by_the_rule(trained)
+    verdict = envcheck.summary(report)
+    assert (trained.code == 0) == report.ok, f"check says: {verdict}\nbut train:\n{trained.ok()}"
+    if trained.code != 0:
+        assert "env" in trained.err, trained.err  # whose fault it is: the env's
+        return
+    module = env_id.partition(":")[0]
+    evaluated = run_here("eval", run, "--episodes", "1", "--trust", module, cwd=work)
+    assert_by_the_rule(evaluated)
+    assert evaluated.code == 0, evaluated.ok()
+    watched = run_here("watch", run, "--episodes", "1", "--trust", module, "--record", work / "w.mp4", cwd=work)
+    assert_by_the_rule(watched)
+    assert watched.code == 0, watched.ok()
+
+
+@given(space=st.sampled_from(fz.SPACES))
+@settings(max_examples=len(fz.SPACES))
+def test_the_random_agent_trains_on_every_space(user_envs: tuple[str, Path], tmp_path: Path, space: str) -> None:
+    env_id, _ = user_envs
+    result = run_here(
+        "train", "random", env_id, f"env_kwargs.space={space}", "num_envs=2", "--steps", "20", "eval_episodes=1",
+        "--run-dir", tmp_path / f"run-{space}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.ok()
+
+
+NO_SPACE = """
+import gymnasium as gym
+
+
+class NoObservationSpace(gym.Env):
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return 0, {}
+
+    def step(self, action):
+        return 0, 0.0, True, False, {}
+"""
+
+
+def test_an_env_without_an_observation_space_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "nospace.py").write_text(NO_SPACE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        checked = run_here("check", "nospace:NoObservationSpace", cwd=tmp_path)
+        trained = run_here("train", "random", "nospace:NoObservationSpace", "--steps", "10", cwd=tmp_path)
+    finally:
+        sys.path.remove(str(tmp_path))
+    for result in (checked, trained):
+        assert result.code == 2, result.ok()
+        assert "observation_space" in result.err and "Traceback" not in result.err, result.ok()
+
+
+def test_observations_outside_their_bounds_are_blamed_on_the_env(user_envs: tuple[str, Path], tmp_path: Path) -> None:
+    # issue 23: 1e38 against bounds of ±1 stopped DQN with "the agent diverged: try a lower learning rate"
+    env_id, _ = user_envs
+    result = run_here(
+        "train", "dqn", env_id, "env_kwargs.space=box", "env_kwargs.fault=out-of-bounds", "learning_starts=4",
+        "batch_size=4", "--steps", "200", "eval_episodes=1", "--run-dir", tmp_path / "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.ok()
+    assert "outside its declared bounds" in result.err and "learning rate" not in result.err, result.err
