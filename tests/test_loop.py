@@ -279,6 +279,23 @@ def test_time_limit_of_single_and_vector_envs(env, limit):
     envs.close()
 
 
+@pytest.mark.parametrize("start", [0, -2])
+def test_a_discrete_observation_is_checked_against_its_space_whatever_its_type(start):
+    space = gym.spaces.Discrete(5, start=start)
+    for value in range(start - 2, start + 7):
+        for obs in (value, np.int64(value), np.array(value), np.array([value])):
+            fits = np.ndim(obs) == 0 and start <= value < start + 5
+            try:
+                envguard.check_obs(space, obs, "step()")
+            except envguard.EnvProblem as problem:
+                assert not fits, problem
+                assert "Discrete" in str(problem) or "shape" in str(problem)
+            else:
+                assert fits, f"{obs!r} taken for {space}"
+    with pytest.raises(envguard.EnvProblem, match="dtype float64"):
+        envguard.check_obs(space, float(start), "step()")
+
+
 # --- finite or stop ------------------------------------------------------------------------------
 
 
