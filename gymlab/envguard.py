@@ -214,26 +214,25 @@ def close_env(env: Any) -> str | None:
     A vector env's copies are closed one by one, so one that raises does not keep the others open.
     Returns what was raised, in words (None when everything closed cleanly).
     """
-    problems: list[str] = []
     copies = getattr(env, "envs", None)
     targets = list(copies) if isinstance(copies, (list, tuple)) else []
-    for target in targets:
-        try:
-            target.close()
-        except (Interrupted, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            problems.append(f"close() raised {describe(exc)}")
     if targets and hasattr(env, "closed"):
-        env.closed = True  # its copies are closed: its own close() would only close them again
+        env.closed = True  # its copies are closed below: its own close() would only close them again
     else:
-        try:
-            env.close()
-        except (Interrupted, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            problems.append(f"close() raised {describe(exc)}")
+        targets.append(env)
+    problems = [problem for problem in map(_close_one, targets) if problem is not None]
     return problems[0] if problems else None
+
+
+def _close_one(target: Any) -> str | None:
+    """``target.close()``; what it raises, in words (signals pass through)."""
+    try:
+        target.close()
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        return f"close() raised {describe(exc)}"
+    return None
 
 
 def check_spaces_declared(env: Any, env_id: str) -> None:
