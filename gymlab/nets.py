@@ -30,15 +30,17 @@ def mlp(sizes: Sequence[int], activation: str) -> torch.nn.Sequential:
 class MLP(torch.nn.Module):
     """Fully connected ReLU network on flat (or one-hot) observations."""
 
-    def __init__(self, in_dim: int, hidden: list[int], n_out: int, one_hot: int = 0) -> None:
+    def __init__(self, in_dim: int, hidden: list[int], n_out: int, one_hot: int = 0, start: int = 0) -> None:
         super().__init__()
         self.one_hot = one_hot  # > 0: observations are Discrete indices into this many states
+        self.start = start  # the Discrete space's first state
         self.net = mlp([in_dim, *hidden, n_out], "relu")
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, *obs_shape) -> (B, n_out)."""
         if self.one_hot:
-            x = torch.nn.functional.one_hot(obs.long(), self.one_hot).float()  # (B, S)
+            index = obs.long() - self.start if self.start else obs.long()
+            x = torch.nn.functional.one_hot(index, self.one_hot).float()  # (B, S)
         else:
             x = obs.reshape(obs.shape[0], -1).float()  # (B, D); a no-op for float32 vectors
         return self.net(x)
@@ -76,5 +78,6 @@ def observation_net(observation_space: gym.Space[Any], n_out: int, hidden: list[
         c, h, w = observation_space.shape  # type: ignore[misc]
         return NatureCNN(c, h, w, n_out)
     if isinstance(observation_space, gym.spaces.Discrete):
-        return MLP(int(observation_space.n), hidden, n_out, one_hot=int(observation_space.n))
+        n = int(observation_space.n)
+        return MLP(n, hidden, n_out, one_hot=n, start=int(observation_space.start))
     return MLP(int(np.prod(observation_space.shape or ())), hidden, n_out)

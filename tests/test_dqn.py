@@ -108,6 +108,16 @@ def test_spaces():
     assert isinstance(make_agent(gym.spaces.Discrete(16), disc2).online, MLP)
 
 
+def test_a_discrete_observation_space_that_does_not_start_at_0_is_one_hot_from_its_first_state():
+    shifted = make_agent(gym.spaces.Discrete(4, start=-2), gym.spaces.Discrete(2))
+    plain = make_agent(gym.spaces.Discrete(4), gym.spaces.Discrete(2))
+    plain.online.load_state_dict(shifted.online.state_dict())
+    obs = np.array([-2, -1, 0, 1])  # every state of the shifted space, which an index from 0 would break
+    with torch.no_grad():
+        torch.testing.assert_close(shifted.online(torch.from_numpy(obs)), plain.online(torch.from_numpy(obs + 2)))
+    assert shifted.act(obs, explore=False).tolist() == plain.act(obs + 2, explore=False).tolist()
+
+
 def test_continuous_actions_exit_2_with_one_line(cli):
     result = cli("train", "dqn", "MountainCarContinuous-v0", "--steps", "100")
     assert result.returncode == 2
