@@ -342,8 +342,17 @@ def _valid_keys(hparams_model: type[BaseModel]) -> list[str]:
 
 def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) -> GymlabError:
     """One line for a pydantic error: the key, and for an unknown key the closest valid one ("did you mean")."""
-    err = exc.errors()[0]
-    key = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+    errors = exc.errors()
+    err = errors[0]
+    loc = err["loc"]
+    # A value that fits no member of a union (overlap: bool | "auto") fails once per member, each error's
+    # location ending in the member's tag ("bool", "literal['auto']"): name the key and every member's wish.
+    union = [e for e in errors if len(e["loc"]) == len(loc) > 1 and e["loc"][:-1] == loc[:-1]]
+    if len(union) > 1 and len({e["loc"][-1] for e in union}) == len(union):
+        loc = loc[:-1]
+        wishes = [e["msg"].removeprefix("Input should be ").split(", unable")[0] for e in union]
+        err = {**err, "msg": "Input should be " + " or ".join(wishes)}
+    key = ".".join([prefix, *map(str, loc)] if prefix else map(str, loc))
     if err["type"] == "extra_forbidden":
         leaf = key.rsplit(".", 1)[-1]
         leaves = [v.rsplit(".", 1)[-1] for v in valid]

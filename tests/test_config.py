@@ -42,6 +42,8 @@ def test_dotted_and_bare_overrides():
         ("gamma=1.5", "'hparams.gamma' = 1.5: Input should be less than or equal to 1"),
         ("steps=lots", "'steps' = 'lots': Input should be a valid integer"),
         ("vectorization=threads", "'vectorization' = 'threads'"),
+        # A union (bool | "auto"): the key as written and what each member takes, not pydantic's member tag.
+        ("overlap=maybe", "override overlap=maybe: 'overlap' = 'maybe': Input should be a valid boolean or 'auto'"),
         ("nonsense", "override 'nonsense' is not key=value"),
     ],
 )
