@@ -343,7 +343,7 @@ class InlineBackend:
         else:
             self.results.append(execute(spec))
 
-    def wait(self) -> list[RunOutcome]:
+    def wait(self, timeout: float | None = None) -> list[RunOutcome]:
         done, self.results = self.results, []
         return done
 
@@ -368,6 +368,34 @@ def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path
     assert not second.interrupted and second.resumed == 1
     assert [s.tag[0] for s in resumed.submitted] == [1, 2, 3]  # trial 0 is not redone
     assert [r.state for r in second.rows] == ["complete"] * 4
+
+
+@pytest.mark.needs("sweep")
+def test_a_signal_inside_a_journal_write_lets_the_write_finish_and_stops_the_sweep_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_default_signal_handling: Any
+) -> None:
+    sweep = sw.load_sweep(write_sweep(tmp_path, SMALL))
+    write = sw.study.Ledger.set_attr
+    sent: list[int] = []
+
+    def set_attr(self: Any, number: int, key: str, value: Any) -> None:
+        if key == "seed_results" and not sent:  # trial 0's only seed just finished
+            sent.append(number)
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C landing inside the driver's journal write
+        write(self, number, key, value)
+
+    monkeypatch.setattr(sw.study.Ledger, "set_attr", set_attr)
+    backend = InlineBackend()
+    first = sw.run_sweep(sweep, tmp_path / "sweep", backend=backend)
+    assert first.interrupted and sent == [0]
+    assert [s.tag[0] for s in backend.submitted] == [0]  # nothing started after the signal
+    assert {r.number: r.state for r in first.rows} == {0: "complete"}  # the write it landed in was finished
+    assert signal.getsignal(signal.SIGINT) is no_default_signal_handling  # the sweep's handlers are gone
+    monkeypatch.undo()
+    resumed = InlineBackend()
+    second = sw.run_sweep(sweep, tmp_path / "sweep", backend=resumed)
+    assert not second.interrupted and second.resumed == 1
+    assert [s.tag[0] for s in resumed.submitted] == [1, 2, 3]
 
 
 @pytest.mark.needs("sweep")

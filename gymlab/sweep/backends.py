@@ -27,8 +27,8 @@ class Backend(Protocol):
         """Start a run."""
         ...
 
-    def wait(self) -> list[RunOutcome]:
-        """Block until at least one run ends; return every ended one."""
+    def wait(self, timeout: float | None = None) -> list[RunOutcome]:
+        """Block until at least one run ends (or ``timeout`` seconds pass); return every ended one."""
         ...
 
     def close(self, cancel: bool) -> None:
@@ -47,9 +47,9 @@ class LocalBackend:
         """Queue a run on the pool."""
         self.pool.submit(spec)
 
-    def wait(self) -> list[RunOutcome]:
+    def wait(self, timeout: float | None = None) -> list[RunOutcome]:
         """Outcomes of the runs that ended (a dead worker's run is retried once by the pool)."""
-        return self.pool.wait()
+        return self.pool.wait(timeout)
 
     def close(self, cancel: bool) -> None:
         """Stop the runs gracefully (``cancel``: each saves a checkpoint), or let the pool go."""
@@ -97,9 +97,11 @@ class RayBackend:
         """Start a Ray task for the run (one torch thread: the task reserves one CPU)."""
         self.running[self.task.remote(replace(spec, threads=spec.threads or 1))] = spec
 
-    def wait(self) -> list[RunOutcome]:
+    def wait(self, timeout: float | None = None) -> list[RunOutcome]:
         """Collect finished tasks (a task that died is reported as its run's error)."""
-        ready, _ = self.ray.wait(list(self.running), num_returns=1)
+        if not self.running:
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
         results = []
         for ref in ready:
             spec = self.running.pop(ref)

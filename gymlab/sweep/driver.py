@@ -11,6 +11,7 @@ are kept, trials left running continue from their runs' checkpoints, and new tri
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ import yaml
 
 from gymlab.config import load_yaml
 from gymlab.errors import GymlabError
+from gymlab.parallel import POLL_S
 from gymlab.report import mean_ci
 from gymlab.runner import RunOutcome, RunSpec
 from gymlab.runs import lock_folder
+from gymlab.signals import multi_run_stop
 from gymlab.sweep.backends import Backend, make_backend
 from gymlab.sweep.spec import Sweep, check_pruning
 from gymlab.sweep.study import (
@@ -100,9 +103,16 @@ class _Driver:
     """Asks Optuna for trials, feeds their seeds to the backend, and tells Optuna the results."""
 
     def __init__(
-        self, sweep: Sweep, sweep_dir: Path, ledger: Ledger, backend: Backend, on_event: Callable[[str], None]
+        self,
+        sweep: Sweep,
+        sweep_dir: Path,
+        ledger: Ledger,
+        backend: Backend,
+        on_event: Callable[[str], None],
+        stop: threading.Event,
     ) -> None:
         self.sweep, self.sweep_dir, self.ledger, self.backend = sweep, sweep_dir, ledger, backend
+        self.stop = stop  # the sweep's multi_run_stop flag: a Ctrl-C or SIGTERM to this process, wherever it landed
         self.study = ledger.study
         self.on_event = on_event
         self.seeds = sweep.spec.seed_list()
@@ -112,14 +122,22 @@ class _Driver:
         self.stopping = False  # a run was stopped by a signal: finish what runs, start nothing
 
     def run(self) -> bool:
-        """Run trials until the budget is spent; True if stopped early by a signal to the runs."""
+        """Run trials until the budget is spent; True if stopped early by a signal.
+
+        The signal is seen here, between two of the driver's own steps (never inside a journal write), or by a
+        run, which then comes back interrupted. The caller stops the runs still going.
+        """
+        if self.stop.is_set():
+            return True
         self._resume_running()
         while True:
+            if self.stop.is_set():
+                return True
             if not self.stopping:
                 self._fill()
             if self.in_flight == 0:
                 return self.stopping
-            for result in self.backend.wait():
+            for result in self.backend.wait(POLL_S):
                 self.in_flight -= 1
                 self._on_result(result)
 
@@ -297,23 +315,27 @@ def run_sweep(
 def _run_locked(
     sweep: Sweep, sweep_dir: Path, backend: str | Backend, address: str | None, emit: Callable[[str], None]
 ) -> SweepResult:
-    study, ledger, existed = open_study(sweep, sweep_dir)
-    resumed = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    if existed:
-        emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
-    if isinstance(backend, str):
-        workers = make_backend(backend, address, sweep.max_concurrent, sweep.spec.gpus_per_run)
-    else:
-        workers = backend
-    driver = _Driver(sweep, sweep_dir, ledger, workers, emit)
-    interrupted = False
-    try:
-        interrupted = driver.run()
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        workers.close(cancel=interrupted)
-    rows = summarize(study, sweep)
-    csv_path, md_path = write_summary(rows, sweep_dir, sweep)
-    best = write_best(rows, sweep, sweep_dir)
+    # One scope for the study, the trials and the summary, as for `train --seeds`: a signal that lands anywhere
+    # in it sets the flag, which the driver reads between its own steps (a second one raises KeyboardInterrupt).
+    with multi_run_stop() as stop:
+        study, ledger, existed = open_study(sweep, sweep_dir)
+        resumed = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        if existed:
+            emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
+        if isinstance(backend, str):
+            workers = make_backend(backend, address, sweep.max_concurrent, sweep.spec.gpus_per_run)
+        else:
+            workers = backend
+        driver = _Driver(sweep, sweep_dir, ledger, workers, emit, stop)
+        interrupted = False
+        try:
+            interrupted = driver.run()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            workers.close(cancel=interrupted or stop.is_set())
+        rows = summarize(study, sweep)
+        csv_path, md_path = write_summary(rows, sweep_dir, sweep)
+        best = write_best(rows, sweep, sweep_dir)
+        interrupted = interrupted or stop.is_set()  # also a signal after the last trial ended
     return SweepResult(sweep_dir, rows, csv_path, md_path, best, interrupted, resumed)
