@@ -147,7 +147,8 @@ def smoke_overrides(agent: str, num_envs: int) -> list[str]:
 
 def resolve_preset(preset: Preset, seeds: Sequence[int], smoke: bool) -> None:
     """Fill in the preset's config for each seed (as ``gymlab train AGENT ENV --config PRESET`` would)."""
-    from gymlab.config import load_yaml, resolve
+    from gymlab.config import resolve
+    from gymlab.yamlfile import load_yaml
 
     overrides: list[str] = []
     if smoke:

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from gymlab.compare import read_scalars
-from gymlab.config import configs_root, load_yaml
+from gymlab.config import configs_root
+from gymlab.yamlfile import load_yaml
 
 PAPER = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736}
 #: What each control replaces the discriminator's Monte-Carlo action values by (agent hparam ``reward``).

@@ -38,8 +38,9 @@ import yaml
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
-from gymlab.config import Config, file_kind, load_yaml, slug, validate
+from gymlab.config import Config, slug, validate
 from gymlab.errors import FolderRemoved, GymlabError
+from gymlab.yamlfile import file_kind, load_yaml
 
 CONFIG_FILE = "config.yaml"
 EVENTS_GLOB = "events.out.tfevents.*"

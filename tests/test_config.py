@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from clihelp import assert_one_line, gymlab
 
-from gymlab.config import apply_overrides, load_yaml, resolve
+from gymlab.config import apply_overrides, resolve
 from gymlab.errors import GymlabError
+from gymlab.yamlfile import load_yaml
 
 
 def test_preset_then_file_then_overrides_then_flags(tmp_path):

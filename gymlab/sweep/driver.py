@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gymlab.config import load_yaml
 from gymlab.errors import GymlabError
 from gymlab.parallel import POLL_S
 from gymlab.report import mean_ci
@@ -40,6 +39,7 @@ from gymlab.sweep.study import (
     open_storage,
 )
 from gymlab.sweep.summary import TrialRow, describe, summarize, write_best, write_summary
+from gymlab.yamlfile import load_yaml
 
 if TYPE_CHECKING:
     import optuna

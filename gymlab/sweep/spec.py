@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gymlab.build import preflight
-from gymlab.config import Config, explain, load_yaml, resolve
+from gymlab.config import Config, explain, resolve
 from gymlab.errors import GymlabError
+from gymlab.yamlfile import load_yaml
 
 if TYPE_CHECKING:
     import optuna
