@@ -11,7 +11,6 @@ import json
 import re
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -21,7 +20,7 @@ import typer
 from gymlab.errors import GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
-    from gymlab.runner import RunOutcome, RunSpec
+    from gymlab.runner import RunSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -136,7 +135,9 @@ def train(
     if seeds is not None:
         if resume is not None or seed is not None:
             raise GymlabError("--seeds starts new runs: it does not combine with --seed or --resume")
-        _train_seeds(positional, overrides, config, parse_seeds(seeds), workers, steps, device, run_dir)
+        from gymlab.multirun import parse_seeds, train_seeds
+
+        train_seeds(positional, overrides, config, parse_seeds(seeds), workers, steps, device, run_dir)
         return
     if resume is not None:
         if positional or overrides or config is not None or seed is not None:
@@ -177,8 +178,6 @@ def _train_one(spec: RunSpec, label: str) -> None:
     )
 
 
-#: The most runs one ``train --seeds`` starts (each is a run folder and a process's worth of work).
-MAX_SEEDS = 1_000
 #: The largest seed (as ``gymlab.config.MAX_SEED``; the CLI module imports no config at start-up).
 MAX_SEED = 2**32 - 1
 #: The most worker processes ``--workers`` may ask for.
@@ -187,133 +186,6 @@ MAX_WORKERS = 256
 MAX_TRIALS = 100_000
 #: The most random steps ``check --steps`` takes.
 MAX_CHECK_STEPS = 100_000
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists combine (``"0-2,9"``).
-
-    Counted before any list is made: more than :data:`MAX_SEEDS` seeds, or one above :data:`MAX_SEED`,
-    is refused in one line (``0-99999999999`` would otherwise build a list for minutes).
-    """
-    ranges: list[tuple[int, int]] = []
-    try:
-        for part in spec.split(","):
-            lo, dash, hi = part.strip().partition("-")
-            if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()) or len(part) > 40:
-                raise ValueError
-            first, last = int(lo), int(hi) if dash else int(lo)
-            if last < first:
-                raise ValueError
-            ranges.append((first, last))
-    except ValueError:
-        raise GymlabError(f"--seeds '{spec[:60]}': expected seeds >= 0 like 0-4 or 0,3,7") from None
-    named = sum(last - first + 1 for first, last in ranges)
-    if named > MAX_SEEDS:
-        raise GymlabError(
-            f"--seeds '{spec[:60]}' names {named:,} seeds; one command starts at most {MAX_SEEDS:,} runs: "
-            f"split it (e.g. --seeds 0-{MAX_SEEDS - 1}, then {MAX_SEEDS}-{2 * MAX_SEEDS - 1})"
-        )
-    top = max(last for _, last in ranges)
-    if top > MAX_SEED:
-        raise GymlabError(f"--seeds '{spec[:60]}': seed {top:,} is above the largest seed, {MAX_SEED:,}")
-    seen: set[int] = set()
-    seeds: list[int] = []
-    for first, last in ranges:
-        for s in range(first, last + 1):
-            if s not in seen:
-                seen.add(s)
-                seeds.append(s)
-    return seeds
-
-
-def _train_seeds(
-    positional: list[str],
-    overrides: list[str],
-    config: Path | None,
-    seeds: list[int],
-    workers: int,
-    steps: int | None,
-    device: str | None,
-    run_dir: Path | None,
-) -> None:
-    """Train one run per seed, ``workers`` at a time in separate processes; one line per ended run."""
-    from gymlab import report
-    from gymlab.build import preflight
-    from gymlab.config import resolve
-    from gymlab.parallel import run_all
-    from gymlab.runner import RunSpec
-    from gymlab.runs import RunFolder
-    from gymlab.signals import multi_run_stop
-
-    agent, env = [*positional, None, None][:2]
-    first_cfg = resolve(agent, env, config, overrides, seed=seeds[0], steps=steps, device=device)
-    cfgs = [first_cfg.with_run(seed=s) for s in seeds]
-    preflight(first_cfg)
-    folders = [
-        run_dir / f"s{s}" if run_dir is not None else RunFolder.default_path(Path("runs"), c)
-        for s, c in zip(seeds, cfgs, strict=True)
-    ]
-    taken = [str(f) for f in folders if f.exists()]
-    if taken:
-        raise GymlabError(f"run folders already exist: {', '.join(taken)}; choose a new --run-dir")
-    specs = [RunSpec(config=c, run_dir=f, tag=s) for s, c, f in zip(seeds, cfgs, folders, strict=True)]
-    first = cfgs[0].run
-    print(f"training {first.agent} on {first.env}: seeds {seeds}, {min(workers, len(specs))} at a time", flush=True)
-
-    def done(outcome: RunOutcome) -> None:
-        if outcome.status != "cancelled":  # runs never started are counted in the summary, not listed
-            print(f"seed {outcome.spec.tag}: {outcome.describe()}", flush=True)
-
-    start = time.perf_counter()
-    # One scope for the runs and their summary: a signal landing anywhere in it is heard (never lost
-    # between two runs, or to a run about to finish) and the summary below still gets written.
-    with multi_run_stop() as stop:
-        outcomes = run_all(specs, workers, on_done=done, stop=stop)
-        evals = [o.last_eval for o in outcomes if o.ok and o.last_eval is not None]
-        if evals:
-            print(f"final eval return: {report.mean_ci(evals).text()}")
-        elapsed = time.perf_counter() - start
-        ran = [o for o in outcomes if o.status != "cancelled"]
-        finished = sum(o.ok for o in outcomes)
-        print(
-            f"{len(ran)} of {len(outcomes)} runs started, {finished} finished, in {elapsed:.1f} s; "
-            f"compare them: gymlab compare {run_dir or 'runs'}"
-        )
-    stopped = [o for o in outcomes if o.status in ("interrupted", "cancelled")]
-    if stopped or stop.is_set():
-        raise Interrupted(_seeds_interrupted(stopped))
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        raise GymlabError(
-            f"{len(failed)} of {len(outcomes)} seeds failed (first: seed {failed[0].spec.tag}: {failed[0].error})"
-        )
-
-
-def _seeds_interrupted(stopped: list[RunOutcome]) -> str:
-    """The line for an interrupted ``--seeds``: how many runs saved a checkpoint, which seeds saved nothing."""
-    if not stopped:
-        return "interrupted after every run had finished: nothing is left to continue"
-    saved = [f"gymlab train --resume {o.run_dir}" for o in stopped if o.checkpoint is not None]
-    unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
-    parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
-    if unstarted:
-        parts.append(f"seeds {_seed_ranges(unstarted)} saved nothing (start them again with --seeds)")
-    return "interrupted: " + "; ".join(parts)
-
-
-def _seed_ranges(seeds: list[str]) -> str:
-    """Seeds as --seeds writes them: runs of consecutive seeds as ranges (``0-4,7``)."""
-    numbers = sorted(int(s) for s in seeds)
-    parts: list[str] = []
-    first = prev = numbers[0]
-    for n in [*numbers[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(first) if first == prev else f"{first}-{prev}")
-        if n is not None:
-            first = prev = n
-    return ",".join(parts)
 
 
 @app.command("eval")

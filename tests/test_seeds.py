@@ -12,10 +12,10 @@ from conftest import config_of
 from gymlab import runs
 from gymlab.agent import load_agent_class
 from gymlab.checkpoint import Checkpoint
-from gymlab.cli import parse_seeds
 from gymlab.config import validate
 from gymlab.errors import GymlabError
 from gymlab.loop import train
+from gymlab.multirun import parse_seeds
 from gymlab.parallel import run_all
 from gymlab.runner import RunSpec
 
