@@ -13,15 +13,26 @@ then stops at once, keeping its last periodic checkpoint). Every run's outcome s
 saved; the parent should run no other child processes while a pool is open, since the stop
 signals every child it has.
 
-A worker that dies (killed, out of memory, a crash in native code) breaks the whole pool, taking
-the other running workers with it; since nobody can tell whose run caused it, each of those runs
-is retried once in a new pool, continuing from its newest checkpoint (``mode="auto"``), and
-reported as failed if its worker dies again.
+A worker that dies (killed, out of memory, a crash in native code) breaks the whole pool: the
+executor stops the other workers with SIGTERM, which their runs take as a graceful stop with a
+checkpoint. Each worker tells the parent when it starts and when it ends a run (a pipe beside the
+executor's), so the parent knows whose worker died: the run that started and never ended. That
+run is retried once in a new pool, continuing from its newest checkpoint (``mode="auto"``), and
+reported as failed if its worker dies again; the others, stopped by the executor or never
+started, continue in the new pool without it counting against them. (If no run can be blamed,
+a worker died between runs, every run the break took counts, so a pool whose workers cannot
+start ends its runs as failed instead of retrying forever.)
+
+CPython's executor can miss a worker's death: it waits on the workers it had when woken, and a
+submit wakes it before it spawns the new worker. The parent therefore looks at its children
+itself, and when a worker running a run is gone it wakes the executor (a no-op submit), which
+then sees the death and breaks the pool at once instead of at the next result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
 import signal
@@ -37,33 +48,54 @@ from gymlab.runs import RunFolder
 from gymlab.signals import multi_run_stop
 
 _STOP: Any = None  # in a worker: the pool's stop event (a multiprocessing.Event)
+_EVENTS: Any = None  # in a worker: where it says ("start" | "end", token, pid) (a multiprocessing.SimpleQueue)
+_ENDING = False  # in a worker: a SIGTERM came while it was idle or starting up: its pool is ending
 
 
-def _worker_init(stop: Any) -> None:
-    """Leave the terminal's process group, ignore SIGINT, and ignore SIGTERM while idle."""
-    global _STOP
-    _STOP = stop
+def _note_ending(signum: int, frame: Any) -> None:
+    global _ENDING
+    _ENDING = True
+
+
+def _worker_init(stop: Any, events: Any) -> None:
+    """Leave the terminal's process group, ignore SIGINT, and note (not die of) a SIGTERM while idle.
+
+    SIGTERM reaches an idle or starting worker when its pool is ending: stopped by the parent, or
+    broken by another worker's death (the executor terminates the rest). The worker then runs no
+    run it is handed after, whichever it was: a run begun in a broken pool would go on to its end
+    with nobody to take its result, and the parent waiting for the pool to close.
+    """
+    global _STOP, _EVENTS
+    _STOP, _EVENTS = stop, events
     with contextlib.suppress(OSError):
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _note_ending)
     # Spawned with both blocked (RunPool.submit): a stop signal during this process's start-up (imports,
     # seconds) would have killed it and broken the pool, taking the other workers' runs mid-cleanup.
+    # One that came meanwhile is delivered here, to the handler just set.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _work(spec: RunSpec) -> RunOutcome:
-    """Run one spec in a worker unless the pool is stopping (SIGTERM interrupts it only while it runs)."""
+def _work(spec: RunSpec, token: int) -> RunOutcome:
+    """Run one spec in a worker unless the pool is stopping (SIGTERM interrupts it only while it runs).
+
+    Says "start" before and "end" after (SimpleQueue writes at once, no feeder thread that a kill
+    could lose), so that a run whose worker died is the one that started and never ended.
+    """
+    _EVENTS.put(("start", token, os.getpid()))
     try:  # the handler is set and put back inside the try: a SIGTERM at any instant never kills the worker
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            if _STOP is not None and _STOP.is_set():
+            if _ENDING or (_STOP is not None and _STOP.is_set()):
                 return RunOutcome(spec, "cancelled")
             return execute(spec)
         finally:
             signal.signal(signal.SIGTERM, previous)
     except KeyboardInterrupt:  # SIGTERM between execute's own handling and here
         return RunOutcome(spec, "cancelled")
+    finally:
+        _EVENTS.put(("end", token, os.getpid()))
 
 
 class RunPool:
@@ -80,12 +112,18 @@ class RunPool:
         self.threads = threads if threads is not None else torch_threads(self.workers)
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
+        self._events = self._context.SimpleQueue()
         self._pool = self._new_pool()
-        self._running: dict[Future[RunOutcome], RunSpec] = {}
+        self._running: dict[Future[RunOutcome], tuple[RunSpec, int]] = {}
+        self._tokens = itertools.count()
+        self._started: dict[int, int] = {}  # token -> worker pid, of runs that started and have not ended
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=self._context, initializer=_worker_init, initargs=(self._stop,)
+            max_workers=self.workers,
+            mp_context=self._context,
+            initializer=_worker_init,
+            initargs=(self._stop, self._events),
         )
 
     def __len__(self) -> int:
@@ -100,40 +138,68 @@ class RunPool:
         held = {signal.SIGINT, signal.SIGTERM}
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
+            token = next(self._tokens)
             try:
-                future = self._pool.submit(_work, spec)
+                future = self._pool.submit(_work, spec, token)
             except BrokenProcessPool:
                 self._renew()
-                future = self._pool.submit(_work, spec)
+                future = self._pool.submit(_work, spec, token)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        self._running[future] = spec
+        self._running[future] = (spec, token)
+
+    def _read_events(self) -> None:
+        """Take in what the workers said (often: a full pipe would block them)."""
+        while not self._events.empty():
+            event, token, pid = self._events.get()
+            if event == "start":
+                self._started[token] = pid
+            else:
+                self._started.pop(token, None)
+
+    def _wake_if_a_worker_died(self) -> None:
+        """Wake the executor when a worker running a run is gone (see the module doc)."""
+        alive = {child.pid for child in multiprocessing.active_children()}
+        if any(pid not in alive for pid in self._started.values()):
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # as submit
+            try:
+                with contextlib.suppress(BrokenProcessPool, RuntimeError):  # already broken, or shutting down
+                    self._pool.submit(os.getpid)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def wait(self, timeout: float | None = None) -> list[RunOutcome]:
         """Block until a run ends (or ``timeout`` seconds pass); return every ended run's outcome."""
         if not self._running:
             return []
         done, _ = wait(list(self._running), timeout=timeout, return_when=FIRST_COMPLETED)
+        self._read_events()
+        if not done:
+            self._wake_if_a_worker_died()
         outcomes: list[RunOutcome] = []
-        lost: list[RunSpec] = []
+        lost: list[tuple[RunSpec, int]] = []
         for future in done:
-            spec = self._running.pop(future)
+            spec, token = self._running.pop(future)
             try:
                 outcomes.append(future.result())
             except BrokenProcessPool:
-                lost.append(spec)
+                lost.append((spec, token))
             except Exception as exc:  # e.g. the spec could not be pickled
                 outcomes.append(RunOutcome(spec, "failed", spec.run_dir, error=f"worker failed: {exc!r}"))
         if lost:
             lost += self._running.values()  # the broken pool took every running worker with it
             self._running.clear()
-            self._renew()
-            for spec in lost:
-                if spec.attempt >= 2:
+            self._renew()  # returns once the executor has stopped the old workers: all they said is in the pipe
+            self._read_events()
+            blamed = {token for _, token in lost if token in self._started}  # started, never ended: their worker died
+            for spec, token in lost:
+                died = token in blamed or not blamed
+                self._started.pop(token, None)
+                if died and spec.attempt >= 2:
                     error = "its worker process died twice (killed, out of memory, or a crash in native code)"
                     outcomes.append(RunOutcome(spec, "failed", spec.run_dir, error=error))
                 else:
-                    self.submit(retry_spec(spec))
+                    self.submit(retry_spec(spec, died))
         return outcomes
 
     def stop(self) -> list[RunOutcome]:
@@ -153,7 +219,7 @@ class RunPool:
                 while self._running:
                     done, _ = wait(list(self._running))
                     for future in done:
-                        spec = self._running.pop(future)
+                        spec, _ = self._running.pop(future)
                         try:
                             outcomes.append(future.result())
                         except BrokenProcessPool:
@@ -161,7 +227,7 @@ class RunPool:
                 break
             except KeyboardInterrupt:
                 continue
-        outcomes += [_lost(spec) for spec in self._running.values()]
+        outcomes += [_lost(spec) for spec, _ in self._running.values()]
         self._running.clear()
         self.close()
         return outcomes
@@ -202,10 +268,14 @@ def _lost(spec: RunSpec) -> RunOutcome:
     return RunOutcome(spec, "interrupted", spec.run_dir, saved_step(newest), checkpoint=newest, error=error)
 
 
-def retry_spec(spec: RunSpec) -> RunSpec:
-    """The spec to retry after its worker died: continue the folder from its newest checkpoint, if any."""
+def retry_spec(spec: RunSpec, died: bool = True) -> RunSpec:
+    """The spec to run again after a broken pool: continue the folder from its newest checkpoint, if any.
+
+    ``died``: its own worker died (the retry counts as its next attempt); otherwise it was stopped
+    beside the one that did, or never started, and keeps its attempt.
+    """
     mode = "auto" if spec.run_dir is not None and spec.mode == "new" and spec.source is None else spec.mode
-    return replace(spec, mode=mode, attempt=spec.attempt + 1)
+    return replace(spec, mode=mode, attempt=spec.attempt + died)
 
 
 #: Seconds between two looks at the stop flag while runs go on in worker processes.

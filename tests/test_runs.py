@@ -323,18 +323,37 @@ def die(marker: Path, times: int, step: int, mean_return: float) -> bool:
     return False
 
 
+_DEATHS_AT_START: dict[Path, int] = {}  # in a worker process: the deaths counted when its first evaluation came
+
+
+def outlive(marker: Path, times: int, step: int, mean_return: float) -> bool:
+    """An on_eval that goes on until the other run's worker has died ``times`` times and this process began after.
+
+    A process of the pool that started after the last death is one the broken pools did not take:
+    the run then stops itself (status ``stopped``), so it was running across every death.
+    """
+    deaths = int(marker.read_text()) if marker.exists() else 0
+    return _DEATHS_AT_START.setdefault(marker, deaths) >= times
+
+
 @pytest.mark.parametrize(("times", "status"), [(1, "finished"), (2, "failed")], ids=["dies-once", "dies-twice"])
 def test_a_dead_worker_is_retried_once_and_the_others_go_on(tmp_path, times, status):
     config = {"agent": "tabular_q", "env": "Taxi-v4", "steps": 3000, "eval_every": 1000, "eval_episodes": 2}
-    dying = RunSpec(config_of(config), tmp_path / "dying", on_eval=functools.partial(die, tmp_path / "deaths", times))
-    calm = RunSpec(config_of({**config, "seed": 1}), tmp_path / "calm")
+    deaths = tmp_path / "deaths"
+    dying = RunSpec(config_of(config), tmp_path / "dying", on_eval=functools.partial(die, deaths, times))
+    # The other run goes on until the last death has broken the pool under it (10**7 steps would take minutes):
+    # each break stopped it beside the dying one, and a break is counted only against the run whose worker died.
+    calm_config = config_of({**config, "seed": 1, "steps": 10**7})
+    calm = RunSpec(calm_config, tmp_path / "calm", on_eval=functools.partial(outlive, deaths, times))
     outcomes = run_all([dying, calm], workers=2)
     assert outcomes[0].status == status, outcomes[0]
     if status == "failed":
         assert "died twice" in (outcomes[0].error or "")
     else:
         assert outcomes[0].step == 3000 and step_of(tmp_path / "dying" / "checkpoints" / "last.pt") == 3000
-    assert outcomes[1].status == "finished" and outcomes[1].step == 3000  # retried too if the pool broke under it
+    assert int(deaths.read_text()) == times
+    assert outcomes[1].status == "stopped", outcomes[1]  # its own on_eval stopped it, in a pool after the last break
+    assert 0 < outcomes[1].step < 10**7 and step_of(tmp_path / "calm" / "checkpoints" / "last.pt") == outcomes[1].step
 
 
 def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
