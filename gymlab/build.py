@@ -24,7 +24,7 @@ from gymnasium.vector import VectorEnv
 from gymlab import registry
 from gymlab.agent import POLICY, Agent, Context, check_agent_spaces, check_config, ignore_text
 from gymlab.checkpoint import Checkpoint
-from gymlab.config import DEVICE_PATTERN, Config
+from gymlab.config import DEVICE_PATTERN, DEVICE_WORDS, Config
 from gymlab.envguard import close_env
 from gymlab.errors import GymlabError
 
@@ -32,7 +32,7 @@ from gymlab.errors import GymlabError
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one, or for no device at all, is a clear error."""
     if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
-        raise GymlabError(f"--device '{name}': expected auto, cpu, cuda, cuda:N or mps")
+        raise GymlabError(f"--device '{name}': {DEVICE_WORDS}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise GymlabError("--device mps was asked for but this machine has no MPS device; use --device auto or cpu")
     if name == "auto":

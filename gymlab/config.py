@@ -31,6 +31,8 @@ from gymlab.yamlfile import YamlLimitError, load_yaml, parse_yaml
 
 #: What ``device`` may name.
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+#: What :data:`DEVICE_PATTERN` takes, in words, for error lines.
+DEVICE_WORDS = "expected auto, cpu, cuda, cuda:N or mps"
 
 
 class RunConfig(BaseModel):
@@ -99,7 +101,7 @@ class Config:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise GymlabError(f"seed {seed!r}: must be a whole number from 0 to {MAX_SEED:,}")
         if "device" in changes and not re.fullmatch(DEVICE_PATTERN, str(changes["device"])):
-            raise GymlabError(f"device '{changes['device']}': expected auto, cpu, cuda or cuda:N")
+            raise GymlabError(f"device '{changes['device']}': {DEVICE_WORDS}")
         unknown = set(changes) - {"seed", "device"}
         if unknown:
             raise ValueError(f"with_run changes only seed and device, not {sorted(unknown)}")
@@ -200,6 +202,8 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
         return GymlabError(f"{source}: unknown key '{key}': {hint}")
     if err["type"] == "missing":
         return GymlabError(f"{source}: missing key '{key}'")
+    if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == DEVICE_PATTERN:
+        err = {**err, "msg": DEVICE_WORDS}
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
 
 

@@ -227,6 +227,7 @@ def test_a_bad_device_flag_is_blamed_on_the_flag(tmp_path: Path) -> None:
     result = run_here("train", "dqn", "CartPole-v1", "--device", "tpu", cwd=tmp_path)
     assert result.code == 2 and "--device tpu" in result.err, result.ok()
     assert "configs/dqn" not in result.err
+    assert "expected auto, cpu, cuda, cuda:N or mps" in result.err, result.ok()  # the names, not a regex
 
 
 @pytest.mark.needs("ffmpeg")
