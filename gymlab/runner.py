@@ -331,10 +331,14 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
 
 
 def _check_target(opened: Opened, *, explicit: bool) -> None:
-    """A resume must have steps left; in ``auto`` mode a run already at its target is simply done."""
+    """A resume must have steps left; in ``auto`` mode a run already at its target is simply done.
+
+    A run interrupted during its final evaluation (``eval_due`` at the target step) has that
+    evaluation left; one interrupted during an earlier evaluation has nothing left below its step.
+    """
     assert opened.ckpt is not None
     done = opened.ckpt.step
-    if done < opened.until or opened.ckpt.loop.eval_due:  # eval_due: the final evaluation was interrupted
+    if done < opened.until or (done == opened.until and opened.ckpt.loop.eval_due):
         return
     if not explicit:
         opened.done = True

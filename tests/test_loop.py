@@ -16,13 +16,14 @@ from clihelp import assert_ok, assert_one_line, gymlab, scalars, tensors, write_
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import checkpoint, envguard, registry, vector
+from gymlab import checkpoint, envguard, registry, runner, vector
 from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import evaluate
 from gymlab.loop import train
+from gymlab.runner import RunSpec
 from gymlab.signals import StartUpInterrupt
 
 
@@ -586,6 +587,24 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
     assert signal.getsignal(signal.SIGINT) is no_default_signal_handling
+
+
+def test_a_resume_below_an_interrupted_evaluations_step_is_refused(tmp_path, no_default_signal_handling):
+    # Interrupted during the evaluation at step 40 of 100, the run has nothing left to train below step
+    # 41: a resume with --steps 30 is refused, as any resume past its budget is, not reported "done".
+    Signaller.sent = False
+    data = {"agent": f"{__name__}:Signaller", "env": f"{__name__}:Corridor", "steps": 100, "eval_every": 40}
+    folder = tmp_path / "r"
+    outcome = runner.run(RunSpec(config=validate(data, Signaller), run_dir=folder))
+    assert outcome.status == "interrupted"
+    before = (folder / "checkpoints" / "last.pt").read_bytes()
+    assert Checkpoint.read(folder / "checkpoints" / "last.pt").loop.eval_due
+    with pytest.raises(GymlabError, match=r"already reached step 40; pass --steps N with N > 40"):
+        runner.run(RunSpec(run_dir=folder, mode="resume", until=30, trust=(__name__,)))
+    assert (folder / "checkpoints" / "last.pt").read_bytes() == before  # nothing written
+    # At exactly its step, the interrupted evaluation becomes the final one: played, and the run is done.
+    outcome = runner.run(RunSpec(run_dir=folder, mode="resume", until=40, trust=(__name__,)))
+    assert outcome.status == "finished" and outcome.last_eval is not None
 
 
 def test_a_resume_finishes_an_interrupted_final_evaluation_once(tmp_path, no_default_signal_handling):
