@@ -165,17 +165,16 @@ def _train_one(spec: RunSpec, label: str) -> None:
     outcome = runner.run(spec, progress=make_progress(label))
     if outcome.status == "interrupted":
         raise Interrupted(outcome.describe())
-    speed = (outcome.step - outcome.start_step) / max(outcome.seconds, 1e-9)
+    trained = outcome.step - outcome.start_step
+    # A resume at its target step only plays the final evaluation it was interrupted in: no speed to show.
+    rate = f"{trained / max(outcome.seconds, 1e-9):,.0f} steps/s" if trained else "the final evaluation only"
     evals = (
         ""
         if outcome.last_eval is None
         else f"; final eval return {outcome.last_eval:.4g} (best {outcome.best_eval:.4g})"
     )
     what = "done" if outcome.status == "finished" else "stopped by its evaluation callback"
-    print(
-        f"{what}: {outcome.step:,} steps in {outcome.seconds:.1f} s ({speed:,.0f} steps/s){evals}; "
-        f"run: {outcome.run_dir}"
-    )
+    print(f"{what}: {outcome.step:,} steps in {outcome.seconds:.1f} s ({rate}){evals}; run: {outcome.run_dir}")
 
 
 #: The largest seed (as ``gymlab.config.MAX_SEED``; the CLI module imports no config at start-up).

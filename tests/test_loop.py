@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from clihelp import assert_ok, assert_one_line, gymlab, scalars, tensors, write_user_modules
+from conftest import gymlab_inprocess
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -603,8 +604,9 @@ def test_a_resume_below_an_interrupted_evaluations_step_is_refused(tmp_path, no_
         runner.run(RunSpec(run_dir=folder, mode="resume", until=30, trust=(__name__,)))
     assert (folder / "checkpoints" / "last.pt").read_bytes() == before  # nothing written
     # At exactly its step, the interrupted evaluation becomes the final one: played, and the run is done.
-    outcome = runner.run(RunSpec(run_dir=folder, mode="resume", until=40, trust=(__name__,)))
-    assert outcome.status == "finished" and outcome.last_eval is not None
+    done = gymlab_inprocess("train", "--resume", folder, "--steps", "40", "--trust", __name__)
+    assert done.code == 0, done.err
+    assert "done: 40 steps in" in done.out and "(the final evaluation only); final eval return" in done.out
 
 
 def test_a_resume_finishes_an_interrupted_final_evaluation_once(tmp_path, no_default_signal_handling):
