@@ -38,8 +38,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GymlabError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
-    return torch.device(name)
+        raise GymlabError(f"--device {name} was asked for but no CUDA device is available; use --device auto or cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        names = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise GymlabError(
+            f"--device {name} was asked for but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"({names}); use one of those, auto or cpu"
+        )
+    return device
 
 
 def seed_everything(seed: int) -> None:

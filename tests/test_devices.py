@@ -12,6 +12,7 @@ from conftest import OPTIONAL, ctrl_c_after_update, gymlab_inprocess, missing_op
 from gymlab import checkpoint
 from gymlab.build import resolve_device
 from gymlab.checkpoint import Checkpoint
+from gymlab.errors import GymlabError
 
 
 def tensors(state: object) -> list[torch.Tensor]:
@@ -41,6 +42,17 @@ def test_a_child_process_sees_no_cuda_device():
 def test_asking_for_cuda_here_is_the_one_line_error():
     with pytest.raises(Exception, match="no CUDA device is available"):
         resolve_device("cuda")
+    with pytest.raises(Exception, match="--device cuda:1 was asked for but no CUDA device"):
+        resolve_device("cuda:1")
+
+
+def test_a_cuda_index_past_the_machines_devices_is_the_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(GymlabError, match=r"--device cuda:1 .* has 1 CUDA device \(cuda:0\); use one of those"):
+        resolve_device("cuda:1")
 
 
 @pytest.mark.parametrize(
