@@ -42,7 +42,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gymlab import report
 from gymlab import tblog as tb
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, describe
 from gymlab.runs import iter_runs, read_config
 
 GroupBy = Literal["agent", "env", "config"]
@@ -347,9 +347,35 @@ def plot(comparison: Comparison, out: Path) -> Any:
     ax.set_title(f"{comparison.metric}: mean over seeds, shaded 95% bootstrap CI", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9, framealpha=0.85)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    except OSError as exc:
+        raise GymlabError(_cannot_write(out, exc.strerror or describe(exc))) from None
     return fig
+
+
+def _cannot_write(out: Path, reason: str) -> str:
+    return f"--out {out}: cannot write the plot there: {reason} (give a writable .png, .svg or .pdf path)"
+
+
+def unwritable(path: Path) -> str | None:
+    """Why no file can be written at ``path``, as far as can be told without writing it (None: none known).
+
+    A folder (or a link to one) at the path, or a file where one of its folders should be; a name
+    the file system refuses (too long) shows as its OS reason.
+    """
+    try:
+        if path.is_dir():  # follows a link: a link to a folder is a folder here
+            return "it is a link to a folder" if path.is_symlink() else "it is a folder"
+        for parent in path.parents:
+            if parent.is_dir():
+                break
+            if parent.exists():
+                return f"{parent} is a file, not a folder"
+    except OSError as exc:
+        return exc.strerror or describe(exc)
+    return None
 
 
 def compare(
@@ -365,6 +391,9 @@ def compare(
         raise GymlabError(f"--by must be agent, env or config, not '{by}'")
     if out is not None and out.suffix.lower() not in PLOT_SUFFIXES:
         raise GymlabError(f"--out {out}: the plot is written as .png, .svg or .pdf (by extension)")
+    problem = None if out is None else unwritable(out)
+    if out is not None and problem is not None:
+        raise GymlabError(_cannot_write(out, problem))
     if threshold is not None and not math.isfinite(threshold):
         raise GymlabError("--threshold must be a finite number")
     runs = find_runs(patterns)

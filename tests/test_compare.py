@@ -3,10 +3,12 @@
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import gymlab_inprocess
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -303,3 +305,37 @@ def test_runs_owns_the_layout_compare_reads(tmp_path):
     # The run without a logged metric is named, not silently dropped.
     result = cmp.compare([str(tmp_path)])
     assert [g.n for g in result.groups] == [1] and result.skipped == [f"{logged.with_name('r1')}: no '{METRIC}' logged"]
+
+
+def _unwritable_outs(tmp_path):
+    (tmp_path / "d.png").mkdir()
+    (tmp_path / "f").write_text("a plain file")
+    (tmp_path / "link.png").symlink_to(tmp_path / "d.png")
+    return {
+        "folder": (tmp_path / "d.png", "is a folder"),
+        "parent is a file": (tmp_path / "f" / "x.png", "is a file, not a folder"),
+        "link to a folder": (tmp_path / "link.png", "is a link to a folder"),
+        "name too long": (tmp_path / ("a" * 300 + ".png"), "name too long"),
+        "no such folder in /proc": (Path("/proc/x.png"), "No such file or directory"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["folder", "parent is a file", "link to a folder", "name too long", "no such folder in /proc"]
+)
+def test_an_unwritable_out_is_one_line_naming_the_path_and_the_reason(synthetic, tmp_path, case):
+    out, reason = _unwritable_outs(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(GymlabError, match=reason) as info:
+        cmp.compare([str(synthetic)], out=out)
+    assert f"--out {out}" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing lost
+    assert (tmp_path / "f").read_text() == "a plain file"
+
+
+def test_cli_compare_onto_a_folder_is_exit_2_without_traceback(synthetic, tmp_path):
+    (tmp_path / "d.png").mkdir()
+    result = gymlab_inprocess("compare", synthetic, "--out", tmp_path / "d.png")
+    assert result.code == 2, result.ok()
+    assert result.err.count("\n") == 1 and result.err.startswith("gymlab: error: --out ")
+    assert "is a folder" in result.err and "Traceback" not in result.err
