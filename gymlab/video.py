@@ -16,6 +16,7 @@ is checked before each step; once set, :class:`~gymlab.errors.Interrupted` is ra
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import queue
@@ -207,6 +208,8 @@ class Mp4Writer:
     """Append frames to an H.264 mp4 one at a time (for long or live recordings)."""
 
     def __init__(self, path: Path, fps: float) -> None:
+        if path.is_dir():  # ffmpeg would only say so on its stderr, and leave no file
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         path.parent.mkdir(exist_ok=True)  # never its parents: a run folder removed meanwhile stays removed
         self.path = path
         self.frames = 0
@@ -231,8 +234,16 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file (writes the index a player needs)."""
+        """Finish the file (writes the index a player needs).
+
+        Raises:
+            OSError: frames were given but no video came out (ffmpeg could not write the file; it
+                says why on stderr, and imageio does not pass on its exit status).
+
+        """
         self._writer.close()
+        if self.frames and not (self.path.is_file() and self.path.stat().st_size > 0):
+            raise OSError(f"ffmpeg wrote no video at {self.path}")
 
 
 def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> Path:

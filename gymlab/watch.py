@@ -22,6 +22,7 @@ finished (playable) and :class:`~gymlab.errors.Interrupted` says what was writte
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -39,7 +40,7 @@ from gymlab.agent import Agent
 from gymlab.build import build_policy
 from gymlab.config import Config
 from gymlab.envguard import EnvProblem, close_env, render
-from gymlab.errors import GymlabError, Interrupted
+from gymlab.errors import GymlabError, Interrupted, describe
 from gymlab.evaluation import eval_seed
 from gymlab.runs import RunFolder, load_run
 from gymlab.signals import graceful_stop, starting
@@ -254,6 +255,7 @@ def watch(
             ``KeyboardInterrupt``).
 
     """
+    check_options(fps, record)
     with graceful_stop() as stop:
         with starting(stop):  # loading the run and building the env: nothing to finish
             if follow:
@@ -274,6 +276,57 @@ def watch(
             raise GymlabError(f"{exc.describe(run.env)}; check the env with: gymlab check {run.env}") from None
         finally:
             close_env(env)
+
+
+MIN_FPS = 0.1
+
+
+def check_options(fps: float | None, record: Path | None) -> None:
+    """Before anything is loaded or played: refuse an ``--fps`` out of range, a ``--record`` no file can go to."""
+    if fps is not None and not math.isfinite(fps):
+        raise GymlabError(
+            f"--fps must be a finite number of frames per second ({MIN_FPS:g} to {video.MAX_FPS}), not {fps}"
+        )
+    if fps is not None and not MIN_FPS <= fps <= video.MAX_FPS:
+        raise GymlabError(f"--fps must be between {MIN_FPS:g} and {video.MAX_FPS} frames per second, not {fps:g}")
+    problem = None if record is None else unwritable(record)
+    if record is not None and problem is not None:
+        raise GymlabError(_cannot_record(record, problem))
+
+
+def unwritable(path: Path) -> str | None:
+    """Why no file can be written at ``path``, as far as can be told without writing it (None: none known).
+
+    A folder (or a link to one) at the path, or a file where one of its folders should be; where its
+    folder exists, the file is opened for appending (and removed again if that created it), so a
+    name too long, a read-only place or a missing permission shows as its OS reason.
+    """
+    try:
+        if path.is_dir():  # follows a link: a link to a folder is a folder here
+            return "it is a link to a folder" if path.is_symlink() else "it is a folder"
+        for parent in path.parents:
+            if parent.is_dir():
+                break
+            if parent.exists():
+                return f"{parent} is a file, not a folder"
+        if path.parent.is_dir():  # open it as ffmpeg will (appending: nothing there is lost), else ffmpeg's
+            created = not path.exists()  # own error lines would come before ours
+            with path.open("ab"):
+                pass
+            if created:
+                path.unlink()
+    except OSError as exc:
+        return exc.strerror or describe(exc)
+    return None
+
+
+def _cannot_record(path: Path, reason: str) -> str:
+    return f"--record {path}: cannot write the video there: {reason} (give a writable .mp4 path)"
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS's reason (``Is a directory``), else the first line of the message (imageio's run to pages)."""
+    return exc.strerror or describe(exc)
 
 
 @dataclass
@@ -405,15 +458,21 @@ class _PixelOutput:
             self.result.mode = "mp4"
             self.record = self.record or self.default_path
         if self.record is not None:
-            self.record.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = video.Mp4Writer(self.record, self.fps)
+            try:
+                self.record.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = video.Mp4Writer(self.record, self.fps)
+            except OSError as exc:
+                raise GymlabError(_cannot_record(self.record, _os_reason(exc))) from None
 
     def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
         """Show and/or record one frame; False when the user closed the window or pressed Esc."""
         if not self.opened:
             self._open(frame)
         if self.writer is not None:
-            self.writer.append(overlaid(frame, lines))
+            try:
+                self.writer.append(overlaid(frame, lines))
+            except OSError as exc:
+                raise GymlabError(_cannot_record(self.writer.path, _os_reason(exc))) from None
         return self.window is None or self.window.show(frame, lines, self.fps)
 
     def end_episode(self, stop: threading.Event) -> bool:
@@ -421,12 +480,18 @@ class _PixelOutput:
         return self.window is None or self.window.hold(HOLD_LAST_FRAME_S, stop)
 
     def close(self) -> None:
-        """Finish the mp4 and close the window."""
-        if self.writer is not None:
-            self.writer.close()
-            self.result.video = self.writer.path
-        if self.window is not None:
-            self.window.close()
+        """Finish the mp4 and close the window; a video that could not be written is a :class:`GymlabError`."""
+        writer, window, self.writer, self.window = self.writer, self.window, None, None  # each closed once
+        try:
+            if writer is not None:
+                try:
+                    writer.close()
+                except OSError as exc:
+                    raise GymlabError(_cannot_record(writer.path, _os_reason(exc))) from None
+                self.result.video = writer.path  # only a video that was written is reported
+        finally:
+            if window is not None:
+                window.close()
 
 
 def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Path | None) -> WatchResult:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
+from conftest import gymlab_inprocess
 from test_video import ENDLESS_ENV, TEXT_ENV, make_config
 
 from gymlab import registry, runs, video
@@ -246,3 +247,76 @@ def test_a_signal_stops_watch_at_the_next_frame_with_the_mp4_so_far(
     path = Path(str(info.value).rsplit(" ", 1)[1])
     assert len(video.read_frames(path)) == 8 == frames  # finished (playable), nothing after the signal
     assert signal.getsignal(sig) is no_default_signal_handling
+
+
+def _unwritable_records(tmp_path):
+    (tmp_path / "dir.mp4").mkdir()
+    (tmp_path / "f").write_text("a plain file")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "dir.mp4")
+    return {
+        "folder": (tmp_path / "dir.mp4", "it is a folder"),
+        "parent is a file": (tmp_path / "f" / "x.mp4", "is a file, not a folder"),
+        "link to a folder": (tmp_path / "link.mp4", "it is a link to a folder"),
+        "no such folder in /proc": (Path("/proc/x.mp4"), "No such file or directory"),
+    }
+
+
+@pytest.mark.parametrize("case", ["folder", "parent is a file", "link to a folder", "no such folder in /proc"])
+def test_an_unwritable_record_is_refused_before_playing(trained_run, monkeypatch, tmp_path, case):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    record, reason = _unwritable_records(tmp_path)[case]
+
+    def no_play(*args, **kwargs):
+        raise AssertionError("played before refusing --record")
+
+    monkeypatch.setattr(w.video, "play_steps", no_play)
+    with pytest.raises(GymlabError, match=reason) as info:
+        w.watch(trained_run, episodes=1, record=record, echo=print)
+    assert str(info.value).startswith(f"--record {record}: ") and "\n" not in str(info.value)
+    assert (tmp_path / "f").read_text() == "a plain file" and not list((tmp_path / "dir.mp4").iterdir())
+
+
+def test_a_video_ffmpeg_could_not_write_is_an_error_not_a_success(trained_run, monkeypatch, tmp_path):
+    """The target turns into a folder after the checks (a race): ffmpeg fails, and watch says so."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    record = tmp_path / "late.mp4"
+    probe = w.window_problem
+
+    def folder_appears():
+        record.mkdir()
+        return probe()
+
+    monkeypatch.setattr(w, "window_problem", folder_appears)
+    with pytest.raises(GymlabError, match=r"--record .*late\.mp4: cannot write the video") as info:
+        w.watch(trained_run, episodes=1, record=record, echo=print)
+    assert "\n" not in str(info.value) and record.is_dir() and not list(record.iterdir())
+
+
+def test_a_writer_that_wrote_no_file_fails_on_close(tmp_path, monkeypatch):
+    class Silent:  # an encoder that takes frames and writes nothing, as ffmpeg does when it cannot open its output
+        def append_data(self, frame):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(video.imageio, "get_writer", lambda *a, **k: Silent())
+    writer = video.Mp4Writer(tmp_path / "x.mp4", 8)
+    writer.append(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(OSError, match="no video"):
+        writer.close()
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), 0.0, 241.0])
+def test_a_bad_fps_is_refused(trained_run, fps):
+    with pytest.raises(GymlabError, match="must be a finite number" if not np.isfinite(fps) else "between 0.1 and 240"):
+        w.watch(trained_run, episodes=1, fps=fps, echo=print)
+
+
+def test_cli_watch_record_under_a_file_is_exit_2_without_traceback(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    (tmp_path / "f").write_text("a plain file")
+    result = gymlab_inprocess("watch", trained_run, "--episodes", "1", "--record", tmp_path / "f" / "x.mp4")
+    assert result.code == 2, result.ok()
+    assert result.err.count("\n") == 1 and result.err.startswith("gymlab: error: --record ")
+    assert "is a file, not a folder" in result.err and not result.out
