@@ -65,6 +65,20 @@ def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def checkpoint_choice(run: Path, which: str | None) -> str:
+    """``--checkpoint`` for ``eval`` and ``watch``: last or best of a run folder; nothing to choose in a file."""
+    if which is None:
+        return "last"
+    if which not in ("last", "best"):
+        raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
+    if run.is_file():
+        raise GymlabError(
+            f"--checkpoint {which} picks a checkpoint of a run folder, but {run} is a checkpoint file itself: "
+            "drop --checkpoint, or give the run folder"
+        )
+    return which
+
+
 def fail(message: str) -> NoReturn:
     """Print one error line and exit with code 2."""
     print(f"gymlab: error: {one_line(message)}", file=sys.stderr)
@@ -121,8 +135,8 @@ def train(
         typer.Option(help="several seeds, e.g. 0-4 or 0,3,7: one run folder each (with --run-dir DIR: DIR/s<seed>)"),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, max=MAX_WORKERS, help="with --seeds: runs at once, each in its own process")
-    ] = 1,
+        int | None, typer.Option(min=1, max=MAX_WORKERS, help="with --seeds: runs at once, each in its own process")
+    ] = None,
     trust: TrustOption = None,
 ) -> None:
     """Train AGENT on ENV; writes a run folder with config, TensorBoard events and checkpoints."""
@@ -137,8 +151,10 @@ def train(
             raise GymlabError("--seeds starts new runs: it does not combine with --seed or --resume")
         from gymlab.multirun import parse_seeds, train_seeds
 
-        train_seeds(positional, overrides, config, parse_seeds(seeds), workers, steps, device, run_dir)
+        train_seeds(positional, overrides, config, parse_seeds(seeds), workers or 1, steps, device, run_dir)
         return
+    if workers is not None:
+        raise GymlabError("--workers runs several --seeds at once: give --seeds too (e.g. --seeds 0-4 --workers 2)")
     if resume is not None:
         if positional or overrides or config is not None or seed is not None:
             raise GymlabError("--resume continues a run exactly as configured: give only the run folder (and --steps)")
@@ -151,7 +167,7 @@ def train(
         label = f"{known['agent']} on {known['env']} (seed {known.get('seed', 0)})" if known else str(resume)
     else:
         agent, env = [*positional, None, None][:2]
-        cfg = resolve(agent, env, config, overrides, seed=seed, steps=steps, device=device)
+        cfg = resolve(agent, env, config, overrides, seed=seed, steps=steps, device=device, once=True)
         spec = RunSpec(config=cfg, run_dir=run_dir, mode="new")
         label = f"{cfg.run.agent} on {cfg.run.env} (seed {cfg.run.seed})"
     _train_one(spec, label)
@@ -192,7 +208,9 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
     episodes: Annotated[int, typer.Option(min=1, help="episodes to play")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
+    which: Annotated[
+        str | None, typer.Option("--checkpoint", help="last | best (for a run folder; default last)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="seed of the evaluation episodes")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
     trust: TrustOption = None,
@@ -200,8 +218,7 @@ def evaluate(
     """Play the greedy policy of a run's checkpoint; print mean ± std return."""
     from gymlab.evaluation import evaluate_run
 
-    if which not in ("last", "best"):
-        raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
+    which = checkpoint_choice(run, which)
     result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
     if result["capped_episodes"]:
         print(
@@ -281,7 +298,9 @@ def watch(
     ] = None,
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
-    which: Annotated[str, typer.Option("--checkpoint", help="last | best (for a run folder)")] = "last",
+    which: Annotated[
+        str | None, typer.Option("--checkpoint", help="last | best (for a run folder; default last)")
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(min=0, max=MAX_SEED, help="seed of the first episode (then +1 each)")
     ] = None,
@@ -294,8 +313,7 @@ def watch(
 
     trust_modules(trust or ())
 
-    if which not in ("last", "best"):
-        raise GymlabError(f"--checkpoint must be last or best, not '{which}'")
+    which = checkpoint_choice(run, which)
     if record is not None and record.suffix.lower() != ".mp4":
         raise GymlabError(f"--record {record}: the file must end in .mp4")
     result = play(run, episodes=episodes, fps=fps, record=record, follow=follow, which=which, seed=seed, device=device)

@@ -151,15 +151,37 @@ def override_path(key: str, hparam_keys: Sequence[str]) -> list[str]:
     return path
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``."""
+#: Keys an override may not set: the command names them (``gymlab train AGENT ENV``), and a run's
+#: agent class is loaded from the name before any override is read.
+NAMED_BY_THE_COMMAND = ("agent", "env")
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str], *, once: bool = False
+) -> dict[str, Any]:
+    """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``.
+
+    With ``once`` (a user's own list, as typed), a key given twice is refused, as in a YAML file;
+    a sweep's layers (base, overrides, trial) override each other on purpose and leave it off.
+    """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    given: dict[tuple[str, ...], str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise GymlabError(f"override '{item}' is not key=value (e.g. hparams.learning_rate=0.001)")
         path = override_path(key, hparam_keys)
+        if path[0] in NAMED_BY_THE_COMMAND and len(path) == 1:
+            raise GymlabError(
+                f"override '{item}': the {path[0]} is named by the command, not by an override "
+                "(gymlab train AGENT ENV, or agent: and env: in a --config file)"
+            )
+        if once and tuple(path) in given:
+            raise GymlabError(
+                f"override '{item}' sets '{'.'.join(path)}', which '{given[tuple(path)]}' already set: give it once"
+            )
+        given[tuple(path)] = item
         node = out
         for part in path[:-1]:
             child = node.get(part)
@@ -391,8 +413,12 @@ def resolve(
     seed: int | None = None,
     steps: int | None = None,
     device: str | None = None,
+    once: bool = False,
 ) -> Config:
-    """Build a run's config from the command line's pieces, in the documented precedence."""
+    """Build a run's config from the command line's pieces, in the documented precedence.
+
+    ``once``: the overrides are a user's own list, where a key given twice is refused (see :func:`apply_overrides`).
+    """
     file_data = load_yaml(config_file) if config_file is not None else {}
     source = str(config_file) if config_file is not None else "config"
     for key, given in (("agent", agent), ("env", env)):
@@ -418,7 +444,7 @@ def resolve(
     data = merge(data, file_data)
     origins.update(dict.fromkeys(_given_keys(file_data), source))
     hparam_keys = list(agent_cls.Config.model_fields)
-    data = apply_overrides(data, overrides, hparam_keys)
+    data = apply_overrides(data, overrides, hparam_keys, once=once)
     for item in overrides:
         named = item if len(item) <= 60 else item[:59] + "…"
         origins[".".join(override_path(item.partition("=")[0], hparam_keys))] = f"override {named}"

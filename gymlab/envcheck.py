@@ -452,7 +452,7 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in item or item.startswith("="):
             raise GymlabError(f"'{item}' is not key=value: give env_kwargs as KEY=VALUE words (e.g. map_name=8x8)")
     dotted = [item if item.startswith("env_kwargs.") else f"env_kwargs.{item}" for item in items]
-    return dict(apply_overrides({}, dotted, ()).get("env_kwargs", {}))
+    return dict(apply_overrides({}, dotted, (), once=True).get("env_kwargs", {}))
 
 
 def render(report: CheckReport) -> Table:

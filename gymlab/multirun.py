@@ -7,6 +7,7 @@ anywhere stops the runs at checkpoints and the summary counts the runs that real
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from gymlab.signals import multi_run_stop
 MAX_SEEDS = 1_000
 
 
+#: One part of ``--seeds``: a seed or a range of them, in ASCII digits.
+SEEDS_PART = re.compile(r"([0-9]+)(?:\s*-\s*([0-9]+))?")
+
+
 def parse_seeds(spec: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ranges and lists combine (``"0-2,9"``).
 
@@ -30,17 +35,15 @@ def parse_seeds(spec: str) -> list[int]:
     is refused in one line (``0-99999999999`` would otherwise build a list for minutes).
     """
     ranges: list[tuple[int, int]] = []
-    try:
-        for part in spec.split(","):
-            lo, dash, hi = part.strip().partition("-")
-            if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()) or len(part) > 40:
-                raise ValueError
-            first, last = int(lo), int(hi) if dash else int(lo)
-            if last < first:
-                raise ValueError
-            ranges.append((first, last))
-    except ValueError:
-        raise GymlabError(f"--seeds '{spec[:60]}': expected seeds >= 0 like 0-4 or 0,3,7") from None
+    for part in spec.split(","):
+        match = SEEDS_PART.fullmatch(part.strip()) if len(part) <= 40 else None
+        if match is None:  # ASCII digits only: int() would also read '٣' as 3
+            raise GymlabError(f"--seeds '{spec[:60]}': expected seeds >= 0 like 0-4 or 0,3,7")
+        first = int(match[1])
+        last = first if match[2] is None else int(match[2])
+        if last < first:
+            raise GymlabError(f"--seeds '{spec[:60]}': the range {part.strip()} runs backwards; write {last}-{first}")
+        ranges.append((first, last))
     named = sum(last - first + 1 for first, last in ranges)
     if named > MAX_SEEDS:
         raise GymlabError(
@@ -54,9 +57,10 @@ def parse_seeds(spec: str) -> list[int]:
     seeds: list[int] = []
     for first, last in ranges:
         for s in range(first, last + 1):
-            if s not in seen:
-                seen.add(s)
-                seeds.append(s)
+            if s in seen:  # two runs of one seed would be one run twice, in two folders
+                raise GymlabError(f"--seeds '{spec[:60]}' names seed {s} twice; name each seed once")
+            seen.add(s)
+            seeds.append(s)
     return seeds
 
 
@@ -72,7 +76,7 @@ def train_seeds(
 ) -> None:
     """Train one run per seed, ``workers`` at a time in separate processes; one line per ended run."""
     agent, env = [*positional, None, None][:2]
-    first_cfg = resolve(agent, env, config, overrides, seed=seeds[0], steps=steps, device=device)
+    first_cfg = resolve(agent, env, config, overrides, seed=seeds[0], steps=steps, device=device, once=True)
     cfgs = [first_cfg.with_run(seed=s) for s in seeds]
     preflight(first_cfg)
     folders = [

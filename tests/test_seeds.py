@@ -33,15 +33,29 @@ CONFIG = {
 
 @pytest.mark.parametrize(
     ("spec", "seeds"),
-    [("0-4", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("7", [7]), ("0-2, 9", [0, 1, 2, 9]), ("1,1,0-1", [1, 0])],
+    [("0-4", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("7", [7]), ("0-2, 9", [0, 1, 2, 9]), (" 0 - 1 ", [0, 1])],
 )
 def test_parse_seeds(spec, seeds):
     assert parse_seeds(spec) == seeds
 
 
-@pytest.mark.parametrize("spec", ["", "a", "3-1", "-1", "0-", "1.5"])
+@pytest.mark.parametrize("spec", ["", "a", "-1", "0-", "1.5", "\u0663", "0-\u0663", "\u00b2", "+1", "0x1"])
 def test_parse_seeds_rejects_nonsense(spec):
-    with pytest.raises(GymlabError, match="--seeds"):
+    # ASCII digits only: int() would also read the Arabic-Indic digit three as 3.
+    with pytest.raises(GymlabError, match="expected seeds >= 0 like 0-4"):
+        parse_seeds(spec)
+
+
+@pytest.mark.parametrize(("spec", "said"), [("3-1", "the range 3-1 runs backwards; write 1-3")])
+def test_a_backwards_range_is_named(spec, said):
+    with pytest.raises(GymlabError, match=said):
+        parse_seeds(spec)
+
+
+@pytest.mark.parametrize(("spec", "seed"), [("1,1", 1), ("1,01", 1), ("0-4,2", 2), ("1,1,0-1", 1)])
+def test_a_seed_named_twice_is_refused(spec, seed):
+    # Two runs of one seed are one run twice; the duplicate used to be dropped without a word.
+    with pytest.raises(GymlabError, match=f"names seed {seed} twice; name each seed once"):
         parse_seeds(spec)
 
 
