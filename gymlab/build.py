@@ -172,7 +172,9 @@ def build_policy(config: Config, ckpt: Checkpoint, device: str | None = None) ->
     env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     obs_space, act_space = env.observation_space, env.action_space
     close_env(env)
-    ctx = make_context(config, obs_space, act_space, num_envs=1, device=resolve_device(device or run.device))
+    ctx = make_context(
+        config, obs_space, act_space, num_envs=1, device=resolve_device(run.device if device is None else device)
+    )
     agent = config.agent_class(config.hparams, ctx)
     state = ckpt.agent_state
     if POLICY not in state:

@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import random
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,31 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
+def step_of(path: Path) -> int | None:
+    """The env step a checkpoint file was written at, read without loading its tensors; None if unreadable."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:  # mmap: the tensors (weights, a replay memory) stay on disk; only the small pickled layout is read
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step = data["loop"]["step"]
+    except Exception:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     """Read a checkpoint, refusing corrupt, foreign, code-carrying or wrong-agent files in one line."""
     if not path.is_file():
         raise GymlabError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else would reach the legacy unpickler
+        with path.open("rb") as fh:
+            start = fh.read(4)
+        if start in (b"", b"PK\x03\x04"[: len(start)]):  # empty, or a zip cut before its directory
+            raise GymlabError(f"checkpoint {path} is corrupt or truncated (no zip directory); use another checkpoint")
+        raise GymlabError(
+            f"{path} is not a gymlab checkpoint (not a torch checkpoint file); give a run folder or one of "
+            "its checkpoints/last.pt, best.pt"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from gymlab import registry
+from gymlab import checkpoint, registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import Config, slug, validate
@@ -198,13 +198,20 @@ class RunFolder:
         return step if isinstance(step, int) and not isinstance(step, bool) else None
 
     def newest(self) -> Path | None:
-        """The most recently written checkpoint (``last.pt`` or ``best.pt``), None if it has none.
+        """The newest checkpoint (``last.pt`` or ``best.pt``), None if it has none.
 
         ``best.pt`` is newer than ``last.pt`` when a run was killed after an evaluation that improved
-        and before its next checkpoint; resuming from it is then the exact continuation.
+        and before its next checkpoint; resuming from it is then the exact continuation. A ``best.pt``
+        written later but at an earlier step than ``last.pt`` is not newer: a plain ``cp -r`` of a
+        folder rewrites file times in copy order.
         """
         found = [p for p in (self.last, self.best) if p.is_file()]
-        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+        newer = max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+        if newer == self.best and len(found) == 2:
+            last_step, best_step = checkpoint.step_of(self.last), checkpoint.step_of(self.best)
+            if last_step is not None and best_step is not None and last_step > best_step:
+                return self.last
+        return newer
 
     def find(self, which: str = "last") -> Path:
         """The checkpoint ``which`` (last, best or newest) names, with one-line errors when there is none."""

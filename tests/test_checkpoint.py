@@ -62,8 +62,8 @@ def test_foreign_file_and_wrong_agent(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(GymlabError, match="not a gymlab checkpoint"):
         checkpoint.load(tmp_path / "foreign.pt")
-    (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(GymlabError, match="corrupt"):
+    (tmp_path / "text.pt").write_text("hello")  # not a zip: not a checkpoint at all, rather than a damaged one
+    with pytest.raises(GymlabError, match="not a gymlab checkpoint"):
         checkpoint.load(tmp_path / "text.pt")
     checkpoint.save(tmp_path / "q.pt", {"agent": "tabular_q"})
     with pytest.raises(GymlabError, match="written by agent 'tabular_q', not 'dqn'"):
@@ -128,3 +128,22 @@ def test_opaque_simulators_are_not_claimed_restorable():
     assert checkpoint.vector_env_state(box2d) is None  # resume starts fresh episodes
     assert not checkpoint.set_vector_env_state(box2d, None)
     assert checkpoint.vector_env_state(make_vec_env("CartPole-v1", 2)) is not None
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "is corrupt or truncated"),
+        (b"PK\x03\x04 and then nothing", "is corrupt or truncated"),
+        (b'{"step": 100}', r"is not a gymlab checkpoint \(not a torch checkpoint file\)"),
+        (pickle.dumps({"step": 1}), r"is not a gymlab checkpoint \(not a torch checkpoint file\)"),
+    ],
+    ids=["empty", "cut-zip", "json", "bare-pickle"],
+)
+def test_a_file_that_is_no_torch_checkpoint_is_named_so(tmp_path, content, said):
+    # Anything but a zip used to reach torch's legacy unpickler and be called "executable objects".
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(GymlabError, match=said):
+        checkpoint.load(path)
+    assert checkpoint.step_of(path) is None

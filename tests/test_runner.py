@@ -102,7 +102,7 @@ def test_a_spec_carries_its_validated_config_through_the_runner(tmp_path):
 
 def test_a_deleted_last_checkpoint_never_lets_an_older_one_rewrite_history(cli, tmp_path):
     """Copy a run, delete its last.pt, resume: refused, naming --run-dir; nothing of the copy is lost."""
-    base = ("--run-dir", "r", *TINY, "eval_every=3000", "checkpoint_every=3000")
+    base = ("--run-dir", "r", "eval_episodes=1", "log_every=1000", "eval_every=3000", "checkpoint_every=3000")
     assert cli("train", "tabular_q", "Taxi-v4", "--steps", "3000", *base).returncode == 0  # best.pt at 3,000
     assert cli("train", "--resume", "r", "--steps", "8000").returncode == 0  # last.pt at 8,000, best.pt older
     shutil.copytree(tmp_path / "r", tmp_path / "copy")
@@ -148,7 +148,17 @@ def test_a_sweep_folder_has_one_writer(cli, tmp_path):
 
 
 def test_a_run_folder_deleted_mid_run_ends_in_one_line_and_a_retry_works(tmp_path):
-    args = ["tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "50000000", *TINY, "checkpoint_every=2000"]
+    args = [
+        "tabular_q",
+        "Taxi-v4",
+        "--run-dir",
+        "r",
+        "--steps",
+        "50000000",
+        *TINY[:2],
+        "checkpoint_every=2000",
+        *TINY[3:],
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "gymlab", "train", *args],
         cwd=tmp_path,

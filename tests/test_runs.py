@@ -142,6 +142,26 @@ def test_an_older_checkpoint_never_rewrites_its_folder_but_may_start_a_new_one(c
     assert list((tmp_path / "branch").glob("events.out.tfevents.*"))  # the curve so far came along
 
 
+def test_a_plain_copy_of_a_run_folder_resumes_from_its_newest_step(cli, tmp_path):
+    # cp -r (no -p) rewrites file times in copy order; the newest checkpoint is the later step, not the later time.
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
+    assert cli("train", "--resume", "r", "--steps", "4000").returncode == 0
+    best = tmp_path / "r" / "checkpoints" / "best.pt"
+    best.write_bytes((tmp_path / "r" / "checkpoints" / "last.pt").read_bytes())
+    assert cli("train", "--resume", "r", "--steps", "6000").returncode == 0  # last.pt at 6000, best.pt at 4000
+    shutil.copytree(tmp_path / "r", tmp_path / "copy", copy_function=shutil.copy)  # times not kept
+    (tmp_path / "copy" / ".lock").unlink(missing_ok=True)
+    later = time.time() + 100
+    os.utime(tmp_path / "copy" / "checkpoints" / "best.pt", (later, later))  # best.pt copied last
+    assert step_of(tmp_path / "copy" / "checkpoints" / "best.pt") < step_of(
+        tmp_path / "copy" / "checkpoints" / "last.pt"
+    )
+
+    resumed = cli("train", "--resume", "copy", "--steps", "8000")
+    assert resumed.returncode == 0, resumed.stderr
+    assert step_of(tmp_path / "copy" / "checkpoints" / "last.pt") == 8000
+
+
 @pytest.mark.parametrize(
     ("other", "fragment"),
     [
