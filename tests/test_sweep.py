@@ -469,3 +469,197 @@ def test_ctrl_c_during_a_sweep_exits_130_with_one_line(tmp_path: Path) -> None:
     assert err.strip().startswith("gymlab: interrupted") and len(err.strip().splitlines()) == 1
     assert (folder / "trial-0000-s0" / "checkpoints" / "last.pt").is_file()  # the run stopped at a checkpoint
     assert (folder / "summary.md").is_file()
+
+
+# ---- hostile sweep files and folders (each refused in one line, before anything is written) --------
+
+# The smallest sweep that trains: 100 steps of tabular Q on FrozenLake, one grid point, one seed.
+TINY: dict[str, Any] = {
+    "agent": "tabular_q",
+    "env": "FrozenLake-v1",
+    "base": {"steps": 100, "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 0},
+    "method": "grid",
+    "space": {"learning_rate": [0.5]},
+    "seeds": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # 1. Every number is taken as written: a boolean is not a number, text is not a number.
+        ({"seeds": True}, "'seeds' = True: .*a boolean is not a number"),
+        ({"seeds": "2"}, "'seeds' = '2': .*text is not a number"),
+        ({"seeds": [0, True]}, "'seeds' = .*a boolean is not a number"),
+        ({"trials": True}, "'trials' = True"),
+        ({"trials": "3"}, "'trials' = '3'"),
+        ({"max_concurrent": True}, "'max_concurrent' = True"),
+        ({"sampler_seed": False}, "'sampler_seed' = False"),
+        ({"gpus_per_run": True}, "'gpus_per_run' = True"),
+        ({"pruning": {"pruner": "median", "every": True}}, "'pruning.every' = True"),
+        ({"pruning": {"warmup": "10"}}, "'pruning.warmup' = '10'"),
+        ({"pruning": {"startup_trials": False}}, "'pruning.startup_trials' = False"),
+        ({"method": "tpe", "space": {"gamma": {"uniform": ["0.5", "0.9"]}}}, "'space.gamma' = .*text is not a number"),
+        ({"method": "tpe", "space": {"steps": {"int": [False, 100]}}}, "'space.steps' = .*a boolean is not a number"),
+        ({"method": "tpe", "space": {"gamma": {"kind": "uniform", "low": True, "high": 0.9}}}, "'space.gamma.low'"),
+        ({"method": "tpe", "space": {"gamma": {"uniform": [0.5, float("inf")]}}}, "'space.gamma' = .*finite"),
+        # 4. Seeds are bounded as --seeds is: at most 1,000 runs a trial, each seed from 0 to 2**32-1.
+        ({"seeds": 1_000_000_000}, "'seeds' = 1000000000: .*at most 1,000"),
+        ({"seeds": list(range(1001))}, "'seeds' = .*at most 1,000"),
+        ({"seeds": [2**32]}, "'seeds' = .*4,294,967,295"),
+        ({"seeds": [-1]}, "'seeds' = .*4,294,967,295"),
+        ({"seeds": 0}, "'seeds' = 0"),
+        ({"seeds": []}, "'seeds' = \\[\\]"),
+        ({"seeds": [1, 1]}, "distinct"),
+        # 5. and 6. The file's bounds are the command line's.
+        ({"max_concurrent": 100_000}, "'max_concurrent' = 100000: .*256"),
+        ({"trials": 100_001}, "'trials' = 100001: .*100000"),
+        ({"sampler_seed": 99999999999999999999}, "'sampler_seed' = .*4294967295"),
+        ({"sampler_seed": 2**32}, "'sampler_seed' = 4294967296"),
+        # 2. A name is one folder under runs/sweeps.
+        ({"name": "../../escaped"}, "'name' = '../../escaped': .*one folder name"),
+        ({"name": "/tmp/abs"}, "'name' = '/tmp/abs'"),
+        ({"name": "a\\b"}, "'name'"),
+        ({"name": ""}, "'name' = ''"),
+        ({"name": "."}, "'name' = '.'"),
+        ({"name": ".."}, "'name' = '..'"),
+        ({"name": 5}, "'name' = 5"),
+        # 3. One key, one column: two spellings of the same key are refused, naming both.
+        ({"space": {"gamma": [0.9], "hparams.gamma": [0.5]}}, "'gamma' and 'hparams.gamma' are the same key"),
+        # 9. Each unsearchable key with its own reason.
+        ({"space": {"agent": ["dqn"]}}, "'agent' cannot be searched: one sweep is one agent on one env"),
+        ({"space": {"env": ["Taxi-v4"]}}, "'env' cannot be searched: one sweep is one agent on one env"),
+        ({"space": {"seed": [1, 2]}}, "'seed' cannot be searched: seeds are set by `seeds:`"),
+        ({"space": {"hparams": [None]}}, "'hparams' cannot be searched: not as a whole"),
+    ],
+)
+def test_hostile_sweep_files_are_refused_naming_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(GymlabError, match=message) as refused:
+        sw.load_sweep(write_sweep(tmp_path, {**TINY, **change}))
+    assert "\n" not in str(refused.value)
+
+
+def test_sweep_file_values_within_bounds_are_kept(tmp_path: Path) -> None:
+    data = {**TINY, "seeds": [0, 2**32 - 1], "trials": 100_000, "max_concurrent": 256, "sampler_seed": 2**32 - 1}
+    sweep = sw.load_sweep(write_sweep(tmp_path, {**data, "name": "ok.name-1", "gpus_per_run": 0}))
+    assert sweep.spec.seed_list() == [0, 2**32 - 1] and sweep.max_concurrent == 256 and sweep.name == "ok.name-1"
+    assert sw.load_sweep(write_sweep(tmp_path, {**TINY, "seeds": 1000})).spec.seed_list()[-1] == 999
+    ranged = {**TINY, "method": "tpe", "space": {"steps": {"int": [50, 100.0]}, "gamma": {"uniform": [0, 1]}}}
+    assert sw.load_sweep(write_sweep(tmp_path, ranged)).space["steps"].corners() == [50, 100]
+
+
+def sweep_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``gymlab sweep ARGV`` in this process, from ``tmp_path``: (exit code, stdout, stderr)."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["sweep", *argv])
+    finally:
+        os.chdir(cwd)
+    out, err = capsys.readouterr()
+    return int(exit_.value.code or 0), out, err
+
+
+def refused_in_one_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err
+    assert err.startswith("gymlab: error:") and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+
+
+@pytest.mark.needs("sweep")
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sampler_seed": 99999999999999999999}, "'sampler_seed'"),
+        ({"name": "../../escaped"}, "'name'"),
+        ({"name": "ABSOLUTE"}, "'name'"),  # an absolute path under tmp_path
+        ({"seeds": 1_000_000_000}, "'seeds'"),
+    ],
+)
+def test_cli_refuses_a_hostile_sweep_file_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], message: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    if change.get("name") == "ABSOLUTE":
+        change = {"name": str(tmp_path / "abs")}
+    path = write_sweep(tmp_path, {**TINY, **change})
+    code, out, err = sweep_cli(work, capsys, str(path))
+    refused_in_one_line(code, err, message)
+    assert out == "" and list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taxi.yaml", "work"]
+
+
+@pytest.mark.needs("sweep")
+@pytest.mark.parametrize("kind", ["run", "user"])
+def test_run_dir_that_is_not_a_sweep_folder_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    folder = tmp_path / "existing"
+    if kind == "run":  # a training run's folder
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "config.yaml").write_text("agent: tabular_q\n")
+        (folder / "checkpoints" / "last.pt").write_bytes(b"state")
+    else:  # any folder of the user's
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine\n")
+    before = sorted((p.relative_to(folder), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
+    sweep = sw.load_sweep(write_sweep(tmp_path, TINY))
+    with pytest.raises(GymlabError, match="exists and is not a sweep folder; choose a new --run-dir"):
+        sw.run_sweep(sweep, folder, backend=InlineBackend())
+    code, _, err = sweep_cli(tmp_path, capsys, str(sweep.source), "--run-dir", str(folder))
+    refused_in_one_line(code, err, "exists and is not a sweep folder; choose a new --run-dir")
+    after = sorted((p.relative_to(folder), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
+    assert after == before
+
+
+@pytest.mark.needs("sweep")
+def test_an_empty_existing_folder_may_hold_a_sweep_and_a_sweep_folder_is_resumed(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    sweep = sw.load_sweep(write_sweep(tmp_path, TINY))
+    first = sw.run_sweep(sweep, folder, backend=InlineBackend())
+    assert [r.state for r in first.rows] == ["complete"] and (folder / driver.SPEC_FILE).is_file()
+    again = InlineBackend()
+    second = sw.run_sweep(sweep, folder, backend=again)  # its own sweep folder: resumed, nothing redone
+    assert second.resumed == 1 and again.submitted == []
+
+
+@pytest.mark.needs("sweep")
+def test_a_folder_left_with_only_the_lock_is_still_usable(tmp_path: Path) -> None:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / runs.LOCK_FILE).write_text("123\n")  # a first attempt stopped between the lock and sweep.yaml
+    result = sw.run_sweep(sw.load_sweep(write_sweep(tmp_path, TINY)), folder, backend=InlineBackend())
+    assert [r.state for r in result.rows] == ["complete"]
+
+
+@pytest.mark.needs("sweep")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--backend", "foo"], "unknown backend 'foo': choose local or ray"),
+        (["--address", "auto"], "--address names a Ray cluster: use it with --backend ray"),
+    ],
+)
+def test_a_bad_backend_is_refused_before_the_sweep_folder_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    sweep = sw.load_sweep(write_sweep(tmp_path, TINY))
+    sw.run_sweep(sweep, tmp_path / "done", backend=InlineBackend())  # an existing sweep folder, as for a resume
+    before = sorted(p.name for p in (tmp_path / "done").iterdir())
+    for folder in (tmp_path / "new", tmp_path / "done"):
+        code, out, err = sweep_cli(tmp_path, capsys, str(sweep.source), "--run-dir", str(folder), *argv)
+        refused_in_one_line(code, err, re.escape(message))
+        assert "resuming" not in out
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == before
+    with pytest.raises(GymlabError, match=re.escape(message)):
+        sw.run_sweep(
+            sweep,
+            tmp_path / "new",
+            backend="foo" if "foo" in argv else "local",
+            address="auto" if "auto" in argv else None,
+        )
+    assert not (tmp_path / "new").exists()

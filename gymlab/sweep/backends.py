@@ -121,12 +121,17 @@ class RayBackend:
             self.ray.shutdown()
 
 
+def check_backend(name: str, address: str | None) -> None:
+    """Refuse an unknown backend, or ``--address`` without Ray, in one line (before any work)."""
+    if name not in ("local", "ray"):
+        raise GymlabError(f"unknown backend '{name}': choose local or ray")
+    if name == "local" and address:
+        raise GymlabError("--address names a Ray cluster: use it with --backend ray")
+
+
 def make_backend(name: str, address: str | None, max_concurrent: int | None, gpus_per_run: float = 0.0) -> Backend:
     """``local``: worker processes; ``ray``: a local Ray instance, or the cluster at ``address``."""
+    check_backend(name, address)
     if name == "local":
-        if address:
-            raise GymlabError("--address names a Ray cluster: use it with --backend ray")
         return LocalBackend(max_concurrent or os.cpu_count() or 1)
-    if name == "ray":
-        return RayBackend(address, max_concurrent, gpus_per_run)
-    raise GymlabError(f"unknown backend '{name}': choose local or ray")
+    return RayBackend(address, max_concurrent, gpus_per_run)

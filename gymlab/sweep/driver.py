@@ -24,9 +24,9 @@ from gymlab.errors import GymlabError
 from gymlab.parallel import POLL_S
 from gymlab.report import mean_ci
 from gymlab.runner import RunOutcome, RunSpec
-from gymlab.runs import lock_folder
+from gymlab.runs import LOCK_FILE, lock_folder
 from gymlab.signals import multi_run_stop
-from gymlab.sweep.backends import Backend, make_backend
+from gymlab.sweep.backends import Backend, check_backend, make_backend
 from gymlab.sweep.spec import Sweep, check_pruning
 from gymlab.sweep.study import (
     JOURNAL_FILE,
@@ -301,7 +301,10 @@ def run_sweep(
     following :class:`~gymlab.sweep.backends.Backend`.
     """
     emit = on_event or (lambda _: None)
+    if isinstance(backend, str):
+        check_backend(backend, address)  # before the folder is made or opened
     sweep_dir = sweep_dir.absolute()  # workers (Ray tasks on other nodes too) get paths that do not depend on a cwd
+    _check_sweep_folder(sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -310,6 +313,26 @@ def run_sweep(
         ) from None
     with lock_folder(sweep_dir, "sweep folder", "before resuming it"):  # one writer, as for a run folder
         return _run_locked(sweep, sweep_dir, backend, address, emit)
+
+
+def _check_sweep_folder(sweep_dir: Path) -> None:
+    """Refuse a folder that exists and holds anything but a sweep (a run, the user's files): nothing is written there.
+
+    A sweep folder is recognised as a resume recognises it, by its ``sweep.yaml``; an empty folder (or
+    one holding only the lock of an attempt stopped before ``sweep.yaml`` was written) may start a sweep.
+    """
+    if not sweep_dir.is_dir() or (sweep_dir / SPEC_FILE).is_file():
+        return
+    try:
+        held = [p.name for p in sweep_dir.iterdir() if p.name != LOCK_FILE]
+    except OSError as exc:
+        raise GymlabError(f"cannot read {sweep_dir}: {exc.strerror or exc}; choose another --run-dir") from None
+    if held:
+        more = f" and {len(held) - 1} more" if len(held) > 1 else ""
+        raise GymlabError(
+            f"{sweep_dir} exists and is not a sweep folder; choose a new --run-dir "
+            f"(it holds {held[0]!r}{more} but no {SPEC_FILE})"
+        )
 
 
 def _run_locked(

@@ -12,13 +12,21 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gymlab.build import preflight
-from gymlab.config import Config, explain, resolve
+from gymlab.config import MAX_SEED, Config, explain, override_path, resolve
 from gymlab.errors import GymlabError
 from gymlab.yamlfile import load_yaml
 
@@ -31,8 +39,37 @@ _DIMENSION_FORMS = (
     "a list of values, or one of {grid: [...]}, {choice: [...]}, {uniform: [low, high]}, "
     "{loguniform: [low, high]}, {int: [low, high]}"
 )
-# Keys a sweep sets itself (agent, env) or per trial seed (seed); hparams is searched key by key.
-_UNSEARCHABLE = ("agent", "env", "seed", "hparams")
+#: Why a key cannot be searched: a sweep sets it itself (agent, env) or per trial seed (seed).
+_UNSEARCHABLE = {
+    "agent": "one sweep is one agent on one env; write a sweep file per agent and env",
+    "env": "one sweep is one agent on one env; write a sweep file per agent and env",
+    "seed": "seeds are set by `seeds:`",
+    "hparams": "not as a whole; search its keys one by one (e.g. hparams.gamma)",
+}
+#: The most seeds a trial trains (as ``--seeds``: :data:`gymlab.multirun.MAX_SEEDS`).
+MAX_SEEDS = 1_000
+#: The most runs at once (as ``--max-concurrent``: ``gymlab.cli.MAX_WORKERS``).
+MAX_CONCURRENT = 256
+#: The most trials of a sweep (as ``--trials``: ``gymlab.cli.MAX_TRIALS``).
+MAX_TRIALS = 100_000
+#: Strict numbers: a boolean or text is refused, never read as a number (an int is a float).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+def _number_problem(value: Any, whole: bool = False) -> str | None:
+    """Why ``value`` is not a number as written (a boolean, text, not finite), or None."""
+    if isinstance(value, bool):
+        return f"{value}: a boolean is not a number"
+    if isinstance(value, str):
+        return f"{value!r}: text is not a number (write the value unquoted)"
+    if not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if whole and not isinstance(value, int):
+        return f"{value!r} is not a whole number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value}: must be a finite number"
+    return None
 
 
 class Dimension(BaseModel):
@@ -42,8 +79,8 @@ class Dimension(BaseModel):
 
     kind: Literal["grid", "choice", "uniform", "loguniform", "int"] = Field(description="how values are drawn")
     values: tuple[Scalar, ...] = Field((), description="the values of a grid or choice dimension")
-    low: float = Field(0.0, description="lower bound of a range (inclusive)")
-    high: float = Field(0.0, description="upper bound of a range (inclusive)")
+    low: Float = Field(0.0, description="lower bound of a range (inclusive)")
+    high: Float = Field(0.0, description="upper bound of a range (inclusive)")
 
     @model_validator(mode="before")
     @classmethod
@@ -62,6 +99,10 @@ class Dimension(BaseModel):
             if kind in ("uniform", "loguniform", "int"):
                 if not isinstance(arg, list) or len(arg) != 2:
                     raise ValueError(f"{kind} takes [low, high], not {arg!r}")
+                for bound in arg:
+                    problem = _number_problem(bound)
+                    if problem is not None:
+                        raise ValueError(f"{kind} bound {problem}")
                 return {"kind": kind, "low": arg[0], "high": arg[1]}
         raise ValueError(f"a search dimension is {_DIMENSION_FORMS}; got {raw!r}")
 
@@ -109,11 +150,11 @@ class PruningSpec(BaseModel):
     pruner: Literal["none", "median", "halving"] = Field(
         "none", description="none, Optuna's MedianPruner, or its SuccessiveHalvingPruner"
     )
-    every: int | None = Field(
+    every: Int | None = Field(
         None, gt=0, description="env steps between checks, a multiple of eval_every (default: eval_every)"
     )
-    warmup: int = Field(0, ge=0, description="env steps a trial runs before it may be pruned (median)")
-    startup_trials: int = Field(2, ge=0, description="trials that run unpruned before pruning starts (median)")
+    warmup: Int = Field(0, ge=0, description="env steps a trial runs before it may be pruned (median)")
+    startup_trials: Int = Field(2, ge=0, description="trials that run unpruned before pruning starts (median)")
 
 
 class SweepSpec(BaseModel):
@@ -131,7 +172,9 @@ class SweepSpec(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="key=value overrides over base")
     space: dict[str, Dimension] = Field(min_length=1, description="searched keys and their values or ranges")
     method: Literal["grid", "random", "tpe"] = Field("tpe", description="grid, random, or Optuna's TPE")
-    trials: int | None = Field(None, gt=0, description="number of trials (default: the grid's size, or 20)")
+    trials: Int | None = Field(
+        None, gt=0, le=MAX_TRIALS, description="number of trials (default: the grid's size, or 20)"
+    )
     seeds: int | list[int] = Field(1, description="seeds per trial: a count (0..N-1) or a list")
     metric: Literal["last_eval", "best_eval"] = Field(
         "last_eval", description="final evaluation return, or the best one seen during the run"
@@ -140,18 +183,51 @@ class SweepSpec(BaseModel):
     pruning: PruningSpec = Field(
         default_factory=lambda: PruningSpec.model_validate({}), description="early stopping of bad trials"
     )
-    max_concurrent: int | None = Field(None, gt=0, description="runs at once (default: the backend's CPUs)")
-    sampler_seed: int = Field(0, ge=0, description="seed of the grid, random and TPE samplers")
-    gpus_per_run: float = Field(
+    max_concurrent: Int | None = Field(
+        None, gt=0, le=MAX_CONCURRENT, description="runs at once (default: the backend's CPUs)"
+    )
+    sampler_seed: Int = Field(0, ge=0, le=MAX_SEED, description="seed of the grid, random and TPE samplers")
+    gpus_per_run: Float = Field(
         0.0, ge=0, description="GPUs Ray reserves per run (e.g. 0.25: four runs share one); local: unused"
     )
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _one_folder(cls, name: Any) -> Any:
+        """A name is one folder under ``runs/sweeps``: never empty, a path, ``.`` or ``..``."""
+        if isinstance(name, str) and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")):
+            raise ValueError(
+                "a sweep's name is one folder name under runs/sweeps (no '/', '\\', '.' or '..', not empty); "
+                "choose a plain name, or leave it out to use the file's name"
+            )
+        return name
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _bounded_seeds(cls, seeds: Any) -> Any:
+        """A count from 1 to :data:`MAX_SEEDS`, or a list of at most that many distinct seeds in 0..MAX_SEED."""
+        how = f"a count from 1 to {MAX_SEEDS:,} or a list of at most {MAX_SEEDS:,} distinct seeds"
+        if isinstance(seeds, list):
+            if not seeds or len(seeds) > MAX_SEEDS:
+                raise ValueError(f"seeds is {how}; got {len(seeds):,} seeds")
+            for seed in seeds:
+                problem = _number_problem(seed, whole=True)
+                if problem is not None:
+                    raise ValueError(f"seed {problem}")
+                if not 0 <= seed <= MAX_SEED:
+                    raise ValueError(f"seed {seed:,}: seeds go from 0 to {MAX_SEED:,}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seeds is {how}; a seed is listed twice")
+            return seeds
+        problem = _number_problem(seeds, whole=True)
+        if problem is not None:
+            raise ValueError(f"seeds is {how}; {problem}")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise ValueError(f"seeds is {how}; got {seeds:,} (a trial trains at most {MAX_SEEDS:,} runs)")
+        return seeds
+
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ValueError("seeds must be at least 1")
-        if isinstance(self.seeds, list) and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ValueError("seeds must be a non-empty list of distinct seeds")
         if self.method == "grid":
             ranged = [k for k, d in self.space.items() if not d.finite]
             if ranged:
@@ -250,6 +326,21 @@ def check_pruning(config: Mapping[str, Any], pruning: PruningSpec) -> int | None
     return every
 
 
+def _check_distinct_keys(spec: SweepSpec, hparam_keys: list[str], path: Path) -> None:
+    """Refuse two spellings of one key (``gamma`` and ``hparams.gamma``), or a key and a part of it."""
+    seen: dict[tuple[str, ...], str] = {}
+    for key in spec.space:
+        dotted = tuple(override_path(key, hparam_keys))
+        for other_path, other in seen.items():
+            shorter = min(len(dotted), len(other_path))
+            if dotted[:shorter] == other_path[:shorter]:
+                same = "are the same key" if dotted == other_path else "overlap (one is part of the other)"
+                raise GymlabError(
+                    f"sweep {path}: space keys '{other}' and '{key}' {same} ('{'.'.join(dotted)}'); search it once"
+                )
+        seen[dotted] = key
+
+
 def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | None = None) -> Sweep:
     """Read and check a sweep file: every searched value is validated before anything runs."""
     raw = load_yaml(path, "sweep file")
@@ -258,8 +349,9 @@ def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | N
     except ValidationError as exc:
         raise explain(exc, "", _spec_keys(), f"sweep {path}") from None
     for key in spec.space:
-        if key in _UNSEARCHABLE:
-            raise GymlabError(f"sweep {path}: '{key}' cannot be searched (seeds are set by `seeds:`)")
+        head = key.strip().split(".")[0]
+        if head in _UNSEARCHABLE and (head != "hparams" or key.strip() == "hparams"):
+            raise GymlabError(f"sweep {path}: '{key}' cannot be searched: {_UNSEARCHABLE[head]}")
     config_file = (path.parent / spec.config).resolve() if spec.config is not None else None
     base = (*_flatten(spec.base), *spec.overrides)
     n_grid = math.prod(len(d.values) for d in spec.space.values()) if spec.method == "grid" else None
@@ -272,6 +364,7 @@ def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | N
     # out-of-range bound is reported now rather than by trial 17 an hour from now.
     first = {k: d.corners()[0] for k, d in spec.space.items()}
     config = sweep.resolve(first, spec.seed_list()[0])
+    _check_distinct_keys(spec, list(config.agent_class.Config.model_fields), path)
     for key, dim in spec.space.items():
         for value in dim.corners():
             check_pruning(sweep.trial_config({**first, key: value}, 0), spec.pruning)
