@@ -293,8 +293,8 @@ def watch(
         int | None,
         typer.Option(min=1, help="episodes to play (default 3; with --follow: until the run ends)"),
     ] = None,
-    fps: Annotated[
-        float | None, typer.Option(min=0.1, max=240, help="frames per second, up to 240 (default: the env's own)")
+    fps: Annotated[  # bounded by gymlab.watch (0.1 to 240, finite), which names NaN as such
+        float | None, typer.Option(help="frames per second, 0.1 to 240 (default: the env's own)")
     ] = None,
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,

@@ -148,6 +148,7 @@ BAD_INPUTS: dict[str, Bad] = {
     # options
     "eval-seed-negative": Bad(["eval", "RUN", "--seed", "-1"], ["--seed"]),
     "eval-device-empty": Bad(["eval", "RUN", "--device", ""], ["--device ''", "cuda:N"]),
+    "watch-fps-nan": Bad(["watch", "RUN", "--fps", "nan", "--episodes", "1"], ["--fps must be a finite number"]),
     "eval-file-and-checkpoint": Bad(["eval", "RUN/checkpoints/last.pt", "--checkpoint", "best"],
                                     ["is a checkpoint file itself", "drop --checkpoint"]),
     "eval-events-file": Bad(["eval", "RUN/config.yaml"], ["not a gymlab checkpoint", "last.pt"]),
