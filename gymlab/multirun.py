@@ -17,7 +17,7 @@ from gymlab.config import MAX_SEED, resolve
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.parallel import run_all
 from gymlab.runner import RunOutcome, RunSpec
-from gymlab.runs import RunFolder
+from gymlab.runs import RunFolder, resume_command
 from gymlab.signals import multi_run_stop
 
 #: The most runs one ``train --seeds`` starts (each is a run folder and a process's worth of work).
@@ -123,7 +123,7 @@ def _seeds_interrupted(stopped: list[RunOutcome]) -> str:
     """The line for an interrupted ``--seeds``: how many runs saved a checkpoint, which seeds saved nothing."""
     if not stopped:
         return "interrupted after every run had finished: nothing is left to continue"
-    saved = [f"gymlab train --resume {o.run_dir}" for o in stopped if o.checkpoint is not None]
+    saved = [resume_command(o.run_dir) for o in stopped if o.checkpoint is not None and o.run_dir is not None]
     unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
     parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
     if unstarted:

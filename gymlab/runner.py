@@ -41,7 +41,7 @@ from gymlab.checkpoint import Checkpoint
 from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import Progress, train
-from gymlab.runs import FolderLock, RunFolder, config_differences, load_run
+from gymlab.runs import FolderLock, RunFolder, config_differences, load_run, resume_command
 from gymlab.signals import sigterm_interrupts
 
 Mode = Literal["new", "resume", "auto"]
@@ -137,7 +137,7 @@ def interrupted_message(outcome: RunOutcome) -> str:
         return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
     return (
         f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
-        f"continue with: gymlab train --resume {outcome.run_dir}"
+        f"continue with: {resume_command(outcome.run_dir or outcome.checkpoint.parent.parent)}"
     )
 
 

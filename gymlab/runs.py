@@ -374,6 +374,11 @@ def foreign_code(config: Mapping[str, Any], trust: Iterable[str] = ()) -> list[t
     wrappers in :data:`~gymlab.registry.WRAPPERS`, and anything under the ``gymlab`` package.
     """
     extra = tuple(trust)
+    return [(what, name) for what, name in _named_code(config) if not _trusted(name.partition(":")[0], extra)]
+
+
+def _named_code(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(what, name)`` of every agent, env or wrapper ``config`` names that is not built in."""
     names: list[tuple[str, str]] = []
     agent, env, wrappers = config.get("agent"), config.get("env"), config.get("wrappers") or []
     if isinstance(agent, str) and agent not in AGENTS:
@@ -382,7 +387,20 @@ def foreign_code(config: Mapping[str, Any], trust: Iterable[str] = ()) -> list[t
         names.append(("env", env))
     if isinstance(wrappers, list):
         names += [("wrapper", w) for w in wrappers if isinstance(w, str) and w not in registry.WRAPPERS]
-    return [(what, name) for what, name in names if not _trusted(name.partition(":")[0], extra)]
+    return [(what, name) for what, name in names if name.partition(":")[0].split(".")[0] != "gymlab"]
+
+
+def resume_command(folder: Path) -> str:
+    """The command that continues the run in ``folder``, with the ``--trust`` its own code needs.
+
+    A new process trusts no user module, so the resume of a run of ``mymod:MyEnv`` needs ``--trust mymod``.
+    """
+    try:
+        config = RunFolder(folder).data() or {}
+    except GymlabError:  # said on the interrupt path: a damaged config.yaml is for the resume to report
+        config = {}
+    modules = dict.fromkeys(name.partition(":")[0] for _, name in _named_code(config))
+    return " ".join(["gymlab train --resume", str(folder), *(f"--trust {m}" for m in modules)])
 
 
 def check_trust(config: Mapping[str, Any], source: str, trust: Iterable[str] = ()) -> None:

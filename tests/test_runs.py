@@ -597,3 +597,18 @@ def test_a_failed_first_try_leaves_nothing_in_the_way_of_the_retry(tmp_path: Pat
     retry = gymlab(*args, cwd=tmp_path)
     assert_ok(retry)
     assert step_of(tmp_path / "r" / "checkpoints" / "last.pt") == 2000
+
+
+def test_the_resume_hint_names_the_trust_the_runs_own_code_needs(tmp_path):
+    # A new process trusts no user module: "continue with" must be a command that works as printed.
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(
+        "agent: agentmod:Agent\nenv: envmod:Env-v0\nwrappers: [wrapmod:W, agentmod:W]\n"
+    )
+    hint = runs.resume_command(folder)
+    assert hint == f"gymlab train --resume {folder} --trust agentmod --trust envmod --trust wrapmod"
+    (folder / "config.yaml").write_text("agent: dqn\nenv: CartPole-v1\n")
+    assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
+    (folder / "config.yaml").write_text("[not, a, config]\n")
+    assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
