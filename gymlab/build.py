@@ -128,6 +128,28 @@ def eval_envs(config: Config) -> VectorEnv[Any, Any, Any]:
     return registry.make_vec_env(run.env, 1, run.env_kwargs, run.wrappers, vectorization=kind, train=False)
 
 
+#: What torch's and numpy's allocators say when a request cannot be met.
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "unable to allocate", "not enough memory")
+
+
+def make_agent(config: Config, ctx: Context) -> Agent:
+    """Build the agent: running out of memory while it allocates is one line, not an allocator's traceback.
+
+    A table or a replay memory is sized by the env's spaces and the config; the line names both.
+    """
+    try:
+        return config.agent_class(config.hparams, ctx)
+    except (MemoryError, RuntimeError) as exc:  # numpy raises MemoryError, torch a RuntimeError (or its OOM subclass)
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, MemoryError) and not any(s in said.lower() for s in OUT_OF_MEMORY):
+            raise
+        raise GymlabError(
+            f"agent '{config.run.agent}' does not fit in memory for {config.run.env} (observations "
+            f"{ctx.observation_space}, actions {ctx.action_space}): {said[:200]}; use a smaller env space "
+            "or smaller settings (buffer_size, net_arch, num_envs)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Built:
     """A training run's envs and agent."""
@@ -153,7 +175,7 @@ def build(config: Config, text: Callable[[str, str], None] = ignore_text) -> Bui
         check_fit(config, ctx)
         evaluation = eval_envs(config)
         try:
-            agent = config.agent_class(config.hparams, ctx)
+            agent = make_agent(config, ctx)
         except BaseException:
             close_env(evaluation)
             raise
@@ -175,7 +197,7 @@ def build_policy(config: Config, ckpt: Checkpoint, device: str | None = None) ->
     ctx = make_context(
         config, obs_space, act_space, num_envs=1, device=resolve_device(run.device if device is None else device)
     )
-    agent = config.agent_class(config.hparams, ctx)
+    agent = make_agent(config, ctx)
     state = ckpt.agent_state
     if POLICY not in state:
         raise GymlabError(f"checkpoint of {run.agent} on {run.env} holds no policy state; it is not from this gymlab")

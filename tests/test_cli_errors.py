@@ -52,6 +52,19 @@ def _reshape_agent_state(payload: dict[str, Any]) -> None:
     payload["agent_state"] = _reshape_arrays(payload["agent_state"])
 
 
+HUGE_ENV = """
+import gymnasium as gym
+class Huge(gym.Env):
+    observation_space = gym.spaces.Discrete(10**12)  # a table or a one-hot layer of 10**12 rows: terabytes
+    action_space = gym.spaces.Discrete(2)
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return 0, {}
+    def step(self, action):
+        return 0, 0.0, True, False, {}
+"""
+
+
 def _files(**files: bytes | str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         for name, content in files.items():
@@ -124,6 +137,12 @@ BAD_INPUTS: dict[str, Bad] = {
     "env-kwargs-huge-value": Bad(["train", "tabular_q", "FrozenLake-v1", "env_kwargs.map_name=" + "x" * 50_000,
                                   "--run-dir", "r"], ["map_name"], no_folder=True),
     # user envs and modules
+    "agent-out-of-memory-table": Bad(["train", "tabular_q", "hugeenv:Huge", "--steps", "100", "--run-dir", "r"],
+                                     ["does not fit in memory", "Discrete(1000000000000)", "tabular_q"],
+                                     _files(**{"hugeenv.py": HUGE_ENV}), no_folder=True),
+    "agent-out-of-memory-net": Bad(["train", "dqn", "hugeenv:Huge", "--steps", "100", "--run-dir", "r"],
+                                   ["does not fit in memory", "Discrete(1000000000000)", "dqn"],
+                                   _files(**{"hugeenv.py": HUGE_ENV}), no_folder=True),
     "env-constructor-raises": Bad(["train", "tabular_q", "userenvs:Raises", "--run-dir", "r"], ["userenvs:Raises"],
                                   write_user_modules, no_folder=True),
     "env-step-raises": Bad(["train", "tabular_q", "userenvs:StepRaises", "--steps", "100", "--run-dir", "r"],
