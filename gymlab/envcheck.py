@@ -100,13 +100,17 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:
     """``env.reset(**kwargs)``'s observation (a wrong return shape surfaces as the wrappers' unpacking error)."""
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    obs, _ = _call(f"reset({args})", env.reset, **kwargs)
+    obs, info = _call(f"reset({args})", env.reset, **kwargs)
+    if not isinstance(info, dict):  # what runs refuse (gymlab.envguard.check_info)
+        raise _EnvRaised(f"reset() returned info of type {type(info).__name__}, not a dict: return a dict (e.g. {{}})")
     return obs
 
 
 def _step(env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool]:
     """``env.step(action)`` as (obs, reward, terminated, truncated)."""
-    obs, reward, terminated, truncated, _ = _call("step()", env.step, action)
+    obs, reward, terminated, truncated, info = _call("step()", env.step, action)
+    if not isinstance(info, dict):  # what runs refuse at an episode's end (gymlab.envguard.check_info)
+        raise _EnvRaised(f"step() returned info of type {type(info).__name__}, not a dict: return a dict (e.g. {{}})")
     return obs, reward, bool(terminated), bool(truncated)
 
 

@@ -93,6 +93,20 @@ def check_reward(reward: Any, copy: int = 0) -> float:
     return float(reward)
 
 
+def check_info(info: Any, call: str, copy: int = 0) -> None:
+    """Raise :class:`EnvProblem` when an env's ``info`` is not a dict (Gymnasium's API says it is one).
+
+    Runs call it where they read ``info`` anyway (resets and episode ends), never on every step.
+    """
+    if not isinstance(info, dict):
+        raise EnvProblem(
+            f"{call} returned info of type {type(info).__name__}, not a dict: the env is at fault, return a dict "
+            "(e.g. {}) as info",
+            copy,
+            call,
+        )
+
+
 def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
     """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
     if not isinstance(space, ARRAY_SPACES):
@@ -236,7 +250,11 @@ def _close_one(target: Any) -> str | None:
 
 
 def check_spaces_declared(env: Any, env_id: str) -> None:
-    """Refuse, in one line, an env without a Gymnasium ``observation_space`` and ``action_space``."""
+    """Refuse, in one line, an env without Gymnasium spaces or whose ``metadata`` is not a dict.
+
+    Vector envs, videos and ``watch`` all read ``metadata``; ``gymlab check`` builds the env through
+    this too, so check and train refuse it alike.
+    """
     for name in ("observation_space", "action_space"):
         try:
             space = getattr(env, name)
@@ -250,6 +268,12 @@ def check_spaces_declared(env: Any, env_id: str) -> None:
                 f"environment '{env_id}' {what} {name}: set it to a gymnasium.spaces.Space "
                 "(as a class attribute or in __init__)"
             )
+    metadata = getattr(env, "metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise GymlabError(
+            f"environment '{env_id}' has metadata of type {type(metadata).__name__}, not a dict: the env is at fault; "
+            'set it to a dict, e.g. metadata = {"render_modes": [], "render_fps": 30}, or leave gymnasium.Env\'s own'
+        )
 
 
 def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ NaN or infinite (``r - r`` is 0 for every finite number), a float observation ba
 or infinity (one dot product of the batch with zeros: 0 when all is finite, NaN otherwise; about
 0.8 µs for CartPole's batch against 2.7 µs for a sum), a ``reset``/``step`` that raises, or an
 observation that does not fit the observation space (checked in full at each reset and episode
-end; a step's observation of the wrong shape fails as it is stored) each raise
+end; a step's observation of the wrong shape fails as it is stored), or an ``info`` that is not a
+dict (checked at the same points, where ``info`` is read anyway) each raise
 :class:`EnvProblem` naming the copy and the call.
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gymlab.envguard import ARRAY_SPACES, EnvProblem, check_obs, check_reward, nonfinite_obs, raised
+from gymlab.envguard import ARRAY_SPACES, EnvProblem, check_info, check_obs, check_reward, nonfinite_obs, raised
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
@@ -109,6 +110,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         except Exception as exc:
             raise raised("reset()", exc, i) from exc
         check_obs(self.single_observation_space, obs, "reset()", i)
+        check_info(info, "reset()", i)
         if self.count_episodes:
             self._ep_return[i], self._ep_length[i], self._ep_start[i] = 0.0, 0, time.perf_counter()
         return obs, info
@@ -130,6 +132,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
             self._truncated[i] = truncated
             if terminated or truncated:
                 check_obs(self.single_observation_space, obs, "step()", i)
+                check_info(info, "step()", i)
                 self._final(infos, i, obs, info)
                 obs, _ = self._reset_copy(i, env, None, None)
             try:
