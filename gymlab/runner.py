@@ -292,9 +292,15 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
     if not target.exists():
         raise GymlabError(f"no run folder or checkpoint at {target}")
     if folder.data() is None:
+        if target.is_file():  # a file outside any run folder: a loose checkpoint, or not a checkpoint at all
+            Checkpoint.read(target)  # refuses, in one line, what is no checkpoint
+            raise GymlabError(
+                f"{target} is a checkpoint outside a run folder; to train on from it, give a new folder: "
+                f"gymlab train --resume {target} --run-dir NEW"
+            )
         raise GymlabError(
-            f"{folder.path} is not a run folder (no {folder.config_file.name}); to train on from a loose "
-            f"checkpoint, give --run-dir NEW: gymlab train --resume {target} --run-dir NEW"
+            f"{folder.path} is not a run folder (no {folder.config_file.name}); give a run folder made by "
+            "gymlab train, or one of its checkpoints with --run-dir NEW"
         )
     lock = folder.lock()
     try:

@@ -133,10 +133,9 @@ class RunFolder:
                 break
             except FileExistsError:
                 if explicit:
-                    raise GymlabError(
-                        f"run folder {target} already exists; choose a new --run-dir, "
-                        f"or continue it with: gymlab train --resume {target}"
-                    ) from None
+                    what = "run folder" if (target / CONFIG_FILE).is_file() else "folder" if target.is_dir() else "file"
+                    go_on = f", or continue it with: gymlab train --resume {target}" if what == "run folder" else ""
+                    raise GymlabError(f"{what} {target} already exists; choose a new --run-dir{go_on}") from None
                 target = target.with_name(f"{target.name.split('.')[0]}.{attempt}")
             except OSError as exc:
                 raise GymlabError(

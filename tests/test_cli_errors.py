@@ -65,6 +65,11 @@ class Huge(gym.Env):
 """
 
 
+def _loose_copy(run: Path) -> None:
+    """A copy of the run's last.pt beside the run folder, outside any run folder."""
+    (run.parent / "loose.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+
+
 def _files(**files: bytes | str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         for name, content in files.items():
@@ -167,6 +172,15 @@ BAD_INPUTS: dict[str, Bad] = {
     # options
     "eval-seed-negative": Bad(["eval", "RUN", "--seed", "-1"], ["--seed"]),
     "eval-device-empty": Bad(["eval", "RUN", "--device", ""], ["--device ''", "cuda:N"]),
+    "run-dir-is-a-file": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir", "f.txt"], ["file f.txt already exists"],
+                             _files(**{"f.txt": "mine"})),
+    "run-dir-is-a-plain-folder": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir", "RUN/checkpoints"],
+                                     ["folder", "already exists; choose a new --run-dir"]),
+    "resume-a-loose-checkpoint": Bad(["train", "--resume", "loose.pt", "--steps", "4000"],
+                                     ["loose.pt is a checkpoint outside a run folder", "--run-dir NEW"],
+                                     damage=_loose_copy),
+    "resume-a-text-file": Bad(["train", "--resume", "f.txt"], ["f.txt is not a gymlab checkpoint"],
+                              _files(**{"f.txt": "mine"})),
     "watch-fps-nan": Bad(["watch", "RUN", "--fps", "nan", "--episodes", "1"], ["--fps must be a finite number"]),
     "eval-file-and-checkpoint": Bad(["eval", "RUN/checkpoints/last.pt", "--checkpoint", "best"],
                                     ["is a checkpoint file itself", "drop --checkpoint"]),
