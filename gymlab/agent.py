@@ -226,7 +226,31 @@ def check_config(cls: AgentClass, config: BaseModel, ctx: Context) -> str | None
 def agent_phases(agent: Agent) -> list[tuple[str, int]]:
     """The agent's offline phases as ``(name, iterations)``, [] when it has none."""
     phases = getattr(agent, "phases", None)
-    return [] if phases is None else [(str(n), int(k)) for n, k in phases()]
+    if phases is None:
+        return []
+    given = phases()
+    pairs = list(given) if isinstance(given, (list, tuple)) else None
+    for pair in pairs if pairs is not None else [None]:
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], (int, np.integer))
+            and not isinstance(pair[1], (bool, np.bool_))
+            and pair[1] >= 0
+        ):
+            got = type(given).__name__ if pairs is None else repr(pair)[:80]
+            raise GymlabError(
+                f"agent '{agent_label(agent)}': phases() must return a list of (name, iterations) pairs, "
+                f"a string and a whole number >= 0 (got {got}); fix the agent, e.g. return [('pretrain', 100)]"
+            )
+    return [(str(n), int(k)) for n, k in pairs or []]
+
+
+def agent_label(agent: object) -> str:
+    """An agent's class as ``module:Class``, for error lines that blame it."""
+    cls = type(agent)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def run_phase(agent: Agent, name: str, index: int) -> Mapping[str, float]:

@@ -20,23 +20,59 @@ class NonFinite(Exception):
     """A NaN or infinite number from the agent (a metric, or a tensor of its state): stop without saving."""
 
 
-def check_metrics(metrics: Mapping[str, Any], prefix: str, agent: str, call: str, source: str) -> None:
+def check_metrics(metrics: Any, prefix: str, agent: str, call: str, source: str) -> None:
     """Raise :class:`NonFinite` for a NaN or infinite metric, a one-line error for one that is not a number.
 
     ``prefix`` is the metrics' TensorBoard section (``train``, a phase's name); ``agent`` names the
     agent, ``call`` the method that returned them (``update()``) and ``source`` the same in words
-    ("the agent's update"), for the error lines.
+    ("the agent's update"), for the error lines. A metric is a real scalar: a Python or numpy
+    number, or a 0-d array or tensor. A Python float takes the fast path (``value - value``);
+    anything else is looked at once more closely (:func:`_metric_problem`).
     """
+    if not isinstance(metrics, Mapping):
+        raise GymlabError(
+            f"agent '{agent}': {call} returned metrics that are not a mapping of names to numbers "
+            f"(got {type(metrics).__name__}); return a dict like {{'loss': 0.1}}, or {{}} when nothing happened"
+        )
     for key, value in metrics.items():
-        try:
-            bad = value - value  # NaN for NaN or infinity; 0 for every finite number
-        except TypeError:
-            raise GymlabError(
-                f"agent '{agent}': {call} returned {prefix}/{key} = {value!r}, not a number "
-                "(text goes through ctx.text)"
-            ) from None
-        if bad:
+        if type(value) is not float or type(key) is not str:
+            if not isinstance(key, str):
+                raise GymlabError(
+                    f"agent '{agent}': {call} returned metrics that are not a mapping of names to numbers "
+                    f"(key {key!r} is a {type(key).__name__}); return a dict like {{'loss': 0.1}}"
+                )
+            problem = _metric_problem(value)
+            if problem is not None:
+                raise GymlabError(
+                    f"agent '{agent}': {call} returned {prefix}/{key} = {problem}, not a number "
+                    "(a metric is a Python or numpy number or a 0-d array or tensor; return a dict like "
+                    "{'loss': 0.1}; text goes through ctx.text)"
+                )
+        if value - value:  # NaN for NaN or infinity; 0 for every finite number
             raise NonFinite(f"{prefix}/{key} is {value} (reported by {source})")
+
+
+#: Largest magnitude of a metric: a Python int beyond it cannot become a float for TensorBoard.
+_MAX_FLOAT = float(np.finfo(np.float64).max)
+
+
+def _metric_problem(value: Any) -> str | None:
+    """What ``value`` is, in words, when it is not a real scalar metric; None when it is one."""
+    if isinstance(value, (bool, float, np.integer, np.floating)):
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= _MAX_FLOAT else "an int too large for a float"
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            return f"an array of shape {value.shape} and dtype {value.dtype}"
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.is_complex() or value.dtype == torch.bool:
+            return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+        return None
+    if isinstance(value, (str, bytes, complex)):
+        return repr(value)[:80]
+    return f"a {type(value).__name__}"
 
 
 def nonfinite_tensor(state: Any, name: str = "") -> str | None:

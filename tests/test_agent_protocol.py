@@ -222,3 +222,61 @@ def test_random_agent_gets_chance_return_on_cartpole(tmp_path: Path):
     cfg = smoke_config("random", "CartPole-v1", ["eval_episodes=20"], steps=500)
     result = train(cfg, tmp_path)
     assert result.last_eval is not None and 12 < result.last_eval < 40  # chance is about 22
+
+
+# --- an agent's bad return values and state: one line blaming the agent, nothing good lost -------
+
+
+class ReturnsMetrics(RandomAgent):
+    """Its ``update`` returns the class attribute ``metrics`` (set per case)."""
+
+    metrics: ClassVar[object] = {}
+
+    def update(self, step):
+        return type(self).metrics
+
+
+def _user_agent(name: str, **members) -> str:
+    """A ``module:Class`` name for a subclass of RandomAgent with ``members``, made here."""
+    globals()[name] = type(name, (RandomAgent,), members)
+    return f"{__name__}:{name}"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "fragment"),
+    [
+        ({"loss": np.array([1.0, 2.0])}, "train/loss"),
+        ([1, 2], "got list"),
+        ({"x": 10**400}, "train/x"),
+        ({"x": torch.ones(3)}, "train/x"),
+        ({"x": np.array([], np.float32)}, "train/x"),
+        ({"x": "text"}, "ctx.text"),
+        ({"x": 1 + 2j}, "train/x"),
+        ({3: 1.0}, "not a mapping of names"),
+        ({"x": np.bool_(True)}, "train/x"),
+        ({"x": torch.tensor(True)}, "train/x"),
+    ],
+    ids=["array", "list", "huge-int", "tensor", "empty-array", "str", "complex", "int-key", "np-bool", "bool-tensor"],
+)
+def test_bad_metrics_from_update_are_one_line_naming_the_agent(tmp_path: Path, metrics, fragment):
+    name = _user_agent("BadMetrics", update=lambda self, step: metrics)
+    cfg = smoke_config(name, "CartPole-v1", [], steps=40)
+    with pytest.raises(GymlabError, match="BadMetrics") as info:
+        train(cfg, tmp_path)
+    assert "update()" in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [{"a": 1, "b": 2.5, "c": np.float32(1), "d": np.array(2.0), "e": torch.tensor(3.0), "f": True}],
+)
+def test_scalar_metrics_of_every_kind_are_accepted(tmp_path: Path, metrics):
+    name = _user_agent("GoodMetrics", update=lambda self, step: metrics)
+    train(smoke_config(name, "CartPole-v1", [], steps=40), tmp_path)
+
+
+@pytest.mark.parametrize("phases", [[("pre", "x")], [("pre",)], 5, [("pre", -1)], [("pre", 2.5)], [(1, 2)]], ids=str)
+def test_bad_phases_are_one_line_naming_the_agent(tmp_path: Path, phases):
+    name = _user_agent("BadPhases", phases=lambda self: phases, run_phase=lambda self, n, i: {})
+    with pytest.raises(GymlabError, match=r"BadPhases.*phases\(\)"):
+        train(smoke_config(name, "CartPole-v1", [], steps=40), tmp_path)
