@@ -33,8 +33,22 @@ class RandomConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def batch_size(obs: Any) -> int:
-    """N of a batch of observations: the leading axis, looking inside Dict and Tuple batches."""
+def batch_size(obs: Any, space: gym.Space[Any] | None = None) -> int:
+    """N of a batch of observations of one env's ``space``: the leading axis, looking inside Dict and Tuple batches.
+
+    Gymnasium batches a Dict or Tuple space part by part, and every space it cannot stack (a
+    Sequence, Graph or Text, whose samples vary in length) as a tuple of N samples: with ``space``
+    known, only Dict and Tuple spaces are walked into, so a Sequence batch counts its N samples, not
+    the length of its first one. Without ``space``, the walk goes by the batch's own structure.
+    """
+    if space is not None:
+        while isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) and len(space.spaces):
+            if isinstance(space, gym.spaces.Dict):
+                key = next(iter(space.spaces))
+                space, obs = space.spaces[key], obs[key]
+            else:
+                space, obs = space.spaces[0], obs[0]
+        return len(obs)
     while (
         isinstance(obs, (dict, tuple)) and len(obs) and isinstance(next(iter(_values(obs))), (np.ndarray, dict, tuple))
     ):
@@ -62,12 +76,13 @@ class RandomAgent:
 
     def __init__(self, config: RandomConfig, ctx: Context) -> None:
         self.action_space = ctx.action_space
+        self.observation_space = ctx.observation_space
         self.rng = np.random.default_rng([ctx.seed, 0x5A4D])
         self._batched: dict[int, gym.Space[Any]] = {}  # N -> the action space of N envs
 
     def act(self, obs: Any, explore: bool) -> Any:
         """One uniform action per observation (``explore`` changes nothing): (N, ...) -> (N, *action_shape)."""
-        n = batch_size(obs)
+        n = batch_size(obs, self.observation_space)
         drawn = self._draw(n)
         if drawn is not None:
             return drawn

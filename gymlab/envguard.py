@@ -288,6 +288,37 @@ def env_actions(action_space: gym.Space[Any], actions: np.ndarray) -> np.ndarray
     return actions
 
 
+def agent_fault(action_space: gym.Space[Any], actions: Any, what: str) -> GymlabError | None:
+    """When a step raised, the error blaming the agent if its ``actions`` (N, ...) were outside ``action_space``.
+
+    Only called on the error path: an env that asserts its actions' validity must not be blamed for
+    an agent's out-of-range action. ``what`` is what the step raised, in words (``step() raised ...``).
+    None when every copy's action was in the space (the env is at fault).
+    """
+    try:
+        batch = list(actions) if not isinstance(actions, (dict, tuple)) else None
+    except TypeError:
+        batch = None
+    if batch is None:  # a Dict or Tuple action batch: only the space's own test can say
+        return None
+    for i, action in enumerate(batch):
+        try:
+            value = action.item() if isinstance(action, np.ndarray) and action.ndim == 0 else action
+            inside = action_space.contains(value)
+        except Exception:
+            inside = False
+        if not inside:
+            shown = value.item() if isinstance(value, np.generic) else value
+            if isinstance(shown, np.ndarray):
+                shown = np.array2string(shown, threshold=8)
+            return GymlabError(
+                f"the agent's action {shown} for copy {i} is outside the action space {action_space}: the agent is at "
+                f"fault (the env's {what}); make the agent's act() return, for each of "
+                "the N envs, an action its action_space contains"
+            )
+    return None
+
+
 def steps_by_itself(envs: VectorEnv[Any, Any, Any]) -> bool:
     """Whether a vector env steps its copies asynchronously itself (``step_async``/``step_wait``).
 
@@ -323,6 +354,7 @@ class VectorGuard:
         self._thread: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         self._in_flight = False
+        self._sent: Any = None  # the actions of the step in flight, for blaming the agent if it fails
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """``envs.reset(**kwargs)``, guarded."""
@@ -338,10 +370,10 @@ class VectorGuard:
             actions = env_actions(self.action_space, actions)
         try:
             obs, reward, terminated, truncated, infos = self.envs.step(actions)
-        except (EnvProblem, Interrupted):
+        except Interrupted:
             raise
         except Exception as exc:  # a user env's step raising inside a vector env that does not say which copy
-            raise raised("step()", exc, copy=None) from exc
+            raise self._step_failed(actions, exc) from exc
         self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
 
@@ -352,15 +384,16 @@ class VectorGuard:
         if self.native_async:
             try:
                 self.envs.step_async(actions)  # type: ignore[attr-defined]
-            except (EnvProblem, Interrupted):
+            except Interrupted:
                 raise
             except Exception as exc:
-                raise raised("step()", exc, copy=None) from exc
+                raise self._step_failed(actions, exc) from exc
         else:
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gymlab-envs")
             self._future = self._thread.submit(self.envs.step, actions)
         self._in_flight = True
+        self._sent = actions
 
     def recv(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """The step :meth:`send` started, once it is done, guarded as :meth:`step` is."""
@@ -372,12 +405,22 @@ class VectorGuard:
                 assert self._future is not None
                 future, self._future = self._future, None
                 obs, reward, terminated, truncated, infos = future.result()
-        except (EnvProblem, Interrupted):
+        except Interrupted:
             raise
         except Exception as exc:
-            raise raised("step()", exc, copy=None) from exc
+            raise self._step_failed(self._sent, exc) from exc
         self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
+
+    def _step_failed(self, actions: Any, exc: Exception) -> GymlabError:
+        """The error for a step that raised: the agent's when its actions were outside the space, else the env's."""
+        if isinstance(exc, EnvProblem) and not exc.problem.startswith("step() raised"):
+            return exc  # the env returned something wrong (a NaN reward, a misfit observation): the env's fault
+        what = exc.problem if isinstance(exc, EnvProblem) else f"step() raised {describe(exc)}"
+        blamed = agent_fault(self.action_space, actions, what)
+        if blamed is not None:
+            return blamed
+        return exc if isinstance(exc, EnvProblem) else raised("step()", exc, copy=None)
 
     def _checked(self, obs: Any, reward: np.ndarray, infos: dict[str, Any]) -> None:
         """What :meth:`step` and :meth:`recv` check of a step's results."""
@@ -452,7 +495,10 @@ class SingleGuard:
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool]:
         """``env.step(action)`` as ``(obs, reward, terminated, truncated)``, checked."""
-        obs, reward, terminated, truncated, _ = call_env(self.env.step, "step()", action, copy=0)
+        try:
+            obs, reward, terminated, truncated, _ = call_env(self.env.step, "step()", action, copy=0)
+        except EnvProblem as exc:  # the agent's fault when its action was outside the space
+            raise agent_fault(self.env.action_space, [action], exc.problem) or exc from exc.__cause__
         check_obs(self.space, obs, "step()")
         return obs, check_reward(reward), bool(terminated), bool(truncated)
 
