@@ -373,13 +373,14 @@ class EnvChecker:
         """Reset, then render and step a few times; the first failure of render() is the verdict."""
         _reset(env, seed=self.seed)
         env.action_space.seed(self.seed)
-        shown = ""
+        shown, first = "", None
         for _ in range(RENDER_STEPS):
             try:
-                frame = guarded_render(env, mode)
+                frame = guarded_render(env, mode, like=first)
             except EnvProblem as exc:
                 return Verdict("render", FAIL, f"{exc.problem} (render_mode={mode!r}; videos and watch call it)")
             shown = f"frames of shape {frame.shape}" if mode == "rgb_array" else "text"
+            first = frame.shape if mode == "rgb_array" else None
             _, _, terminated, truncated = _step(env, env.action_space.sample())
             if terminated or truncated:
                 break

@@ -198,10 +198,11 @@ def batch_out_of_bounds(space: gym.Space[Any], batch: Any) -> str | None:
     return None
 
 
-def render(env: gym.Env[Any, Any], mode: str | None = None) -> Any:
+def render(env: gym.Env[Any, Any], mode: str | None = None, like: tuple[int, ...] | None = None) -> Any:
     """``env.render()``, guarded: what it raises is an :class:`EnvProblem` naming ``render()``.
 
-    With ``mode="rgb_array"`` the frame must be an (H, W, 3 or 4) image; it comes back as (H, W, 3) uint8.
+    With ``mode="rgb_array"`` the frame must be an (H, W, 3 or 4) image; it comes back as (H, W, 3) uint8,
+    and of shape ``like`` when given (the episode's first frame: one video holds frames of one size).
     """
     frame = call_env(env.render, "render()", copy=0)
     if mode != "rgb_array":
@@ -217,7 +218,15 @@ def render(env: gym.Env[Any, Any], mode: str | None = None) -> Any:
             0,
             "render()",
         )
-    return np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+    image = np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+    if like is not None and image.shape != like:
+        raise EnvProblem(
+            f"render() returned a frame of shape {image.shape} after {like}: every frame of a video must have "
+            "one size; render the same (H, W) at every step",
+            0,
+            "render()",
+        )
+    return image
 
 
 def close_env(env: Any) -> str | None:

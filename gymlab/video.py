@@ -186,7 +186,7 @@ def play_episode(
     policy = greedy_policy(agent, env)
     for step in play_steps(env, policy, seed, max_steps=max_steps, stop=stop):
         if record == "rgb_array":
-            episode.frames.append(render(env, "rgb_array"))
+            episode.frames.append(render(env, "rgb_array", like=episode.frames[0].shape if episode.frames else None))
         elif record == "ansi":
             episode.texts.append(str(render(env)))
         episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
@@ -414,13 +414,15 @@ class EpisodeRecorder:
         env = self._env
         assert env is not None
         fps = frame_fps(env)
-        frames: list[np.ndarray] = []  # (H, W, 3) uint8 each
+        frames: list[np.ndarray] = []  # (H, W, 3) uint8 each, all of one shape
+        shape: tuple[int, ...] | None = None
         stream: _FrameStream | None = None
         last: Step | None = None
         try:
             for played in play_steps(env, greedy_policy(agent, env), seed, max_steps=max_steps, stop=stop):
                 last = played
-                frame = render(env, "rgb_array")
+                frame = render(env, "rgb_array", like=shape)
+                shape = frame.shape
                 if stream is not None:
                     stream.put(frame)
                     continue

@@ -449,6 +449,7 @@ class _PixelOutput:
         self.window: Window | None = None
         self.writer: video.Mp4Writer | None = None
         self.opened = False
+        self.shape: tuple[int, ...] | None = None  # the first frame's: a window and an mp4 hold one size
         self.problem = window_problem()  # before the env renders its first frame
 
     def _open(self, frame: np.ndarray) -> None:
@@ -468,6 +469,7 @@ class _PixelOutput:
         """Show and/or record one frame; False when the user closed the window or pressed Esc."""
         if not self.opened:
             self._open(frame)
+            self.shape = frame.shape
         if self.writer is not None:
             try:
                 self.writer.append(overlaid(frame, lines))
@@ -508,10 +510,11 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
             ep = len(result.episodes) + 1
             last = (0.0, 0)
             for step in play.steps(ep - 1):
+                frame = render(env, "rgb_array", like=output.shape)
                 lines = [f"episode {ep}", f"step {step.index}", f"return {step.total:.4g}"]
                 if policy.follow:
                     lines.append(f"checkpoint step {policy.step:,}")
-                if not output.emit(render(env, "rgb_array"), lines):
+                if not output.emit(frame, lines):
                     result.stopped_by_user = True
                     break
                 last = (step.total, step.index)
