@@ -280,7 +280,7 @@ class Base(gym.Env):
 
 
 class NoneMetadata(Base):
-    metadata = None
+    metadata = None  # type: ignore[assignment]  # the fault under test
 
 
 class GrowingFrames(Base):
@@ -303,7 +303,7 @@ class NoneInfo(Base):
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
-    observation_space = gym.spaces.Sequence(gym.spaces.Discrete(3))
+    observation_space = gym.spaces.Sequence(gym.spaces.Discrete(3))  # type: ignore[assignment]
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
