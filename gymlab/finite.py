@@ -100,3 +100,66 @@ def nonfinite_tensor(state: Any, name: str = "") -> str | None:
         if found is not None:
             return found
     return None
+
+
+#: How deep an agent's state may nest (dicts and lists in dicts...): deeper is refused before a save.
+MAX_STATE_DEPTH = 100
+_PLAIN_LEAVES = (str, int, float, bool, type(None), bytes)
+_KEY_TYPES = (str, int, float, bool, type(None))
+
+
+class _BadState(Exception):
+    """Where the state holds what a checkpoint cannot keep, and what it is."""
+
+
+def check_state(state: Any, agent: str) -> str | None:
+    """Check an agent's ``state_dict()`` before it is saved: a one-line error for content a checkpoint cannot keep.
+
+    The state must be a dict holding only tensors, numpy arrays and scalars
+    of numbers, and plain data (str, int, float, bool, None, and lists, tuples and dicts of them),
+    at most :data:`MAX_STATE_DEPTH` deep; anything else would be written, then refused when the run
+    is evaluated or resumed. One walk, by container (an array or tensor is one step), which also
+    finds the first NaN or infinity: returned as in :func:`nonfinite_tensor`, else None.
+    """
+    fix = "return tensors, numpy arrays and plain data only (see Agent.state_dict in gymlab/agent.py)"
+    if not isinstance(state, dict):  # a missing "policy" is left to eval (test agents of the loop have none)
+        got = type(state).__name__
+        raise GymlabError(
+            f"agent '{agent}': state_dict() must return {{'policy': {{...}}, 'training': {{...}}}} (got {got}); {fix}"
+        )
+    try:
+        return _walk_state(state, "state_dict()", "", 0)
+    except _BadState as exc:
+        raise GymlabError(f"agent '{agent}': {exc}, which a checkpoint cannot hold; {fix}") from None
+
+
+def _walk_state(node: Any, path: str, name: str, depth: int) -> str | None:
+    if isinstance(node, (torch.Tensor, np.ndarray, np.generic)):
+        if not isinstance(node, torch.Tensor) and node.dtype.kind not in "biufc":
+            raise _BadState(f"{path} is numpy data of dtype {node.dtype}")
+        return nonfinite_tensor(np.asarray(node) if isinstance(node, np.generic) else node, name)
+    if isinstance(node, _PLAIN_LEAVES):
+        return None
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        raise _BadState(f"{path} is {_kind(node)}")
+    if depth >= MAX_STATE_DEPTH:
+        raise _BadState(f"{path} nests deeper than {MAX_STATE_DEPTH} levels")
+    for key, value in items:
+        if isinstance(node, dict) and not isinstance(key, _KEY_TYPES):
+            raise _BadState(f"{path} has a key that is a {type(key).__name__}")
+        found = _walk_state(value, f"{path}[{key!r}]", f"{name}.{key}" if name else str(key), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _kind(node: Any) -> str:
+    """What a value a checkpoint cannot hold is, in words: "a function", "an object"."""
+    if callable(node) and hasattr(node, "__code__"):
+        return "a function"
+    name = type(node).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

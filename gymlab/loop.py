@@ -36,7 +36,7 @@ from gymlab.config import Config
 from gymlab.envguard import EnvProblem, VectorGuard, batch_out_of_bounds, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, eval_seed, evaluate
-from gymlab.finite import NonFinite, check_metrics, nonfinite_tensor
+from gymlab.finite import NonFinite, check_metrics, check_state
 from gymlab.runs import RunFolder
 from gymlab.signals import StopFlag, graceful_stop, starting
 from gymlab.video import EpisodeRecorder
@@ -469,11 +469,12 @@ class Trainer:
     def save(self, which: str) -> None:
         """Checkpoint everything needed to continue exactly from here, unless the agent's state is not finite.
 
-        A NaN or infinite tensor in the agent's state raises :class:`NonFinite` before anything is
-        written, so the previous checkpoint stays as it was.
+        A NaN or infinite tensor in the agent's state raises :class:`NonFinite`, and content a checkpoint
+        cannot hold (an object, a function, a state without "policy") a one-line error blaming the agent,
+        before anything is written, so the previous checkpoint stays as it was.
         """
         ckpt = Checkpoint.capture(self.config, self.agent, self.envs, self.state, self.window, self.obs)
-        problem = nonfinite_tensor(ckpt.agent_state)
+        problem = check_state(ckpt.agent_state, self.config.run.agent)  # content a file can hold, and finite
         if problem is not None:
             name = "last.pt" if which == "last" else "best.pt"
             raise NonFinite(f"the agent's state holds {problem} (checked before saving {name})")

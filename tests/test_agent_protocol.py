@@ -280,3 +280,32 @@ def test_bad_phases_are_one_line_naming_the_agent(tmp_path: Path, phases):
     name = _user_agent("BadPhases", phases=lambda self: phases, run_phase=lambda self, n, i: {})
     with pytest.raises(GymlabError, match=r"BadPhases.*phases\(\)"):
         train(smoke_config(name, "CartPole-v1", [], steps=40), tmp_path)
+
+
+def _deep(depth: int) -> dict:
+    node: dict = {}
+    for _ in range(depth):
+        node = {"a": node}
+    return node
+
+
+@pytest.mark.parametrize(
+    ("state", "fragment"),
+    [
+        ({"policy": {"obj": object()}, "training": {}}, "state_dict()['policy']['obj'] is an object"),
+        ([1, 2], "got list"),
+        ({"policy": {"f": lambda: 0}, "training": {}}, "state_dict()['policy']['f'] is a function"),
+        ({"policy": _deep(5000), "training": {}}, "deeper than"),
+        ({"policy": {"a": np.array([object()])}, "training": {}}, "['policy']['a']"),
+        ({"policy": {"s": {1, 2}}, "training": {}}, "['policy']['s'] is a set"),
+        ({"policy": {object(): 1}, "training": {}}, "key"),
+    ],
+    ids=["object", "list", "lambda", "deep", "object-array", "set", "object-key"],
+)
+def test_a_state_that_cannot_be_checkpointed_is_refused_before_anything_is_written(tmp_path: Path, state, fragment):
+    name = _user_agent("BadState", state_dict=lambda self: state)
+    cfg = smoke_config(name, "CartPole-v1", ["checkpoint_every=20"], steps=40)
+    with pytest.raises(GymlabError, match="BadState") as info:
+        train(cfg, tmp_path / "run")
+    assert fragment in str(info.value)
+    assert not list((tmp_path / "run").rglob("*.pt"))
