@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -157,13 +158,37 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
         return _train(spec, opened, progress, start)
     except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
         return _interrupted(spec, opened, start)
-    except BaseException:
+    except BaseException as exc:
         if opened is not None:
             opened.abandon()
+        config = opened.config if opened is not None else spec.config
+        blamed = None if config is None else user_agent_error(exc, config.run.agent)
+        if blamed is not None:
+            raise blamed from None
         raise
     finally:
         if opened is not None:
             opened.lock.release()
+
+
+def user_agent_error(exc: BaseException, agent: str) -> GymlabError | None:
+    """One line for an exception raised inside a user's own agent code (``module:Class``), else None.
+
+    A built-in agent's exception is gymlab's bug and keeps its traceback; one raised in the user's
+    module names the function it came from. The run's checkpoints so far are kept, as for env errors.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, GymlabError) or ":" not in agent:
+        return None
+    module = sys.modules.get(agent.partition(":")[0])
+    source = getattr(module, "__file__", None)
+    inside = [f for f in traceback.extract_tb(exc.__traceback__) if source is not None and f.filename == source]
+    if not inside:
+        return None
+    said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return GymlabError(
+        f"agent '{agent}': {inside[-1].name}() raised {type(exc).__name__}{': ' + said if said else ''}; "
+        "the agent is at fault: fix it (checkpoints already written are kept)"
+    )
 
 
 @contextlib.contextmanager

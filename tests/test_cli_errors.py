@@ -65,6 +65,17 @@ class Huge(gym.Env):
 """
 
 
+BAD_AGENT = """
+from gymlab.agents.random_agent import RandomAgent
+class ActRaises(RandomAgent):
+    def act(self, obs, explore):
+        raise RuntimeError("boom in act")
+class UpdateRaises(RandomAgent):
+    def update(self, step):
+        return {"x": 1 / 0}
+"""
+
+
 def _loose_copy(run: Path) -> None:
     """A copy of the run's last.pt beside the run folder, outside any run folder."""
     (run.parent / "loose.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
@@ -148,6 +159,12 @@ BAD_INPUTS: dict[str, Bad] = {
     "agent-out-of-memory-net": Bad(["train", "dqn", "hugeenv:Huge", "--steps", "100", "--run-dir", "r"],
                                    ["does not fit in memory", "Discrete(1000000000000)", "dqn"],
                                    _files(**{"hugeenv.py": HUGE_ENV}), no_folder=True),
+    "user-agent-act-raises": Bad(["train", "badagent:ActRaises", "CartPole-v1", "--steps", "100", "--run-dir", "r"],
+                                 ["agent 'badagent:ActRaises': act() raised RuntimeError: boom in act",
+                                  "the agent is at fault"], _files(**{"badagent.py": BAD_AGENT}), no_folder=True),
+    "user-agent-update-raises": Bad(["train", "badagent:UpdateRaises", "CartPole-v1", "--steps", "100",
+                                     "--run-dir", "r"], ["update() raised ZeroDivisionError"],
+                                    _files(**{"badagent.py": BAD_AGENT}), no_folder=True),
     "env-constructor-raises": Bad(["train", "tabular_q", "userenvs:Raises", "--run-dir", "r"], ["userenvs:Raises"],
                                   write_user_modules, no_folder=True),
     "env-step-raises": Bad(["train", "tabular_q", "userenvs:StepRaises", "--steps", "100", "--run-dir", "r"],
