@@ -31,7 +31,7 @@ import torch
 
 from gymlab.agent import Agent
 from gymlab.config import Config
-from gymlab.errors import GymlabError
+from gymlab.errors import FolderRemoved, GymlabError
 
 FORMAT = "gymlab-checkpoint"
 VERSION = 1
@@ -100,6 +100,8 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not path.parent.parent.is_dir():  # the run folder was deleted between the caller's check and the write
+            raise FolderRemoved(path.parent.parent) from None
         kept = "the previous checkpoint is kept" if path.is_file() else "no earlier checkpoint exists"
         raise GymlabError(
             f"cannot write checkpoint {path}: {exc.strerror or _first_line(exc)}; {kept} "

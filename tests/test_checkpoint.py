@@ -147,3 +147,10 @@ def test_a_file_that_is_no_torch_checkpoint_is_named_so(tmp_path, content, said)
     with pytest.raises(GymlabError, match=said):
         checkpoint.load(path)
     assert checkpoint.step_of(path) is None
+
+
+def test_a_write_into_a_run_folder_removed_meanwhile_says_so(tmp_path):
+    # The folder can go between the run's presence check and the write: that is the same one line.
+    with pytest.raises(GymlabError, match=r"run folder .*gone was removed while the run was writing it"):
+        checkpoint.save(tmp_path / "gone" / "checkpoints" / "last.pt", {"agent": "tabular_q"})
+    assert not (tmp_path / "gone").exists()  # nothing recreated

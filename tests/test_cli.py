@@ -92,7 +92,8 @@ def test_existing_run_folder_is_never_overwritten(cli, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("keep me")
     proc = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "taken", "--steps", "100")
-    assert_one_line_error(proc, "run folder taken already exists", "--resume")
+    assert_one_line_error(proc, "folder taken already exists; choose a new --run-dir")
+    assert "--resume" not in proc.stderr  # not a run folder: resuming it cannot work, so it is not offered
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
     assert (tmp_path / "taken" / "notes.txt").read_text() == "keep me"
 
