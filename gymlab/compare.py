@@ -43,7 +43,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError, describe
-from gymlab.runs import iter_runs, read_config
+from gymlab.runs import iter_runs, read_config, unwritable
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
@@ -357,25 +357,6 @@ def plot(comparison: Comparison, out: Path) -> Any:
 
 def _cannot_write(out: Path, reason: str) -> str:
     return f"--out {out}: cannot write the plot there: {reason} (give a writable .png, .svg or .pdf path)"
-
-
-def unwritable(path: Path) -> str | None:
-    """Why no file can be written at ``path``, as far as can be told without writing it (None: none known).
-
-    A folder (or a link to one) at the path, or a file where one of its folders should be; a name
-    the file system refuses (too long) shows as its OS reason.
-    """
-    try:
-        if path.is_dir():  # follows a link: a link to a folder is a folder here
-            return "it is a link to a folder" if path.is_symlink() else "it is a folder"
-        for parent in path.parents:
-            if parent.is_dir():
-                break
-            if parent.exists():
-                return f"{parent} is a file, not a folder"
-    except OSError as exc:
-        return exc.strerror or describe(exc)
-    return None
 
 
 def compare(

@@ -42,7 +42,7 @@ from gymlab.config import Config
 from gymlab.envguard import EnvProblem, close_env, render
 from gymlab.errors import GymlabError, Interrupted, describe
 from gymlab.evaluation import eval_seed
-from gymlab.runs import RunFolder, load_run
+from gymlab.runs import RunFolder, load_run, unwritable
 from gymlab.signals import graceful_stop, starting
 
 if TYPE_CHECKING:
@@ -289,35 +289,9 @@ def check_options(fps: float | None, record: Path | None) -> None:
         )
     if fps is not None and not MIN_FPS <= fps <= video.MAX_FPS:
         raise GymlabError(f"--fps must be between {MIN_FPS:g} and {video.MAX_FPS} frames per second, not {fps:g}")
-    problem = None if record is None else unwritable(record)
+    problem = None if record is None else unwritable(record, probe=True)
     if record is not None and problem is not None:
         raise GymlabError(_cannot_record(record, problem))
-
-
-def unwritable(path: Path) -> str | None:
-    """Why no file can be written at ``path``, as far as can be told without writing it (None: none known).
-
-    A folder (or a link to one) at the path, or a file where one of its folders should be; where its
-    folder exists, the file is opened for appending (and removed again if that created it), so a
-    name too long, a read-only place or a missing permission shows as its OS reason.
-    """
-    try:
-        if path.is_dir():  # follows a link: a link to a folder is a folder here
-            return "it is a link to a folder" if path.is_symlink() else "it is a folder"
-        for parent in path.parents:
-            if parent.is_dir():
-                break
-            if parent.exists():
-                return f"{parent} is a file, not a folder"
-        if path.parent.is_dir():  # open it as ffmpeg will (appending: nothing there is lost), else ffmpeg's
-            created = not path.exists()  # own error lines would come before ours
-            with path.open("ab"):
-                pass
-            if created:
-                path.unlink()
-    except OSError as exc:
-        return exc.strerror or describe(exc)
-    return None
 
 
 def _cannot_record(path: Path, reason: str) -> str:
