@@ -33,31 +33,20 @@ class RandomConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def batch_size(obs: Any, space: gym.Space[Any] | None = None) -> int:
+def batch_size(obs: Any, space: gym.Space[Any]) -> int:
     """N of a batch of observations of one env's ``space``: the leading axis, looking inside Dict and Tuple batches.
 
     Gymnasium batches a Dict or Tuple space part by part, and every space it cannot stack (a
-    Sequence, Graph or Text, whose samples vary in length) as a tuple of N samples: with ``space``
-    known, only Dict and Tuple spaces are walked into, so a Sequence batch counts its N samples, not
-    the length of its first one. Without ``space``, the walk goes by the batch's own structure.
+    Sequence, Graph or Text, whose samples vary in length) as a tuple of N samples: only Dict and
+    Tuple spaces are walked into, so a Sequence batch counts its N samples, not the length of its first one.
     """
-    if space is not None:
-        while isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) and len(space.spaces):
-            if isinstance(space, gym.spaces.Dict):
-                key = next(iter(space.spaces))
-                space, obs = space.spaces[key], obs[key]
-            else:
-                space, obs = space.spaces[0], obs[0]
-        return len(obs)
-    while (
-        isinstance(obs, (dict, tuple)) and len(obs) and isinstance(next(iter(_values(obs))), (np.ndarray, dict, tuple))
-    ):
-        obs = next(iter(_values(obs)))
+    while isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) and len(space.spaces):
+        if isinstance(space, gym.spaces.Dict):
+            key = next(iter(space.spaces))
+            space, obs = space.spaces[key], obs[key]
+        else:
+            space, obs = space.spaces[0], obs[0]
     return len(obs)
-
-
-def _values(obs: dict[str, Any] | tuple[Any, ...]) -> Any:
-    return obs.values() if isinstance(obs, dict) else obs
 
 
 class RandomAgent:

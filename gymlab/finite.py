@@ -75,30 +75,18 @@ def _metric_problem(value: Any) -> str | None:
     return f"a {type(value).__name__}"
 
 
-def nonfinite_tensor(state: Any, name: str = "") -> str | None:
-    """Where a nested state (dicts, lists, tensors, arrays) holds NaN or infinity, e.g. "nan in policy.q"; else None.
+def _nonfinite(data: torch.Tensor | np.ndarray, name: str) -> str | None:
+    """Where a float tensor or array holds NaN or infinity ("nan in NAME", "inf in NAME"); else None.
 
-    Only float tensors and arrays are looked at: plain numbers in a state are settings or
+    Only float data is looked at: integer arrays and plain numbers in a state are settings or
     counters (an infinite gradient-norm limit is legitimate).
     """
-    if isinstance(state, torch.Tensor):
-        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
-            return f"{'nan' if bool(torch.isnan(state).any()) else 'inf'} in {name or 'a tensor'}"
+    if isinstance(data, torch.Tensor):
+        if (data.is_floating_point() or data.is_complex()) and not bool(torch.isfinite(data).all()):
+            return f"{'nan' if bool(torch.isnan(data).any()) else 'inf'} in {name or 'a tensor'}"
         return None
-    if isinstance(state, np.ndarray):
-        if state.dtype.kind in "fc" and not np.isfinite(state).all():
-            return f"{'nan' if np.isnan(state).any() else 'inf'} in {name or 'an array'}"
-        return None
-    if isinstance(state, dict):
-        items: Any = state.items()
-    elif isinstance(state, (list, tuple)):
-        items = enumerate(state)
-    else:
-        return None
-    for key, value in items:
-        found = nonfinite_tensor(value, f"{name}.{key}" if name else str(key))
-        if found is not None:
-            return found
+    if data.dtype.kind in "fc" and not np.isfinite(data).all():
+        return f"{'nan' if np.isnan(data).any() else 'inf'} in {name or 'an array'}"
     return None
 
 
@@ -119,7 +107,7 @@ def check_state(state: Any, agent: str) -> str | None:
     of numbers, and plain data (str, int, float, bool, None, and lists, tuples and dicts of them),
     at most :data:`MAX_STATE_DEPTH` deep; anything else would be written, then refused when the run
     is evaluated or resumed. One walk, by container (an array or tensor is one step), which also
-    finds the first NaN or infinity: returned as in :func:`nonfinite_tensor`, else None.
+    finds the first NaN or infinity in float data ("nan in policy.q"), else None.
     """
     fix = "return tensors, numpy arrays and plain data only (see Agent.state_dict in gymlab/agent.py)"
     if not isinstance(state, dict):  # a missing "policy" is left to eval (test agents of the loop have none)
@@ -137,7 +125,7 @@ def _walk_state(node: Any, path: str, name: str, depth: int) -> str | None:
     if isinstance(node, (torch.Tensor, np.ndarray, np.generic)):
         if not isinstance(node, torch.Tensor) and node.dtype.kind not in "biufc":
             raise _BadState(f"{path} is numpy data of dtype {node.dtype}")
-        return nonfinite_tensor(np.asarray(node) if isinstance(node, np.generic) else node, name)
+        return _nonfinite(np.asarray(node) if isinstance(node, np.generic) else node, name)
     if isinstance(node, _PLAIN_LEAVES):
         return None
     if isinstance(node, dict):
