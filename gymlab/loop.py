@@ -470,7 +470,7 @@ class Trainer:
         """Checkpoint everything needed to continue exactly from here, unless the agent's state is not finite.
 
         A NaN or infinite tensor in the agent's state raises :class:`NonFinite`, and content a checkpoint
-        cannot hold (an object, a function, a state without "policy") a one-line error blaming the agent,
+        cannot hold (an object, a function, a state that is not a dict) a one-line error blaming the agent,
         before anything is written, so the previous checkpoint stays as it was.
         """
         ckpt = Checkpoint.capture(self.config, self.agent, self.envs, self.state, self.window, self.obs)

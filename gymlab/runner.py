@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 
 from gymlab.build import preflight
-from gymlab.checkpoint import Checkpoint
+from gymlab.checkpoint import Checkpoint, step_of
 from gymlab.config import Config
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.loop import Progress, train
@@ -318,7 +318,8 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
         raise GymlabError(f"no run folder or checkpoint at {target}")
     if folder.data() is None:
         if target.is_file():  # a file outside any run folder: a loose checkpoint, or not a checkpoint at all
-            Checkpoint.read(target)  # refuses, in one line, what is no checkpoint
+            if step_of(target) is None:  # read without its tensors; a file that is no checkpoint is refused in
+                Checkpoint.read(target)  # one line by the full reader
             raise GymlabError(
                 f"{target} is a checkpoint outside a run folder; to train on from it, give a new folder: "
                 f"gymlab train --resume {target} --run-dir NEW"
