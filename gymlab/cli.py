@@ -195,9 +195,9 @@ def _train_one(spec: RunSpec, label: str) -> None:
 
 #: The largest seed (as ``gymlab.config.MAX_SEED``; the CLI module imports no config at start-up).
 MAX_SEED = 2**32 - 1
-#: The most worker processes ``--workers`` may ask for.
+#: The most worker processes ``--workers`` may ask for (as ``gymlab.config.MAX_AT_ONCE``).
 MAX_WORKERS = 256
-#: The most trials ``sweep --trials`` asks for.
+#: The most trials ``sweep --trials`` asks for (as ``gymlab.config.MAX_TRIALS``).
 MAX_TRIALS = 100_000
 #: The most random steps ``check --steps`` takes.
 MAX_CHECK_STEPS = 100_000

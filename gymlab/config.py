@@ -263,6 +263,12 @@ def _data_problem(value: Any, path: str) -> tuple[str, str] | None:
 MAX_NUM_ENVS = 4096
 #: The largest seed (seeds derived from it for evaluations and videos must stay in every generator's range).
 MAX_SEED = 2**32 - 1
+#: The most runs one command starts: ``train --seeds``, or one sweep trial's ``seeds``.
+MAX_SEEDS = 1_000
+#: The most runs at once (``--workers``, ``--max-concurrent``, a sweep file's ``max_concurrent``).
+MAX_AT_ONCE = 256
+#: The most trials of a sweep (``--trials``, a sweep file's ``trials``).
+MAX_TRIALS = 100_000
 
 
 def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:

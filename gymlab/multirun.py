@@ -13,16 +13,12 @@ from pathlib import Path
 
 from gymlab import report
 from gymlab.build import preflight
-from gymlab.config import MAX_SEED, resolve
+from gymlab.config import MAX_SEED, MAX_SEEDS, resolve
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.parallel import run_all
 from gymlab.runner import RunOutcome, RunSpec
 from gymlab.runs import RunFolder, resume_command
 from gymlab.signals import multi_run_stop
-
-#: The most runs one ``train --seeds`` starts (each is a run folder and a process's worth of work).
-MAX_SEEDS = 1_000
-
 
 #: One part of ``--seeds``: a seed or a range of them, in ASCII digits.
 SEEDS_PART = re.compile(r"([0-9]+)(?:\s*-\s*([0-9]+))?")

@@ -178,3 +178,10 @@ def test_eval_and_watch_read_runs_of_several_envs_and_a_saved_replay(
     else:
         assert (tmp_path / "out.mp4").stat().st_size > 0
     assert_nothing_lost(run, before)
+
+
+def test_the_clis_bounds_are_the_configs():
+    # cli.py keeps copies (it imports no config at start-up, so `gymlab --help` stays light): they must agree.
+    from gymlab import cli, config
+
+    assert (cli.MAX_SEED, cli.MAX_WORKERS, cli.MAX_TRIALS) == (config.MAX_SEED, config.MAX_AT_ONCE, config.MAX_TRIALS)

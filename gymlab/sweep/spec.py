@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from gymlab.build import preflight
-from gymlab.config import MAX_SEED, Config, explain, override_path, resolve
+from gymlab.config import MAX_AT_ONCE, MAX_SEED, MAX_SEEDS, MAX_TRIALS, Config, explain, override_path, resolve
 from gymlab.errors import GymlabError
 from gymlab.yamlfile import load_yaml
 
@@ -46,12 +46,6 @@ _UNSEARCHABLE = {
     "seed": "seeds are set by `seeds:`",
     "hparams": "not as a whole; search its keys one by one (e.g. hparams.gamma)",
 }
-#: The most seeds a trial trains (as ``--seeds``: :data:`gymlab.multirun.MAX_SEEDS`).
-MAX_SEEDS = 1_000
-#: The most runs at once (as ``--max-concurrent``: ``gymlab.cli.MAX_WORKERS``).
-MAX_CONCURRENT = 256
-#: The most trials of a sweep (as ``--trials``: ``gymlab.cli.MAX_TRIALS``).
-MAX_TRIALS = 100_000
 #: Strict numbers: a boolean or text is refused, never read as a number (an int is a float).
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -184,7 +178,7 @@ class SweepSpec(BaseModel):
         default_factory=lambda: PruningSpec.model_validate({}), description="early stopping of bad trials"
     )
     max_concurrent: Int | None = Field(
-        None, gt=0, le=MAX_CONCURRENT, description="runs at once (default: the backend's CPUs)"
+        None, gt=0, le=MAX_AT_ONCE, description="runs at once (default: the backend's CPUs)"
     )
     sampler_seed: Int = Field(0, ge=0, le=MAX_SEED, description="seed of the grid, random and TPE samplers")
     gpus_per_run: Float = Field(
