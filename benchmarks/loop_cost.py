@@ -189,6 +189,7 @@ PARTS: list[tuple[str, str, str]] = [
     ("gymnasium/wrappers/common.py", "RecordEpisodeStatistics", "episode statistics"),
     ("gymnasium/vector/sync_vector_env.py", "", "vector env (Gymnasium)"),
     ("gymlab/envguard.py", "", "env guard: checks, clipping"),
+    ("gymlab/envfault.py", "", "env guard: checks, clipping"),
     ("gymlab/finite.py", "", "env guard: checks, clipping"),
     ("agents/", "act", "agent: act"),
     ("agents/", "_draw", "agent: act"),

@@ -36,7 +36,8 @@ from rich.table import Table
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
-from gymlab.envguard import ARRAY_SPACES, DEFAULT_EVAL_MAX_STEPS, EnvProblem, check_nested, close_env
+from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_nested
+from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
 from gymlab.envguard import render as guarded_render
 from gymlab.errors import GymlabError, describe, one_line
 from gymlab.video import headless_gl, render_modes
@@ -101,7 +102,7 @@ def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:
     """``env.reset(**kwargs)``'s observation (a wrong return shape surfaces as the wrappers' unpacking error)."""
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     obs, info = _call(f"reset({args})", env.reset, **kwargs)
-    if not isinstance(info, dict):  # what runs refuse (gymlab.envguard.check_info)
+    if not isinstance(info, dict):  # what runs refuse (gymlab.envfault.check_info)
         raise _EnvRaised(f"reset() returned info of type {type(info).__name__}, not a dict: return a dict (e.g. {{}})")
     return obs
 
@@ -109,7 +110,7 @@ def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:
 def _step(env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool]:
     """``env.step(action)`` as (obs, reward, terminated, truncated)."""
     obs, reward, terminated, truncated, info = _call("step()", env.step, action)
-    if not isinstance(info, dict):  # what runs refuse at an episode's end (gymlab.envguard.check_info)
+    if not isinstance(info, dict):  # what runs refuse at an episode's end (gymlab.envfault.check_info)
         raise _EnvRaised(f"step() returned info of type {type(info).__name__}, not a dict: return a dict (e.g. {{}})")
     return obs, reward, bool(terminated), bool(truncated)
 
@@ -200,7 +201,7 @@ class _RandomWalk:
         if self.bad_obs is not None:
             return
         if isinstance(self.space, (*ARRAY_SPACES, gym.spaces.Tuple, gym.spaces.Dict)):
-            try:  # the rule training applies (gymlab.envguard), so the verdict agrees with what a run does
+            try:  # the rule training applies (gymlab.envfault), so the verdict agrees with what a run does
                 check_nested(self.space, obs, where)
             except EnvProblem as exc:
                 if " holds " not in exc.problem:  # not finite: the finite-values point says so

@@ -85,7 +85,7 @@ def evaluate(
     counts as truncated, with its return so far, and is reported to ``on_capped(length, return)``.
     ``stop`` is checked before each step; once it is set, :class:`Interrupted` is raised. Without
     one, Ctrl-C and SIGTERM stop the evaluation that way for its duration (``gymlab eval``).
-    A misbehaving env raises :class:`~gymlab.envguard.EnvProblem` (a one-line ``GymlabError``).
+    A misbehaving env raises :class:`~gymlab.envfault.EnvProblem` (a one-line ``GymlabError``).
     """
     if stop is None:
         with graceful_stop() as own:

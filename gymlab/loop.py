@@ -33,7 +33,8 @@ from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
-from gymlab.envguard import EnvProblem, VectorGuard, batch_out_of_bounds, close_env, with_final_obs
+from gymlab.envfault import EnvProblem, batch_out_of_bounds
+from gymlab.envguard import VectorGuard, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, check_state

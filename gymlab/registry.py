@@ -22,7 +22,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from gymlab.envguard import check_spaces_declared
+from gymlab.envfault import check_spaces_declared
 from gymlab.errors import GymlabError, describe
 from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv

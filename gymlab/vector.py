@@ -35,7 +35,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gymlab.envguard import ARRAY_SPACES, EnvProblem, check_info, check_obs, check_reward, nonfinite_obs, raised
+from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_info, check_obs, check_reward, nonfinite_obs, raised
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):

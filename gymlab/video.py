@@ -139,7 +139,7 @@ def play_steps(
     the env's time limit, or after ``max_steps`` steps on an env without one (None: the run key's
     default). ``stop`` is checked before each step: once set, :class:`Interrupted` is raised.
     A reset or step that raises, returns a non-finite reward or an observation that does not fit
-    the space raises :class:`~gymlab.vector.EnvProblem`.
+    the space raises :class:`~gymlab.envfault.EnvProblem`.
     """
     cap = episode_cap(env, max_steps)
     guard = SingleGuard(env)

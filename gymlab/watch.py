@@ -39,7 +39,8 @@ from gymlab import video
 from gymlab.agent import Agent
 from gymlab.build import build_policy
 from gymlab.config import Config
-from gymlab.envguard import EnvProblem, close_env, render
+from gymlab.envfault import EnvProblem
+from gymlab.envguard import close_env, render
 from gymlab.errors import GymlabError, Interrupted, describe
 from gymlab.evaluation import eval_seed
 from gymlab.runs import RunFolder, load_run, unwritable

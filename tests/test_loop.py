@@ -17,7 +17,7 @@ from conftest import gymlab_inprocess
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import checkpoint, envguard, registry, runner, vector
+from gymlab import checkpoint, envfault, envguard, registry, runner, vector
 from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
@@ -288,14 +288,14 @@ def test_a_discrete_observation_is_checked_against_its_space_whatever_its_type(s
         for obs in (value, np.int64(value), np.array(value), np.array([value])):
             fits = np.ndim(obs) == 0 and start <= value < start + 5
             try:
-                envguard.check_obs(space, obs, "step()")
-            except envguard.EnvProblem as problem:
+                envfault.check_obs(space, obs, "step()")
+            except envfault.EnvProblem as problem:
                 assert not fits, problem
                 assert "Discrete" in str(problem) or "shape" in str(problem)
             else:
                 assert fits, f"{obs!r} taken for {space}"
-    with pytest.raises(envguard.EnvProblem, match="dtype float64"):
-        envguard.check_obs(space, float(start), "step()")
+    with pytest.raises(envfault.EnvProblem, match="dtype float64"):
+        envfault.check_obs(space, float(start), "step()")
 
 
 # --- finite or stop ------------------------------------------------------------------------------

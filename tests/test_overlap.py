@@ -21,7 +21,8 @@ from conftest import ctrl_c_after_update, gymlab_inprocess
 from gymlab.agent import Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import resolve, validate
-from gymlab.envguard import EnvProblem, VectorGuard
+from gymlab.envfault import EnvProblem
+from gymlab.envguard import VectorGuard
 from gymlab.loop import train
 from gymlab.registry import make_vec_env
 
