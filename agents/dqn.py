@@ -39,14 +39,12 @@ gathered on the GPU from frames kept there; replay/loader.py), and computes ever
 forward pass (except for double DQN, whose action choice needs the online network as it learns).
 Each gradient step runs Adam's fused kernel (CPU and CUDA) and clips the gradient's global norm
 with the arithmetic of ``clip_grad_norm_(foreach=True)``, op for op, without its per-call grouping
-(:func:`clip_grad_norm`). ``compile`` may run the step through ``torch.compile`` or replay it from a
+(``gymlab.nets.clip_grad_norm``). ``compile`` may run the step through ``torch.compile`` or replay it from a
 CUDA graph (gymlab/cudagraph.py); ``auto``, the default, is the graph on CUDA and eager elsewhere
 (why: benchmarks/README.md, "DQN: the step against its floor").
 
-Acting runs under ``torch.inference_mode`` (:class:`Greedy`). On the CPU the network reads the
-observations where numpy holds them (``torch.from_numpy`` shares the memory: no copy at all). On
-CUDA they are copied into preallocated page-locked host buffers and from there, non-blocking, into
-preallocated device tensors, and with the graph the forward pass and argmax are one graph replay.
+Acting's forward pass and argmax run through ``gymlab.staging.BatchForward`` (in place on the CPU;
+pinned staging and, with the graph, one graph replay on CUDA).
 """
 
 from __future__ import annotations
@@ -57,12 +55,13 @@ from typing import Annotated, Any, ClassVar, Literal
 import gymnasium as gym
 import numpy as np
 import torch
-from gymlab.replay import DeviceBatches, HostStaging, ReplayBuffer, choose_source
+from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
-from gymlab.cudagraph import CUDAGraphForward, CUDAGraphStep
-from gymlab.nets import is_image, observation_net
+from gymlab.cudagraph import CUDAGraphStep
+from gymlab.nets import clip_grad_norm, is_image, observation_net
+from gymlab.staging import BatchForward
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
 MB = 2**20
@@ -201,68 +200,6 @@ def q_loss(q_values: torch.Tensor, action: torch.Tensor, target: torch.Tensor, d
     return torch.nn.functional.huber_loss(q_taken, target, delta=delta)
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale the gradients to a global L2 norm of at most ``max_norm``; the norm before scaling.
-
-    The arithmetic of ``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` op for op
-    (per-tensor norms in one foreach call, their norm, ``min(max_norm / (norm + 1e-6), 1)``, one foreach
-    multiply), so the result is the same to the bit, without the public function's per-call grouping
-    of the tensors by device and dtype: 37 against 63 µs per call for CartPole's MLP on this CPU
-    (benchmarks/README.md). The parameters must share one device and dtype (one network's do).
-    ``tests/test_dqn.py`` checks it against ``clip_grad_norm_`` on the installed torch.
-    """
-    with torch.no_grad():
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
-
-
-class Greedy:
-    """argmax_a Q(obs, a) for batches of observations: (N, *obs_shape) numpy -> (N,) int64 numpy.
-
-    Runs under ``torch.inference_mode``. Off CUDA the network reads the observations in place
-    (``torch.from_numpy``: no copy). On CUDA each batch shape gets a preallocated device tensor,
-    filled through page-locked staging with a non-blocking copy; with ``graphed`` the forward pass
-    and argmax on it are recorded in a CUDA graph at the first batch of that shape and replayed
-    after (the graph reads the weights where they live, so it follows every update).
-    """
-
-    def __init__(self, net: torch.nn.Module, device: torch.device, graphed: bool) -> None:
-        self.net = net
-        self.device = device
-        self.graphed = graphed
-        self.cuda = device.type == "cuda"
-        self.staging = HostStaging(device, pin=True) if self.cuda else None
-        # Per (shape, dtype) of a batch: its static device input and, with the graph, the graph.
-        self.inputs: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
-        self.graphs: dict[tuple[tuple[int, ...], str], CUDAGraphForward] = {}
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """The greedy actions of a batch of observations (before the action space's start)."""
-        if self.staging is None:
-            with torch.inference_mode():
-                on_device = torch.from_numpy(obs).to(self.device, non_blocking=True)  # the CPU: the same memory
-                return self.net(on_device).argmax(dim=1).cpu().numpy()
-        key = (obs.shape, obs.dtype.str)
-        if key in self.inputs:
-            x = self.staging.to_device((obs,), out=(self.inputs[key],))[0]
-        else:
-            x = self.inputs[key] = self.staging.to_device((obs,))[0]
-        if self.graphed:
-            graph = self.graphs.get(key)
-            if graph is None:
-                graph = self.graphs[key] = CUDAGraphForward(self._argmax, (x,))
-            actions = graph()[0]
-        else:
-            with torch.inference_mode():
-                actions = self._argmax(x)
-        return actions.cpu().numpy()
-
-    def _argmax(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).argmax(dim=1)
-
-
 # --- the agent ---------------------------------------------------------------------------------
 
 
@@ -364,7 +301,7 @@ class DQN:
             gamma=config.gamma,
         )
         self.batches = DeviceBatches(self.replay, self.device, source)
-        self.greedy = Greedy(self.online, self.device, graphed)
+        self.greedy = BatchForward(lambda x: self.online(x).argmax(dim=1), self.device, graphed)  # argmax_a Q(s, a)
         self.text = ctx.text
         self._told_replay_left_out = False
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own

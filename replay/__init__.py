@@ -2,6 +2,5 @@
 
 from gymlab.replay.buffer import Batch, ReplayBuffer
 from gymlab.replay.loader import DeviceBatches, TensorBatch, choose_source
-from gymlab.replay.staging import HostStaging
 
-__all__ = ["Batch", "DeviceBatches", "HostStaging", "ReplayBuffer", "TensorBatch", "choose_source"]
+__all__ = ["Batch", "DeviceBatches", "ReplayBuffer", "TensorBatch", "choose_source"]

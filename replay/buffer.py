@@ -25,7 +25,7 @@ truncated, has-transition flags and the uint8 in-episode offset). 1M Atari slots
 Where the frames live: a numpy array (host memory) by default; with ``device`` a torch tensor on
 that device (e.g. a GPU), written at each :meth:`add` and gathered there by :meth:`sample_frames`,
 so a batch's pixels never cross the bus. Each step's new frames go there through staging buffers
-of the memory's own (page-locked on CUDA, so the copy does not wait for the host: replay/staging.py).
+of the memory's own (page-locked on CUDA, so the copy does not wait for the host: gymlab/staging.py).
 Everything else (actions, rewards, flags, offsets) stays in numpy: the sampler's bookkeeping never
 waits for the device.
 
@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymlab.replay.staging import HostStaging
+
+from gymlab.staging import HostStaging
 
 #: How an env pads the frame stack of an episode's first observation.
 PADDINGS = ("reset", "zero")

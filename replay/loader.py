@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from gymlab.replay.buffer import Batch, ReplayBuffer
 
+from gymlab.staging import torch_dtype
+
 Source = Literal["host", "pinned", "device"]
 #: ``auto`` keeps the frames on a CUDA device when they take at most this share of its free memory.
 DEVICE_SHARE = 0.25
@@ -48,10 +50,6 @@ def choose_source(requested: str, device: torch.device, frame_bytes: int) -> Sou
         return "host"
     free, _total = torch.cuda.mem_get_info(device)
     return "device" if frame_bytes <= DEVICE_SHARE * free else "pinned"
-
-
-def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
-    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
 class DeviceBatches:
@@ -138,5 +136,5 @@ class DeviceBatches:
             ((rows,), r.truncated.dtype),
             ((rows,), np.dtype(np.float32)),  # discount
         )
-        tensors = [torch.empty(shape, dtype=_torch_dtype(dtype), pin_memory=self.cuda) for shape, dtype in shapes]
+        tensors = [torch.empty(shape, dtype=torch_dtype(dtype), pin_memory=self.cuda) for shape, dtype in shapes]
         return tensors, Batch(*(t.numpy() for t in tensors))

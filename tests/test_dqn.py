@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from gymlab.agents import dqn as dqn_module
-from gymlab.agents.dqn import DQN, DQNConfig, clip_grad_norm, q_loss, resolve_compile, td_targets
+from gymlab.agents.dqn import DQN, DQNConfig, q_loss, resolve_compile, td_targets
 from gymlab.replay import ReplayBuffer
 
 from gymlab import checkpoint
@@ -13,7 +13,7 @@ from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import configs_root, resolve, validate
 from gymlab.loop import train
-from gymlab.nets import MLP, NatureCNN
+from gymlab.nets import MLP, NatureCNN, clip_grad_norm
 
 # The learning tests' fixed seed. DQN's greedy return at one instant is volatile: in the 5-seed
 # benchmark (benchmarks/README.md) some seeds end below 450 at 50k steps, for Stable-Baselines3
@@ -449,7 +449,7 @@ def test_compile_auto_is_eager_on_the_cpu_and_the_cuda_graph_on_cuda():
 @pytest.mark.parametrize("max_norm", [1e-3, 1e9])  # clipping, and not
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
 def test_clip_grad_norm_is_torchs_to_the_bit(net, max_norm):
-    """agents/dqn.py clips with clip_grad_norm_'s arithmetic, written out; on this torch it must be the same bits."""
+    """gymlab.nets.clip_grad_norm (DQN's clipping) is clip_grad_norm_'s arithmetic written out: the same bits."""
     make = (lambda: MLP(4, [256, 256], 2)) if net == "mlp" else (lambda: NatureCNN(4, 84, 84, 6))
     ours, theirs = list(make().parameters()), list(make().parameters())
     generator = torch.Generator().manual_seed(0)

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from gymlab.replay import DeviceBatches, HostStaging, ReplayBuffer, choose_source, loader
+from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source, loader
+
+from gymlab.staging import HostStaging
 
 
 def add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> None:

@@ -1,4 +1,6 @@
-"""Host arrays to a device through staging buffers of their own, reused in turns (page-locked on CUDA).
+"""Host arrays to a device through staging buffers used in turns, and a function run on numpy batches there.
+
+:class:`BatchForward` is acting's forward pass: observations in, actions out, eager or from a CUDA graph.
 
 A copy from ordinary (pageable) host memory to a GPU waits for the host: the driver first copies
 the array into page-locked memory of its own. From page-locked (pinned) memory the copy runs on the
@@ -12,11 +14,13 @@ used in turn, and a set is refilled only once a CUDA event recorded after its co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from gymlab.cudagraph import CUDAGraphForward
 
 
 def torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
@@ -87,3 +91,44 @@ class HostStaging:
         else:
             buffers.append(buf)
         return buf if array.ndim else buf[0]
+
+
+class BatchForward:
+    """``fn`` on batches of observations, numpy in and numpy out: (N, *obs_shape) -> ``fn``'s (N, ...) result.
+
+    Runs under ``torch.inference_mode``. Off CUDA ``fn`` reads the observations in place
+    (``torch.from_numpy``: no copy). On CUDA each batch shape gets a preallocated device tensor,
+    filled through page-locked staging with a non-blocking copy; with ``graphed`` ``fn`` on it is
+    recorded in a CUDA graph at the first batch of that shape and replayed after (the graph reads
+    the weights where they live, so it follows every update). ``fn`` must change no tensor.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device, graphed: bool) -> None:
+        self.fn = fn
+        self.device = device
+        self.graphed = graphed
+        self.staging = HostStaging(device, pin=True) if device.type == "cuda" else None
+        # Per (shape, dtype) of a batch: its static device input and, with the graph, the graph.
+        self.inputs: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+        self.graphs: dict[tuple[tuple[int, ...], str], CUDAGraphForward] = {}
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """``fn`` of a batch of observations, as a numpy array."""
+        if self.staging is None:
+            with torch.inference_mode():
+                on_device = torch.from_numpy(obs).to(self.device, non_blocking=True)  # the CPU: the same memory
+                return self.fn(on_device).cpu().numpy()
+        key = (obs.shape, obs.dtype.str)
+        if key in self.inputs:
+            x = self.staging.to_device((obs,), out=(self.inputs[key],))[0]
+        else:
+            x = self.inputs[key] = self.staging.to_device((obs,))[0]
+        if self.graphed:
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self.graphs[key] = CUDAGraphForward(self.fn, (x,))
+            out = graph()[0]
+        else:
+            with torch.inference_mode():
+                out = self.fn(x)
+        return out.cpu().numpy()
