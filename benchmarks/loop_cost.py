@@ -61,7 +61,7 @@ SEEDS = [0, 3, 7]
 
 
 class Clock:
-    """A ``gymlab.loop.Progress`` that notes (time, step) at each report: the loop's rate from its first step."""
+    """A ``gymlab.console.Progress`` that notes (time, step) at each report: the loop's rate from its first step."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, int]] = []

@@ -1,16 +1,18 @@
-"""What the command line shows while training: a live progress bar on a terminal, plain lines otherwise."""
+"""What the command line shows while training: a live progress bar on a terminal, plain lines otherwise.
+
+:class:`Progress` is what the loop reports to; :func:`make_progress` picks one of the two displays.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     Task,
     TaskID,
@@ -18,7 +20,32 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.progress import Progress as Bar
 from rich.text import Text
+
+
+class Progress(Protocol):
+    """Where the loop reports progress; the CLI draws it (the core never prints)."""
+
+    def start(self, total: int, initial: int) -> None:
+        """Training starts (or resumes at ``initial``) towards ``total`` env steps."""
+        ...
+
+    def update(self, step: int, episodes: int, recent_return: float | None) -> None:
+        """Called a few hundred times per run."""
+        ...
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        """An offline phase (pre-training before any env step) has done ``done`` of its ``total`` iterations."""
+        ...
+
+    def note(self, message: str) -> None:
+        """Show one line of text from the agent (``Context.text``) without disturbing the display."""
+        ...
+
+    def close(self) -> None:
+        """Training ended."""
+        ...
 
 
 class _StatsColumn(ProgressColumn):
@@ -37,12 +64,12 @@ class RichProgress:
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.label = label
         self.console = console or Console(stderr=False)
-        self._bar: Progress | None = None
+        self._bar: Bar | None = None
         self._task = TaskID(0)
 
     def start(self, total: int, initial: int) -> None:
         """Show the bar."""
-        self._bar = Progress(
+        self._bar = Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),

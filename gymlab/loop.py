@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
+from gymlab.console import Progress
 from gymlab.envfault import EnvProblem, batch_out_of_bounds
 from gymlab.envguard import VectorGuard, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
@@ -41,30 +42,6 @@ from gymlab.finite import NonFinite, check_metrics, check_state
 from gymlab.runs import RunFolder
 from gymlab.signals import StopFlag, graceful_stop, starting
 from gymlab.video import EpisodeRecorder
-
-
-class Progress(Protocol):
-    """Where the loop reports progress; the CLI draws it (the core never prints)."""
-
-    def start(self, total: int, initial: int) -> None:
-        """Training starts (or resumes at ``initial``) towards ``total`` env steps."""
-        ...
-
-    def update(self, step: int, episodes: int, recent_return: float | None) -> None:
-        """Called a few hundred times per run."""
-        ...
-
-    def phase(self, name: str, done: int, total: int) -> None:
-        """An offline phase (pre-training before any env step) has done ``done`` of its ``total`` iterations."""
-        ...
-
-    def note(self, message: str) -> None:
-        """Show one line of text from the agent (``Context.text``) without disturbing the display."""
-        ...
-
-    def close(self) -> None:
-        """Training ended."""
-        ...
 
 
 @dataclass

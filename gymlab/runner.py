@@ -40,8 +40,9 @@ import torch
 from gymlab.build import preflight
 from gymlab.checkpoint import Checkpoint, step_of
 from gymlab.config import Config
+from gymlab.console import Progress
 from gymlab.errors import GymlabError, Interrupted
-from gymlab.loop import Progress, train
+from gymlab.loop import train
 from gymlab.runs import FolderLock, RunFolder, config_differences, load_run, resume_command
 from gymlab.signals import sigterm_interrupts
 
@@ -148,7 +149,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
     Raises :class:`~gymlab.errors.GymlabError` for bad input (before anything is created, or after
     removing what this call created). A Ctrl-C or SIGTERM is an outcome, not an exception: status
     ``interrupted``, with the checkpoint saved (or none, during start-up, with nothing left behind).
-    ``progress`` is a :class:`gymlab.loop.Progress` display (not part of the spec: it is not picklable).
+    ``progress`` is a :class:`gymlab.console.Progress` display (not part of the spec: it is not picklable).
     """
     start = time.perf_counter()
     opened: Opened | None = None
