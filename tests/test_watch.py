@@ -15,7 +15,7 @@ import pytest
 from conftest import gymlab_inprocess
 from test_video import ENDLESS_ENV, TEXT_ENV, make_config
 
-from gymlab import registry, runs, video
+from gymlab import registry, runs, screen, video
 from gymlab import watch as w
 from gymlab.build import build_policy
 from gymlab.errors import GymlabError, Interrupted
@@ -116,22 +116,22 @@ def test_an_env_without_pixels_prints_its_samples(tmp_path):
 def test_escape_q_and_closing_the_window_stop(monkeypatch):
     pygame.init()
     key = lambda k: pygame.event.Event(pygame.KEYDOWN, key=k)  # noqa: E731
-    assert w.stop_requested([key(pygame.K_ESCAPE)])
-    assert w.stop_requested([key(pygame.K_q)])
-    assert w.stop_requested([pygame.event.Event(pygame.QUIT)])
-    assert not w.stop_requested([key(pygame.K_SPACE), pygame.event.Event(pygame.MOUSEMOTION)])
+    assert screen.stop_requested([key(pygame.K_ESCAPE)])
+    assert screen.stop_requested([key(pygame.K_q)])
+    assert screen.stop_requested([pygame.event.Event(pygame.QUIT)])
+    assert not screen.stop_requested([key(pygame.K_SPACE), pygame.event.Event(pygame.MOUSEMOTION)])
 
 
 def test_no_display_reasons(monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    assert w.no_display_reason() == "SDL_VIDEODRIVER=dummy"
+    assert screen.no_display_reason() == "SDL_VIDEODRIVER=dummy"
     monkeypatch.delenv("SDL_VIDEODRIVER")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     if sys.platform.startswith("linux"):
-        assert w.no_display_reason() == "no DISPLAY"
+        assert screen.no_display_reason() == "no DISPLAY"
     monkeypatch.setenv("DISPLAY", ":0")
-    assert w.no_display_reason() is None
+    assert screen.no_display_reason() is None
 
 
 def test_follow_reloads_a_newer_checkpoint_and_stops_after_the_final_one(tmp_path, monkeypatch):
@@ -232,7 +232,7 @@ def test_a_signal_stops_watch_at_the_next_frame_with_the_mp4_so_far(
 ):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     frames = 0
-    draw = w.overlaid
+    draw = screen.overlaid
 
     def overlaid_then_signal(frame, lines):
         nonlocal frames
@@ -241,7 +241,7 @@ def test_a_signal_stops_watch_at_the_next_frame_with_the_mp4_so_far(
             os.kill(os.getpid(), sig)
         return draw(frame, lines)
 
-    monkeypatch.setattr(w, "overlaid", overlaid_then_signal)
+    monkeypatch.setattr(screen, "overlaid", overlaid_then_signal)
     with pytest.raises(Interrupted, match="watch interrupted after 1 whole episode; the mp4 so far is ") as info:
         w.watch(trained_run, episodes=3, echo=print)
     path = Path(str(info.value).rsplit(" ", 1)[1])
@@ -280,13 +280,13 @@ def test_a_video_ffmpeg_could_not_write_is_an_error_not_a_success(trained_run, m
     """The target turns into a folder after the checks (a race): ffmpeg fails, and watch says so."""
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     record = tmp_path / "late.mp4"
-    probe = w.window_problem
+    probe = screen.window_problem
 
     def folder_appears():
         record.mkdir()
         return probe()
 
-    monkeypatch.setattr(w, "window_problem", folder_appears)
+    monkeypatch.setattr(screen, "window_problem", folder_appears)
     with pytest.raises(GymlabError, match=r"--record .*late\.mp4: cannot write the video") as info:
         w.watch(trained_run, episodes=1, record=record, echo=print)
     assert "\n" not in str(info.value) and record.is_dir() and not list(record.iterdir())
