@@ -20,6 +20,7 @@ What it guards, in one place (the checks themselves, and the errors they raise, 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -159,14 +160,16 @@ class VectorGuard:
         self.float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
         self.nested = isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict))
         self.native_async = steps_by_itself(envs)
+        self.processes = isinstance(envs.unwrapped, gym.vector.AsyncVectorEnv)  # Gymnasium's, a process per copy
         self._thread: ThreadPoolExecutor | None = None
         self._future: Future[Any] | None = None
         self._in_flight = False
         self._sent: Any = None  # the actions of the step in flight, for blaming the agent if it fails
+        self._failed = False  # a step raised: the vector env may be left part-way through it
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """``envs.reset(**kwargs)``, guarded."""
-        obs, infos = call_env(self.envs.reset, "reset()", **kwargs)
+        obs, infos = call_env(self._quiet, "reset()", self.envs.reset, **kwargs)
         if self.nested:
             for i, single in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
                 check_nested(self.envs.single_observation_space, single, "reset()", i)
@@ -177,7 +180,10 @@ class VectorGuard:
         if self.clip:
             actions = env_actions(self.action_space, actions)
         try:
-            obs, reward, terminated, truncated, infos = self.envs.step(actions)
+            if self.processes:
+                obs, reward, terminated, truncated, infos = self._quiet(self.envs.step, actions)
+            else:
+                obs, reward, terminated, truncated, infos = self.envs.step(actions)
         except Interrupted:
             raise
         except Exception as exc:  # a user env's step raising inside a vector env that does not say which copy
@@ -208,7 +214,7 @@ class VectorGuard:
         self._in_flight = False
         try:
             if self.native_async:
-                obs, reward, terminated, truncated, infos = self.envs.step_wait()  # type: ignore[attr-defined]
+                obs, reward, terminated, truncated, infos = self._quiet(self.envs.step_wait)  # type: ignore[attr-defined]
             else:
                 assert self._future is not None
                 future, self._future = self._future, None
@@ -220,8 +226,24 @@ class VectorGuard:
         self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
 
+    def _quiet(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; on a process-per-copy vector env, the warnings it emitted dropped if it raised.
+
+        Gymnasium's ``AsyncVectorEnv`` reports a worker's exception as a warning holding the worker's
+        traceback, then raises it here; the run says what failed in one line instead. Warnings of a call
+        that succeeds are shown as they would have been.
+        """
+        if not self.processes:
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            result = fn(*args, **kwargs)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return result
+
     def _step_failed(self, actions: Any, exc: Exception) -> GymlabError:
         """The error for a step that raised: the agent's when its actions were outside the space, else the env's."""
+        self._failed = True
         if isinstance(exc, EnvProblem) and not exc.problem.startswith("step() raised"):
             return exc  # the env returned something wrong (a NaN reward, a misfit observation): the env's fault
         what = exc.problem if isinstance(exc, EnvProblem) else f"step() raised {describe(exc)}"
@@ -239,7 +261,20 @@ class VectorGuard:
                 check_nested(self.envs.single_observation_space, infos["final_obs"][i], "step()", int(i))
 
     def close(self) -> None:
-        """Wait for a step still in flight (its result is dropped) and stop the worker thread."""
+        """Wait for a step still in flight (its result is dropped) and stop the worker thread.
+
+        After a failed step, a process-per-copy vector env (Gymnasium's ``AsyncVectorEnv``) is closed
+        here by killing its processes: it may have stopped reading its workers' replies part-way, and
+        its own ``close`` would wait for them forever (and warn about the pending call). SIGKILL, not
+        SIGTERM: a worker forked from this process holds its signal handlers, which would print.
+        """
+        if self._failed and self.processes:
+            self._in_flight = False
+            for process in self.envs.unwrapped.processes:  # type: ignore[attr-defined]
+                process.kill()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.envs.close(terminate=True)
         if self._in_flight:
             self._in_flight = False
             try:

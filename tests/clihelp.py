@@ -267,6 +267,24 @@ class NaNObs(_Counter):
         return np.full(4, np.nan if self.t >= self.bad else 0.5, np.float32)
 
 
+class InfoNotDict(_Counter):
+    """From the 33rd step on, mid-episode, ``info`` is text; :class:`InfoNotDictAtEnd` from an episode's last step."""
+
+    bad = 33
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def obs(self):
+        return np.zeros(4, np.float32)
+
+    def spoil(self, obs, reward, done):
+        return obs, reward, done, False, {} if self.t < self.bad else "not a dict"
+
+
+class InfoNotDictAtEnd(InfoNotDict):
+    bad = 30
+
+
 class WrongShape(_Counter):
     observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
     action_space = spaces.Discrete(2)

@@ -169,6 +169,15 @@ BAD_INPUTS: dict[str, Bad] = {
                                   write_user_modules, no_folder=True),
     "env-step-raises": Bad(["train", "tabular_q", "userenvs:StepRaises", "--steps", "100", "--run-dir", "r"],
                            ["userenvs:StepRaises"], write_user_modules),
+    # Gymnasium's process-per-copy vector env failing mid-episode (in this process, part-way through reading its
+    # workers: closing it must not wait for them, it hung) and at an episode's end (in a worker, whose traceback
+    # Gymnasium prints as a warning): one line either way.
+    **{
+        f"env-info-not-dict-async-{where}": Bad(
+            ["train", "random", f"userenvs:{cls}", "--steps", "100", "num_envs=2", "vectorization=async", "--run-dir",
+             "r"], [f"userenvs:{cls}", "step()"], write_user_modules)
+        for where, cls in (("mid-episode", "InfoNotDict"), ("at-the-end", "InfoNotDictAtEnd"))
+    },
     "env-wrong-shape": Bad(["train", "dqn", "userenvs:WrongShape", "--steps", "100", "net_arch=[8]", "--run-dir", "r"],
                            ["userenvs:WrongShape"], write_user_modules),
     "env-module-raises": Bad(["train", "tabular_q", "brokenmod:Env", "--run-dir", "r"], ["brokenmod"],
