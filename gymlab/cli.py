@@ -6,6 +6,7 @@ Every user-facing problem is a :class:`~gymlab.errors.GymlabError`, printed here
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -219,7 +220,9 @@ def evaluate(
     from gymlab.evaluation import evaluate_run
 
     which = checkpoint_choice(run, which)
-    result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
+    # With --json, stdout is one JSON object for a pipe: what the env or agent prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
     if result["capped_episodes"]:
         print(
             f"note: {result['capped_episodes']} of {result['episodes']} episodes were cut at "

@@ -44,6 +44,38 @@ def test_train_then_eval_then_list(cli, tmp_path):
     assert "tabular_q" in listing.stdout and "Discrete" in listing.stdout and "FrozenLake-v1" in listing.stdout
 
 
+CHATTY_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class Chatty(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        print("chatty: reset")
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        print("chatty: step")
+        return np.zeros(2, np.float32), 1.0, self.t >= 5, False, {}
+"""
+
+
+def test_eval_json_is_the_only_thing_on_stdout_when_the_env_prints(cli, tmp_path):
+    """`eval --json | jq`: what an env prints goes to stderr, so stdout stays one JSON object."""
+    (tmp_path / "chatty.py").write_text(CHATTY_ENV)
+    assert cli("train", "random", "chatty:Chatty", "--steps", "50", "--run-dir", "r").returncode == 0
+    ev = cli("eval", "r", "--episodes", "2", "--json", "--trust", "chatty")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["mean_return"] == 5.0
+    assert "chatty: step" in ev.stderr
+
+
 def test_config_file_and_overrides_reach_the_resolved_config(cli, tmp_path):
     (tmp_path / "my.yaml").write_text("agent: tabular_q\nenv: Taxi-v4\nsteps: 2000\nhparams:\n  gamma: 0.8\n")
     proc = cli("train", "--config", "my.yaml", "learning_rate=0.25", "--run-dir", "r")
