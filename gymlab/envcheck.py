@@ -36,7 +36,7 @@ from rich.table import Table
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
-from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_nested
+from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
 from gymlab.envguard import render as guarded_render
 from gymlab.errors import GymlabError, describe, one_line
@@ -112,6 +112,10 @@ def _step(env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool]:
     obs, reward, terminated, truncated, info = _call("step()", env.step, action)
     if not isinstance(info, dict):  # what runs refuse at an episode's end (gymlab.envfault.check_info)
         raise _EnvRaised(f"step() returned info of type {type(info).__name__}, not a dict: return a dict (e.g. {{}})")
+    try:  # what runs refuse at an episode's end
+        check_done(terminated, truncated)
+    except EnvProblem as exc:
+        raise _EnvRaised(exc.problem) from None
     return obs, reward, bool(terminated), bool(truncated)
 
 

@@ -96,6 +96,21 @@ def check_info(info: Any, call: str, copy: int = 0) -> None:
         )
 
 
+def check_done(terminated: Any, truncated: Any, copy: int = 0) -> None:
+    """Raise :class:`EnvProblem` when ``terminated`` or ``truncated`` is not a bool (Gymnasium's API says they are).
+
+    Text such as "no" would read as true and end every episode at its first step. Runs call it where an
+    episode ends (a truthy value), never on every step.
+    """
+    for name, value in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise EnvProblem(
+                f"step() returned {name}={value!r:.40} of type {type(value).__name__}, not a bool: the env is at "
+                f"fault, return True or False as {name}",
+                copy,
+            )
+
+
 def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
     """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
     if not isinstance(space, ARRAY_SPACES):

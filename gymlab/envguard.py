@@ -33,6 +33,7 @@ from gymlab.config import RunConfig
 from gymlab.envfault import (
     EnvProblem,
     agent_fault,
+    check_done,
     check_nested,
     check_obs,
     check_reward,
@@ -343,6 +344,7 @@ class SingleGuard:
         except EnvProblem as exc:  # the agent's fault when its action was outside the space
             raise agent_fault(self.env.action_space, [action], exc.problem) or exc from exc.__cause__
         check_obs(self.space, obs, "step()")
+        check_done(terminated, truncated)
         return obs, check_reward(reward), bool(terminated), bool(truncated)
 
 

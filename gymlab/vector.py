@@ -35,7 +35,16 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_info, check_obs, check_reward, nonfinite_obs, raised
+from gymlab.envfault import (
+    ARRAY_SPACES,
+    EnvProblem,
+    check_done,
+    check_info,
+    check_obs,
+    check_reward,
+    nonfinite_obs,
+    raised,
+)
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
@@ -131,6 +140,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
             self._terminated[i] = terminated
             self._truncated[i] = truncated
             if terminated or truncated:
+                check_done(terminated, truncated, i)
                 check_obs(self.single_observation_space, obs, "step()", i)
                 check_info(info, "step()", i)
                 self._final(infos, i, obs, info)

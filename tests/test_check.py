@@ -300,6 +300,14 @@ class NoneInfo(Base):
         return None
 
 
+class TextDone(Base):
+    """terminated as text: "no" reads as true, and every episode would end at its first step."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, "yes" if terminated else "no", truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -348,6 +356,7 @@ def assert_one_line(proc, *fragments):
         ("test_check:NoneMetadata", "builds", ["metadata"]),
         ("test_check:ListInfo", "finite values", ["info", "list", "not a dict"]),
         ("test_check:NoneInfo", "finite values", ["info", "NoneType", "not a dict"]),
+        ("test_check:TextDone", "finite values", ["terminated='no'", "of type str, not a bool"]),
         pytest.param(
             "test_check:GrowingFrames",
             "render",
