@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gymlab.agent import POLICY
 from gymlab.errors import GymlabError
 
 
@@ -103,17 +104,24 @@ class _BadState(Exception):
 def check_state(state: Any, agent: str) -> str | None:
     """Check an agent's ``state_dict()`` before it is saved: a one-line error for content a checkpoint cannot keep.
 
-    The state must be a dict holding only tensors, numpy arrays and scalars
-    of numbers, and plain data (str, int, float, bool, None, and lists, tuples and dicts of them),
+    The state must be a dict with a ``"policy"`` part (what eval and watch load), holding only tensors,
+    numpy arrays and scalars of numbers, and plain data (str, int, float, bool, None, and lists, tuples
+    and dicts of them),
     at most :data:`MAX_STATE_DEPTH` deep; anything else would be written, then refused when the run
     is evaluated or resumed. One walk, by container (an array or tensor is one step), which also
     finds the first NaN or infinity in float data ("nan in policy.q"), else None.
     """
     fix = "return tensors, numpy arrays and plain data only (see Agent.state_dict in gymlab/agent.py)"
-    if not isinstance(state, dict):  # a missing "policy" is left to eval (test agents of the loop have none)
+    if not isinstance(state, dict):
         got = type(state).__name__
         raise GymlabError(
             f"agent '{agent}': state_dict() must return {{'policy': {{...}}, 'training': {{...}}}} (got {got}); {fix}"
+        )
+    if POLICY not in state:  # eval and watch load the policy part alone: without it the run could not be played
+        keys = ", ".join(map(str, list(state)[:5])) or "none"
+        raise GymlabError(
+            f"agent '{agent}': state_dict() has no '{POLICY}' (its keys: {keys}): return {{'{POLICY}': {{what acting "
+            "needs}, 'training': {the rest of an exact resume}}; gymlab eval and watch load the policy part alone"
         )
     try:
         return _walk_state(state, "state_dict()", "", 0)

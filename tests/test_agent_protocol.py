@@ -299,8 +299,9 @@ def _deep(depth: int) -> dict:
         ({"policy": {"a": np.array([object()])}, "training": {}}, "['policy']['a']"),
         ({"policy": {"s": {1, 2}}, "training": {}}, "['policy']['s'] is a set"),
         ({"policy": {object(): 1}, "training": {}}, "key"),
+        ({"w": np.zeros(2)}, "state_dict() has no 'policy' (its keys: w)"),
     ],
-    ids=["object", "list", "lambda", "deep", "object-array", "set", "object-key"],
+    ids=["object", "list", "lambda", "deep", "object-array", "set", "object-key", "no-policy"],
 )
 def test_a_state_that_cannot_be_checkpointed_is_refused_before_anything_is_written(tmp_path: Path, state, fragment):
     name = _user_agent("BadState", state_dict=lambda self: state)

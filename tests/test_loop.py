@@ -82,10 +82,10 @@ class Scripted:
         return {"calls": 1.0}
 
     def state_dict(self):
-        return {"i": self.i}
+        return {"policy": {}, "training": {"i": self.i}}
 
     def load_state_dict(self, state):
-        self.i = state["i"]
+        self.i = state["training"]["i"]
 
 
 def run(tmp_path, steps, num_envs=1):

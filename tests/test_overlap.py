@@ -73,10 +73,10 @@ class Counting:
         return {"observed": float(self.observed)}
 
     def state_dict(self):
-        return {"observed": self.observed}
+        return {"policy": {}, "training": {"observed": self.observed}}
 
     def load_state_dict(self, state):
-        self.observed = state["observed"]
+        self.observed = state["training"]["observed"]
 
 
 def counting_run(tmp_path, overlap, num_envs):
