@@ -232,7 +232,8 @@ class VectorGuard:
 
         Gymnasium's ``AsyncVectorEnv`` reports a worker's exception as a warning holding the worker's
         traceback, then raises it here; the run says what failed in one line instead. Warnings of a call
-        that succeeds are shown as they would have been.
+        that succeeds are still shown (a warning meant to show once per place may show again: recording
+        resets Python's once-registry; the async env's own warnings come from its worker processes).
         """
         if not self.processes:
             return fn(*args, **kwargs)
