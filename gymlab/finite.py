@@ -106,9 +106,8 @@ def check_state(state: Any, agent: str) -> str | None:
 
     The state must be a dict with a ``"policy"`` part (what eval and watch load), holding only tensors,
     numpy arrays and scalars of numbers, and plain data (str, int, float, bool, None, and lists, tuples
-    and dicts of them),
-    at most :data:`MAX_STATE_DEPTH` deep; anything else would be written, then refused when the run
-    is evaluated or resumed. One walk, by container (an array or tensor is one step), which also
+    and dicts of them), at most :data:`MAX_STATE_DEPTH` deep; anything else would be written, then
+    refused when the run is evaluated or resumed. One walk, by container (an array or tensor is one step), which also
     finds the first NaN or infinity in float data ("nan in policy.q"), else None.
     """
     fix = "return tensors, numpy arrays and plain data only (see Agent.state_dict in gymlab/agent.py)"
