@@ -677,7 +677,9 @@ def draw_figures(rows: Sequence[Row], figures: Path) -> dict[str, Path]:
         path = figures / f"{env}.png"
         for metric in metrics:
             try:
-                compare.compare(folders, metric=metric, by=by, out=path, threshold=env_threshold(env))  # type: ignore[arg-type]
+                compare.compare(  # the figures are this script's own, redrawn on each pass
+                    folders, metric=metric, by=by, out=path, threshold=env_threshold(env), overwrite=True  # type: ignore[arg-type]
+                )
             except GymlabError as exc:
                 print(f"note: no {metric} figure for {env}: {exc}")
                 continue

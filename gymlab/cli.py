@@ -300,6 +300,7 @@ def watch(
         float | None, typer.Option(help="frames per second, 0.1 to 240 (default: the env's own)")
     ] = None,
     record: Annotated[Path | None, typer.Option(help="also write what is shown to this .mp4")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the --record file if it exists")] = False,
     follow: Annotated[bool, typer.Option(help="keep watching a training run, reloading each newer checkpoint")] = False,
     which: Annotated[
         str | None, typer.Option("--checkpoint", help="last | best (for a run folder; default last)")
@@ -319,14 +320,17 @@ def watch(
     which = checkpoint_choice(run, which)
     if record is not None and record.suffix.lower() != ".mp4":
         raise GymlabError(f"--record {record}: the file must end in .mp4")
-    result = play(run, episodes=episodes, fps=fps, record=record, follow=follow, which=which, seed=seed, device=device)
+    result = play(
+        run, episodes=episodes, fps=fps, record=record, overwrite=overwrite, follow=follow, which=which, seed=seed,
+        device=device,
+    )
     if result.mode == "mp4":
         print(f"no screen ({result.reason}): wrote {result.video}")
     elif result.video is not None:
         print(f"recorded {result.video}")
     if result.episodes:
         rets = [r for r, _ in result.episodes]
-        print(f"{len(rets)} episodes: mean return {sum(rets) / len(rets):.4g}")
+        print(f"{len(rets)} episode{'s' if len(rets) > 1 else ''}: mean return {sum(rets) / len(rets):.4g}")
 
 
 @app.command()
@@ -342,12 +346,13 @@ def compare(
     threshold: Annotated[
         float | None, typer.Option(help="report the env steps each group needs to reach this value")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the --out file if it exists")] = False,
 ) -> None:
     """Plot mean learning curves with 95% bootstrap bands per group, and print a summary table."""
     from gymlab.compare import compare as run_compare
     from gymlab.compare import summary_table
 
-    result = run_compare(runs_, metric=metric, by=by, out=out, threshold=threshold)  # type: ignore[arg-type]
+    result = run_compare(runs_, metric=metric, by=by, out=out, threshold=threshold, overwrite=overwrite)  # type: ignore[arg-type]
     for note in [*result.skipped, *(n for g in result.groups for n in g.notes)]:
         print(f"note: {note}")
     summary_table(result).print()

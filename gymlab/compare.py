@@ -43,7 +43,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError, describe
-from gymlab.runs import iter_runs, read_config, unwritable
+from gymlab.runs import iter_runs, read_config, refuse_existing, unwritable
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
@@ -366,15 +366,18 @@ def compare(
     out: Path | None = None,
     threshold: float | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Comparison:
     """Read, group, summarize and (when ``out`` is given) plot runs; see the module docstring."""
     if by not in ("agent", "env", "config"):
         raise GymlabError(f"--by must be agent, env or config, not '{by}'")
     if out is not None and out.suffix.lower() not in PLOT_SUFFIXES:
         raise GymlabError(f"--out {out}: the plot is written as .png, .svg or .pdf (by extension)")
-    problem = None if out is None else unwritable(out)
-    if out is not None and problem is not None:
-        raise GymlabError(_cannot_write(out, problem))
+    if out is not None:
+        problem = unwritable(out)
+        if problem is not None:
+            raise GymlabError(_cannot_write(out, problem))
+        refuse_existing(out, "--out", overwrite)  # a plot already there is replaced only when asked
     if threshold is not None and not math.isfinite(threshold):
         raise GymlabError("--threshold must be a finite number")
     runs = find_runs(patterns)

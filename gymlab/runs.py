@@ -301,6 +301,24 @@ def unwritable(path: Path, *, probe: bool = False) -> str | None:
     return None
 
 
+def refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
+    """Refuse, in one line, an output file that exists, unless the user asked to replace it."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise GymlabError(f"{flag} {path}: the file exists; pass --overwrite to replace it, or give another {flag}")
+
+
+def claim_new(path: Path) -> Path:
+    """Create ``path`` empty, or ``name.1.ext``, ``name.2.ext``, ... if taken: a default output name never overwrites."""
+    for attempt in range(1000):
+        target = path if attempt == 0 else path.with_name(f"{path.stem}.{attempt}{path.suffix}")
+        try:
+            target.open("xb").close()
+            return target
+        except FileExistsError:
+            continue
+    raise GymlabError(f"cannot find a free name beside {path}: 1,000 are taken; remove some")
+
+
 def check_regular(path: Path, what: str) -> None:
     """Refuse, in one line, a path that exists but is not a regular file or folder (a FIFO, a socket, a device).
 

@@ -41,7 +41,7 @@ from gymlab.envfault import EnvProblem
 from gymlab.envguard import close_env, render
 from gymlab.errors import GymlabError, Interrupted, describe
 from gymlab.evaluation import eval_seed
-from gymlab.runs import RunFolder, load_run, unwritable
+from gymlab.runs import RunFolder, claim_new, load_run, refuse_existing, unwritable
 from gymlab.signals import graceful_stop, starting
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ def watch(
     episodes: int | None = None,
     fps: float | None = None,
     record: Path | None = None,
+    overwrite: bool = False,
     follow: bool = False,
     which: str = "last",
     seed: int | None = None,
@@ -144,7 +145,7 @@ def watch(
             ``KeyboardInterrupt``).
 
     """
-    check_options(fps, record)
+    check_options(fps, record, overwrite)
     with graceful_stop() as stop:
         with starting(stop):  # loading the run and building the env: nothing to finish
             if follow:
@@ -170,8 +171,9 @@ def watch(
 MIN_FPS = 0.1
 
 
-def check_options(fps: float | None, record: Path | None) -> None:
-    """Before anything is loaded or played: refuse an ``--fps`` out of range, a ``--record`` no file can go to."""
+def check_options(fps: float | None, record: Path | None, overwrite: bool = False) -> None:
+    """Before anything is loaded or played: refuse an ``--fps`` out of range, a ``--record`` no file can go to
+    and one that exists (unless ``overwrite``)."""
     if fps is not None and not math.isfinite(fps):
         raise GymlabError(
             f"--fps must be a finite number of frames per second ({MIN_FPS:g} to {video.MAX_FPS}), not {fps}"
@@ -181,6 +183,8 @@ def check_options(fps: float | None, record: Path | None) -> None:
     problem = None if record is None else unwritable(record, probe=True)
     if record is not None and problem is not None:
         raise GymlabError(_cannot_record(record, problem))
+    if record is not None:
+        refuse_existing(record, "--record", overwrite)
 
 
 def _cannot_record(path: Path, reason: str) -> str:
@@ -278,13 +282,14 @@ class _PixelOutput:
         self.window, self.result.reason = screen.open_window(frame, self.title, self.problem)
         if self.window is None:
             self.result.mode = "mp4"
-            self.record = self.record or self.default_path
-        if self.record is not None:
+        if self.window is None or self.record is not None:
+            target = self.record or self.default_path
             try:
-                self.record.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.record = self.record or claim_new(self.default_path)  # two watches in one second: two files
                 self.writer = video.Mp4Writer(self.record, self.fps)
             except OSError as exc:
-                raise GymlabError(_cannot_record(self.record, _os_reason(exc))) from None
+                raise GymlabError(_cannot_record(target, _os_reason(exc))) from None
 
     def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
         """Show and/or record one frame; False when the user closed the window or pressed Esc."""
@@ -356,4 +361,4 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
 
 def _default_video_path(ckpt_path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return RunFolder.of(ckpt_path).videos / f"watch-{stamp}.mp4"
+    return RunFolder.of(ckpt_path).videos / f"watch-{stamp}.mp4"  # claimed (made unique) when the first frame comes

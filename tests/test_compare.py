@@ -339,3 +339,16 @@ def test_cli_compare_onto_a_folder_is_exit_2_without_traceback(synthetic, tmp_pa
     assert result.code == 2, result.ok()
     assert result.err.count("\n") == 1 and result.err.startswith("gymlab: error: --out ")
     assert "is a folder" in result.err and "Traceback" not in result.err
+
+
+def test_an_existing_plot_is_kept_unless_overwrite_is_asked(synthetic, tmp_path):
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"last week's figure")
+    result = gymlab_inprocess("compare", synthetic, "--out", out)
+    assert result.code == 2, result.ok()
+    assert result.err.count("\n") == 1 and result.err.startswith(f"gymlab: error: --out {out}: ")
+    assert "exists" in result.err and "--overwrite" in result.err
+    assert out.read_bytes() == b"last week's figure"
+    result = gymlab_inprocess("compare", synthetic, "--out", out, "--overwrite")
+    assert result.code == 0, result.ok()
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -320,3 +320,33 @@ def test_cli_watch_record_under_a_file_is_exit_2_without_traceback(trained_run, 
     assert result.code == 2, result.ok()
     assert result.err.count("\n") == 1 and result.err.startswith("gymlab: error: --record ")
     assert "is a file, not a folder" in result.err and not result.out
+
+
+def test_an_existing_record_file_is_kept_unless_overwrite_is_asked(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    kept = tmp_path / "clip.mp4"
+    kept.write_bytes(b"yesterday's video")
+    result = gymlab_inprocess("watch", trained_run, "--episodes", "1", "--record", kept)
+    assert result.code == 2, result.ok()
+    assert result.err.count("\n") == 1 and result.err.startswith(f"gymlab: error: --record {kept}: ")
+    assert "exists" in result.err and "--overwrite" in result.err and not result.out
+    assert kept.read_bytes() == b"yesterday's video"
+    result = gymlab_inprocess("watch", trained_run, "--episodes", "1", "--record", kept, "--overwrite")
+    assert result.code == 0, result.ok()
+    assert len(video.read_frames(kept)) == 6
+
+
+def test_two_headless_watches_in_one_second_write_two_videos(trained_run, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setattr(w.time, "strftime", lambda fmt, *a: "20260101-000000")
+    first = w.watch(trained_run, episodes=1, echo=print).video
+    second = w.watch(trained_run, episodes=1, echo=print).video
+    assert first is not None and second is not None and first != second
+    assert first.is_file() and second.is_file()
+
+
+def test_the_episode_count_is_said_in_good_english(trained_run, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    result = gymlab_inprocess("watch", trained_run, "--episodes", "1")
+    assert result.code == 0, result.ok()
+    assert "1 episode: mean return 1" in result.out, result.out
