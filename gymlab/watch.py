@@ -22,6 +22,7 @@ finished (playable) and :class:`~gymlab.errors.Interrupted` says what was writte
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -307,11 +308,18 @@ class _PixelOutput:
         """Let the window show how the episode ended; False when the user stopped meanwhile."""
         return self.window is None or self.window.hold(HOLD_LAST_FRAME_S, stop)
 
-    def close(self) -> None:
-        """Finish the mp4 and close the window; a video that could not be written is a :class:`GymlabError`."""
+    def close(self, failed: bool = False) -> None:
+        """Finish the mp4 and close the window; a video that could not be written is a :class:`GymlabError`.
+
+        ``failed``: the watch ended in an error, and the video so far is removed, as a training run's is.
+        """
         writer, window, self.writer, self.window = self.writer, self.window, None, None  # each closed once
         try:
-            if writer is not None:
+            if writer is not None and failed:
+                with contextlib.suppress(OSError):
+                    writer.close()
+                writer.path.unlink(missing_ok=True)
+            elif writer is not None:
                 try:
                     writer.close()
                 except OSError as exc:
@@ -329,6 +337,7 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
     title = f"gymlab watch: {run.agent} on {run.env}"
     output = _PixelOutput(title, fps or video.frame_fps(env), record, _default_video_path(policy.ckpt_path), result)
     done_final = interrupted = False
+    failed = True  # until the episodes end or are stopped: an error leaves no partial video
     try:
         while not result.stopped_by_user and _more(limit, len(result.episodes), done_final):
             if policy.maybe_reload():
@@ -350,10 +359,11 @@ def _watch_pixels(play: _Play, limit: int | None, fps: float | None, record: Pat
             done_final = policy.final
             if policy.follow and not done_final and limit is None and output.window is None:
                 time.sleep(FOLLOW_PAUSE_S)
+        failed = False
     except (Interrupted, KeyboardInterrupt):  # the stop flag, or a second Ctrl-C
-        interrupted = True
+        interrupted, failed = True, False
     finally:
-        output.close()  # the mp4 so far becomes playable
+        output.close(failed)  # the mp4 so far becomes playable, or goes with the error
     if interrupted:
         raise _interrupted(result)
     return result

@@ -397,3 +397,14 @@ def test_an_invalid_action_is_blamed_on_the_agent_not_the_env():
     with pytest.raises(GymlabError, match="the agent's action 7 for copy 0 is outside"):
         guard.recv()
     guard.close()
+
+
+@pytest.mark.needs("ffmpeg")
+def test_watch_of_an_env_whose_frames_change_size_leaves_no_partial_video(tmp_path):
+    assert train(tmp_path, "test_check:GrowingFrames").returncode == 0
+    proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
+    assert_one_line(proc, "render() returned a frame of shape", "every frame of a video must have one size")
+    assert not list(tmp_path.rglob("*.mp4")), "a partial video was left behind"
+    proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--record", str(tmp_path / "mine.mp4"), "--trust", "test_check")
+    assert_one_line(proc, "every frame of a video must have one size")
+    assert not list(tmp_path.rglob("*.mp4")), "a partial video was left behind"
