@@ -678,7 +678,12 @@ def draw_figures(rows: Sequence[Row], figures: Path) -> dict[str, Path]:
         for metric in metrics:
             try:
                 compare.compare(  # the figures are this script's own, redrawn on each pass
-                    folders, metric=metric, by=by, out=path, threshold=env_threshold(env), overwrite=True  # type: ignore[arg-type]
+                    folders,
+                    metric=metric,
+                    by=by,  # type: ignore[arg-type]
+                    out=path,
+                    threshold=env_threshold(env),
+                    overwrite=True,
                 )
             except GymlabError as exc:
                 print(f"note: no {metric} figure for {env}: {exc}")

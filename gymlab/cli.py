@@ -321,7 +321,14 @@ def watch(
     if record is not None and record.suffix.lower() != ".mp4":
         raise GymlabError(f"--record {record}: the file must end in .mp4")
     result = play(
-        run, episodes=episodes, fps=fps, record=record, overwrite=overwrite, follow=follow, which=which, seed=seed,
+        run,
+        episodes=episodes,
+        fps=fps,
+        record=record,
+        overwrite=overwrite,
+        follow=follow,
+        which=which,
+        seed=seed,
         device=device,
     )
     if result.mode == "mp4":

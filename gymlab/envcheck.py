@@ -39,7 +39,7 @@ from gymlab.config import apply_overrides
 from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
 from gymlab.envguard import render as guarded_render
-from gymlab.errors import GymlabError, describe, one_line
+from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line, raised_text
 from gymlab.video import headless_gl, render_modes
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -94,8 +94,8 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except GymlabError:
         raise
-    except Exception as exc:
-        raise _EnvRaised(f"{what} raised {describe(exc)}") from exc
+    except USER_CODE_FAILURES as exc:
+        raise _EnvRaised(f"{what} {raised_text(exc)}") from exc
 
 
 def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:

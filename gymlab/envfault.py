@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from gymlab.errors import GymlabError, describe
+from gymlab.errors import GymlabError, describe, raised_text
 
 ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
 
@@ -53,10 +53,14 @@ class EnvProblem(GymlabError):
             return f"{where}: {self.problem}"
         return f"{self.problem} from {where}"
 
+    def for_user(self, env_id: str, during: str = "") -> GymlabError:
+        """The one line a command ends with: the problem, the env named, and how to look into it."""
+        return GymlabError(f"{self.describe(env_id)}{during}; check the env with: gymlab check {env_id}")
 
-def raised(call: str, exc: Exception, copy: int | None = 0) -> EnvProblem:
-    """The :class:`EnvProblem` for an exception an env's ``call`` raised."""
-    return EnvProblem(f"{call} raised {describe(exc)}", copy, call)
+
+def raised(call: str, exc: BaseException, copy: int | None = 0) -> EnvProblem:
+    """The :class:`EnvProblem` for an exception an env's ``call`` raised (or its ``sys.exit``)."""
+    return EnvProblem(f"{call} {raised_text(exc)}", copy, call)
 
 
 def nonfinite_reward(reward: Any, copy: int = 0) -> EnvProblem:

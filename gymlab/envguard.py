@@ -20,6 +20,7 @@ What it guards, in one place (the checks themselves, and the errors they raise, 
 from __future__ import annotations
 
 import math
+import signal
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,7 @@ from gymlab.envfault import (
     nonfinite_reward,
     raised,
 )
-from gymlab.errors import GymlabError, Interrupted, describe
+from gymlab.errors import USER_CODE_FAILURES, GymlabError, Interrupted, raised_text
 
 #: Steps after which an evaluation, video or watch episode is cut on an env without a time limit.
 DEFAULT_EVAL_MAX_STEPS: int = RunConfig.model_fields["eval_max_steps"].default
@@ -53,7 +54,7 @@ def call_env(fn: Callable[..., Any], call: str, *args: Any, copy: int | None = N
         return fn(*args, **kwargs)
     except (EnvProblem, Interrupted):
         raise
-    except Exception as exc:
+    except USER_CODE_FAILURES as exc:
         raise raised(call, exc, copy) from exc
 
 
@@ -112,8 +113,8 @@ def _close_one(target: Any) -> str | None:
         target.close()
     except (Interrupted, KeyboardInterrupt):
         raise
-    except Exception as exc:
-        return f"close() raised {describe(exc)}"
+    except USER_CODE_FAILURES as exc:
+        return f"close() {raised_text(exc)}"
     return None
 
 
@@ -170,7 +171,11 @@ class VectorGuard:
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """``envs.reset(**kwargs)``, guarded."""
-        obs, infos = call_env(self._quiet, "reset()", self.envs.reset, **kwargs)
+        try:
+            obs, infos = call_env(self._quiet, "reset()", self.envs.reset, **kwargs)
+        except EnvProblem as exc:
+            self._failed = True
+            raise self._process_ended("reset()", exc.__cause__) or exc from exc.__cause__
         if self.nested:
             for i, single in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
                 check_nested(self.envs.single_observation_space, single, "reset()", i)
@@ -187,7 +192,7 @@ class VectorGuard:
                 obs, reward, terminated, truncated, infos = self.envs.step(actions)
         except Interrupted:
             raise
-        except Exception as exc:  # a user env's step raising inside a vector env that does not say which copy
+        except USER_CODE_FAILURES as exc:  # a user env's step raising inside a vector env that does not say which copy
             raise self._step_failed(actions, exc) from exc
         self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
@@ -201,7 +206,7 @@ class VectorGuard:
                 self.envs.step_async(actions)  # type: ignore[attr-defined]
             except Interrupted:
                 raise
-            except Exception as exc:
+            except USER_CODE_FAILURES as exc:
                 raise self._step_failed(actions, exc) from exc
         else:
             if self._thread is None:
@@ -222,7 +227,7 @@ class VectorGuard:
                 obs, reward, terminated, truncated, infos = future.result()
         except Interrupted:
             raise
-        except Exception as exc:
+        except USER_CODE_FAILURES as exc:
             raise self._step_failed(self._sent, exc) from exc
         self._checked(obs, reward, infos)
         return obs, reward, terminated, truncated, infos
@@ -243,16 +248,35 @@ class VectorGuard:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         return result
 
-    def _step_failed(self, actions: Any, exc: Exception) -> GymlabError:
+    def _step_failed(self, actions: Any, exc: BaseException) -> GymlabError:
         """The error for a step that raised: the agent's when its actions were outside the space, else the env's."""
         self._failed = True
-        if isinstance(exc, EnvProblem) and not exc.problem.startswith("step() raised"):
+        if isinstance(exc, EnvProblem) and not exc.problem.startswith(("step() raised", "step() called")):
             return exc  # the env returned something wrong (a NaN reward, a misfit observation): the env's fault
-        what = exc.problem if isinstance(exc, EnvProblem) else f"step() raised {describe(exc)}"
+        ended = self._process_ended("step()", exc)
+        if ended is not None:
+            return ended
+        what = exc.problem if isinstance(exc, EnvProblem) else f"step() {raised_text(exc)}"
         blamed = agent_fault(self.action_space, actions, what)
         if blamed is not None:
             return blamed
         return exc if isinstance(exc, EnvProblem) else raised("step()", exc, copy=None)
+
+    def _process_ended(self, call: str, exc: BaseException | None) -> EnvProblem | None:
+        """With a process per copy, a call that failed because a copy's process ended: which, and how.
+
+        A worker ends when its env calls ``sys.exit`` or crashes (Gymnasium's worker catches errors,
+        not ``SystemExit``, and nothing catches a segfault); this process then reads the end of its pipe.
+        """
+        if not (self.processes and isinstance(exc, (EOFError, ConnectionError))):
+            return None
+        for i, process in enumerate(self.envs.unwrapped.processes):  # type: ignore[attr-defined]
+            process.join(timeout=1.0)  # its pipe is closed: it is ending, if not gone already
+            code = process.exitcode
+            if code is not None:
+                how = f"with exit code {code}" if code >= 0 else f"by signal {signal.Signals(-code).name}"
+                return EnvProblem(f"{call} ended copy {i}'s process {how} (sys.exit in the env, or a crash)", i, call)
+        return None
 
     def _checked(self, obs: Any, reward: np.ndarray, infos: dict[str, Any]) -> None:
         """What :meth:`step` and :meth:`recv` check of a step's results."""
@@ -272,11 +296,17 @@ class VectorGuard:
         """
         if self._failed and self.processes:
             self._in_flight = False
-            for process in self.envs.unwrapped.processes:  # type: ignore[attr-defined]
+            unwrapped = self.envs.unwrapped
+            for process in unwrapped.processes:  # type: ignore[attr-defined]
                 process.kill()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.envs.close(terminate=True)
+                try:
+                    self.envs.close(terminate=True)
+                except USER_CODE_FAILURES:  # it waited for a reply a dead worker cannot send: the pipes are all left
+                    for pipe in unwrapped.parent_pipes:  # type: ignore[attr-defined]
+                        pipe.close()
+                    unwrapped.closed = True  # its __del__ would try again, and print the same error
         if self._in_flight:
             self._in_flight = False
             try:

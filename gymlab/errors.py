@@ -19,6 +19,19 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
 
 
+#: What a call into a user's code (an env, a wrapper) may raise that is that code's fault: any error, and
+#: ``sys.exit`` (a ``SystemExit``, no ``Exception``), which would otherwise end gymlab with the env's exit code.
+#: Signals (Ctrl-C, SIGTERM) are never among them.
+USER_CODE_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def raised_text(exc: BaseException) -> str:
+    """What a call did, for an error line: ``raised ValueError: ...`` or ``called sys.exit(3)``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({'' if exc.code is None else repr(exc.code)[:100]})"
+    return f"raised {describe(exc)}"
+
+
 class GymlabError(Exception):
     """A problem with the user's input or files, stated in one line with how to fix it.
 

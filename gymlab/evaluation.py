@@ -19,6 +19,7 @@ from gymnasium.vector import VectorEnv
 
 from gymlab.agent import Agent
 from gymlab.build import build_policy, eval_envs
+from gymlab.envfault import EnvProblem
 from gymlab.envguard import VectorGuard, close_env, episode_cap
 from gymlab.errors import Interrupted
 from gymlab.runs import load_run
@@ -166,6 +167,8 @@ def evaluate_run(
             max_steps=r.eval_max_steps,
             on_capped=lambda n, ret: cut.append(n),
         )
+    except EnvProblem as exc:
+        raise exc.for_user(r.env) from None
     finally:
         close_env(envs)
     return {

@@ -102,7 +102,10 @@ def train(
     with graceful_stop() as stop:
         with starting(stop):
             trainer = Trainer(config, folder, total, progress, on_eval, evaluator)
-            trainer.start(resume)
+            try:
+                trainer.start(resume)
+            except EnvProblem as exc:  # the first reset
+                raise exc.for_user(config.run.env) from None
         try:
             try:
                 interrupted = trainer.run(stop, stop_at)

@@ -23,7 +23,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from gymlab.envfault import check_spaces_declared
-from gymlab.errors import GymlabError, describe
+from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, raised_text
 from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
 
@@ -172,18 +172,18 @@ def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | Non
                 raise GymlabError(f"environment '{env_id}': {attr} is a class but not a gymnasium.Env")
             try:
                 made: gym.Env[Any, Any] = target(**kwargs)
-            except Exception as exc:
+            except USER_CODE_FAILURES as exc:
                 raise _construct_error(env_id, env_kwargs, exc) from None
             check_spaces_declared(made, env_id)
             return made
         name = attr
     try:
         return gym.make(name, **kwargs)
-    except Exception as exc:
+    except USER_CODE_FAILURES as exc:
         raise _construct_error(env_id, env_kwargs, exc) from None
 
 
-def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception) -> GymlabError:
+def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: BaseException) -> GymlabError:
     """One line for an env whose construction failed: bad env_kwargs, a missing extra, or the env's own error."""
     if isinstance(exc, GymlabError):
         return exc
@@ -194,7 +194,7 @@ def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: Exception)
         # gym.make appends " was raised from the environment creator for ID with kwargs (...)": said already
         reason = str(exc).split(" was raised from the environment creator", 1)[0]
         return GymlabError(f"environment '{env_id}' rejected env_kwargs {dict(env_kwargs)}: {reason}")
-    return GymlabError(f"environment '{env_id}'{given}: its constructor raised {describe(exc)}")
+    return GymlabError(f"environment '{env_id}'{given}: its constructor {raised_text(exc)}")
 
 
 def make_env(

@@ -308,7 +308,7 @@ def refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
 
 
 def claim_new(path: Path) -> Path:
-    """Create ``path`` empty, or ``name.1.ext``, ``name.2.ext``, ... if taken: a default output name never overwrites."""
+    """Create ``path`` empty, or ``name.1.ext``, ``name.2.ext``, ... if taken: a default name never overwrites."""
     for attempt in range(1000):
         target = path if attempt == 0 else path.with_name(f"{path.stem}.{attempt}{path.suffix}")
         try:

@@ -45,6 +45,7 @@ from gymlab.envfault import (
     nonfinite_obs,
     raised,
 )
+from gymlab.errors import USER_CODE_FAILURES
 
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
@@ -116,7 +117,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     ) -> tuple[Any, dict[str, Any]]:
         try:
             obs, info = env.reset(seed=seed, options=options)
-        except Exception as exc:
+        except USER_CODE_FAILURES as exc:
             raise raised("reset()", exc, i) from exc
         check_obs(self.single_observation_space, obs, "reset()", i)
         check_info(info, "reset()", i)
@@ -131,7 +132,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, terminated, truncated, info = env.step(actions[i])
-            except Exception as exc:
+            except USER_CODE_FAILURES as exc:
                 raise raised("step()", exc, i) from exc
             self._rewards[i] = reward = check_reward(reward, i)
             if count:

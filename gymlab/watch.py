@@ -164,7 +164,7 @@ def watch(
                 return _watch_text(play, mode, limit)
             return _watch_pixels(play, limit, fps, record)
         except EnvProblem as exc:
-            raise GymlabError(f"{exc.describe(run.env)}; check the env with: gymlab check {run.env}") from None
+            raise exc.for_user(run.env) from None
         finally:
             close_env(env)
 
@@ -173,8 +173,10 @@ MIN_FPS = 0.1
 
 
 def check_options(fps: float | None, record: Path | None, overwrite: bool = False) -> None:
-    """Before anything is loaded or played: refuse an ``--fps`` out of range, a ``--record`` no file can go to
-    and one that exists (unless ``overwrite``)."""
+    """Before anything is loaded or played: refuse an ``--fps`` out of range, and a ``--record`` no file can go to.
+
+    A ``--record`` file that exists is refused too, unless ``overwrite``.
+    """
     if fps is not None and not math.isfinite(fps):
         raise GymlabError(
             f"--fps must be a finite number of frames per second ({MIN_FPS:g} to {video.MAX_FPS}), not {fps}"

@@ -285,6 +285,29 @@ class InfoNotDictAtEnd(InfoNotDict):
     bad = 30
 
 
+class StepExits(StepRaises):
+    """Calls ``sys.exit(3)`` at its 30th step, in whichever process runs it."""
+
+    def spoil(self, obs, reward, done):
+        if self.t >= self.bad:
+            import sys
+
+            sys.exit(3)
+        return obs, reward, done, False, {}
+
+
+class ResetExits(StepRaises):
+    def reset(self, *, seed=None, options=None):
+        import sys
+
+        sys.exit()
+
+
+class ResetRaises(StepRaises):
+    def reset(self, *, seed=None, options=None):
+        raise ValueError("broken reset")
+
+
 class WrongShape(_Counter):
     observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
     action_space = spaces.Discrete(2)

@@ -290,6 +290,17 @@ class GrowingFrames(Base):
         return np.zeros((16 + self.t, 16, 3), np.uint8)
 
 
+class BreaksOnRequest(Base):
+    """A file ``break-raise`` or ``break-exit`` in the working folder makes ``reset`` raise, or call ``sys.exit(5)``."""
+
+    def reset(self, *, seed=None, options=None):
+        if os.path.exists("break-raise"):
+            raise ValueError("asked to break")
+        if os.path.exists("break-exit"):
+            sys.exit(5)
+        return super().reset(seed=seed, options=options)
+
+
 class ListInfo(Base):
     def _info(self):
         return [1, 2]
@@ -405,6 +416,16 @@ def test_watch_of_an_env_whose_frames_change_size_leaves_no_partial_video(tmp_pa
     proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
     assert_one_line(proc, "render() returned a frame of shape", "every frame of a video must have one size")
     assert not list(tmp_path.rglob("*.mp4")), "a partial video was left behind"
-    proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--record", str(tmp_path / "mine.mp4"), "--trust", "test_check")
+    mine = str(tmp_path / "mine.mp4")
+    proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--record", mine, "--trust", "test_check")
     assert_one_line(proc, "every frame of a video must have one size")
     assert not list(tmp_path.rglob("*.mp4")), "a partial video was left behind"
+
+
+@pytest.mark.parametrize(("how", "said"), [("raise", "reset() raised ValueError: asked to break"),
+                                           ("exit", "reset() called sys.exit(5)")])  # fmt: skip
+def test_eval_of_an_env_that_fails_names_the_env(tmp_path, how, said):
+    assert train(tmp_path, "test_check:BreaksOnRequest").returncode == 0
+    (tmp_path / f"break-{how}").touch()
+    proc = gymlab(tmp_path, "eval", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
+    assert_one_line(proc, f"env test_check:BreaksOnRequest copy 0: {said}", "gymlab check test_check:BreaksOnRequest")

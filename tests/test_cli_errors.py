@@ -178,6 +178,21 @@ BAD_INPUTS: dict[str, Bad] = {
              "r"], [f"userenvs:{cls}", "step()"], write_user_modules)
         for where, cls in (("mid-episode", "InfoNotDict"), ("at-the-end", "InfoNotDictAtEnd"))
     },
+    # An env that calls sys.exit (SystemExit is no Exception) or raises at the first reset: one line naming the env,
+    # never a silent exit with the env's code (or 0), never "the env"; with a process per copy, never "aborted".
+    **{
+        f"env-{what}-{vec}": Bad(
+            ["train", "random", f"userenvs:{cls}", "--steps", "100", "num_envs=2", f"vectorization={vec}",
+             "--run-dir", "r"], [f"env userenvs:{cls}", said], write_user_modules)
+        for what, cls, vec, said in (
+            ("step-exits", "StepExits", "sync", "step() called sys.exit(3)"),
+            ("step-exits", "StepExits", "async", "step() ended copy 0's process with exit code 3"),
+            ("reset-exits", "ResetExits", "sync", "reset() called sys.exit()"),
+            ("reset-exits", "ResetExits", "async", "reset() ended copy 0's process with exit code 0"),
+            ("reset-raises", "ResetRaises", "sync", "reset() raised ValueError: broken reset"),
+            ("reset-raises", "ResetRaises", "async", "reset() raised ValueError: broken reset"),
+        )
+    },
     "env-wrong-shape": Bad(["train", "dqn", "userenvs:WrongShape", "--steps", "100", "net_arch=[8]", "--run-dir", "r"],
                            ["userenvs:WrongShape"], write_user_modules),
     "env-module-raises": Bad(["train", "tabular_q", "brokenmod:Env", "--run-dir", "r"], ["brokenmod"],
