@@ -115,6 +115,25 @@ def check_done(terminated: Any, truncated: Any, copy: int = 0) -> None:
             )
 
 
+class DoneChecked(gym.Wrapper[Any, Any, Any, Any]):
+    """A copy stepped by Gymnasium's own vector env (Tuple and Dict observations), its episode ends checked.
+
+    Gymnasium's vector env casts ``terminated`` and ``truncated`` to bools, so text such as "no" would
+    pass unseen; here :func:`check_done` sees them first, where an episode ends.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], copy: int) -> None:
+        super().__init__(env)
+        self.copy = copy
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The env's step, unchanged; refused when an episode ends on a value that is not a bool."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            check_done(terminated, truncated, self.copy)
+        return obs, reward, terminated, truncated, info
+
+
 def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:
     """Raise :class:`EnvProblem` when an array observation misfits its space's shape or dtype, or is not finite."""
     if not isinstance(space, ARRAY_SPACES):

@@ -22,7 +22,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from gymlab.envfault import check_spaces_declared
+from gymlab.envfault import DoneChecked, check_spaces_declared
 from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, raised_text
 from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
@@ -340,5 +340,6 @@ def make_vec_env(
     if lean_counts:  # Gymnasium's vector env needs the statistics from the copies
         first = gym.wrappers.RecordEpisodeStatistics(first)
     return gym.vector.SyncVectorEnv(
-        [lambda: first, *[factory] * (num_envs - 1)], autoreset_mode=AutoresetMode.SAME_STEP
+        [lambda: DoneChecked(first, 0), *[lambda i=i: DoneChecked(factory(), i) for i in range(1, num_envs)]],
+        autoreset_mode=AutoresetMode.SAME_STEP,
     )

@@ -319,6 +319,20 @@ class TextDone(Base):
         return obs, reward, "yes" if terminated else "no", truncated, info
 
 
+class TextDoneTupleObs(TextDone):
+    """As :class:`TextDone`, with a Tuple observation: stepped by Gymnasium's vector env, not the lean one."""
+
+    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.Discrete(2)))  # type: ignore[assignment]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return (0, 1), {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return (self.t % 3, 0), reward, terminated, truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -368,6 +382,7 @@ def assert_one_line(proc, *fragments):
         ("test_check:ListInfo", "finite values", ["info", "list", "not a dict"]),
         ("test_check:NoneInfo", "finite values", ["info", "NoneType", "not a dict"]),
         ("test_check:TextDone", "finite values", ["terminated='no'", "of type str, not a bool"]),
+        ("test_check:TextDoneTupleObs", "finite values", ["terminated='no'", "of type str, not a bool"]),
         pytest.param(
             "test_check:GrowingFrames",
             "render",
