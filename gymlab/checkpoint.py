@@ -139,6 +139,9 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
             f"{path} is not a gymlab checkpoint (not a torch checkpoint file); give a run folder or one of "
             "its checkpoints/last.pt, best.pt"
         )
+    damage = _damage(path)
+    if damage is not None:
+        raise GymlabError(f"checkpoint {path} is corrupt ({damage}); use another checkpoint")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -159,6 +162,28 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     if agent is not None and data.get("agent") != agent:
         raise GymlabError(f"checkpoint {path} was written by agent '{data.get('agent')}', not '{agent}'")
     return decode(data)
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's zip, in words; None when it is whole.
+
+    ``torch.load`` checks neither of these: a changed byte in a tensor would load as a changed weight
+    (each entry's CRC-32 is compared here, one more read of the file), and bytes after the zip's end
+    (another write's tail) would go unseen. torch writes no zip comment, so its end record comes last.
+    """
+    try:
+        with path.open("rb") as fh:
+            fh.seek(-_END_RECORD_BYTES, os.SEEK_END)
+            if fh.read(4) != _END_RECORD:
+                return "bytes follow the end of its zip"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return _first_line(exc)
+    return None if bad is None else f"{bad} fails its CRC-32 check"
+
+
+_END_RECORD, _END_RECORD_BYTES = b"PK\x05\x06", 22  # a zip's end-of-central-directory record, without comment
 
 
 class CheckpointMismatch(GymlabError):

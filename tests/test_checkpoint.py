@@ -154,3 +154,32 @@ def test_a_write_into_a_run_folder_removed_meanwhile_says_so(tmp_path):
     with pytest.raises(GymlabError, match=r"run folder .*gone was removed while the run was writing it"):
         checkpoint.save(tmp_path / "gone" / "checkpoints" / "last.pt", {"agent": "tabular_q"})
     assert not (tmp_path / "gone").exists()  # nothing recreated
+
+
+def _entry_start(data: bytes, name: str) -> int:
+    """Where the bytes of the zip entry whose name ends with ``name`` begin in a checkpoint file."""
+    import io
+    import struct
+    import zipfile
+
+    info = next(i for i in zipfile.ZipFile(io.BytesIO(data)).infolist() if i.filename.endswith(name))
+    n, extra = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + n + extra
+
+
+@pytest.mark.parametrize("damage", ["weights-byte-flipped", "layout-byte-flipped", "bytes-appended"])
+def test_a_damaged_checkpoint_is_refused_as_corrupt(tmp_path, damage):
+    """Bytes changed inside a tensor loaded silently (torch does not check the zip's CRC-32), a changed byte in
+    the pickled layout was called 'executable objects', and bytes appended after the zip's end went unseen."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"agent": "a", "w": torch.arange(1000, dtype=torch.float32)})
+    data = bytearray(path.read_bytes())
+    if damage == "bytes-appended":
+        data += b"\x00 another write's tail"
+    else:
+        at = _entry_start(bytes(data), "data/0" if damage == "weights-byte-flipped" else "data.pkl") + 40
+        data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(GymlabError, match=r"checkpoint .*last\.pt is corrupt") as info:
+        checkpoint.load(path)
+    assert "\n" not in str(info.value) and "use another checkpoint" in str(info.value)
