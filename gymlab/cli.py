@@ -12,13 +12,13 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gymlab.errors import GymlabError, Interrupted, one_line
+from gymlab.errors import EXIT_INTERRUPTED, NOTHING_SAVED, GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
     from gymlab.runner import RunSpec
@@ -39,15 +39,8 @@ except ImportError:  # pragma: no cover - older typer uses the click package
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 
-EXIT_INTERRUPTED = 130
-
-
 class _Stopped(Exception):
     """A command stopped by Ctrl-C or SIGTERM; the message says what was saved and how to continue."""
-
-
-#: What a plain interrupt (no message of its own) left behind: nothing.
-NOTHING_SAVED = "interrupted: nothing was saved or changed; run the same command again"
 
 
 def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -441,6 +434,24 @@ def _import_native_stack() -> None:
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` while a command runs (each handled where it lands).
+
+    This ends ``gymlab.__main__``'s start-up handler; a SIGINT the caller set to be ignored stays ignored.
+    """
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
 
@@ -450,12 +461,12 @@ def main(argv: list[str] | None = None) -> None:
     for info in app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
             info.callback = _guard(info.callback)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
-        args = sys.argv[1:] if argv is None else argv
-        if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
-            _import_native_stack()
-        code = app(args=argv, prog_name="gymlab", standalone_mode=False)
+        with _interrupts_raise():
+            args = sys.argv[1:] if argv is None else argv
+            if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
+                _import_native_stack()
+            code = app(args=argv, prog_name="gymlab", standalone_mode=False)
     except _Stopped as exc:
         interrupted(str(exc))
     except KeyboardInterrupt:  # outside any command (parsing the command line)
@@ -470,7 +481,5 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{exc.format_message()} (see {command} --help)")
     except typer.Abort:
         fail("aborted")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if code == EXIT_INTERRUPTED:
         interrupted(NOTHING_SAVED)

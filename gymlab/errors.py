@@ -19,6 +19,11 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
 
 
+#: The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+#: What a plain interrupt (no message of its own) left behind: nothing.
+NOTHING_SAVED = "interrupted: nothing was saved or changed; run the same command again"
+
 #: What a call into a user's code (an env, a wrapper) may raise that is that code's fault: any error, and
 #: ``sys.exit`` (a ``SystemExit``, no ``Exception``), which would otherwise end gymlab with the env's exit code.
 #: Signals (Ctrl-C, SIGTERM) are never among them.

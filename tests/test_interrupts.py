@@ -73,3 +73,16 @@ def test_sigint_in_any_phase_exits_130_with_one_line_and_loses_nothing(taxi_run:
     if phase == "training":
         assert line.startswith("gymlab: "), line
         assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 50_000_000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_command_line_is_imported_is_one_line(tmp_path: Path, sig: signal.Signals):
+    """A signal in the first few hundred milliseconds, while typer, torch and Gymnasium are imported, was a
+    KeyboardInterrupt traceback (SIGINT) or a silent death (SIGTERM). Made certain here by a ``typer`` first
+    on the path that signals its own process as it is imported."""
+    (tmp_path / "typer").mkdir()
+    (tmp_path / "typer" / "__init__.py").write_text(
+        f"import os, signal, time\nos.kill(os.getpid(), {int(sig)})\ntime.sleep(5)\nraise SystemExit(99)\n"
+    )
+    proc = Child(["list"], tmp_path, env={"PYTHONPATH": str(tmp_path)}).wait(timeout=60)
+    assert_one_line(proc, 130, "interrupted: nothing was saved or changed")
