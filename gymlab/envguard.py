@@ -161,6 +161,8 @@ class VectorGuard:
         self.check = not getattr(envs, "checks_finite", False)
         self.float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
         self.nested = isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict))
+        # Discrete observations held to their range at every step, where the vector env does not check them itself
+        self.discrete = self.check and isinstance(space, gym.spaces.Discrete)
         self.native_async = steps_by_itself(envs)
         self.processes = isinstance(envs.unwrapped, gym.vector.AsyncVectorEnv)  # Gymnasium's, a process per copy
         self._thread: ThreadPoolExecutor | None = None
@@ -179,6 +181,8 @@ class VectorGuard:
         if self.nested:
             for i, single in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
                 check_nested(self.envs.single_observation_space, single, "reset()", i)
+        if self.discrete:
+            self._check_range(obs, "reset()")
         return obs, infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -329,6 +333,17 @@ class VectorGuard:
             for i, o in enumerate(obs):
                 if not np.isfinite(o).all():
                     raise nonfinite_obs(o, "step()", i)
+        if self.discrete:
+            self._check_range(obs, "step()")
+
+    def _check_range(self, obs: Any, call: str) -> None:
+        """Discrete observations within the space's range (two reductions); the copy named when one is not."""
+        space = self.envs.single_observation_space
+        assert isinstance(space, gym.spaces.Discrete)
+        batch = np.asarray(obs)
+        if batch.min() < space.start or batch.max() >= space.start + space.n:
+            for i, single in enumerate(batch):
+                check_obs(space, single, call, i)
 
 
 def with_final_obs(envs: Any, next_obs: Any, infos: dict[str, Any]) -> Any:

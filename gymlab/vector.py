@@ -73,6 +73,9 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         self._float_obs = self._obs.dtype.kind == "f"
         self._flat_obs = self._obs.reshape(-1)  # a view: (N * prod(obs_shape),)
         self._zeros = np.zeros_like(self._flat_obs)
+        # A Discrete observation is held to its range at every step (one comparison): a value outside it would
+        # index past an agent's table or one-hot encoding. The closer checks run where an episode ends.
+        self._range = (int(space.start), int(space.start + space.n)) if isinstance(space, gym.spaces.Discrete) else None
         self._rewards = np.zeros(self.num_envs, dtype=np.float64)
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
@@ -128,7 +131,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every copy; a copy whose episode ended is reset in the same call."""
         infos: dict[str, Any] = {}
-        count = self.count_episodes
+        count, in_range = self.count_episodes, self._range
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, terminated, truncated, info = env.step(actions[i])
@@ -148,6 +151,8 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
                 obs, _ = self._reset_copy(i, env, None, None)
             try:
                 self._obs[i] = obs
+                if in_range is not None and not in_range[0] <= obs < in_range[1]:
+                    raise ValueError(f"{obs!r:.40} is outside Discrete's range")
             except (ValueError, TypeError) as exc:
                 check_obs(self.single_observation_space, obs, "step()", i)
                 raise EnvProblem(f"step() returned an observation that does not fit the space ({exc})", i) from exc

@@ -333,6 +333,20 @@ class TextDoneTupleObs(TextDone):
         return (self.t % 3, 0), reward, terminated, truncated, info
 
 
+class DiscreteOutMidEpisode(Base):
+    """Discrete(4) observations, one of them 7, in the middle of each episode (a table of 4 rows has no row 7)."""
+
+    observation_space = gym.spaces.Discrete(4)  # type: ignore[assignment]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return 0, {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return 7 if self.t == 5 else 1, reward, terminated, truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -444,3 +458,17 @@ def test_eval_of_an_env_that_fails_names_the_env(tmp_path, how, said):
     (tmp_path / f"break-{how}").touch()
     proc = gymlab(tmp_path, "eval", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
     assert_one_line(proc, f"env test_check:BreaksOnRequest copy 0: {said}", "gymlab check test_check:BreaksOnRequest")
+
+
+@pytest.mark.parametrize("agent", ["tabular_q", "dqn"])
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_a_discrete_observation_outside_its_space_mid_episode_stops_the_run_blaming_the_env(
+    tmp_path, agent, vectorization
+):
+    """The table's IndexError (tabular Q) or one_hot's RuntimeError (DQN) was a traceback, the env unnamed."""
+    assert not envcheck.check("test_check:DiscreteOutMidEpisode", {}, steps=50).ok
+    proc = gymlab(
+        tmp_path, "train", agent, "test_check:DiscreteOutMidEpisode", "--steps", "200", "eval_episodes=1",
+        f"vectorization={vectorization}", "num_envs=2", "--run-dir", str(tmp_path / agent),
+    )  # fmt: skip
+    assert_one_line(proc, "env test_check:DiscreteOutMidEpisode copy", "outside Discrete(4)")
