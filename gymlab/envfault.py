@@ -79,11 +79,18 @@ def check_reward(reward: Any, copy: int = 0) -> float:
     """One env's reward as a float; an :class:`EnvProblem` when it is not a number or not finite."""
     try:
         bad = reward - reward  # NaN for NaN or infinity; 0 for every finite number
-    except TypeError:
-        raise EnvProblem(f"step() returned a reward of type {type(reward).__name__}, not a number", copy) from None
-    if bad:
-        raise nonfinite_reward(reward, copy)
+        if bad:
+            raise nonfinite_reward(reward, copy)
+    except (TypeError, ValueError):  # not a number; or an array of them, whose truth value numpy refuses
+        raise not_a_number(reward, copy) from None
     return float(reward)
+
+
+def not_a_number(reward: Any, copy: int | None) -> EnvProblem:
+    """The :class:`EnvProblem` for a reward that is no single number (text, None, an array)."""
+    shape = np.shape(reward) if isinstance(reward, np.ndarray) else None
+    what = f"an array of shape {shape}" if shape else f"of type {type(reward).__name__}"
+    return EnvProblem(f"step() returned a reward {what}, not a number", copy)
 
 
 def check_info(info: Any, call: str, copy: int = 0) -> None:

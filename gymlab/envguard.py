@@ -325,6 +325,12 @@ class VectorGuard:
             self._thread = None
 
     def _check(self, obs: Any, reward: np.ndarray) -> None:
+        if np.shape(reward) != (self.envs.num_envs,):  # a copy's reward that was no single number, batched
+            raise EnvProblem(
+                f"step() returned rewards of shape {np.shape(reward)} for {self.envs.num_envs} copies, so a copy's "
+                "reward is not a number (it must be one number)",
+                None,
+            )
         if not math.isfinite(np.sum(reward)):  # a NaN/inf, or a sum that overflowed: find the copy
             for i, r in enumerate(np.asarray(reward, dtype=np.float64).reshape(-1)):
                 if not math.isfinite(r):

@@ -347,6 +347,14 @@ class DiscreteOutMidEpisode(Base):
         return 7 if self.t == 5 else 1, reward, terminated, truncated, info
 
 
+class ArrayReward(Base):
+    """Two numbers as one step's reward."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, np.array([reward, reward]), terminated, truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -472,3 +480,16 @@ def test_a_discrete_observation_outside_its_space_mid_episode_stops_the_run_blam
         f"vectorization={vectorization}", "num_envs=2", "--run-dir", str(tmp_path / agent),
     )  # fmt: skip
     assert_one_line(proc, "env test_check:DiscreteOutMidEpisode copy", "outside Discrete(4)")
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_a_reward_that_is_an_array_stops_the_run_blaming_the_env(tmp_path, vectorization):
+    """Under async it reached DQN's replay memory as a (2, 2) batch: a traceback; under sync the line said the env's
+    step() raised the ValueError gymlab's own check tripped on."""
+    assert not envcheck.check("test_check:ArrayReward", {}, steps=50).ok
+    proc = gymlab(
+        tmp_path, "train", "dqn", "test_check:ArrayReward", "--steps", "200", "eval_episodes=1",
+        f"vectorization={vectorization}", "num_envs=2", "--run-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert_one_line(proc, "env test_check:ArrayReward", "reward", "not a number")
+    assert "raised" not in proc.stderr
