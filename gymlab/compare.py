@@ -43,7 +43,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError, describe
-from gymlab.runs import iter_runs, read_config, refuse_existing, unwritable
+from gymlab.outputs import refuse_existing, unwritable
+from gymlab.runs import iter_runs, read_config
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000

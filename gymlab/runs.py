@@ -39,7 +39,7 @@ from gymlab import checkpoint, registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import Config, slug, validate
-from gymlab.errors import FolderRemoved, GymlabError, describe
+from gymlab.errors import FolderRemoved, GymlabError
 from gymlab.yamlfile import file_kind, load_yaml
 
 CONFIG_FILE = "config.yaml"
@@ -272,51 +272,6 @@ def load_run(target: Path, which: str = "last", trust: Iterable[str] = ()) -> Lo
         check_belongs(ckpt, path, expected, folder.path)
     config = validate(ckpt.config, load_agent_class(ckpt.config["agent"]), source=str(path))
     return LoadedRun(config, ckpt, path)
-
-
-def unwritable(path: Path, *, probe: bool = False) -> str | None:
-    """Why no file can be written at ``path``, as far as can be told before the work (None: none known).
-
-    A folder (or a link to one) at the path, or a file where one of its folders should be; a name the
-    file system refuses shows as its OS reason. With ``probe``, where the folder exists the file is
-    opened for appending (and removed again if that created it), so a read-only place or a missing
-    permission shows too (for writers such as ffmpeg that would say so only on their own stderr).
-    """
-    try:
-        if path.is_dir():  # follows a link: a link to a folder is a folder here
-            return "it is a link to a folder" if path.is_symlink() else "it is a folder"
-        for parent in path.parents:
-            if parent.is_dir():
-                break
-            if parent.exists():
-                return f"{parent} is a file, not a folder"
-        if probe and path.parent.is_dir():
-            created = not path.exists()
-            with path.open("ab"):  # appending: nothing already there is lost
-                pass
-            if created:
-                path.unlink()
-    except OSError as exc:
-        return exc.strerror or describe(exc)
-    return None
-
-
-def refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
-    """Refuse, in one line, an output file that exists, unless the user asked to replace it."""
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise GymlabError(f"{flag} {path}: the file exists; pass --overwrite to replace it, or give another {flag}")
-
-
-def claim_new(path: Path) -> Path:
-    """Create ``path`` empty, or ``name.1.ext``, ``name.2.ext``, ... if taken: a default name never overwrites."""
-    for attempt in range(1000):
-        target = path if attempt == 0 else path.with_name(f"{path.stem}.{attempt}{path.suffix}")
-        try:
-            target.open("xb").close()
-            return target
-        except FileExistsError:
-            continue
-    raise GymlabError(f"cannot find a free name beside {path}: 1,000 are taken; remove some")
 
 
 def check_regular(path: Path, what: str) -> None:

@@ -42,7 +42,8 @@ from gymlab.envfault import EnvProblem
 from gymlab.envguard import close_env, render
 from gymlab.errors import GymlabError, Interrupted, describe
 from gymlab.evaluation import eval_seed
-from gymlab.runs import RunFolder, claim_new, load_run, refuse_existing, unwritable
+from gymlab.outputs import claim_new, refuse_existing, unwritable
+from gymlab.runs import RunFolder, load_run
 from gymlab.signals import graceful_stop, starting
 
 if TYPE_CHECKING:
