@@ -191,7 +191,9 @@ def check_options(fps: float | None, record: Path | None, overwrite: bool = Fals
         refuse_existing(record, "--record", overwrite)
 
 
-def _cannot_record(path: Path, reason: str) -> str:
+def _cannot_record(path: Path, reason: str, given: bool = True) -> str:
+    if not given:  # the run folder's videos/: no --record to blame
+        return f"cannot write the video {path}: {reason} (give a writable path with --record)"
     return f"--record {path}: cannot write the video there: {reason} (give a writable .mp4 path)"
 
 
@@ -274,6 +276,7 @@ class _PixelOutput:
 
     def __init__(self, title: str, fps: float, record: Path | None, default_path: Path, result: WatchResult) -> None:
         self.title, self.fps, self.record, self.default_path = title, fps, record, default_path
+        self.given = record is not None  # the user named the mp4 (--record)
         self.result = result
         self.window: screen.Window | None = None
         self.writer: video.Mp4Writer | None = None
@@ -290,10 +293,13 @@ class _PixelOutput:
             target = self.record or self.default_path
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.record = self.record or claim_new(self.default_path)  # two watches in one second: two files
-                self.writer = video.Mp4Writer(self.record, self.fps)
+                if not self.given:
+                    target = self.record = claim_new(self.default_path)  # two watches in one second: two files
+                self.writer = video.Mp4Writer(target, self.fps)
             except OSError as exc:
-                raise GymlabError(_cannot_record(target, _os_reason(exc))) from None
+                if not self.given and target.is_file():
+                    target.unlink()  # the empty file claim_new made
+                raise GymlabError(_cannot_record(target, _os_reason(exc), self.given)) from None
 
     def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
         """Show and/or record one frame; False when the user closed the window or pressed Esc."""
@@ -304,7 +310,7 @@ class _PixelOutput:
             try:
                 self.writer.append(screen.overlaid(frame, lines))
             except OSError as exc:
-                raise GymlabError(_cannot_record(self.writer.path, _os_reason(exc))) from None
+                raise GymlabError(_cannot_record(self.writer.path, _os_reason(exc), self.given)) from None
         return self.window is None or self.window.show(frame, lines, self.fps)
 
     def end_episode(self, stop: threading.Event) -> bool:
@@ -326,7 +332,7 @@ class _PixelOutput:
                 try:
                     writer.close()
                 except OSError as exc:
-                    raise GymlabError(_cannot_record(writer.path, _os_reason(exc))) from None
+                    raise GymlabError(_cannot_record(writer.path, _os_reason(exc), self.given)) from None
                 self.result.video = writer.path  # only a video that was written is reported
         finally:
             if window is not None:

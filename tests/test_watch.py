@@ -350,3 +350,18 @@ def test_the_episode_count_is_said_in_good_english(trained_run, monkeypatch):
     result = gymlab_inprocess("watch", trained_run, "--episodes", "1")
     assert result.code == 0, result.ok()
     assert "1 episode: mean return 1" in result.out, result.out
+
+
+def test_a_headless_video_that_cannot_be_written_does_not_blame_a_record_option(trained_run, tmp_path, monkeypatch):
+    """No --record was given: the line names the run's own video path and says how to choose another."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "videos", ignore_errors=True)
+    (run / "videos").write_text("a file where the videos folder goes")
+    with pytest.raises(GymlabError) as info:
+        w.watch(run, episodes=1, echo=print)
+    message = str(info.value)
+    assert message.startswith(f"cannot write the video {run / 'videos'}") and "--record " not in message.split(":")[0]
+    assert "give a writable path with --record" in message and "\n" not in message
+    assert (run / "videos").read_text() == "a file where the videos folder goes"
