@@ -231,10 +231,12 @@ def make_path(kind: str, where: Path) -> Path:
 
 #: Observation spaces the generated env may have (``env_kwargs.space``).
 SPACES = ("discrete", "box", "box-inf", "box-int", "multi-discrete", "multi-binary", "tuple", "dict")
-#: How it misbehaves (``env_kwargs.fault``): raising in one method, or returning what its space does not allow.
+#: How it misbehaves (``env_kwargs.fault``): raising in one method, returning what its space does not allow,
+#: calling ``sys.exit`` in ``step``, a reward that is an array, or ``terminated`` as text.
 FAULTS = (
     "none", "init", "reset", "step", "render", "close",
     "wrong-shape", "wrong-dtype", "out-of-bounds", "nan",
+    "exit", "reward-array", "done-text",
 )  # fmt: skip
 
 ENV_MODULE = '''
@@ -308,8 +310,14 @@ class Generated(gym.Env):
     def step(self, action):
         if self.fault == "step":
             raise RuntimeError("broken step")
+        if self.fault == "exit" and self.k == 3:
+            import sys
+
+            sys.exit(3)
         self.k += 1
-        return self._obs(), 1.0, self.k >= 8, False, {}
+        reward = np.array([1.0, 1.0]) if self.fault == "reward-array" else 1.0
+        done = ("yes" if self.k >= 8 else "no") if self.fault == "done-text" else self.k >= 8
+        return self._obs(), reward, done, False, {}
 
     def render(self):
         if self.fault == "render":

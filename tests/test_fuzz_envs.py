@@ -41,6 +41,9 @@ def user_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 @example(case=("box", "close"))  # issue 23: a close() that raises crashed start-up
 @example(case=("box", "out-of-bounds"))  # issue 23: 1e38 against bounds ±1 was blamed on the learner
 @example(case=("dict", "wrong-dtype"))
+@example(case=("discrete", "exit"))  # stop 29: sys.exit in an env ended gymlab with the env's exit code, silently
+@example(case=("box", "reward-array"))
+@example(case=("tuple", "done-text"))  # stop 29: Gymnasium's vector env read "no" as True
 def test_check_agrees_with_train_and_every_command_ends_by_the_rule(
     user_envs: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory, case: tuple[str, str]
 ) -> None:
