@@ -40,9 +40,15 @@ def unwritable(path: Path, *, probe: bool = False) -> str | None:
 
 
 def refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
-    """Refuse, in one line, an output file that exists, unless the user asked to replace it."""
+    """Refuse, in one line, an output file that exists, unless the user asked to replace it.
+
+    With ``overwrite``, a symbolic link at the path is removed, so the new file replaces the link and
+    never the file it points to (a link to a checkpoint must not become a video).
+    """
     if not overwrite and (path.exists() or path.is_symlink()):
         raise GymlabError(f"{flag} {path}: the file exists; pass --overwrite to replace it, or give another {flag}")
+    if path.is_symlink():
+        path.unlink()
 
 
 def claim_new(path: Path) -> Path:

@@ -352,3 +352,14 @@ def test_an_existing_plot_is_kept_unless_overwrite_is_asked(synthetic, tmp_path)
     result = gymlab_inprocess("compare", synthetic, "--out", out, "--overwrite")
     assert result.code == 0, result.ok()
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_overwrite_replaces_a_link_never_the_file_it_points_to(synthetic, tmp_path):
+    precious = tmp_path / "config.yaml"
+    precious.write_text("agent: dqn\n")
+    link = tmp_path / "plot.png"
+    link.symlink_to(precious)
+    result = gymlab_inprocess("compare", synthetic, "--out", link, "--overwrite")
+    assert result.code == 0, result.ok()
+    assert precious.read_text() == "agent: dqn\n"
+    assert not link.is_symlink() and link.read_bytes().startswith(b"\x89PNG")
