@@ -43,6 +43,7 @@ from gymlab.errors import FolderRemoved, GymlabError
 from gymlab.yamlfile import file_kind, load_yaml
 
 CONFIG_FILE = "config.yaml"
+_HEAD_MAX_BYTES = 4096  # head.json holds one small object; more is not one
 EVENTS_GLOB = "events.out.tfevents.*"
 LOCK_FILE = ".lock"
 HEAD_FILE = "head.json"
@@ -180,21 +181,42 @@ class RunFolder:
         self.check_present()
         path = self.last if which == "last" else self.best
         ckpt.write(path)
-        head = self.head()
+        try:
+            head = self.head()
+        except GymlabError:
+            head = None  # damaged since the run began: rewritten below
         if head is None or ckpt.step > head:
             tmp = self.checkpoints / f".{HEAD_FILE}.tmp-{os.getpid()}"
-            with contextlib.suppress(OSError):  # the checkpoint is written; a lost head only loosens the check
+            try:
                 tmp.write_text(json.dumps({"step": ckpt.step}))
                 os.replace(tmp, self.checkpoints / HEAD_FILE)
+            except OSError:  # the checkpoint is written; a lost head only loosens the check
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
         return path
 
     def head(self) -> int | None:
-        """The step of the newest checkpoint this folder ever held (None for folders without a record)."""
-        try:
-            step = json.loads((self.checkpoints / HEAD_FILE).read_text())["step"]
-        except (OSError, ValueError, KeyError, TypeError):
+        """The step of the newest checkpoint this folder ever held (None for folders without a record).
+
+        A record that is there but unreadable (damaged, not a regular file) is refused in one line:
+        read as "no record", it would let an older checkpoint rewrite the history after it.
+        """
+        path = self.checkpoints / HEAD_FILE
+        if not path.exists() and not path.is_symlink():
             return None
-        return step if isinstance(step, int) and not isinstance(step, bool) else None
+        check_regular(path, "history record")
+        problem = None
+        try:
+            with path.open("rb") as fh:
+                step = json.loads(fh.read(_HEAD_MAX_BYTES).decode())["step"]
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            step, problem = None, exc.strerror if isinstance(exc, OSError) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+            return step
+        raise GymlabError(
+            f"{path} is damaged ({problem or 'not a step record'}): it records how far this run's history goes; "
+            "restore it, or delete it to go on without that check"
+        )
 
     def newest(self) -> Path | None:
         """The newest checkpoint (``last.pt`` or ``best.pt``), None if it has none.

@@ -142,6 +142,27 @@ def test_an_older_checkpoint_never_rewrites_its_folder_but_may_start_a_new_one(c
     assert list((tmp_path / "branch").glob("events.out.tfevents.*"))  # the curve so far came along
 
 
+@pytest.mark.parametrize("damage", ["garbage", "negative", "null", "folder", "fifo", "dev-zero"])
+def test_a_damaged_history_record_is_refused_not_read_as_none(cli, tmp_path, damage):
+    """head.json damaged was read as "no record": --resume from best.pt at step 1,000 rewrote history that ran to
+    2,000; a FIFO there hung the resume (SIGTERM too), and a link to /dev/zero read until memory ran out."""
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
+    head = tmp_path / "r" / "checkpoints" / "head.json"
+    (tmp_path / "r" / "checkpoints" / "last.pt").unlink()  # best.pt (step 1,000) is left
+    head.unlink()
+    if damage == "folder":
+        head.mkdir()
+    elif damage == "fifo":
+        os.mkfifo(head)
+    elif damage == "dev-zero":
+        head.symlink_to("/dev/zero")
+    else:
+        head.write_text({"garbage": "garbage{", "negative": '{"step": -5}', "null": "null"}[damage])
+    before = snapshot(tmp_path / "r")
+    one_line(cli("train", "--resume", "r", "--steps", "3000", timeout=60), 2, "head.json")
+    assert snapshot(tmp_path / "r") == before
+
+
 def test_a_plain_copy_of_a_run_folder_resumes_from_its_newest_step(cli, tmp_path):
     # cp -r (no -p) rewrites file times in copy order; the newest checkpoint is the later step, not the later time.
     assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
