@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import math
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError, describe
 from gymlab.outputs import refuse_existing, unwritable
-from gymlab.runs import iter_runs, read_config
+from gymlab.runs import EVENTS_GLOB, iter_runs, read_config
+from gymlab.yamlfile import file_kind
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
@@ -137,7 +139,19 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
 
 
 def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator."""
+    """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator.
+
+    Only regular events files are read: a FIFO would block the reader, a folder would crash it.
+    """
+    for events in run.glob(EVENTS_GLOB):
+        try:
+            mode = events.stat().st_mode
+        except OSError as exc:
+            raise GymlabError(f"cannot read {events}: {exc.strerror or describe(exc)}") from None
+        if not stat.S_ISREG(mode):
+            raise GymlabError(
+                f"{events} is {file_kind(mode)}, not a TensorBoard events file: remove it, or leave {run} out"
+            )
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
     out = {}

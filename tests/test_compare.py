@@ -1,6 +1,7 @@
 """`compare` on synthetic TensorBoard event files whose every number is computed here by hand."""
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -363,3 +364,16 @@ def test_overwrite_replaces_a_link_never_the_file_it_points_to(synthetic, tmp_pa
     assert result.code == 0, result.ok()
     assert precious.read_text() == "agent: dqn\n"
     assert not link.is_symlink() and link.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_an_events_file_that_is_no_regular_file_is_one_line(synthetic, tmp_path, kind):
+    """A FIFO hung compare; a folder was a traceback (IsADirectoryError)."""
+    run = next(p.parent for p in sorted(synthetic.rglob("events.out.tfevents.*")))
+    events = next(run.glob("events.out.tfevents.*"))
+    events.unlink()
+    os.mkfifo(events) if kind == "fifo" else events.mkdir()
+    result = gymlab_inprocess("compare", synthetic, "--out", tmp_path / "c.png")
+    assert result.code == 2, result.ok()
+    assert result.err.count("\n") == 1 and str(events) in result.err
+    assert ("FIFO" if kind == "fifo" else "folder") in result.err
