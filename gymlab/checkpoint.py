@@ -130,15 +130,7 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     """Read a checkpoint, refusing corrupt, foreign, code-carrying or wrong-agent files in one line."""
     if not path.is_file():
         raise GymlabError(f"no checkpoint at {path}")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else would reach the legacy unpickler
-        with path.open("rb") as fh:
-            start = fh.read(4)
-        if start in (b"", b"PK\x03\x04"[: len(start)]):  # empty, or a zip cut before its directory
-            raise GymlabError(f"checkpoint {path} is corrupt or truncated (no zip directory); use another checkpoint")
-        raise GymlabError(
-            f"{path} is not a gymlab checkpoint (not a torch checkpoint file); give a run folder or one of "
-            "its checkpoints/last.pt, best.pt"
-        )
+    _refuse_unzipped(path)
     damage = _damage(path)
     if damage is not None:
         raise GymlabError(f"checkpoint {path} is corrupt ({damage}); use another checkpoint")
@@ -162,6 +154,23 @@ def load(path: Path, *, agent: str | None = None) -> dict[str, Any]:
     if agent is not None and data.get("agent") != agent:
         raise GymlabError(f"checkpoint {path} was written by agent '{data.get('agent')}', not '{agent}'")
     return decode(data)
+
+
+def _refuse_unzipped(path: Path) -> None:
+    """Refuse in one line a file that is no zip (torch.save writes one; anything else would reach its old unpickler)."""
+    try:
+        if zipfile.is_zipfile(path):
+            return
+        with path.open("rb") as fh:
+            start = fh.read(4)
+    except OSError as exc:  # an I/O error, a file of the kernel's (/proc) that cannot be read as one
+        raise GymlabError(f"cannot read checkpoint {path}: {exc.strerror or _first_line(exc)}") from None
+    if start in (b"", b"PK\x03\x04"[: len(start)]):  # empty, or a zip cut before its directory
+        raise GymlabError(f"checkpoint {path} is corrupt or truncated (no zip directory); use another checkpoint")
+    raise GymlabError(
+        f"{path} is not a gymlab checkpoint (not a torch checkpoint file); give a run folder or one of "
+        "its checkpoints/last.pt, best.pt"
+    )
 
 
 def _damage(path: Path) -> str | None:

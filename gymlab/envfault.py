@@ -81,9 +81,9 @@ def check_reward(reward: Any, copy: int = 0) -> float:
         bad = reward - reward  # NaN for NaN or infinity; 0 for every finite number
         if bad:
             raise nonfinite_reward(reward, copy)
+        return float(reward)  # a complex number or a one-element array stops here
     except (TypeError, ValueError):  # not a number; or an array of them, whose truth value numpy refuses
         raise not_a_number(reward, copy) from None
-    return float(reward)
 
 
 def not_a_number(reward: Any, copy: int | None) -> EnvProblem:

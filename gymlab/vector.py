@@ -131,7 +131,8 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every copy; a copy whose episode ended is reset in the same call."""
         infos: dict[str, Any] = {}
-        count, in_range = self.count_episodes, self._range
+        count, in_range, space = self.count_episodes, self._range, self.single_observation_space
+        shape = self._obs.shape[1:]
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, terminated, truncated, info = env.step(actions[i])
@@ -151,10 +152,13 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
                 obs, _ = self._reset_copy(i, env, None, None)
             try:
                 self._obs[i] = obs
-                if in_range is not None and not in_range[0] <= obs < in_range[1]:
-                    raise ValueError(f"{obs!r:.40} is outside Discrete's range")
+                if in_range is not None:  # a value outside [start, start + n), or not a whole number
+                    if not in_range[0] <= obs < in_range[1] or self._obs[i] != obs:
+                        raise ValueError(f"{obs!r:.40} is not a value of Discrete")
+                elif type(obs) is not np.ndarray or obs.shape != shape:  # a scalar or text would be broadcast in
+                    check_obs(space, obs, "step()", i)
             except (ValueError, TypeError) as exc:
-                check_obs(self.single_observation_space, obs, "step()", i)
+                check_obs(space, obs, "step()", i)
                 raise EnvProblem(f"step() returned an observation that does not fit the space ({exc})", i) from exc
         if self._float_obs and self._flat_obs.dot(self._zeros):  # NaN (truthy) iff some value is NaN or infinite
             for i in range(self.num_envs):

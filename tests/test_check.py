@@ -355,6 +355,52 @@ class ArrayReward(Base):
         return obs, np.array([reward, reward]), terminated, truncated, info
 
 
+class ObsMidEpisode(Base):
+    """At step 5: ``kind`` instead of the (3,) observation (a scalar or a (1,) array numpy would broadcast, text it
+    would parse), or for a Discrete(4) space a float between two states."""
+
+    kind = "scalar"
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.t == 5:
+            obs = {"scalar": np.float32(0.5), "short": np.array([0.5], np.float32), "text": "0.5", "float": 2.5}[
+                self.kind
+            ]
+        elif self.kind == "float":
+            obs = 1
+        return obs, reward, terminated, truncated, info
+
+
+class ScalarObsMidEpisode(ObsMidEpisode):
+    kind = "scalar"
+
+
+class ShortObsMidEpisode(ObsMidEpisode):
+    kind = "short"
+
+
+class TextObsMidEpisode(ObsMidEpisode):
+    kind = "text"
+
+
+class FloatDiscreteObsMidEpisode(ObsMidEpisode):
+    kind = "float"
+    observation_space = gym.spaces.Discrete(4)  # type: ignore[assignment]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return 0, {}
+
+
+class ComplexReward(Base):
+    """Its reward is a complex number while a file ``complex`` is in the working folder."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, complex(reward) if os.path.exists("complex") else reward, terminated, truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -493,3 +539,25 @@ def test_a_reward_that_is_an_array_stops_the_run_blaming_the_env(tmp_path, vecto
     )  # fmt: skip
     assert_one_line(proc, "env test_check:ArrayReward", "reward", "not a number")
     assert "raised" not in proc.stderr
+
+
+@pytest.mark.parametrize("cls", ["ScalarObsMidEpisode", "ShortObsMidEpisode", "TextObsMidEpisode",
+                                 "FloatDiscreteObsMidEpisode"])  # fmt: skip
+def test_an_observation_numpy_would_broadcast_or_parse_mid_episode_stops_the_run(tmp_path, cls):
+    """Trained on silently before: 0.5 broadcast into all four entries, "0.5" parsed, 2.5 stored as state 2."""
+    assert not envcheck.check(f"test_check:{cls}", {}, steps=50).ok
+    agent = "tabular_q" if "Discrete" in cls else "dqn"
+    proc = gymlab(
+        tmp_path, "train", agent, f"test_check:{cls}", "--steps", "100", "eval_episodes=1", "--run-dir",
+        str(tmp_path / "r"),
+    )  # fmt: skip
+    assert_one_line(proc, f"env test_check:{cls} copy 0", "step()")
+
+
+@pytest.mark.needs("ffmpeg")
+def test_watch_of_an_env_whose_reward_is_complex_is_one_line(tmp_path):
+    """float(1+0j) raised TypeError outside the check: a traceback in watch (train and eval said one line)."""
+    assert train(tmp_path, "test_check:ComplexReward").returncode == 0
+    (tmp_path / "complex").touch()
+    proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
+    assert_one_line(proc, "reward of type complex, not a number")

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -183,3 +184,10 @@ def test_a_damaged_checkpoint_is_refused_as_corrupt(tmp_path, damage):
     with pytest.raises(GymlabError, match=r"checkpoint .*last\.pt is corrupt") as info:
         checkpoint.load(path)
     assert "\n" not in str(info.value) and "use another checkpoint" in str(info.value)
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tmp_path):
+    """/proc/self/mem is a regular file that every read fails on: an OSError traceback before."""
+    with pytest.raises(GymlabError, match=r"cannot read checkpoint /proc/self/mem: ") as info:
+        checkpoint.load(Path("/proc/self/mem"))
+    assert "\n" not in str(info.value)
