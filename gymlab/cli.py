@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import re
 import signal
@@ -461,6 +462,9 @@ def main(argv: list[str] | None = None) -> None:
     for info in app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
             info.callback = _guard(info.callback)
+    for stream in (sys.stdout, sys.stderr):  # a terminal that is not UTF-8 shows '?' for ─ ± ·, never a crash
+        if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="replace")
     try:
         with _interrupts_raise():
             args = sys.argv[1:] if argv is None else argv

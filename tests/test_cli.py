@@ -217,3 +217,10 @@ def test_the_clis_bounds_are_the_configs():
     from gymlab import cli, config
 
     assert (cli.MAX_SEED, cli.MAX_WORKERS, cli.MAX_TRIALS) == (config.MAX_SEED, config.MAX_AT_ONCE, config.MAX_TRIALS)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_crash(tmp_path, encoding):
+    """The tables' ─, ± and · raised UnicodeEncodeError: list, eval and train (killed by its progress line) died."""
+    for argv in (["list"], ["train", "tabular_q", "FrozenLake-v1", "--steps", "300", "eval_episodes=1"]):
+        assert_ok(gymlab(*argv, cwd=tmp_path, env={"PYTHONIOENCODING": encoding}, timeout=300))
