@@ -453,6 +453,13 @@ def _interrupts_raise() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
+def _tolerant_streams() -> None:
+    """A terminal that is not UTF-8 shows '?' for the tables' ─ ± ·, never a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
 
@@ -462,9 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     for info in app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
             info.callback = _guard(info.callback)
-    for stream in (sys.stdout, sys.stderr):  # a terminal that is not UTF-8 shows '?' for ─ ± ·, never a crash
-        if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
-            stream.reconfigure(errors="replace")
+    _tolerant_streams()
     try:
         with _interrupts_raise():
             args = sys.argv[1:] if argv is None else argv
