@@ -15,6 +15,7 @@ one line that names the env's call and copy:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,9 +42,21 @@ class EnvProblem(GymlabError):
     the run's step, env and last good checkpoint (:meth:`describe`).
     """
 
-    def __init__(self, problem: str, copy: int | None = 0, call: str = "step()") -> None:
-        self.problem, self.copy, self.call = problem, copy, call
+    problem: str
+    copy: int | None
+    call: str
+
+    def __init__(self, problem: str | EnvProblem, copy: int | None = 0, call: str = "step()") -> None:
+        if isinstance(problem, EnvProblem):  # re-raised as ``type(exc)(exc)`` (Gymnasium's process-per-copy env)
+            first: EnvProblem = problem
+            copy, call = first.copy, first.call
+            problem = first.problem
+        self.problem, self.copy, self.call = str(problem), copy, call
         super().__init__(self.describe(None))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (a worker process sends it back): problem, copy and call, not the message."""
+        return (EnvProblem, (self.problem, self.copy, self.call))
 
     def describe(self, env_id: str | None) -> str:
         """The problem with the env named, e.g. "reward is nan from env CartPole-v1 copy 0"."""
@@ -122,23 +135,78 @@ def check_done(terminated: Any, truncated: Any, copy: int = 0) -> None:
             )
 
 
-class DoneChecked(gym.Wrapper[Any, Any, Any, Any]):
-    """A copy stepped by Gymnasium's own vector env (Tuple and Dict observations), its episode ends checked.
+#: Keys of ``info`` that Gymnasium's vector envs write themselves when an episode ends.
+RESERVED_INFO_KEYS = frozenset({"final_obs", "final_info", "_final_obs", "_final_info"})
 
-    Gymnasium's vector env casts ``terminated`` and ``truncated`` to bools, so text such as "no" would
-    pass unseen; here :func:`check_done` sees them first, where an episode ends.
+
+class CopyChecked(gym.Wrapper[Any, Any, Any, Any]):
+    """A copy that Gymnasium's own vector envs step, held to the lean vector env's rules.
+
+    Gymnasium's sync vector env (Tuple and Dict observations) and its process-per-copy one would cast or
+    merge what the copy returns; here it is checked first, as :class:`~gymlab.vector.LeanSyncVectorEnv`
+    checks its copies. At every step: the reward a number, the info a dict without the keys the vector env reserves, a
+    Discrete observation in range. At resets and episode ends: the observation against its space,
+    ``terminated`` and ``truncated`` bools. Run inside a worker process, what it raises comes back to
+    the run whole (:class:`EnvProblem` survives Gymnasium's re-raising). A ``close()`` that raises is
+    ignored, as :func:`gymlab.envguard.close_env` does (Gymnasium closes a first copy while it starts).
     """
 
     def __init__(self, env: gym.Env[Any, Any], copy: int) -> None:
         super().__init__(env)
         self.copy = copy
+        space = env.observation_space
+        self._range = (int(space.start), int(space.start + space.n)) if isinstance(space, gym.spaces.Discrete) else None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """The env's reset, its observation and info checked."""
+        obs, info = self.env.reset(**kwargs)
+        self._check_info(info, "reset()")
+        self._check_obs(obs, "reset()")
+        return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """The env's step, unchanged; refused when an episode ends on a value that is not a bool."""
+        """The env's step, unchanged; refused where it breaks what its spaces and Gymnasium's API promise."""
         obs, reward, terminated, truncated, info = self.env.step(action)
+        check_reward(reward, self.copy)
+        self._check_info(info, "step()")
         if terminated or truncated:
             check_done(terminated, truncated, self.copy)
+            self._check_obs(obs, "step()")
+        elif self._range is not None and not self._in_range(obs):
+            self._check_obs(obs, "step()")
         return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        """The env's close; what it raises is dropped (closing never stops a run)."""
+        with contextlib.suppress(Exception):  # nothing to save or say: the run reports its own ending
+            self.env.close()
+
+    def _in_range(self, obs: Any) -> bool:
+        assert self._range is not None
+        try:
+            return bool(self._range[0] <= obs < self._range[1] and int(obs) == obs)
+        except (TypeError, ValueError):
+            return False
+
+    def _check_info(self, info: Any, call: str) -> None:
+        check_info(info, call, self.copy)
+        taken = RESERVED_INFO_KEYS.intersection(info)
+        if taken:
+            raise EnvProblem(
+                f"{call} returned info with the key {sorted(taken)[0]!r}, which Gymnasium's vector env writes when an "
+                "episode ends: the env is at fault, rename that key",
+                self.copy,
+                call,
+            )
+
+    def _check_obs(self, obs: Any, call: str) -> None:
+        space = self.env.observation_space
+        if isinstance(space, ARRAY_SPACES):
+            check_obs(space, obs, call, self.copy)
+            if self._range is not None and not self._in_range(obs):
+                raise EnvProblem(f"{call} returned {obs!r:.40}, which is not a value of {space}", self.copy, call)
+        else:
+            check_nested(space, obs, call, self.copy)
 
 
 def check_obs(space: gym.Space[Any], obs: Any, call: str, copy: int = 0) -> None:

@@ -12,6 +12,7 @@ vector env of their own: for ``[atari]`` that is ALE's, by default (``vectorizat
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import re
@@ -22,7 +23,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from gymlab.envfault import DoneChecked, check_spaces_declared
+from gymlab.envfault import CopyChecked, check_spaces_declared
 from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, raised_text
 from gymlab.extras import import_module, install_hint, load_attr, missing_dependency, missing_extra
 from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
@@ -197,6 +198,11 @@ def _construct_error(env_id: str, env_kwargs: Mapping[str, Any], exc: BaseExcept
     return GymlabError(f"environment '{env_id}'{given}: its constructor {raised_text(exc)}")
 
 
+def _checked_copy(factory: Callable[[], gym.Env[Any, Any]], copy: int) -> gym.Env[Any, Any]:
+    """Copy ``copy`` of a vector env that Gymnasium steps, checked as the lean one checks its copies."""
+    return CopyChecked(factory(), copy)
+
+
 def make_env(
     env_id: str,
     env_kwargs: Mapping[str, Any] | None = None,
@@ -332,7 +338,10 @@ def make_vec_env(
         )
 
     if vectorization == "async":
-        return gym.vector.AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        return gym.vector.AsyncVectorEnv(
+            [functools.partial(_checked_copy, factory, i) for i in range(num_envs)],
+            autoreset_mode=AutoresetMode.SAME_STEP,
+        )
     first = factory(not lean_counts)
     if isinstance(first.observation_space, ARRAY_SPACES):
         copies = [lambda: first, *[lambda: factory(not lean_counts)] * (num_envs - 1)]
@@ -340,6 +349,6 @@ def make_vec_env(
     if lean_counts:  # Gymnasium's vector env needs the statistics from the copies
         first = gym.wrappers.RecordEpisodeStatistics(first)
     return gym.vector.SyncVectorEnv(
-        [lambda: DoneChecked(first, 0), *[lambda i=i: DoneChecked(factory(), i) for i in range(1, num_envs)]],
+        [lambda: CopyChecked(first, 0), *[functools.partial(_checked_copy, factory, i) for i in range(1, num_envs)]],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )

@@ -401,6 +401,24 @@ class ComplexReward(Base):
         return obs, complex(reward) if os.path.exists("complex") else reward, terminated, truncated, info
 
 
+class InfoFinalObs(Base):
+    """Its info holds "final_obs", the key Gymnasium's vector env writes an ended episode's last observation to."""
+
+    def _info(self):
+        return {"final_obs": np.full(3, 0.9, np.float32)}
+
+
+class ResetOutOfBounds(Base):
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.full(3, 5.0, np.float32), {}
+
+
+class CloseRaises(Base):
+    def close(self):
+        raise RuntimeError("broken close")
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -561,3 +579,31 @@ def test_watch_of_an_env_whose_reward_is_complex_is_one_line(tmp_path):
     (tmp_path / "complex").touch()
     proc = gymlab(tmp_path, "watch", str(tmp_path / "r"), "--episodes", "1", "--trust", "test_check")
     assert_one_line(proc, "reward of type complex, not a number")
+
+
+@pytest.mark.parametrize(
+    ("cls", "said"),
+    [
+        ("TextDone", "terminated='no'"),  # trained the whole budget on one-step episodes; only evaluation failed
+        ("ResetOutOfBounds", "outside its declared bounds"),
+        ("InfoFinalObs", "'final_obs'"),  # replaced every transition's next observation
+        ("ListInfo", "not a dict"),
+    ],
+)
+def test_a_process_per_copy_env_is_held_to_the_same_rules_as_the_others(tmp_path, cls, said):
+    """Under vectorization=async none of the reset and episode-end checks ran while training."""
+    proc = gymlab(
+        tmp_path, "train", "dqn", f"test_check:{cls}", "--steps", "200", "eval_every=0", "eval_episodes=1",
+        "vectorization=async", "num_envs=2", "--run-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert_one_line(proc, f"env test_check:{cls} copy", said)
+    assert "during evaluation" not in proc.stderr
+
+
+def test_a_close_that_raises_does_not_stop_a_process_per_copy_run(tmp_path):
+    """Gymnasium closes a first copy while the vector env starts: a close() that raised was a traceback there."""
+    proc = gymlab(
+        tmp_path, "train", "random", "test_check:CloseRaises", "--steps", "50", "eval_episodes=1",
+        "vectorization=async", "num_envs=2", "--run-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
