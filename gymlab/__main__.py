@@ -8,8 +8,11 @@ it prints the line a command interrupted before it changed anything prints, and 
 left is the interpreter's own start, the first ≈20 ms.)
 """
 
+import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 from gymlab.errors import EXIT_INTERRUPTED, NOTHING_SAVED
@@ -28,8 +31,37 @@ from gymlab.cli import main  # noqa: E402 - after the handlers: this import is t
 
 
 def run() -> None:
-    """The ``gymlab`` command."""
-    main()
+    """The ``gymlab`` command; it ends when the command does, whatever threads user code left running."""
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    _stop_leftover_threads(code)
+    raise SystemExit(code)
+
+
+def _stop_leftover_threads(code: int | str | None, grace_s: float = 2.0) -> None:
+    """Exit now if threads that are not daemons outlive the command (an env's, an agent's).
+
+    Python would wait for them at exit, forever for one that never ends, with the work done and saved.
+    They get ``grace_s`` to finish; then one line names them and the process exits with ``code``.
+    """
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not left:
+        return
+    names = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    sys.stderr.write(
+        f"gymlab: note: {len(left)} thread{'s' if len(left) > 1 else ''} that gymlab did not start (from the env or "
+        f"the agent: {names}) still ran when the command ended; stopped {'them' if len(left) > 1 else 'it'}\n"
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":

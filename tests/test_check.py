@@ -419,6 +419,18 @@ class CloseRaises(Base):
         raise RuntimeError("broken close")
 
 
+class LeavesAThread(Base):
+    """Starts a thread that is no daemon and never ends: Python would wait for it at exit."""
+
+    def reset(self, *, seed=None, options=None):
+        import threading
+        import time
+
+        if not any(t.name == "never-ends" for t in threading.enumerate()):
+            threading.Thread(target=time.sleep, args=(10_000,), name="never-ends").start()
+        return super().reset(seed=seed, options=options)
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -607,3 +619,11 @@ def test_a_close_that_raises_does_not_stop_a_process_per_copy_run(tmp_path):
         "vectorization=async", "num_envs=2", "--run-dir", str(tmp_path / "r"),
     )  # fmt: skip
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_thread_the_env_leaves_running_does_not_keep_gymlab_alive(tmp_path):
+    """It printed 'done', then never exited; a Ctrl-C there said 'nothing was saved' of a finished run."""
+    proc = gymlab(tmp_path, "train", "random", "test_check:LeavesAThread", "--steps", "50", "eval_episodes=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 50 steps" in proc.stdout and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "never-ends" in proc.stderr and "still ran" in proc.stderr
