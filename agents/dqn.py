@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
 from gymlab.cudagraph import CUDAGraphStep
-from gymlab.nets import clip_grad_norm, is_image, observation_net
+from gymlab.nets import NATURE_CNN_MIN_SIDE, clip_grad_norm, is_image, observation_net
 from gymlab.staging import BatchForward
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
@@ -235,6 +235,13 @@ class DQN:
             return (
                 f"it needs a Box or Discrete observation space, but it is {describe_space(observation_space)} "
                 "(flatten it with a wrapper)"
+            )
+        if is_image(observation_space) and min(observation_space.shape[1:]) < NATURE_CNN_MIN_SIDE:  # type: ignore[index]
+            c, h, w = observation_space.shape  # type: ignore[misc]
+            return (
+                f"its observations are {c}x{h}x{w} uint8 images, smaller than the {NATURE_CNN_MIN_SIDE}x"
+                f"{NATURE_CNN_MIN_SIDE} its Nature CNN needs: resize them with a wrapper (84x84 as for Atari), or "
+                "give the env float observations for an MLP"
             )
         return None
 

@@ -13,6 +13,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+#: The smallest height and width the Nature CNN's three convolutions (8/4, 4/2, 3/1) leave one pixel of.
+NATURE_CNN_MIN_SIDE = 36
+
 
 def is_image(space: gym.Space[Any]) -> bool:
     """A (C, H, W) uint8 Box: frames for the Nature CNN."""

@@ -431,6 +431,20 @@ class LeavesAThread(Base):
         return super().reset(seed=seed, options=options)
 
 
+class TinyImages(Base):
+    """(3, 8, 8) uint8 frames: an image too small for the Nature CNN's convolutions."""
+
+    observation_space = gym.spaces.Box(0, 255, (3, 8, 8), np.uint8)  # type: ignore[arg-type]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((3, 8, 8), np.uint8), {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return np.zeros((3, 8, 8), np.uint8), reward, terminated, truncated, info
+
+
 class SequenceObs(Base):
     """A valid variable-length observation: a Sequence of Discrete(3)."""
 
@@ -627,3 +641,12 @@ def test_a_thread_the_env_leaves_running_does_not_keep_gymlab_alive(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: 50 steps" in proc.stdout and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "never-ends" in proc.stderr and "still ran" in proc.stderr
+
+
+def test_dqn_refuses_images_too_small_for_its_cnn_and_check_says_so(tmp_path):
+    """A 95-line traceback from the convolution before; check said dqn supported the env."""
+    report = envcheck.check("test_check:TinyImages", {}, steps=20)
+    agents = next(v for v in report.verdicts if v.point == "agents")
+    assert "dqn" in agents.detail.partition("(not ")[2], agents.detail  # dqn among those that do not
+    proc = gymlab(tmp_path, "train", "dqn", "test_check:TinyImages", "--steps", "100", "--run-dir", str(tmp_path / "r"))
+    assert_one_line(proc, "3x8x8 uint8 images", "36x36")
