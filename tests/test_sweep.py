@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -663,3 +664,36 @@ def test_a_bad_backend_is_refused_before_the_sweep_folder_is_touched(
             address="auto" if "auto" in argv else None,
         )
     assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-trial sweep run to its end: (sweep file, sweep folder)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = {**TAXI, "base": {**TAXI["base"], "steps": 500, "eval_every": 0, "eval_episodes": 1}}
+    data["space"] = {"learning_rate": [0.5]}
+    path = write_sweep(tmp, data)
+    sw.run_sweep(sw.load_sweep(path, max_concurrent=1), tmp / "sweep")
+    return path, tmp / "sweep"
+
+
+@pytest.mark.needs("sweep")
+@pytest.mark.parametrize("damage", ["garbage-appended", "truncated", "folder", "dev-zero"])
+def test_a_damaged_journal_is_one_line(finished_sweep: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+    """Each was a traceback (JSONDecodeError, Optuna's 'Should not reach', IsADirectoryError) or, for a link to
+    /dev/zero, a read without end until the kernel killed the process."""
+    path, folder = finished_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(folder, copy)
+    (copy / runs.LOCK_FILE).unlink(missing_ok=True)
+    journal = copy / sw.study.JOURNAL_FILE
+    if damage == "garbage-appended":
+        journal.write_text(journal.read_text() + "garbage{\n")
+    elif damage == "truncated":
+        journal.write_bytes(journal.read_bytes()[:100])
+    else:
+        journal.unlink()
+        journal.mkdir() if damage == "folder" else journal.symlink_to("/dev/zero")
+    with pytest.raises(GymlabError, match=r"journal\.log \(every trial so far\) is damaged") as info:
+        sw.run_sweep(sw.load_sweep(path, max_concurrent=1), copy)
+    assert "\n" not in str(info.value) and "--run-dir" in str(info.value)

@@ -10,7 +10,9 @@ are kept, trials left running continue from their runs' checkpoints, and new tri
 
 from __future__ import annotations
 
+import contextlib
 import math
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gymlab.errors import GymlabError
+from gymlab.errors import describe as error_text
 from gymlab.parallel import POLL_S
 from gymlab.report import mean_ci
 from gymlab.runner import RunOutcome, RunSpec
@@ -39,7 +42,7 @@ from gymlab.sweep.study import (
     open_storage,
 )
 from gymlab.sweep.summary import TrialRow, describe, summarize, write_best, write_summary
-from gymlab.yamlfile import load_yaml
+from gymlab.yamlfile import file_kind, load_yaml
 
 if TYPE_CHECKING:
     import optuna
@@ -87,15 +90,28 @@ def open_study(sweep: Sweep, sweep_dir: Path) -> tuple[optuna.Study, Ledger, boo
     else:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(yaml.safe_dump(identity, sort_keys=False))
-    storage = open_storage(sweep_dir / JOURNAL_FILE)
-    study = optuna.create_study(
-        study_name=STUDY_NAME,
-        storage=storage,
-        load_if_exists=True,
-        direction=sweep.spec.direction,
-        sampler=make_sampler(sweep),
-        pruner=make_pruner(sweep.spec.pruning, check_pruning(sweep.base_config(), sweep.spec.pruning)),
+    journal = sweep_dir / JOURNAL_FILE
+    damaged = (
+        f"sweep folder {sweep_dir}: its {JOURNAL_FILE} (every trial so far) is damaged"
+        " ({}); restore it, or start the sweep in a new --run-dir"
     )
+    with contextlib.suppress(FileNotFoundError):
+        mode = journal.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block, a device (a link to /dev/zero) read without end
+            raise GymlabError(damaged.format(f"it is {file_kind(mode)}, not a file"))
+    pruner = make_pruner(sweep.spec.pruning, check_pruning(sweep.base_config(), sweep.spec.pruning))
+    try:
+        storage = open_storage(journal)
+        study = optuna.create_study(
+            study_name=STUDY_NAME,
+            storage=storage,
+            load_if_exists=True,
+            direction=sweep.spec.direction,
+            sampler=make_sampler(sweep),
+            pruner=pruner,
+        )
+    except (OSError, ValueError, AssertionError, KeyError, TypeError) as exc:  # what Optuna's reader trips on
+        raise GymlabError(damaged.format(error_text(exc))) from None
     return study, Ledger(study, storage), existed
 
 
