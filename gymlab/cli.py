@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import signal
 import sys
@@ -453,6 +454,16 @@ def _interrupts_raise() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
+def _check_working_folder() -> None:
+    """A working folder deleted under the shell is one line (torch's math library would abort on it)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise GymlabError(
+            "the current folder no longer exists (it was deleted); cd to a folder that exists and run the command again"
+        ) from None
+
+
 def _tolerant_streams() -> None:
     """A terminal that is not UTF-8 shows '?' for the tables' ─ ± ·, never a UnicodeEncodeError."""
     for stream in (sys.stdout, sys.stderr):
@@ -474,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         with _interrupts_raise():
             args = sys.argv[1:] if argv is None else argv
             if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
+                _check_working_folder()
                 _import_native_stack()
             code = app(args=argv, prog_name="gymlab", standalone_mode=False)
     except _Stopped as exc:

@@ -122,6 +122,12 @@ class RunFolder:
         """
         explicit = path is not None
         target = path if path is not None else cls.default_path(root, config)
+        for parent in target.absolute().parents:  # one writer, one history: never a run inside a run
+            if (parent / CONFIG_FILE).is_file():
+                raise GymlabError(
+                    f"{target} is inside run folder {parent}, which has one writer and one history; "
+                    "choose a --run-dir outside it"
+                )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -2,6 +2,8 @@
 answered with one line, exit code 2, no traceback, and nothing already written lost."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,19 @@ def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_crash(tmp_path, e
     """The tables' ─, ± and · raised UnicodeEncodeError: list, eval and train (killed by its progress line) died."""
     for argv in (["list"], ["train", "tabular_q", "FrozenLake-v1", "--steps", "300", "eval_episodes=1"]):
         assert_ok(gymlab(*argv, cwd=tmp_path, env={"PYTHONIOENCODING": encoding}, timeout=300))
+
+
+def test_a_deleted_working_folder_is_one_line(tmp_path):
+    """Torch's math library aborted on it ('Intel oneMKL FATAL ERROR'), exit 2 without gymlab's line."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (
+        "import os, shutil, sys\n"
+        f"os.chdir({str(gone)!r}); shutil.rmtree({str(gone)!r})\n"
+        "sys.argv = ['gymlab', 'list']\n"
+        "from gymlab.__main__ import run\n"
+        "run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("gymlab: error: the current folder no longer exists") and proc.stderr.count("\n") == 1

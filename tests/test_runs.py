@@ -633,3 +633,13 @@ def test_the_resume_hint_names_the_trust_the_runs_own_code_needs(tmp_path):
     assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
     (folder / "config.yaml").write_text("[not, a, config]\n")
     assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
+
+
+@pytest.mark.parametrize("inside", ["sub", "checkpoints/new", "videos/deep/er"])
+def test_a_run_folder_is_never_created_inside_another(cli, tmp_path, inside):
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", *TINY).returncode == 0
+    before = snapshot(tmp_path / "r")
+    one_line(
+        cli("train", "tabular_q", "Taxi-v4", "--run-dir", f"r/{inside}", "--steps", "1000"), 2, "inside run folder"
+    )
+    assert snapshot(tmp_path / "r") == before
