@@ -331,6 +331,7 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
         )
     lock = folder.lock()
     try:
+        folder.check_savable()  # before a resume trains, not after
         newest = folder.newest()
         if newest is None:
             raise GymlabError(

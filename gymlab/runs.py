@@ -201,6 +201,12 @@ class RunFolder:
                     tmp.unlink(missing_ok=True)
         return path
 
+    def check_savable(self) -> None:
+        """Refuse a folder whose checkpoint paths hold a folder: a run would train, then fail to save."""
+        for path in (self.last, self.best):
+            if path.is_dir():
+                raise GymlabError(f"{path} is a folder, where the run saves its checkpoint; move it away, then resume")
+
     def head(self) -> int | None:
         """The step of the newest checkpoint this folder ever held (None for folders without a record).
 

@@ -643,3 +643,14 @@ def test_a_run_folder_is_never_created_inside_another(cli, tmp_path, inside):
         cli("train", "tabular_q", "Taxi-v4", "--run-dir", f"r/{inside}", "--steps", "1000"), 2, "inside run folder"
     )
     assert snapshot(tmp_path / "r") == before
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(cli, tmp_path):
+    """It trained the whole resume, then failed to save it, advising 'free disk space'."""
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", *TINY).returncode == 0
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    last.unlink()
+    last.mkdir()
+    before = snapshot(tmp_path / "r")
+    one_line(cli("train", "--resume", "r", "--steps", "200000"), 2, "last.pt is a folder", "move it away")
+    assert snapshot(tmp_path / "r") == before
