@@ -1,4 +1,8 @@
-"""``gymlab`` and ``python -m gymlab``: an interrupt is one line from the first moment gymlab runs.
+"""``gymlab`` and ``python -m gymlab``: the process around the command line.
+
+An interrupt is one line from the first moment gymlab runs; a terminal that is not UTF-8 gets '?'
+for characters it cannot show; a deleted working folder is one line; threads that user code left
+running do not keep the process alive after the command (:func:`run`).
 
 Importing the command line (typer, then torch and Gymnasium) takes a few hundred milliseconds; a
 Ctrl-C or SIGTERM in that time used to end in a ``KeyboardInterrupt`` traceback or a silent death.
@@ -8,6 +12,7 @@ it prints the line a command interrupted before it changed anything prints, and 
 left is the interpreter's own start, the first ≈20 ms.)
 """
 
+import io
 import os
 import signal
 import sys
@@ -15,7 +20,7 @@ import threading
 import time
 from types import FrameType
 
-from gymlab.errors import EXIT_INTERRUPTED, NOTHING_SAVED
+from gymlab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, NOTHING_SAVED
 
 
 def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
@@ -33,12 +38,33 @@ from gymlab.cli import main  # noqa: E402 - after the handlers: this import is t
 def run() -> None:
     """The ``gymlab`` command; it ends when the command does, whatever threads user code left running."""
     code: int | str | None = 0
+    _tolerant_streams()
     try:
+        _check_working_folder()
         main()
     except SystemExit as exc:
         code = exc.code
     _stop_leftover_threads(code)
     raise SystemExit(code)
+
+
+def _tolerant_streams() -> None:
+    """A terminal that is not UTF-8 shows '?' for the tables' ─ ± ·, never a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="replace")
+
+
+def _check_working_folder() -> None:
+    """A working folder deleted under the shell is one line (torch's math library would abort on it)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        sys.stderr.write(
+            "gymlab: error: the current folder no longer exists (it was deleted); cd to a folder that exists and "
+            "run the command again\n"
+        )
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def _stop_leftover_threads(code: int | str | None, grace_s: float = 2.0) -> None:

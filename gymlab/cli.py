@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
-import os
 import re
 import signal
 import sys
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gymlab.errors import EXIT_INTERRUPTED, NOTHING_SAVED, GymlabError, Interrupted, one_line
+from gymlab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, NOTHING_SAVED, GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
     from gymlab.runner import RunSpec
@@ -33,7 +31,6 @@ app = typer.Typer(
     help="gymlab: train reinforcement-learning agents, watch them play, compare learning curves.",
 )
 
-EXIT_USER_ERROR = 2
 
 try:  # typer >= 0.29 vendors its own copy of click and raises that copy's exceptions
     from typer._click import exceptions as click_exceptions
@@ -454,23 +451,6 @@ def _interrupts_raise() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
-def _check_working_folder() -> None:
-    """A working folder deleted under the shell is one line (torch's math library would abort on it)."""
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        raise GymlabError(
-            "the current folder no longer exists (it was deleted); cd to a folder that exists and run the command again"
-        ) from None
-
-
-def _tolerant_streams() -> None:
-    """A terminal that is not UTF-8 shows '?' for the tables' ─ ± ·, never a UnicodeEncodeError."""
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and stream.encoding.lower().replace("-", "") != "utf8":
-            stream.reconfigure(errors="replace")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
 
@@ -480,12 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     for info in app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
             info.callback = _guard(info.callback)
-    _tolerant_streams()
     try:
         with _interrupts_raise():
             args = sys.argv[1:] if argv is None else argv
             if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
-                _check_working_folder()
                 _import_native_stack()
             code = app(args=argv, prog_name="gymlab", standalone_mode=False)
     except _Stopped as exc:

@@ -19,6 +19,8 @@ def describe(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
 
 
+#: The exit code of a command refused for bad input (one ``gymlab: error:`` line).
+EXIT_USER_ERROR = 2
 #: The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
 #: What a plain interrupt (no message of its own) left behind: nothing.
