@@ -2,7 +2,8 @@
 
 An interrupt is one line from the first moment gymlab runs; a terminal that is not UTF-8 gets '?'
 for characters it cannot show; a deleted working folder is one line; threads that user code left
-running do not keep the process alive after the command (:func:`run`).
+running do not keep the process alive after the command, and a reader of stdout that goes away
+(``| head``) ends nothing but the output (:func:`run`).
 
 Importing the command line (typer, then torch and Gymnasium) takes a few hundred milliseconds; a
 Ctrl-C or SIGTERM in that time used to end in a ``KeyboardInterrupt`` traceback or a silent death.
@@ -33,6 +34,7 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_sig, _interrupted_while_starting)
 
 from gymlab.cli import main  # noqa: E402 - after the handlers: this import is the slow part
+from gymlab.console import discard_stdout  # noqa: E402
 
 
 def run() -> None:
@@ -44,6 +46,8 @@ def run() -> None:
         main()
     except SystemExit as exc:
         code = exc.code
+    except BrokenPipeError:  # the reader of stdout went away (| head): the command did its work, say nothing more
+        discard_stdout()
     _stop_leftover_threads(code)
     raise SystemExit(code)
 

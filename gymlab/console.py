@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Protocol, TextIO
@@ -110,7 +111,7 @@ class PlainProgress:
 
     def __init__(self, label: str, stream: TextIO | None = None, every_seconds: float = 30.0) -> None:
         self.label = label
-        self.stream = stream or sys.stdout
+        self.stream: TextIO | None = stream or sys.stdout
         self.every_seconds = every_seconds
         self._total = 1
         self._start_step = 0
@@ -134,11 +135,9 @@ class PlainProgress:
         speed = (step - self._start_step) / max(now - self._t0, 1e-9)
         eta = (self._total - step) / speed if speed > 0 else float("inf")
         ret = "—" if recent_return is None else f"{recent_return:.3g}"
-        print(
+        self._say(
             f"{self.label}: step {step:,}/{self._total:,} ({fraction:.0%}) · {speed:,.0f} steps/s · "
-            f"{episodes:,} episodes · return {ret} · ETA {_duration(eta)}",
-            file=self.stream,
-            flush=True,
+            f"{episodes:,} episodes · return {ret} · ETA {_duration(eta)}"
         )
 
     def phase(self, name: str, done: int, total: int) -> None:
@@ -152,14 +151,31 @@ class PlainProgress:
         ):
             return
         self._last_print = now
-        print(f"{self.label}: {name} {done}/{total} (before the first env step)", file=self.stream, flush=True)
+        self._say(f"{self.label}: {name} {done}/{total} (before the first env step)")
 
     def note(self, message: str) -> None:
         """Print the line."""
-        print(f"{self.label}: {message}", file=self.stream, flush=True)
+        self._say(f"{self.label}: {message}")
 
     def close(self) -> None:
         """Nothing to clean up."""
+
+    def _say(self, line: str) -> None:
+        """One line; when the reader has gone (``| head``), the run goes on without them."""
+        if self.stream is None:
+            return
+        try:
+            print(line, file=self.stream, flush=True)
+        except BrokenPipeError:
+            self.stream = None
+            discard_stdout()
+
+
+def discard_stdout() -> None:
+    """Send what is still written to stdout to /dev/null: its reader closed the pipe, nothing more can reach it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _duration(seconds: float) -> str:

@@ -242,3 +242,19 @@ def test_a_deleted_working_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("gymlab: error: the current folder no longer exists") and proc.stderr.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_ends_the_output_not_the_run(tmp_path):
+    """`gymlab train ... | head -1`: the run died silently at its next progress line (exit 1, no final checkpoint)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", "train", "tabular_q", "Taxi-v4", "--steps", "60000", "eval_episodes=1",
+         "log_every=1000", "--run-dir", "r"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # the first line, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert err == ""
+    assert Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step == 60000
