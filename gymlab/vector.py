@@ -47,6 +47,8 @@ from gymlab.envfault import (
 )
 from gymlab.errors import USER_CODE_FAILURES
 
+_NDARRAY = np.ndarray  # bound once: looked up at every step of every copy
+
 
 class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     """``num_envs`` copies stepped in turn; same-step autoreset; only final infos are passed on."""
@@ -76,6 +78,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         # A Discrete observation is held to its range at every step (one comparison): a value outside it would
         # index past an agent's table or one-hot encoding. The closer checks run where an episode ends.
         self._range = (int(space.start), int(space.start + space.n)) if isinstance(space, gym.spaces.Discrete) else None
+        self._shape = self._obs.shape[1:]  # one copy's: an array observation of another shape is checked closer
         self._rewards = np.zeros(self.num_envs, dtype=np.float64)
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
@@ -131,8 +134,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every copy; a copy whose episode ended is reset in the same call."""
         infos: dict[str, Any] = {}
-        count, in_range, space = self.count_episodes, self._range, self.single_observation_space
-        shape = self._obs.shape[1:]
+        count, in_range, space, shape = self.count_episodes, self._range, self.single_observation_space, self._shape
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, terminated, truncated, info = env.step(actions[i])
@@ -155,7 +157,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
                 if in_range is not None:  # a value outside [start, start + n), or not a whole number
                     if not in_range[0] <= obs < in_range[1] or self._obs[i] != obs:
                         raise ValueError(f"{obs!r:.40} is not a value of Discrete")
-                elif type(obs) is not np.ndarray or obs.shape != shape:  # a scalar or text would be broadcast in
+                elif type(obs) is not _NDARRAY or obs.shape != shape:  # a scalar or text would be broadcast in
                     check_obs(space, obs, "step()", i)
             except (ValueError, TypeError) as exc:
                 check_obs(space, obs, "step()", i)
