@@ -66,9 +66,9 @@ class EnvProblem(GymlabError):
             return f"{where}: {self.problem}"
         return f"{self.problem} from {where}"
 
-    def for_user(self, env_id: str, during: str = "") -> GymlabError:
+    def for_user(self, env_id: str) -> GymlabError:
         """The one line a command ends with: the problem, the env named, and how to look into it."""
-        return GymlabError(f"{self.describe(env_id)}{during}; check the env with: gymlab check {env_id}")
+        return GymlabError(f"{self.describe(env_id)}; check the env with: gymlab check {env_id}")
 
 
 def raised(call: str, exc: BaseException, copy: int | None = 0) -> EnvProblem:
