@@ -20,7 +20,6 @@ Whatever the env raises is a verdict naming the call, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import warnings
@@ -36,7 +35,7 @@ from rich.table import Table
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
-from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested
+from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
 from gymlab.envguard import render as guarded_render
 from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line, raised_text
@@ -221,8 +220,8 @@ class _RandomWalk:
             while self.step < steps and not (self.bad_value and self.bad_obs):
                 obs, reward, terminated, truncated = _step(env, env.action_space.sample())
                 self.step += 1
-                if self.bad_value is None and not _finite_reward(reward):
-                    self.bad_value = f"step {self.step}: the reward is {reward!r}"
+                if self.bad_value is None:
+                    self.bad_value = _reward_problem(reward, self.step)
                 self._look(obs, f"step {self.step}")
                 if terminated or truncated:
                     self._look(_reset(env), f"reset() after step {self.step}")
@@ -449,11 +448,13 @@ class EnvChecker:
         return Verdict("agents", PASS, f"{', '.join(fits)} support its spaces{others}")
 
 
-def _finite_reward(reward: Any) -> bool:
+def _reward_problem(reward: Any, step: int) -> str | None:
+    """What runs would refuse in a reward (:func:`gymlab.envfault.check_reward`), or None."""
     try:
-        return math.isfinite(float(reward))
-    except (TypeError, ValueError):
-        return False
+        check_reward(reward)
+    except EnvProblem as exc:
+        return f"step {step}: {exc.problem}"
+    return None
 
 
 def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:

@@ -4,8 +4,8 @@ The checks :mod:`gymlab.envguard` (and the vector envs, and ``gymlab check``) ap
 one line that names the env's call and copy:
 
 - :class:`EnvProblem`, the error for a misbehaving copy, and :func:`raised` for what a call raised;
-- a reward that is NaN or infinite, or not a number at all (:func:`check_reward`), an ``info`` that
-  is not a dict (:func:`check_info`);
+- a reward that is NaN, infinite, beyond float32's range, or not a number at all (:func:`check_reward`),
+  an ``info`` that is not a dict (:func:`check_info`);
 - an observation that does not fit its space: its shape, dtype, finiteness, a Box's declared bounds,
   a Discrete's values (:func:`check_obs`; Tuple and Dict part by part, :func:`check_nested`);
 - an env without Gymnasium spaces, or whose ``metadata`` is not a dict (:func:`check_spaces_declared`);
@@ -16,6 +16,7 @@ one line that names the env's call and copy:
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -88,15 +89,29 @@ def nonfinite_obs(obs: np.ndarray, call: str = "step()", copy: int = 0) -> EnvPr
     return EnvProblem(f"observation holds {what} (returned by {call})", copy, call)
 
 
+#: The largest reward a run takes: float32's largest number. Replay memories and networks hold rewards
+#: and returns as float32, where a larger one is infinity (and the agent would seem to diverge).
+REWARD_LIMIT = float(np.finfo(np.float32).max)
+
+
 def check_reward(reward: Any, copy: int = 0) -> float:
-    """One env's reward as a float; an :class:`EnvProblem` when it is not a number or not finite."""
+    """One env's reward as a float; an :class:`EnvProblem` when it is not a number, not finite or beyond float32."""
     try:
         bad = reward - reward  # NaN for NaN or infinity; 0 for every finite number
         if bad:
             raise nonfinite_reward(reward, copy)
-        return float(reward)  # a complex number or a one-element array stops here
+        value = float(reward)  # a complex number or a one-element array stops here
     except (TypeError, ValueError):  # not a number; or an array of them, whose truth value numpy refuses
         raise not_a_number(reward, copy) from None
+    except OverflowError:  # a whole number past float64's range
+        value = math.inf
+    if value > REWARD_LIMIT or value < -REWARD_LIMIT:
+        raise EnvProblem(
+            f"step() returned the reward {reward!r:.40}, beyond float32's range (±3.4e38) in which agents learn: "
+            "the env is at fault, scale its rewards down",
+            copy,
+        )
+    return value
 
 
 def not_a_number(reward: Any, copy: int | None) -> EnvProblem:

@@ -61,8 +61,9 @@ def call_env(fn: Callable[..., Any], call: str, *args: Any, copy: int | None = N
 def render(env: gym.Env[Any, Any], mode: str | None = None, like: tuple[int, ...] | None = None) -> Any:
     """``env.render()``, guarded: what it raises is an :class:`EnvProblem` naming ``render()``.
 
-    With ``mode="rgb_array"`` the frame must be an (H, W, 3 or 4) image; it comes back as (H, W, 3) uint8,
-    and of shape ``like`` when given (the episode's first frame: one video holds frames of one size).
+    With ``mode="rgb_array"`` the frame must be an (H, W, 3 or 4) image of whole values 0-255 (of any
+    integer or float dtype); it comes back as (H, W, 3) uint8, and of shape ``like`` when given (the
+    episode's first frame: one video holds frames of one size).
     """
     frame = call_env(env.render, "render()", copy=0)
     if mode != "rgb_array":
@@ -78,7 +79,21 @@ def render(env: gym.Env[Any, Any], mode: str | None = None, like: tuple[int, ...
             0,
             "render()",
         )
-    image = np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+    image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN or out-of-range values: refused just below
+            as_bytes = image.astype(np.uint8)
+        if not np.array_equal(image, as_bytes):  # a cast would wrap, cut or blacken what the env drew
+            scale = " (for values in [0, 1]: (frame * 255).astype(np.uint8))" if image.dtype.kind == "f" else ""
+            raise EnvProblem(
+                f"render() returned a frame of dtype {image.dtype} with values {np.nanmin(image):.3g} to "
+                f"{np.nanmax(image):.3g} in rgb_array mode; videos and watch show whole values 0-255: the env is at "
+                f"fault, return np.uint8{scale}",
+                0,
+                "render()",
+            )
+        image = as_bytes
+    image = np.ascontiguousarray(image)
     if like is not None and image.shape != like:
         raise EnvProblem(
             f"render() returned a frame of shape {image.shape} after {like}: every frame of a video must have "

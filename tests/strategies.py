@@ -232,11 +232,12 @@ def make_path(kind: str, where: Path) -> Path:
 #: Observation spaces the generated env may have (``env_kwargs.space``).
 SPACES = ("discrete", "box", "box-inf", "box-int", "multi-discrete", "multi-binary", "tuple", "dict")
 #: How it misbehaves (``env_kwargs.fault``): raising in one method, returning what its space does not allow,
-#: calling ``sys.exit`` in ``step``, a reward that is an array, or ``terminated`` as text.
+#: calling ``sys.exit`` in ``step``, a reward that is an array or beyond float32, ``terminated`` as text, or
+#: frames of floats in [0, 1].
 FAULTS = (
     "none", "init", "reset", "step", "render", "close",
     "wrong-shape", "wrong-dtype", "out-of-bounds", "nan",
-    "exit", "reward-array", "done-text",
+    "exit", "reward-array", "reward-huge", "done-text", "render-float",
 )  # fmt: skip
 
 ENV_MODULE = '''
@@ -315,13 +316,15 @@ class Generated(gym.Env):
 
             sys.exit(3)
         self.k += 1
-        reward = np.array([1.0, 1.0]) if self.fault == "reward-array" else 1.0
+        reward = {"reward-array": np.array([1.0, 1.0]), "reward-huge": 1e39}.get(self.fault, 1.0)
         done = ("yes" if self.k >= 8 else "no") if self.fault == "done-text" else self.k >= 8
         return self._obs(), reward, done, False, {}
 
     def render(self):
         if self.fault == "render":
             raise RuntimeError("broken render")
+        if self.fault == "render-float":
+            return np.full((16, 16, 3), 0.5)
         return np.zeros((16, 16, 3), np.uint8)
 
     def close(self):

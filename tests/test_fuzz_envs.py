@@ -44,6 +44,9 @@ def user_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 @example(case=("discrete", "exit"))  # stop 29: sys.exit in an env ended gymlab with the env's exit code, silently
 @example(case=("box", "reward-array"))
 @example(case=("tuple", "done-text"))  # stop 29: Gymnasium's vector env read "no" as True
+@example(case=("box", "reward-huge"))  # 1e39 became inf in float32 replay, blamed on the agent as divergence
+@example(case=("dict", "reward-huge"))
+@example(case=("box", "render-float"))  # frames of 0.5 were cast to black videos, silently
 def test_check_agrees_with_train_and_every_command_ends_by_the_rule(
     user_envs: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory, case: tuple[str, str]
 ) -> None:
@@ -120,3 +123,39 @@ def test_observations_outside_their_bounds_are_blamed_on_the_env(user_envs: tupl
     )  # fmt: skip
     assert result.code == 2, result.ok()
     assert "outside its declared bounds" in result.err and "learning rate" not in result.err, result.err
+
+
+@pytest.mark.parametrize("agent", ["dqn", "reinforce"])
+def test_rewards_beyond_float32_are_blamed_on_the_env(user_envs: tuple[str, Path], tmp_path: Path, agent: str) -> None:
+    # a reward of 1e39 is finite, but inf in float32 replay and returns: it stopped DQN and REINFORCE with "the
+    # agent diverged: try a lower learning rate"
+    env_id, _ = user_envs
+    result = run_here(
+        "train", agent, env_id, "env_kwargs.space=box", "env_kwargs.fault=reward-huge", "--steps", "200",
+        "eval_episodes=1", "--run-dir", tmp_path / "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 2, result.ok()
+    assert "float32" in result.err and "learning rate" not in result.err, result.err
+    assert not envcheck.check(env_id, {"space": "box", "fault": "reward-huge"}, steps=30).ok
+
+
+def test_frames_that_are_not_bytes_are_refused_not_cast(user_envs: tuple[str, Path], tmp_path: Path) -> None:
+    # frames of floats in [0, 1] were cast to uint8 (all black) and written to videos and watch's mp4, silently
+    env_id, _ = user_envs
+    kwargs = ["env_kwargs.space=box", "env_kwargs.fault=render-float"]
+    trained = run_here(
+        "train", "random", env_id, *kwargs, "--steps", "24", "eval_every=12", "eval_episodes=1", "video_every=12",
+        "--run-dir", tmp_path / "run", cwd=tmp_path,
+    )  # fmt: skip
+    plain = run_here("train", "random", env_id, *kwargs, "--steps", "24", "--run-dir", tmp_path / "plain", cwd=tmp_path)
+    assert plain.code == 0, plain.ok()  # without videos nothing renders
+    watched = run_here(
+        "watch", tmp_path / "plain", "--episodes", "1", "--trust", env_id.partition(":")[0],
+        "--record", tmp_path / "w.mp4", cwd=tmp_path,
+    )  # fmt: skip
+    for result in (trained, watched):
+        assert result.code == 2, result.ok()
+        assert "render()" in result.err and "float64" in result.err, result.err
+    assert not (tmp_path / "w.mp4").exists()
+    report = envcheck.check(env_id, {"space": "box", "fault": "render-float"}, steps=30)
+    assert "render" in envcheck.summary(report) and not report.ok
