@@ -15,7 +15,9 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 import re
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
@@ -203,6 +205,21 @@ def _checked_copy(factory: Callable[[], gym.Env[Any, Any]], copy: int) -> gym.En
     return CopyChecked(factory(), copy)
 
 
+def _worker_copy(factory: Callable[[], gym.Env[Any, Any]], copy: int, run_pid: int) -> gym.Env[Any, Any]:
+    """Copy ``copy`` of Gymnasium's process-per-copy vector env, made inside its worker process.
+
+    The worker ignores Ctrl-C and SIGTERM: a terminal sends them to the whole process group, and the
+    worker would otherwise raise the run's start-up interrupt (the handler it was forked with) back
+    through the pipe as the env's error. The run hears the signal itself, stops between two steps and
+    closes its workers. (Gymnasium also makes a first copy in the run's own process, ``run_pid``, to
+    read its spaces: that one leaves the run's handlers alone.)
+    """
+    if os.getpid() != run_pid:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    return _checked_copy(factory, copy)
+
+
 def make_env(
     env_id: str,
     env_kwargs: Mapping[str, Any] | None = None,
@@ -339,7 +356,7 @@ def make_vec_env(
 
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(
-            [functools.partial(_checked_copy, factory, i) for i in range(num_envs)],
+            [functools.partial(_worker_copy, factory, i, os.getpid()) for i in range(num_envs)],
             autoreset_mode=AutoresetMode.SAME_STEP,
         )
     first = factory(not lean_counts)

@@ -59,8 +59,15 @@ class Child:
     """A running ``python -m gymlab`` with SIGINT at its default and bounded memory and output."""
 
     def __init__(
-        self, args: Sequence[Any], cwd: Path, env: Mapping[str, str] | None = None, fsize: int | None = None
+        self,
+        args: Sequence[Any],
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        fsize: int | None = None,
+        group: bool = False,
     ) -> None:
+        """``group``: the child leads a process group of its own, so ``os.killpg`` reaches it and its
+        workers at once, as a terminal's Ctrl-C does."""
         self.args = [str(a) for a in args]
         # Anonymous files that live as long as this object: read back (bounded) and closed in wait().
         self.stdout, self.stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115
@@ -80,6 +87,7 @@ class Child:
             stderr=self.stderr,
             env=full_env,
             preexec_fn=limits,
+            start_new_session=group,
         )
 
     def cpu_seconds(self) -> float:

@@ -8,6 +8,7 @@ would otherwise inherit it ignored and never hear the signal sent here.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -73,6 +74,45 @@ def test_sigint_in_any_phase_exits_130_with_one_line_and_loses_nothing(taxi_run:
     if phase == "training":
         assert line.startswith("gymlab: "), line
         assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 50_000_000
+
+
+SLOW_ENV = """
+import time
+
+import gymnasium as gym
+import numpy as np
+
+
+class Slow(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        time.sleep(0.05)
+        return np.zeros(3, np.float32), 1.0, False, False, {}
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_stops_a_run_of_worker_processes_gracefully(tmp_path: Path, sig):
+    # A terminal's Ctrl-C reaches the env's worker processes too. They had kept the start-up handler they
+    # were forked with and sent its interrupt back as the env's error: the run said "interrupted during
+    # start-up" and removed its folder, with the steps it had trained.
+    (tmp_path / "slowenv.py").write_text(SLOW_ENV)
+    argv = ["train", "random", "slowenv:Slow", "num_envs=2", "vectorization=async", "--steps", "100000"]
+    child = Child([*argv, "eval_every=0", "checkpoint_every=0", "--run-dir", "r"], tmp_path, group=True)
+    deadline = time.time() + 120
+    while not _training(child, tmp_path) and child.popen.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few steps in
+    os.killpg(child.popen.pid, sig)
+    proc = child.wait(timeout=60)
+    assert_one_line(proc, 130, "interrupted at step", "gymlab train --resume r")
+    assert 0 < step_of(tmp_path / "r" / "checkpoints" / "last.pt") < 100_000
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
