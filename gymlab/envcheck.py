@@ -35,10 +35,10 @@ from rich.table import Table
 from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
-from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward
+from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward, did
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
 from gymlab.envguard import render as guarded_render
-from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line, raised_text
+from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line
 from gymlab.video import headless_gl, render_modes
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -94,7 +94,7 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except GymlabError:
         raise
     except USER_CODE_FAILURES as exc:
-        raise _EnvRaised(f"{what} {raised_text(exc)}") from exc
+        raise _EnvRaised(did(what, exc)) from exc
 
 
 def _reset(env: gym.Env[Any, Any], **kwargs: Any) -> Any:
@@ -287,8 +287,9 @@ class EnvChecker:
                 warnings.simplefilter("always")
                 try:
                     check_env(env.unwrapped, skip_render_check=True)
-                except Exception as exc:
-                    return Verdict("gymnasium checker", FAIL, describe(exc))
+                except Exception as exc:  # an env of the old Gym API: said as for runs (envfault.did)
+                    call = "step()" if "(expected 5" in str(exc) else "reset()" if "(expected 2)" in str(exc) else None
+                    return Verdict("gymnasium checker", FAIL, describe(exc) if call is None else did(call, exc))
         finally:
             _close(env)
         notes = list(dict.fromkeys(_plain(str(w.message)) for w in caught))

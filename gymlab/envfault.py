@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+import traceback
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -74,7 +77,38 @@ class EnvProblem(GymlabError):
 
 def raised(call: str, exc: BaseException, copy: int | None = 0) -> EnvProblem:
     """The :class:`EnvProblem` for an exception an env's ``call`` raised (or its ``sys.exit``)."""
-    return EnvProblem(f"{call} {raised_text(exc)}", copy, call)
+    return EnvProblem(did(call, exc), copy, call)
+
+
+#: Python's words when a call's result has the wrong number of values for the names it is unpacked into.
+_UNPACKING = re.compile(r"(?:not enough|too many) values to unpack \(expected (\d+)(?:, got (\d+))?\)|cannot unpack .*")
+#: Where an env's result is unpacked on its way up: Gymnasium's wrappers, and gymlab's own calls.
+_UNPACKERS = (str(Path(gym.__path__[0])), str(Path(__file__).parent))
+#: Gymnasium's API, by call: what ``reset()`` and ``step()`` return.
+_RETURNS = {"reset": "a pair (obs, info)", "step": "5 values (obs, reward, terminated, truncated, info)"}
+
+
+def did(call: str, exc: BaseException) -> str:
+    """What an env's ``call`` did, in words: ``step() raised ...``, or what it returned that Gymnasium's API does not.
+
+    An env written for the old Gym API returns 4 values from ``step()`` (one ``done``) and a bare
+    observation from ``reset()``; the wrapper above it then fails to unpack the result. That is said
+    as what the env returned, not as an error the env raised. An unpacking error inside the env's
+    own code stays what it raised.
+    """
+    matched = _UNPACKING.fullmatch(str(exc)) if isinstance(exc, (TypeError, ValueError)) else None
+    frames = traceback.extract_tb(exc.__traceback__) if matched else []
+    name = call.partition("(")[0]
+    if not matched or name not in _RETURNS or not frames[-1].filename.startswith(_UNPACKERS):
+        return f"{call} {raised_text(exc)}"
+    if name == "step" and matched[2] == "4":
+        hint = "return terminated and truncated apart (the old Gym API's one done)"
+    else:
+        hint = "return (obs, info)" if name == "reset" else "return (obs, reward, terminated, truncated, info)"
+    spec = _RETURNS[name]
+    if matched[2]:
+        return f"{call} returned {matched[2]} values where Gymnasium's API has {spec}: the env is at fault, {hint}"
+    return f"{call} did not return {spec}, as Gymnasium's API has ({exc}): the env is at fault, {hint}"
 
 
 def nonfinite_reward(reward: Any, copy: int = 0) -> EnvProblem:
@@ -174,14 +208,24 @@ class CopyChecked(gym.Wrapper[Any, Any, Any, Any]):
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """The env's reset, its observation and info checked."""
-        obs, info = self.env.reset(**kwargs)
+        try:
+            obs, info = self.env.reset(**kwargs)
+        except EnvProblem:
+            raise
+        except Exception as exc:  # said with this copy's number, which a process-per-copy env's error drops
+            raise raised("reset()", exc, self.copy) from exc
         self._check_info(info, "reset()")
         self._check_obs(obs, "reset()")
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """The env's step, unchanged; refused where it breaks what its spaces and Gymnasium's API promise."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except EnvProblem:
+            raise
+        except Exception as exc:  # (sys.exit ends a worker process: the run names the copy and exit code)
+            raise raised("step()", exc, self.copy) from exc
         check_reward(reward, self.copy)
         self._check_info(info, "step()")
         if terminated or truncated:

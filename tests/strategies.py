@@ -232,12 +232,12 @@ def make_path(kind: str, where: Path) -> Path:
 #: Observation spaces the generated env may have (``env_kwargs.space``).
 SPACES = ("discrete", "box", "box-inf", "box-int", "multi-discrete", "multi-binary", "tuple", "dict")
 #: How it misbehaves (``env_kwargs.fault``): raising in one method, returning what its space does not allow,
-#: calling ``sys.exit`` in ``step``, a reward that is an array or beyond float32, ``terminated`` as text, or
-#: frames of floats in [0, 1].
+#: calling ``sys.exit`` in ``step``, a reward that is an array or beyond float32, ``terminated`` as text,
+#: frames of floats in [0, 1], or the old Gym API (``step`` returning 4 values, ``reset`` a bare observation).
 FAULTS = (
     "none", "init", "reset", "step", "render", "close",
     "wrong-shape", "wrong-dtype", "out-of-bounds", "nan",
-    "exit", "reward-array", "reward-huge", "done-text", "render-float",
+    "exit", "reward-array", "reward-huge", "done-text", "render-float", "old-api-step", "old-api-reset",
 )  # fmt: skip
 
 ENV_MODULE = '''
@@ -306,6 +306,8 @@ class Generated(gym.Env):
         if self.fault == "reset":
             raise RuntimeError("broken reset")
         self.k = 0
+        if self.fault == "old-api-reset":
+            return self._obs()
         return self._obs(), {}
 
     def step(self, action):
@@ -318,6 +320,8 @@ class Generated(gym.Env):
         self.k += 1
         reward = {"reward-array": np.array([1.0, 1.0]), "reward-huge": 1e39}.get(self.fault, 1.0)
         done = ("yes" if self.k >= 8 else "no") if self.fault == "done-text" else self.k >= 8
+        if self.fault == "old-api-step":
+            return self._obs(), reward, done, {}
         return self._obs(), reward, done, False, {}
 
     def render(self):

@@ -159,3 +159,27 @@ def test_frames_that_are_not_bytes_are_refused_not_cast(user_envs: tuple[str, Pa
     assert not (tmp_path / "w.mp4").exists()
     report = envcheck.check(env_id, {"space": "box", "fault": "render-float"}, steps=30)
     assert "render" in envcheck.summary(report) and not report.ok
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("fault", "space"),
+    # (A Tuple observation of two parts returned bare by reset() unpacks as (obs, info): "info of type ndarray")
+    [("old-api-step", "box"), ("old-api-step", "tuple"), ("old-api-reset", "box"), ("old-api-reset", "multi-binary")],
+)
+def test_an_env_of_the_old_gym_api_is_said_to_return_what_gymnasium_does_not(
+    user_envs: tuple[str, Path], tmp_path: Path, fault: str, space: str, vectorization: str
+) -> None:
+    # It was "step() raised ValueError: not enough values to unpack (expected 5, got 4)", blaming code the user
+    # never wrote; with a process per copy the copy's number was dropped.
+    env_id, _ = user_envs
+    result = run_here(
+        "train", "random", env_id, f"env_kwargs.space={space}", f"env_kwargs.fault={fault}", "num_envs=2",
+        f"vectorization={vectorization}", "--steps", "20", "--run-dir", tmp_path / "run", cwd=tmp_path,
+    )  # fmt: skip
+    call = "step()" if fault == "old-api-step" else "reset()"
+    assert result.code == 2, result.ok()
+    assert f"{call} returned" in result.err or f"{call} did not return" in result.err, result.err
+    assert "Gymnasium's API has" in result.err and "raised" not in result.err and "copy " in result.err, result.err
+    verdict = envcheck.summary(envcheck.check(env_id, {"space": space, "fault": fault}, steps=30))
+    assert ("5 values" if fault == "old-api-step" else "(obs, info)") in verdict, verdict  # reset: Gymnasium's words

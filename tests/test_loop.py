@@ -377,7 +377,7 @@ class Diverging(Scripted):
 ENV_FAULT = r"step 30: {what} from env test_loop:Faulty copy 0; "
 ENV_CALL = r"step 30: env test_loop:Faulty copy 0: {what}; "
 DICT_FAULT = r"step 30: {what} from env test_loop:DictFaulty copy 0; "
-DICT_CALL = r"step 30: env test_loop:DictFaulty: {what}; "  # Gymnasium's vector env does not say which copy
+DICT_CALL = r"step 30: env test_loop:DictFaulty copy 0: {what}; "  # each copy is wrapped, so its errors name it
 AGENT_FAULT = r"step {step}: {what}; "
 
 
