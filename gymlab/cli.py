@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from gymlab.console import StdoutConsole, discard_stdout
 from gymlab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, NOTHING_SAVED, GymlabError, Interrupted, one_line
 
 if TYPE_CHECKING:
@@ -43,7 +44,10 @@ class _Stopped(Exception):
 
 
 def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Let an interrupt inside ``command`` reach :func:`main` with its message (typer turns it into a bare 130)."""
+    """Let an interrupt inside ``command`` reach :func:`main` with its message (typer turns it into a bare 130).
+
+    A reader of stdout that went away (``| head -1``) ends the output, not the command's success.
+    """
 
     @functools.wraps(command)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -53,6 +57,9 @@ def _guard(command: Callable[..., Any]) -> Callable[..., Any]:
             raise _Stopped(str(exc) or NOTHING_SAVED) from None
         except KeyboardInterrupt:
             raise _Stopped(NOTHING_SAVED) from None
+        except BrokenPipeError:  # the reader of stdout went away (| head); click would exit 1 for it
+            discard_stdout()
+            return None
 
     guarded.__gymlab_guarded__ = True  # type: ignore[attr-defined]
     return guarded
@@ -270,12 +277,10 @@ def check_env(
     ] = 300,
 ) -> None:
     """Check your own env before training: Gymnasium's checker plus the lab's points, one verdict each."""
-    from rich.console import Console
-
     from gymlab import envcheck
 
     report = envcheck.check(env, envcheck.parse_env_kwargs(env_kwargs or []), steps=steps)
-    Console().print(envcheck.render(report))
+    StdoutConsole().print(envcheck.render(report))
     if not report.ok:
         raise GymlabError(envcheck.summary(report))
     print(envcheck.summary(report))

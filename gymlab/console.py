@@ -64,7 +64,7 @@ class RichProgress:
 
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.label = label
-        self.console = console or Console(stderr=False)
+        self.console = console or StdoutConsole()
         self._bar: Bar | None = None
         self._task = TaskID(0)
 
@@ -171,6 +171,20 @@ class PlainProgress:
             discard_stdout()
 
 
+class StdoutConsole(Console):
+    """rich's console on stdout, where a reader that went away (``| head``) ends the output, not the command.
+
+    rich exits 1 on a broken pipe; this discards the rest of stdout and raises :class:`BrokenPipeError`
+    for the command line to end on with the command's own exit code.
+    """
+
+    def on_broken_pipe(self) -> None:
+        """Send the rest of stdout to /dev/null and let the caller decide (rich itself would exit 1)."""
+        self.quiet = True
+        discard_stdout()
+        raise BrokenPipeError("stdout's reader went away")
+
+
 def discard_stdout() -> None:
     """Send what is still written to stdout to /dev/null: its reader closed the pipe, nothing more can reach it."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -188,5 +202,5 @@ def _duration(seconds: float) -> str:
 
 def make_progress(label: str) -> RichProgress | PlainProgress:
     """A live bar on a terminal, plain lines when output goes to a file or pipe."""
-    console = Console()
+    console = StdoutConsole()
     return RichProgress(label, console) if console.is_terminal else PlainProgress(label)

@@ -244,6 +244,19 @@ def test_a_deleted_working_folder_is_one_line(tmp_path):
     assert proc.stderr.startswith("gymlab: error: the current folder no longer exists") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [["list"], ["check", "FrozenLake-v1", "--steps", "20"]])
+def test_a_command_whose_reader_is_gone_before_it_writes_succeeds_quietly(tmp_path, argv):
+    """`gymlab list | head -1`: click turned the broken pipe into a silent exit 1, failing the shell's pipeline."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", *argv], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before gymlab (still importing torch) writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
 def test_a_reader_that_goes_away_ends_the_output_not_the_run(tmp_path):
     """`gymlab train ... | head -1`: the run died silently at its next progress line (exit 1, no final checkpoint)."""
     proc = subprocess.Popen(
