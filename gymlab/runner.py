@@ -326,7 +326,8 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
                 f"gymlab train --resume {target} --run-dir NEW"
             )
         raise GymlabError(
-            f"{folder.path} is not a run folder (no {folder.config_file.name}); give a run folder made by "
+            folder.runs_below()
+            or f"{folder.path} is not a run folder (no {folder.config_file.name}); give a run folder made by "
             "gymlab train, or one of its checkpoints with --run-dir NEW"
         )
     lock = folder.lock()

@@ -254,7 +254,7 @@ class RunFolder:
         if which == "newest":
             newest = self.newest()
             if newest is None:
-                raise GymlabError(f"run folder {self.path} has no checkpoint yet; train it first")
+                raise GymlabError(self.runs_below() or f"run folder {self.path} has no checkpoint yet; train it first")
             return newest
         ckpt = self.last if which == "last" else self.best
         if ckpt.is_file():
@@ -266,7 +266,22 @@ class RunFolder:
                 f"run folder {self.path} has no {ckpt.name}; it holds {other.name} only: "
                 f"pass --checkpoint {other_name} to use that"
             )
-        raise GymlabError(f"run folder {self.path} has no checkpoint yet (expected {ckpt}); train it first")
+        raise GymlabError(
+            self.runs_below() or f"run folder {self.path} has no checkpoint yet (expected {ckpt}); train it first"
+        )
+
+    def runs_below(self) -> str | None:
+        """For a folder of runs rather than a run (``--seeds``' DIR/s<seed>, runs/<env>): which one to give."""
+        if is_run_dir(self.path):
+            return None
+        runs = iter_runs(self.path)
+        if not runs:
+            return None
+        names = ", ".join(str(r.relative_to(self.path)) for r in runs[:3]) + (" ..." if len(runs) > 3 else "")
+        return (
+            f"{self.path} is not a run folder but holds {len(runs)} run{'s' if len(runs) > 1 else ''} ({names}): "
+            f"give one of them, e.g. {runs[0]}"
+        )
 
     def data(self) -> dict[str, Any] | None:
         """``config.yaml`` checked to name an agent and env (nothing imported), None when there is none."""

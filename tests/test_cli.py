@@ -154,6 +154,19 @@ def test_corrupt_foreign_and_wrong_checkpoints(cli, tmp_path):
     assert_one_line_error(cli("eval", "empty"), "has no checkpoint yet")
 
 
+def test_the_folder_of_several_seeds_points_to_its_runs(cli, tmp_path):
+    """``--seeds 0,1 --run-dir r`` makes r/s0 and r/s1; eval, watch or resume of r used to say "train it first"."""
+    ok = cli(
+        "train", "tabular_q", "FrozenLake-v1", "--seeds", "0,1", "--run-dir", "r", "--steps", "200", "eval_episodes=1"
+    )
+    assert ok.returncode == 0, ok.stderr
+    hint = ("r is not a run folder but holds 2 runs (s0, s1)", "e.g. r/s0")
+    assert_one_line_error(cli("eval", "r"), *hint)
+    assert_one_line_error(cli("watch", "r", "--record", "v.mp4"), *hint)
+    assert_one_line_error(cli("train", "--resume", "r"), *hint)
+    assert cli("eval", "r/s0").returncode == 0
+
+
 def test_resume_continues_to_a_larger_budget(cli, tmp_path):
     assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "1000", "eval_episodes=1").returncode == 0
     assert_one_line_error(cli("train", "--resume", "r"), "already reached step 1,000", "--steps")
