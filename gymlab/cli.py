@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -456,6 +457,36 @@ def _interrupts_raise() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
+def _refuse_empty_words(args: list[str]) -> None:
+    """An empty path ('' or --option=) is an error: click reads '' as '.', the current folder.
+
+    An empty argument is never right either; an empty value of any other option is left to its own check.
+    """
+    paths = _path_options()
+    for i, arg in enumerate(args):
+        option = arg[:-1] if arg.startswith("--") and arg.endswith("=") else None
+        if arg == "" and i and args[i - 1].startswith("-"):
+            option = args[i - 1]
+        elif arg == "":
+            raise GymlabError(f"word {i + 1} of the command line is empty (''): give it a value, or leave it out")
+        if option in paths:
+            raise GymlabError(f"{option} is given an empty path: give it one, or leave it out")
+
+
+def _path_options() -> set[str]:
+    """The names of every command's options that take a path."""
+    names: set[str] = set()
+    for info in app.registered_commands:
+        for name, hint in typing.get_type_hints(info.callback, include_extras=True).items():
+            option = next(
+                (m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)), None
+            )
+            if option is not None and Path in (hint.__origin__, *typing.get_args(hint.__origin__)):
+                decls = (option.default, *(option.param_decls or ()))
+                names |= {f"--{name.replace('_', '-')}", *(d for d in decls if isinstance(d, str) and d[:1] == "-")}
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; Ctrl-C and SIGTERM one line and exit 130.
 
@@ -468,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with _interrupts_raise():
             args = sys.argv[1:] if argv is None else argv
+            _refuse_empty_words(args)
             if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium
                 _import_native_stack()
             code = app(args=argv, prog_name="gymlab", standalone_mode=False)

@@ -135,6 +135,12 @@ def _both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
 SHADOW = {"PYTHONPATH": "shadow"}
 
 BAD_INPUTS: dict[str, Bad] = {
+    # an empty word is no path (click reads '' as '.': compare wrote its plot here, --record said '--record .')
+    "empty-compare": Bad(["compare", ""], ["word 2 of the command line is empty ('')"]),
+    "empty-record": Bad(["watch", "RUN", "--record", ""], ["--record is given an empty path"]),
+    "empty-run-dir": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir="], ["--run-dir is given an empty path"]),
+    "empty-config": Bad(["train", "tabular_q", "Taxi-v4", "-c", "", "--run-dir", "r"], ["-c is given an empty path"],
+                        no_folder=True),
     # files that are not UTF-8
     "config-not-utf8": Bad(["train", "tabular_q", "Taxi-v4", "--config", "c.yaml", "--run-dir", "r"], ["c.yaml"],
                            _files(**{"c.yaml": NOT_UTF8}), no_folder=True),
