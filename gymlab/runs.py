@@ -22,6 +22,7 @@ Ownership rules, all enforced by :class:`RunFolder`:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -492,10 +493,19 @@ def lock_folder(folder: Path, what: str = "run folder", until: str = "before res
     to try again.
     """
     path = folder / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    not_a_file = GymlabError(
+        f"cannot lock {what} {folder}: its {LOCK_FILE} is not a plain file (a link, FIFO or folder); "
+        f"remove {path}, then try again"
+    )
+    try:  # never through a link (it would empty the file it points to), never blocking on a FIFO
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise not_a_file from None
         raise GymlabError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_a_file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -120,6 +120,23 @@ def test_a_second_writer_is_refused_while_the_first_lives(cli, tmp_path):
     assert step_of(tmp_path / "r" / "checkpoints" / "last.pt") == 4000
 
 
+@pytest.mark.parametrize("kind", ["link", "fifo", "folder"])
+def test_a_lock_that_is_no_plain_file_is_refused_and_what_it_points_to_kept(tmp_path, kind):
+    """A .lock linked to another file was followed, emptied and given the pid (a run folder from a tarball
+    could wipe any file the user may write); a FIFO there ended in a traceback."""
+    folder, notes = tmp_path / "r", tmp_path / "notes.txt"
+    folder.mkdir()
+    notes.write_text("precious")
+    lock = folder / runs.LOCK_FILE
+    {"link": lambda: lock.symlink_to(notes), "fifo": lambda: os.mkfifo(lock), "folder": lock.mkdir}[kind]()
+    with pytest.raises(GymlabError, match=r"its \.lock is not a plain file .* remove .*\.lock, then try again"):
+        runs.lock_folder(folder)
+    assert notes.read_text() == "precious"
+    lock.rmdir() if kind == "folder" else lock.unlink()
+    with runs.lock_folder(folder):  # once removed, the folder locks again
+        assert lock.read_text() == f"{os.getpid()}\n"
+
+
 # --- one history ------------------------------------------------------------------------------
 
 
