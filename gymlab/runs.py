@@ -235,17 +235,17 @@ class RunFolder:
         """The newest checkpoint (``last.pt`` or ``best.pt``), None if it has none.
 
         ``best.pt`` is newer than ``last.pt`` when a run was killed after an evaluation that improved
-        and before its next checkpoint; resuming from it is then the exact continuation. A ``best.pt``
-        written later but at an earlier step than ``last.pt`` is not newer: a plain ``cp -r`` of a
-        folder rewrites file times in copy order.
+        and before its next checkpoint; resuming from it is then the exact continuation. Newer means a
+        later step: file times are only the tie-break (or the fallback for an unreadable file), since a
+        plain ``cp -r``, a backup restored by glob or a ``touch`` rewrites them in any order.
         """
         found = [p for p in (self.last, self.best) if p.is_file()]
-        newer = max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
-        if newer == self.best and len(found) == 2:
-            last_step, best_step = checkpoint.step_of(self.last), checkpoint.step_of(self.best)
-            if last_step is not None and best_step is not None and last_step > best_step:
-                return self.last
-        return newer
+        if len(found) < 2:
+            return found[0] if found else None
+        last_step, best_step = checkpoint.step_of(self.last), checkpoint.step_of(self.best)
+        if last_step is not None and best_step is not None and last_step != best_step:
+            return self.last if last_step > best_step else self.best
+        return max(found, key=lambda p: p.stat().st_mtime_ns)
 
     def find(self, which: str = "last") -> Path:
         """The checkpoint ``which`` (last, best or newest) names, with one-line errors when there is none."""

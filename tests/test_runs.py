@@ -5,6 +5,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -198,6 +199,26 @@ def test_a_plain_copy_of_a_run_folder_resumes_from_its_newest_step(cli, tmp_path
     resumed = cli("train", "--resume", "copy", "--steps", "8000")
     assert resumed.returncode == 0, resumed.stderr
     assert step_of(tmp_path / "copy" / "checkpoints" / "last.pt") == 8000
+
+
+def test_a_best_checkpoint_ahead_of_last_resumes_whatever_the_file_times(cli, tmp_path):
+    """Stopped after an evaluation that improved, a run holds best.pt ahead of last.pt; once a backup restored
+    by glob (or a touch) made last.pt the later file, resume said "a newer one was deleted" and sent the
+    user to start over from last.pt."""
+    assert cli("train", "tabular_q", "Taxi-v4", "--run-dir", "r", "--steps", "2000", *TINY).returncode == 0
+    shutil.copytree(tmp_path / "r", tmp_path / "b")
+    (tmp_path / "b" / ".lock").unlink(missing_ok=True)
+    assert cli("train", "--resume", "b", "--steps", "4000").returncode == 0
+    ckpts, ahead = tmp_path / "r" / "checkpoints", tmp_path / "b" / "checkpoints"
+    shutil.copy(ahead / "last.pt", ckpts / "best.pt")  # r: best.pt at 4000, last.pt at 2000, history to 4000
+    shutil.copy(ahead / "head.json", ckpts / "head.json")
+    later = time.time() + 100
+    os.utime(ckpts / "last.pt", (later, later))  # last.pt the later file
+    resumed = cli("train", "--resume", "r", "--steps", "6000")
+    assert resumed.returncode == 0, resumed.stderr
+    first = re.search(r"step ([\d,]+)/6,000", resumed.stdout)
+    assert first and int(first[1].replace(",", "")) > 4000, resumed.stdout  # it went on from best.pt's step
+    assert step_of(ckpts / "last.pt") == 6000
 
 
 @pytest.mark.parametrize(
