@@ -32,6 +32,7 @@ import torch
 from gymlab.agent import Agent
 from gymlab.config import Config
 from gymlab.errors import FolderRemoved, GymlabError
+from gymlab.finite import check_state
 
 FORMAT = "gymlab-checkpoint"
 VERSION = 1
@@ -114,15 +115,25 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
-def step_of(path: Path) -> int | None:
-    """The env step a checkpoint file was written at, read without loading its tensors; None if unreadable."""
+def peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint file's entries with its tensors left on disk (mmap); None if it cannot be read as one.
+
+    Unchecked: for what a file says it is (its step, agent, env and config) before, or instead of, a full read.
+    """
     if not zipfile.is_zipfile(path):
         return None
     try:  # mmap: the tensors (weights, a replay memory) stay on disk; only the small pickled layout is read
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        step = data["loop"]["step"]
     except Exception:
         return None
+    return data if isinstance(data, dict) else None
+
+
+def step_of(path: Path) -> int | None:
+    """The env step a checkpoint file was written at, read without loading its tensors; None if unreadable."""
+    data = peek(path)
+    loop = data.get("loop") if data is not None else None
+    step = loop.get("step") if isinstance(loop, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
@@ -310,6 +321,12 @@ class Checkpoint:
         if not isinstance(config, dict) or "agent" not in config:
             raise GymlabError(f"checkpoint {path} carries no run config; it is not from `gymlab train`")
         _check_types(data, _TOP_TYPES, path, "")
+        try:  # runs never save a NaN or infinity: one here was put in after the save, and would be trained on
+            problem = check_state(data["agent_state"], str(data["agent"]))
+        except GymlabError as exc:
+            raise GymlabError(f"checkpoint {path} is damaged ({exc}); use another checkpoint") from None
+        if problem is not None:
+            raise GymlabError(f"checkpoint {path} is damaged: its agent state holds {problem}; use another checkpoint")
         loop = dict(data["loop"])
         _check_types(loop, _LOOP_TYPES, path, "loop.")
         window, obs = loop.pop("window"), loop.pop("obs", None)

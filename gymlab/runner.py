@@ -338,6 +338,7 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
             raise GymlabError(
                 f"run folder {folder.path} has no checkpoint to resume from; start the run again in a new --run-dir"
             )
+        folder.check_others(newest)
         if explicit and target.resolve() != newest.resolve():
             named, latest = Checkpoint.read(target).step, Checkpoint.read(newest).step
             if named < latest:

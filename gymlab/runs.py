@@ -247,6 +247,17 @@ class RunFolder:
             return self.last if last_step > best_step else self.best
         return max(found, key=lambda p: p.stat().st_mtime_ns)
 
+    def check_others(self, chosen: Path) -> None:
+        """Refuse resuming from ``chosen`` while the folder's other checkpoint is another run's (it would be lost).
+
+        Read without its tensors: only what the file says it is. A file that cannot be read is left to be replaced.
+        """
+        expected = self.data()
+        for other in (self.last, self.best):
+            data = checkpoint.peek(other) if other != chosen and other.is_file() else None
+            if data is not None and expected is not None:
+                check_belongs(other, expected, self.path, data.get("agent"), data.get("env"), data.get("config"))
+
     def find(self, which: str = "last") -> Path:
         """The checkpoint ``which`` (last, best or newest) names, with one-line errors when there is none."""
         if not self.path.exists():
@@ -319,7 +330,7 @@ def load_run(target: Path, which: str = "last", trust: Iterable[str] = ()) -> Lo
     check_trust(ckpt.config, str(path), trust)
     if expected is not None:
         check_trust(expected, str(folder.config_file), trust)
-        check_belongs(ckpt, path, expected, folder.path)
+        check_belongs(path, expected, folder.path, ckpt.agent, ckpt.env, ckpt.config)
     config = validate(ckpt.config, load_agent_class(ckpt.config["agent"]), source=str(path))
     return LoadedRun(config, ckpt, path)
 
@@ -337,10 +348,10 @@ def check_regular(path: Path, what: str) -> None:
         raise GymlabError(f"{what} {path} is {file_kind(mode)}, not a regular file or a run folder")
 
 
-def check_belongs(ckpt: Checkpoint, path: Path, expected: Mapping[str, Any], folder: Path) -> None:
-    """Refuse a checkpoint whose agent, env or config disagree with its run folder's ``config.yaml``."""
-    mine = ckpt.config
-    for key, value in (("agent", ckpt.agent), ("env", ckpt.env)):
+def check_belongs(path: Path, expected: Mapping[str, Any], folder: Path, agent: Any, env: Any, mine: Any) -> None:
+    """Refuse a checkpoint whose ``agent``, ``env`` or config (``mine``) disagree with its folder's ``config.yaml``."""
+    mine = mine if isinstance(mine, Mapping) else {}
+    for key, value in (("agent", agent), ("env", env)):
         if value != expected.get(key) or mine.get(key) != expected.get(key):
             raise GymlabError(
                 f"checkpoint {path} is from {key} '{value}' but run folder {folder} is for "

@@ -52,6 +52,10 @@ def _reshape_agent_state(payload: dict[str, Any]) -> None:
     payload["agent_state"] = _reshape_arrays(payload["agent_state"])
 
 
+def _nan_in_q(payload: dict[str, Any]) -> None:
+    payload["agent_state"]["policy"]["q"][0, 0] = np.nan
+
+
 HUGE_ENV = """
 import gymnasium as gym
 class Huge(gym.Env):
@@ -209,6 +213,11 @@ BAD_INPUTS: dict[str, Bad] = {
     "ckpt-arrays-reshaped-eval": Bad(["eval", "RUN"], ["checkpoint"], damage=_damage(_reshape_agent_state)),
     "ckpt-arrays-reshaped-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["checkpoint"],
                                        damage=_damage(_reshape_agent_state)),
+    # a NaN put into a saved table: eval played it, resume trained on it and blamed the agent for diverging
+    "ckpt-nan-in-agent-eval": Bad(["eval", "RUN"], ["is damaged: its agent state holds nan in policy.q"],
+                                  damage=_damage(_nan_in_q)),
+    "ckpt-nan-in-agent-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"],
+                                    ["is damaged: its agent state holds nan"], damage=_damage(_nan_in_q)),
     "ckpt-no-loop-eval": Bad(["eval", "RUN"], ["checkpoint"], damage=_damage(lambda p: p.pop("loop"))),
     "ckpt-no-loop-resume": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["checkpoint"],
                                damage=_damage(lambda p: p.pop("loop"))),

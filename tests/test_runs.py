@@ -515,12 +515,18 @@ def _foreign(run: Path, tmp: Path, cartpole: Path) -> None:
     shutil.copy(cartpole / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
 
 
+def _foreign_best(run: Path, tmp: Path, cartpole: Path) -> None:
+    shutil.copy(cartpole / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
+
+
 RESUMES = {
     # case: (prepare the run folder, argv, fragments)
     "resume-from-best": (_as_is, ["train", "--resume", "RUN/checkpoints/best.pt", "--steps", "4000"], ["best.pt"]),
     "foreign-eval": (_foreign, ["eval", "RUN"], ["last.pt"]),
     "foreign-watch": (_foreign, ["watch", "RUN", "--record", "w.mp4", "--episodes", "1"], ["last.pt"]),
     "foreign-resume": (_foreign, ["train", "--resume", "RUN", "--steps", "4000"], ["last.pt"]),
+    # resuming from last.pt would in time overwrite another run's best.pt
+    "foreign-best-resume": (_foreign_best, ["train", "--resume", "RUN", "--steps", "4000"], ["best.pt", "agent 'dqn'"]),
 }
 
 
