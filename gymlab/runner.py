@@ -260,6 +260,8 @@ class Opened:
 
 def open_run(spec: RunSpec) -> Opened:
     """Create or open ``spec``'s run folder, locked, with the checkpoint it continues from (see the module doc)."""
+    for path in (spec.run_dir, spec.root):
+        _check_utf8(path)
     if spec.mode == "resume":
         if spec.run_dir is None:
             raise GymlabError("a resume needs the run folder (or one of its checkpoints)")
@@ -278,6 +280,15 @@ def open_run(spec: RunSpec) -> Opened:
             _clear_failed_start(folder)
     config = spec.config if spec.device is None else spec.config.with_run(device=spec.device)
     return _open_new(spec, config, spec.until if spec.until is not None else config.run.steps)
+
+
+def _check_utf8(path: Path | None) -> None:
+    """Refuse a folder name that is not UTF-8 (bytes a shell can pass): TensorBoard's writer cannot write there."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        shown = str(path).encode(errors="surrogateescape").decode(errors="replace")
+        raise GymlabError(f"the folder name {shown} is not valid UTF-8: choose a name in UTF-8") from None
 
 
 def _open_new(spec: RunSpec, config: Config, until: int, ckpt: Checkpoint | None = None) -> Opened:

@@ -8,6 +8,7 @@ a rejected command creates no run folder.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,10 @@ SHADOW = {"PYTHONPATH": "shadow"}
 
 BAD_INPUTS: dict[str, Bad] = {
     # an empty word is no path (click reads '' as '.': compare wrote its plot here, --record said '--record .')
+    # a folder name of bytes that are not UTF-8 (\udcff: the byte 0xff) ended in TensorBoard's UnicodeEncodeError
+    "run-dir-not-utf8": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir", "r\udcff"], ["is not valid UTF-8"]),
+    "resume-not-utf8": Bad(["train", "--resume", "RUN\udcff", "--steps", "4000"], ["is not valid UTF-8"],
+                           damage=lambda run: shutil.copytree(run, f"{run}\udcff")),
     "empty-compare": Bad(["compare", ""], ["word 2 of the command line is empty ('')"]),
     "empty-record": Bad(["watch", "RUN", "--record", ""], ["--record is given an empty path"]),
     "empty-run-dir": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir="], ["--run-dir is given an empty path"]),
