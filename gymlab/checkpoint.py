@@ -20,6 +20,8 @@ import math
 import os
 import pickle
 import random
+import resource
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +96,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             try:
                 torch.save(data, fh)
             except RuntimeError as exc:  # torch's zip writer reports a failed write (EFBIG, ENOSPC) this way
-                raise OSError(_first_line(exc)) from exc
+                raise OSError(_write_failed(path.parent, exc)) from exc
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -113,6 +115,20 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_failed(folder: Path, exc: RuntimeError) -> str:
+    """Why torch's zip writer failed, in words: it says only "unexpected pos" for a full disk or a size limit."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return f"the file size limit was reached (ulimit -f: {limit:,} bytes)"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        return f"no space left on the device ({free:,} bytes free)"
+    return f"the write failed ({_first_line(exc)})"
 
 
 def peek(path: Path) -> dict[str, Any] | None:

@@ -64,10 +64,11 @@ class Interrupted(Exception):
 
 
 class FolderRemoved(GymlabError):
-    """A run folder was deleted while a run was writing it: nothing more is saved, and nothing recreates it."""
+    """A run folder was deleted or moved while a run was writing it: nothing more is saved, nothing recreates it."""
 
     def __init__(self, folder: object) -> None:
         super().__init__(
             f"run folder {folder} was removed while the run was writing it; nothing more was saved "
-            "(start the run again, in a new --run-dir or the same one)"
+            "(if it was moved, resume it where it is now with gymlab train --resume; if deleted, start the run "
+            "again, in a new --run-dir or the same one)"
         )

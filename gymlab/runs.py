@@ -132,9 +132,9 @@ class RunFolder:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise GymlabError(
-                f"cannot create run folder {target}: {exc.strerror or exc}; choose a writable --run-dir"
-            ) from None
+            blocking = next((p for p in reversed(target.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or exc
+            raise GymlabError(f"cannot create run folder {target}: {why}; choose a writable --run-dir") from None
         for attempt in range(1, 100):
             try:
                 target.mkdir()
@@ -271,6 +271,8 @@ class RunFolder:
         ckpt = self.last if which == "last" else self.best
         if ckpt.is_file():
             return ckpt
+        if ckpt.exists():
+            raise GymlabError(f"{ckpt} is {file_kind(ckpt.stat().st_mode)}, not a checkpoint file: remove it")
         other = self.best if which == "last" else self.last
         if other.is_file():  # never another checkpoint than the one asked for
             other_name = "best" if which == "last" else "last"
@@ -298,6 +300,12 @@ class RunFolder:
     def data(self) -> dict[str, Any] | None:
         """``config.yaml`` checked to name an agent and env (nothing imported), None when there is none."""
         if not self.config_file.is_file():
+            if self.config_file.exists():  # a FIFO would block the read; a link to /dev/zero never end
+                kind = file_kind(self.config_file.stat().st_mode)
+                raise GymlabError(
+                    f"{self.config_file} is {kind}, not the plain file a run folder's config is: put the run's "
+                    "config.yaml back, or start a new run from a checkpoint with --resume CHECKPOINT --run-dir NEW"
+                )
             return None
         data = load_yaml(self.config_file, "run file")
         if not isinstance(data.get("agent"), str) or not isinstance(data.get("env"), str):

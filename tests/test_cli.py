@@ -135,7 +135,7 @@ def test_existing_run_folder_is_never_overwritten(cli, tmp_path):
 def test_unwritable_output_folder(cli, tmp_path):
     (tmp_path / "a_file").write_text("")
     proc = cli("train", "tabular_q", "Taxi-v4", "--run-dir", "a_file/run", "--steps", "100")
-    assert_one_line_error(proc, "cannot create run folder a_file/run", "writable")
+    assert_one_line_error(proc, "cannot create run folder a_file/run: a_file is a file, not a folder", "writable")
 
 
 def test_corrupt_foreign_and_wrong_checkpoints(cli, tmp_path):

@@ -57,6 +57,20 @@ def _nan_in_q(payload: dict[str, Any]) -> None:
     payload["agent_state"]["policy"]["q"][0, 0] = np.nan
 
 
+def _copy_to(run: Path, where: str) -> None:
+    shutil.copytree(run, where)
+
+
+def _config_as(make: Callable[[Path], None], name: str = "config.yaml") -> Callable[[Path], None]:
+    """Replace the run's config.yaml (or ``name``) by what ``make`` puts at its path (a FIFO, a link to a device)."""
+
+    def apply(run: Path) -> None:
+        (run / name).unlink()
+        make(run / name)
+
+    return apply
+
+
 HUGE_ENV = """
 import gymnasium as gym
 class Huge(gym.Env):
@@ -144,7 +158,14 @@ BAD_INPUTS: dict[str, Bad] = {
     # a folder name of bytes that are not UTF-8 (\udcff: the byte 0xff) ended in TensorBoard's UnicodeEncodeError
     "run-dir-not-utf8": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir", "r\udcff"], ["is not valid UTF-8"]),
     "resume-not-utf8": Bad(["train", "--resume", "RUN\udcff", "--steps", "4000"], ["is not valid UTF-8"],
-                           damage=lambda run: shutil.copytree(run, f"{run}\udcff")),
+                           damage=lambda run: _copy_to(run, f"{run}\udcff")),
+    # a run config that is no plain file: resume said "not a run folder (no config.yaml)"
+    "run-config-fifo": Bad(["train", "--resume", "RUN", "--steps", "4000"], ["config.yaml is a FIFO (named pipe)"],
+                           damage=_config_as(os.mkfifo)),
+    "run-config-dev-zero-eval": Bad(["eval", "RUN"], ["config.yaml is a character device"],
+                                    damage=_config_as(lambda path: path.symlink_to("/dev/zero"))),
+    "last-pt-a-folder-eval": Bad(["eval", "RUN"], ["last.pt is a folder, not a checkpoint file"],
+                                 damage=_config_as(Path.mkdir, "checkpoints/last.pt")),
     "empty-compare": Bad(["compare", ""], ["word 2 of the command line is empty ('')"]),
     "empty-record": Bad(["watch", "RUN", "--record", ""], ["--record is given an empty path"]),
     "empty-run-dir": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir="], ["--run-dir is given an empty path"]),
@@ -260,7 +281,7 @@ BAD_INPUTS: dict[str, Bad] = {
                                  ["--workers", "give --seeds too"]),
     # a full disk while writing checkpoints: no temp file left behind
     "disk-full": Bad(["train", "tabular_q", "Taxi-v4", "--steps", "2000", "checkpoint_every=500", "eval_episodes=1",
-                      "--run-dir", "r"], ["last.pt"], fsize=20_000),
+                      "--run-dir", "r"], ["last.pt", "the file size limit was reached"], fsize=20_000),
     # agent sizes
     "replay-smaller-than-envs": Bad(["train", "dqn", "CartPole-v1", "num_envs=32", "buffer_size=16", "--run-dir", "r"],
                                     ["buffer_size"], no_folder=True),
