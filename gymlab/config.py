@@ -226,6 +226,8 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
         return GymlabError(f"{source}: missing key '{key}'")
     if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == DEVICE_PATTERN:
         err = {**err, "msg": DEVICE_WORDS}
+    if err["type"] == "value_error":  # gymlab's own validator's words, without pydantic's "Value error, "
+        err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
 
 

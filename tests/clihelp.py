@@ -127,6 +127,7 @@ def assert_one_line(proc: Proc, code: int, *fragments: str) -> str:
     assert len(lines) == 1, proc.show()
     if code == 2:
         assert lines[0].startswith("gymlab: error: "), proc.show()
+        assert "Value error, " not in lines[0], proc.show()  # pydantic's wrapping of gymlab's own words
     assert len(lines[0]) <= MAX_ERROR_LINE, f"{len(lines[0])} characters: {lines[0][:300]}..."
     for fragment in fragments:
         assert fragment in lines[0], proc.show()

@@ -166,6 +166,10 @@ BAD_INPUTS: dict[str, Bad] = {
                                     damage=_config_as(lambda path: path.symlink_to("/dev/zero"))),
     "last-pt-a-folder-eval": Bad(["eval", "RUN"], ["last.pt is a folder, not a checkpoint file"],
                                  damage=_config_as(Path.mkdir, "checkpoints/last.pt")),
+    # a validator's own words, without pydantic's "Value error, " before them
+    "sweep-scalar-dimension": Bad(["sweep", "s.yaml", "--run-dir", "sw"],
+                                  ["'space.learning_rate' = 0.1: a search dimension is a list of values"],
+                                  _files(**{"s.yaml": TINY_SWEEP.replace("[0.1]", "0.1")}), needs="sweep"),
     "empty-compare": Bad(["compare", ""], ["word 2 of the command line is empty ('')"]),
     "empty-record": Bad(["watch", "RUN", "--record", ""], ["--record is given an empty path"]),
     "empty-run-dir": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir="], ["--run-dir is given an empty path"]),
