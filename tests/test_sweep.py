@@ -237,6 +237,30 @@ def test_a_crashing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
     assert "boom" in result.summary_csv.read_text()
 
 
+@pytest.mark.needs("sweep")
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_a_resumed_random_or_tpe_sweep_draws_new_points_not_its_first_ones_again(tmp_path: Path, method: str) -> None:
+    """The sampler was seeded as at the start on every resume: its sequence began again, and the trials after
+    an interruption repeated the configs already run (6 trials covered 4 points)."""
+    data = {**TAXI, "method": method, "trials": 4, "space": {"learning_rate": {"uniform": [0.1, 0.9]}}}
+    data["base"] = {**TAXI["base"], "steps": 2000, "eval_every": 1000, "eval_episodes": 1}
+    path, folder = write_sweep(tmp_path, data), tmp_path / "sweep"
+
+    done: list[str] = []
+
+    def stop_after_two(event: str) -> None:
+        done.extend([event] if " done" in event else [])
+        if len(done) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C reaching the driver after trials 0 and 1 finished
+
+    first = sw.run_sweep(sw.load_sweep(path, max_concurrent=1), folder, on_event=stop_after_two)
+    assert first.interrupted and [r.state for r in first.rows].count("complete") == 2
+    second = sw.run_sweep(sw.load_sweep(path, max_concurrent=1), folder)
+    assert not second.interrupted and len(second.rows) == 4
+    rates = [r.params["learning_rate"] for r in second.rows]
+    assert len(set(rates)) == 4, rates
+
+
 @pytest.mark.slow
 @pytest.mark.needs("sweep")
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:

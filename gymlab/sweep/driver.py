@@ -112,6 +112,9 @@ def open_study(sweep: Sweep, sweep_dir: Path) -> tuple[optuna.Study, Ledger, boo
         )
     except (OSError, ValueError, AssertionError, KeyError, TypeError) as exc:  # what Optuna's reader trips on
         raise GymlabError(damaged.format(error_text(exc))) from None
+    asked = len(study.get_trials(deepcopy=False))
+    if asked:  # resumed: the sampler goes on from where the sweep stopped, never from its first point again
+        study.sampler = make_sampler(sweep, asked)
     return study, Ledger(study, storage), existed
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from gymlab.sweep.spec import PruningSpec, Sweep
 
 if TYPE_CHECKING:
@@ -25,11 +27,19 @@ STUDY_NAME = "gymlab-sweep"
 PRUNED_AT = "pruned_at"  # trial user attribute: the check at which the pruner stopped the trial
 
 
-def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    """Optuna's GridSampler, RandomSampler or TPESampler, seeded by the sweep's ``sampler_seed``."""
+def make_sampler(sweep: Sweep, asked: int = 0) -> optuna.samplers.BaseSampler:
+    """Optuna's GridSampler, RandomSampler or TPESampler, seeded by the sweep's ``sampler_seed``.
+
+    ``asked``: trials the study already holds (a resumed sweep). A random or TPE sampler seeded as at the
+    start would draw its sequence again from the first point, repeating the trials already run; it is
+    seeded from the seed and ``asked`` instead (the grid sampler picks the points not yet visited itself).
+    """
     import optuna
 
     spec = sweep.spec
+    seed = spec.sampler_seed
+    if asked and seed is not None and spec.method != "grid":
+        seed = int(np.random.SeedSequence([seed, asked]).generate_state(1)[0])
     if spec.method == "grid":
 
         class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -51,9 +61,9 @@ def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
 
         return AskTellGridSampler(sweep.grid(), seed=spec.sampler_seed)
     if spec.method == "random":
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: trials still running count as bad guesses, so parallel workers spread out.
-    return optuna.samplers.TPESampler(seed=spec.sampler_seed, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def make_pruner(pruning: PruningSpec, every: int | None) -> optuna.pruners.BasePruner:
