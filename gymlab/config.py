@@ -183,9 +183,15 @@ def apply_overrides(
             )
         given[tuple(path)] = item
         node = out
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1], 1):
             child = node.get(part)
-            if not isinstance(child, dict):
+            if child is not None and not isinstance(child, dict):  # never a value silently made a mapping
+                where = ".".join(path[:depth])
+                raise GymlabError(
+                    f"override '{item}': '{where}' is a value ({_short_repr(child)}), not a mapping of keys; "
+                    f"set it with {where}=VALUE"
+                )
+            if child is None:
                 child = {}
                 node[part] = child
             node = child
@@ -226,6 +232,9 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
         return GymlabError(f"{source}: missing key '{key}'")
     if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == DEVICE_PATTERN:
         err = {**err, "msg": DEVICE_WORDS}
+    value = err.get("input")
+    if isinstance(value, float) and not math.isfinite(value):  # "nan: less than or equal to 1" misleads
+        return GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
     if err["type"] == "value_error":  # gymlab's own validator's words, without pydantic's "Value error, "
         err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
@@ -344,8 +353,15 @@ def _bounds_problem(run: RunConfig) -> tuple[str, str] | None:
 
 
 def _origin(origins: Mapping[str, str] | None, key: str, source: str) -> str:
-    """Where ``key`` (``device``, ``hparams.gamma.0``) was given: its own origin, else its parent's, else ``source``."""
+    """Where ``key`` (``device``, ``hparams.gamma.0``) was given.
+
+    Its own origin, else a key set inside it (the override ``hparams.gamma.x=1`` made ``hparams.gamma`` a
+    mapping), else its parent's, else ``source``.
+    """
     if origins:
+        inside = [where for given, where in origins.items() if given.startswith(f"{key}.")]
+        if inside:
+            return inside[-1]
         parts = key.split(".")
         for end in range(len(parts), 0, -1):
             found = origins.get(".".join(parts[:end]))

@@ -54,6 +54,25 @@ def test_bad_keys_and_values_are_named(override, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a dotted path into a value used to make it a mapping ({x: 1}, truthy), and the run trained
+        ("env_kwargs.is_slippery.x=1", "override 'env_kwargs.is_slippery.x=1': 'env_kwargs.is_slippery' is a value"),
+        ("steps.x=1", "'steps' is a value (1000), not a mapping of keys; set it with steps=VALUE"),
+        ("hparams.gamma.x=1", "override 'hparams.gamma.x=1': 'hparams.gamma' is a value (0.9)"),  # not "c.yaml: ..."
+        # a key the file leaves unset: the override is named, not the file
+        ("hparams.learning_rate.x=1", "override hparams.learning_rate.x=1: 'hparams.learning_rate' = {'x': 1}"),
+    ],
+)
+def test_an_override_into_a_value_is_refused_naming_the_override(tmp_path, override, message):
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 1000\nenv_kwargs: {is_slippery: true}\nhparams: {gamma: 0.9}\n")
+    with pytest.raises(GymlabError) as info:
+        resolve("tabular_q", "FrozenLake-v1", config, [override], steps=500)  # --steps hid steps.x=1
+    assert message in str(info.value)
+
+
 def test_a_bare_misspelt_name_is_matched_on_names():
     """n_step is nearer the run key "steps" as a whole string, but it names DQN's hparams.n_steps."""
     with pytest.raises(GymlabError, match=r"unknown key 'n_step': did you mean 'hparams.n_steps'\?"):
@@ -147,6 +166,9 @@ def test_the_file_role_is_named(tmp_path):
 NON_FINITE = [
     ("dqn", "learning_rate=inf", "'hparams.learning_rate' = inf: must be a finite number"),
     ("tabular_q", "initial_q=.nan", "'hparams.initial_q' = nan: must be a finite number"),
+    # bounded keys: pydantic said "nan: Input should be less than or equal to 1"
+    ("tabular_q", "gamma=.nan", "'hparams.gamma' = nan: must be a finite number"),
+    ("tabular_q", "learning_rate=.inf", "'hparams.learning_rate' = inf: must be a finite number"),
     ("reinforce", "hparams.log_std_init=.nan", "'hparams.log_std_init' = nan"),
     ("dqn", "max_grad_norm=.inf", "'hparams.max_grad_norm' = inf"),
     ("tabular_q", "env_kwargs.slip=-.inf", "'env_kwargs.slip' = -inf"),
