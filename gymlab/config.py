@@ -237,6 +237,8 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
         return GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
     if err["type"] == "value_error":  # gymlab's own validator's words, without pydantic's "Value error, "
         err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
+    if not key:  # a check of the whole file (its keys together): its words name the keys
+        return GymlabError(f"{source}: {err['msg']}")
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
 
 

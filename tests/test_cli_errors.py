@@ -170,6 +170,10 @@ BAD_INPUTS: dict[str, Bad] = {
     "sweep-scalar-dimension": Bad(["sweep", "s.yaml", "--run-dir", "sw"],
                                   ["'space.learning_rate' = 0.1: a search dimension is a list of values"],
                                   _files(**{"s.yaml": TINY_SWEEP.replace("[0.1]", "0.1")}), needs="sweep"),
+    # a check of the keys together: it printed the whole file as the value of the key ''
+    "sweep-grid-range": Bad(["sweep", "s.yaml", "--run-dir", "sw"],
+                            ["grid search needs listed values, but space.learning_rate is a range", "random or tpe"],
+                            _files(**{"s.yaml": TINY_SWEEP.replace("[0.1]", "{uniform: [0.1, 0.5]}")}), needs="sweep"),
     "empty-compare": Bad(["compare", ""], ["word 2 of the command line is empty ('')"]),
     "empty-record": Bad(["watch", "RUN", "--record", ""], ["--record is given an empty path"]),
     "empty-run-dir": Bad(["train", "tabular_q", "Taxi-v4", "--run-dir="], ["--run-dir is given an empty path"]),

@@ -225,7 +225,11 @@ class SweepSpec(BaseModel):
         if self.method == "grid":
             ranged = [k for k, d in self.space.items() if not d.finite]
             if ranged:
-                raise ValueError(f"grid search needs listed values, but {', '.join(ranged)} is a range")
+                names = ", ".join(f"space.{k}" for k in ranged)
+                raise ValueError(
+                    f"grid search needs listed values, but {names} {'is a range' if len(ranged) == 1 else 'are ranges'}"
+                    ": list the values to try, or use method: random or tpe"
+                )
         return self
 
     def seed_list(self) -> list[int]:
