@@ -175,10 +175,18 @@ def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list
         if metric in scalars and len(scalars[metric][0]):
             steps, values = scalars[metric]
             curves.append(RunCurve(run, read_config(run), steps, values))
-        else:
+        elif scalars:
             skipped.append(f"{run}: no '{metric}' logged")
+        elif any(run.glob(EVENTS_GLOB)):  # TensorBoard's reader skips what it cannot parse without a word
+            skipped.append(f"{run}: no scalars could be read from its events file (damaged, or nothing logged yet)")
+        else:
+            skipped.append(f"{run}: no TensorBoard events file")
     if not curves:
-        names = ", ".join(sorted(available)) or "none"
+        if not available:
+            others = len(skipped) - 1
+            more = f" (and {others} more run{'s' if others > 1 else ''} alike)" if others else ""
+            raise GymlabError(f"no curve to compare: {skipped[0]}{more}")
+        names = ", ".join(sorted(available))
         raise GymlabError(f"no run logged metric '{metric}'; available: {names}")
     return curves, skipped
 

@@ -305,7 +305,24 @@ def test_runs_owns_the_layout_compare_reads(tmp_path):
     assert runs.read_config(logged) == {"agent": "dqn", "env": "CartPole-v1"}  # from the folder names
     # The run without a logged metric is named, not silently dropped.
     result = cmp.compare([str(tmp_path)])
-    assert [g.n for g in result.groups] == [1] and result.skipped == [f"{logged.with_name('r1')}: no '{METRIC}' logged"]
+    assert [g.n for g in result.groups] == [1] and result.skipped == [
+        f"{logged.with_name('r1')}: no TensorBoard events file"
+    ]
+
+
+def test_a_run_whose_events_cannot_be_read_is_said_so_not_called_a_missing_metric(tmp_path):
+    """TensorBoard's reader skips a damaged events file without a word: compare said "no run logged
+    metric 'eval/return_mean'; available: none" of a run that did log it."""
+    damaged = write_run(tmp_path / "a", config(), [(0, 1.0), (100, 2.0)])
+    (events,) = damaged.glob("events.out.tfevents.*")
+    events.write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(GymlabError, match=r"no curve to compare: .*a: no scalars could be read from its events file"):
+        cmp.compare([str(damaged)])
+    good = write_run(tmp_path / "b", config(), [(0, 1.0), (100, 2.0)])
+    result = cmp.compare([str(damaged), str(good)])
+    assert result.skipped == [
+        f"{damaged}: no scalars could be read from its events file (damaged, or nothing logged yet)"
+    ]
 
 
 def _unwritable_outs(tmp_path):
