@@ -477,7 +477,11 @@ def _path_options() -> set[str]:
     """The names of every command's options that take a path."""
     names: set[str] = set()
     for info in app.registered_commands:
-        for name, hint in typing.get_type_hints(info.callback, include_extras=True).items():
+        try:
+            hints = typing.get_type_hints(info.callback, include_extras=True)
+        except (NameError, TypeError):  # a command added elsewhere, annotated with names only a type checker sees
+            continue
+        for name, hint in hints.items():
             option = next(
                 (m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)), None
             )
