@@ -42,8 +42,9 @@ from gymlab.checkpoint import Checkpoint, step_of
 from gymlab.config import Config
 from gymlab.console import Progress
 from gymlab.errors import GymlabError, Interrupted
+from gymlab.folderlock import FolderLock
 from gymlab.loop import train
-from gymlab.runs import FolderLock, RunFolder, config_differences, load_run, resume_command
+from gymlab.runs import RunFolder, config_differences, load_run, resume_command
 from gymlab.signals import sigterm_interrupts
 
 Mode = Literal["new", "resume", "auto"]

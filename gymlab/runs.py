@@ -8,8 +8,8 @@ run folder or a checkpoint path.
 Ownership rules, all enforced by :class:`RunFolder`:
 
 - One writer: a process that writes a folder holds an exclusive ``flock`` on its ``.lock`` file
-  (:func:`lock_folder`, also used for sweep folders); a second one is refused in one line. The
-  kernel drops the lock when the process dies, so a killed run never leaves a stale lock.
+  (:func:`gymlab.folderlock.lock_folder`, also used for sweep folders); a second one is refused in
+  one line. The kernel drops the lock when the process dies, so a killed run never leaves a stale lock.
 - One history: a checkpoint must agree with its folder's ``config.yaml`` (agent, env and config);
   training continues only from the folder's newest checkpoint, and only when that checkpoint is
   as new as the newest one the folder ever held (``head.json``): a deleted ``last.pt`` cannot make
@@ -22,8 +22,6 @@ Ownership rules, all enforced by :class:`RunFolder`:
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -41,12 +39,12 @@ from gymlab.agent import AGENTS, load_agent_class
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import Config, slug, validate
 from gymlab.errors import FolderRemoved, GymlabError
+from gymlab.folderlock import FolderLock, lock_folder
 from gymlab.yamlfile import file_kind, load_yaml
 
 CONFIG_FILE = "config.yaml"
 _HEAD_MAX_BYTES = 4096  # head.json holds one small object; more is not one
 EVENTS_GLOB = "events.out.tfevents.*"
-LOCK_FILE = ".lock"
 HEAD_FILE = "head.json"
 #: Config keys a resume may change without the run becoming another run (``deterministic`` chooses
 #: kernels, not what is learned; a folder from before the key existed lacks it).
@@ -481,59 +479,3 @@ def check_trust(config: Mapping[str, Any], source: str, trust: Iterable[str] = (
             f"{source} names {what} '{name}', code outside gymlab; it is imported only if you trust it: "
             f"add --trust {module}"
         )
-
-
-# --- the writer lock -------------------------------------------------------------------------
-
-
-class FolderLock:
-    """An exclusive ``flock`` on a folder's ``.lock`` file, held while one process writes the folder."""
-
-    def __init__(self, folder: Path, fd: int) -> None:
-        self.folder, self._fd = folder, fd
-
-    def release(self) -> None:
-        """Drop the lock (closing the file releases it; the lock file itself stays, harmless)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> FolderLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_folder(folder: Path, what: str = "run folder", until: str = "before resuming") -> FolderLock:
-    """Take a folder's writer lock, or refuse in one line if another process holds it.
-
-    ``what`` names the folder in the message (a run folder, a sweep folder), ``until`` says when
-    to try again.
-    """
-    path = folder / LOCK_FILE
-    not_a_file = GymlabError(
-        f"cannot lock {what} {folder}: its {LOCK_FILE} is not a plain file (a link, FIFO or folder); "
-        f"remove {path}, then try again"
-    )
-    try:  # never through a link (it would empty the file it points to), never blocking on a FIFO
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise not_a_file from None
-        raise GymlabError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise not_a_file
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise GymlabError(
-            f"{what} {folder} is being written by another gymlab process (pid {holder}); "
-            f"wait for it to end, or stop it, {until}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return FolderLock(folder, fd)

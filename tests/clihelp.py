@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gymlab import checkpoint, runs
+from gymlab import checkpoint
 from gymlab.checkpoint import Checkpoint
+from gymlab.folderlock import LOCK_FILE
 
 MEMORY_LIMIT = 4 << 30  # bytes of address space for a child
 OUTPUT_LIMIT = 64 << 10  # bytes of stdout/stderr read back
@@ -144,7 +145,7 @@ def assert_ok(proc: Proc) -> None:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every data file under ``folder`` (not the ``.lock`` a writer holds) by relative path, with a hash of it."""
-    files = [p for p in folder.rglob("*") if p.is_file() and p.name != runs.LOCK_FILE]
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE]
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

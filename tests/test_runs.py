@@ -31,6 +31,7 @@ from conftest import config_of
 from gymlab import checkpoint, runs
 from gymlab.cli import main
 from gymlab.errors import GymlabError
+from gymlab.folderlock import LOCK_FILE, lock_folder
 from gymlab.parallel import run_all
 from gymlab.runner import RunSpec
 
@@ -95,8 +96,8 @@ def one_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> s
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from gymlab import runs
-lock = runs.lock_folder(Path(sys.argv[1]))
+from gymlab.folderlock import lock_folder
+lock = lock_folder(Path(sys.argv[1]))
 Path(sys.argv[2]).write_text("locked")
 time.sleep(120)
 """
@@ -128,13 +129,13 @@ def test_a_lock_that_is_no_plain_file_is_refused_and_what_it_points_to_kept(tmp_
     folder, notes = tmp_path / "r", tmp_path / "notes.txt"
     folder.mkdir()
     notes.write_text("precious")
-    lock = folder / runs.LOCK_FILE
+    lock = folder / LOCK_FILE
     {"link": lambda: lock.symlink_to(notes), "fifo": lambda: os.mkfifo(lock), "folder": lock.mkdir}[kind]()
     with pytest.raises(GymlabError, match=r"its \.lock is not a plain file .* remove .*\.lock, then try again"):
-        runs.lock_folder(folder)
+        lock_folder(folder)
     assert notes.read_text() == "precious"
     lock.rmdir() if kind == "folder" else lock.unlink()
-    with runs.lock_folder(folder):  # once removed, the folder locks again
+    with lock_folder(folder):  # once removed, the folder locks again
         assert lock.read_text() == f"{os.getpid()}\n"
 
 

@@ -21,6 +21,7 @@ from gymlab import cli, loop, runs
 from gymlab import sweep as sw
 from gymlab.config import resolve
 from gymlab.errors import GymlabError
+from gymlab.folderlock import LOCK_FILE
 from gymlab.runner import RunOutcome, RunSpec, execute
 from gymlab.sweep import driver
 
@@ -655,7 +656,7 @@ def test_an_empty_existing_folder_may_hold_a_sweep_and_a_sweep_folder_is_resumed
 def test_a_folder_left_with_only_the_lock_is_still_usable(tmp_path: Path) -> None:
     folder = tmp_path / "sweep"
     folder.mkdir()
-    (folder / runs.LOCK_FILE).write_text("123\n")  # a first attempt stopped between the lock and sweep.yaml
+    (folder / LOCK_FILE).write_text("123\n")  # a first attempt stopped between the lock and sweep.yaml
     result = sw.run_sweep(sw.load_sweep(write_sweep(tmp_path, TINY)), folder, backend=InlineBackend())
     assert [r.state for r in result.rows] == ["complete"]
 
@@ -709,7 +710,7 @@ def test_a_damaged_journal_is_one_line(finished_sweep: tuple[Path, Path], tmp_pa
     path, folder = finished_sweep
     copy = tmp_path / "sweep"
     shutil.copytree(folder, copy)
-    (copy / runs.LOCK_FILE).unlink(missing_ok=True)
+    (copy / LOCK_FILE).unlink(missing_ok=True)
     journal = copy / sw.study.JOURNAL_FILE
     if damage == "garbage-appended":
         journal.write_text(journal.read_text() + "garbage{\n")

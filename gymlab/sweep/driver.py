@@ -24,10 +24,10 @@ import yaml
 
 from gymlab.errors import GymlabError
 from gymlab.errors import describe as error_text
+from gymlab.folderlock import LOCK_FILE, lock_folder
 from gymlab.parallel import POLL_S
 from gymlab.report import mean_ci
 from gymlab.runner import RunOutcome, RunSpec
-from gymlab.runs import LOCK_FILE, lock_folder
 from gymlab.signals import multi_run_stop
 from gymlab.sweep.backends import Backend, check_backend, make_backend
 from gymlab.sweep.spec import Sweep, check_pruning
