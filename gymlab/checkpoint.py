@@ -119,15 +119,15 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
 def _write_failed(folder: Path, exc: RuntimeError) -> str:
     """Why torch's zip writer failed, in words: it says only "unexpected pos" for a full disk or a size limit."""
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        return f"the file size limit was reached (ulimit -f: {limit:,} bytes)"
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
     if free is not None and free < 64 * 2**20:
         return f"no space left on the device ({free:,} bytes free)"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return f"the file size limit was reached (ulimit -f: {limit:,} bytes)"
     return f"the write failed ({_first_line(exc)})"
 
 

@@ -462,6 +462,8 @@ def _refuse_empty_words(args: list[str]) -> None:
 
     An empty argument is never right either; an empty value of any other option is left to its own check.
     """
+    if not any(arg == "" or arg.endswith("=") for arg in args):
+        return
     paths = _path_options()
     for i, arg in enumerate(args):
         option = arg[:-1] if arg.startswith("--") and arg.endswith("=") else None

@@ -99,7 +99,7 @@ def did(call: str, exc: BaseException) -> str:
     matched = _UNPACKING.fullmatch(str(exc)) if isinstance(exc, (TypeError, ValueError)) else None
     frames = traceback.extract_tb(exc.__traceback__) if matched else []
     name = call.partition("(")[0]
-    if not matched or name not in _RETURNS or not frames[-1].filename.startswith(_UNPACKERS):
+    if not matched or not frames or name not in _RETURNS or not frames[-1].filename.startswith(_UNPACKERS):
         return f"{call} {raised_text(exc)}"
     if name == "step" and matched[2] == "4":
         hint = "return terminated and truncated apart (the old Gym API's one done)"
