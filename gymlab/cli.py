@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -21,6 +21,7 @@ import typer
 
 from gymlab.console import StdoutConsole, discard_stdout
 from gymlab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, NOTHING_SAVED, GymlabError, Interrupted, one_line
+from gymlab.signals import commands_interruptible
 
 if TYPE_CHECKING:
     from gymlab.runner import RunSpec
@@ -439,24 +440,6 @@ def _import_native_stack() -> None:
         raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _interrupts_raise() -> Iterator[None]:
-    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` while a command runs (each handled where it lands).
-
-    This ends ``gymlab.__main__``'s start-up handler; a SIGINT the caller set to be ignored stays ignored.
-    """
-    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
-
-
 def _refuse_empty_words(args: list[str]) -> None:
     """An empty path ('' or --option=) is an error: click reads '' as '.', the current folder.
 
@@ -503,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         if info.callback is not None and not getattr(info.callback, "__gymlab_guarded__", False):
             info.callback = _guard(info.callback)
     try:
-        with _interrupts_raise():
+        with commands_interruptible():
             args = sys.argv[1:] if argv is None else argv
             _refuse_empty_words(args)
             if args and not {"--help", "-h"} & set(args):  # every command but help builds on torch and Gymnasium

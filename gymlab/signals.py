@@ -125,3 +125,22 @@ def sigterm_interrupts() -> Any:
     if threading.current_thread() is not threading.main_thread() or _ENCLOSING:
         return None  # inside multi_run_stop, whose handler hears SIGTERM without raising at a random place
     return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@contextmanager
+def commands_interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` while a command runs (each handled where it lands).
+
+    The CLI holds it around every command, ending ``gymlab.__main__``'s start-up handler. A SIGINT the
+    caller set to be ignored stays ignored.
+    """
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)

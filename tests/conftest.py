@@ -3,7 +3,7 @@
 Every test runs on the CPU unless it is marked ``cuda``: the session-wide fixture ``_cpu_only`` sets
 ``CUDA_VISIBLE_DEVICES=""`` (the gymlab processes the tests start see no device) and makes
 ``torch.cuda.is_available()`` return False in this process, which is what ``device: auto``
-(``gymlab.build.resolve_device``) and ``gymlab.checkpoint.rng_state`` read. Exact resume is promised for
+(``gymlab.build.resolve_device``) and ``gymlab.envstate.rng_state`` read. Exact resume is promised for
 the CPU only, and a GPU machine must run the same suite as a laptop.
 
 Marks (registered in pyproject.toml):

@@ -4,7 +4,7 @@
 
 From the start of the session ``torch.cuda.is_available()`` returns True and ``torch.cuda.device_count()``
 returns 1 in this process, as on a GPU machine: ``device: auto`` (``gymlab.build.resolve_device``) would pick
-CUDA and ``gymlab.checkpoint.rng_state`` would ask for CUDA's generator states, and both fail on a torch
+CUDA and ``gymlab.envstate.rng_state`` would ask for CUDA's generator states, and both fail on a torch
 without CUDA. The gymlab processes the tests start get the same fake through a ``sitecustomize`` module put
 first on PYTHONPATH which, like a real CUDA runtime, shows no device when CUDA_VISIBLE_DEVICES is empty.
 

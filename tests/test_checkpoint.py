@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import needs_of_env
 
-from gymlab import checkpoint
+from gymlab import checkpoint, envstate
 from gymlab.errors import GymlabError
 
 
@@ -105,10 +105,10 @@ def test_env_state_restores_the_running_episode(env_id):
     a.action_space.seed(1)
     for _ in range(5):
         a.step(a.action_space.sample())
-    state = checkpoint.decode(checkpoint.encode(checkpoint.env_state(a)))
+    state = checkpoint.decode(checkpoint.encode(envstate.env_state(a)))
     b = make()
     b.reset(seed=99)  # a different episode, overwritten by the restore
-    checkpoint.set_env_state(b, state)
+    envstate.set_env_state(b, state)
     actions = [a.action_space.sample() for _ in range(30)]
     for action in actions:
         ra, rb = a.step(action), b.step(action)
@@ -126,9 +126,9 @@ def test_opaque_simulators_are_not_claimed_restorable():
     from gymlab.registry import make_vec_env
 
     box2d = make_vec_env("LunarLander-v3", 1)
-    assert checkpoint.vector_env_state(box2d) is None  # resume starts fresh episodes
-    assert not checkpoint.set_vector_env_state(box2d, None)
-    assert checkpoint.vector_env_state(make_vec_env("CartPole-v1", 2)) is not None
+    assert envstate.vector_env_state(box2d) is None  # resume starts fresh episodes
+    assert not envstate.set_vector_env_state(box2d, None)
+    assert envstate.vector_env_state(make_vec_env("CartPole-v1", 2)) is not None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ Each case is trained once at a tiny budget (run keys below, plus the agent class
   (text on stdout for envs that render no pixels);
 - interrupt, then ``gymlab train --resume``: the final checkpoint (weights, optimizer state,
   replay, RNG, env state, loop counters) and every TensorBoard scalar equal the uninterrupted
-  run's. Where ``gymlab.checkpoint.capturable`` says the env's episodes cannot be captured
+  run's. Where ``gymlab.envstate.capturable`` says the env's episodes cannot be captured
   (Atari, Box2D: the README says their episodes restart), the resume must complete and continue
   the curve instead;
 - ``gymlab compare`` of the two runs: a PNG and a table.
@@ -49,7 +49,7 @@ import yaml
 from clihelp import scalars
 from conftest import Result, ctrl_c_after_update, gymlab_inprocess, needs_of_env
 
-from gymlab import checkpoint, registry
+from gymlab import checkpoint, envstate, registry
 from gymlab.agent import AGENTS, load_agent_class, smoke_hparams
 from gymlab.config import RunConfig, shipped_configs
 
@@ -271,11 +271,11 @@ def assert_same(a: Any, b: Any, path: str = "checkpoint") -> None:
 
 
 def capturable(run: Path) -> bool:
-    """Whether the run's env keeps its episodes over a resume (``gymlab.checkpoint.capturable``)."""
+    """Whether the run's env keeps its episodes over a resume (``gymlab.envstate.capturable``)."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     env = registry.make_env(config["env"], config.get("env_kwargs") or {}, config.get("wrappers") or [], train=True)
     try:
-        return checkpoint.capturable(env)
+        return envstate.capturable(env)
     finally:
         env.close()
 
