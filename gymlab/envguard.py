@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import signal
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -159,8 +159,9 @@ class VectorGuard:
 
     ``step`` clips Box actions for the env, turns a raised error into an :class:`EnvProblem`, and
     checks rewards and float array observations for NaN or infinity with one reduction each unless
-    the vector env checks them itself. Dict and Tuple observations are checked against their space
-    (each part's shape, dtype, finiteness and bounds) at resets and episode ends.
+    the vector env checks them itself; a Dict or Tuple observation's float parts likewise, one
+    reduction a part. Dict and Tuple observations are checked against their space (each part's
+    shape, dtype, finiteness and bounds) at resets and episode ends.
 
     ``send`` and ``recv`` split a step in two, so that the envs step while the caller does
     something else (the loop's overlap): through the vector env's own ``step_async``/``step_wait``
@@ -176,6 +177,9 @@ class VectorGuard:
         self.check = not getattr(envs, "checks_finite", False)
         self.float_obs = isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind == "f"
         self.nested = isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict))
+        self.nested_float = self.nested and any(
+            isinstance(part, gym.spaces.Box) and np.dtype(part.dtype).kind == "f" for part in _parts(space)
+        )
         # Discrete observations held to their range at every step, where the vector env does not check them itself
         self.discrete = self.check and isinstance(space, gym.spaces.Discrete)
         self.native_async = steps_by_itself(envs)
@@ -354,6 +358,10 @@ class VectorGuard:
             for i, o in enumerate(obs):
                 if not np.isfinite(o).all():
                     raise nonfinite_obs(o, "step()", i)
+        if self.nested_float and not all(math.isfinite(np.sum(part)) for part in _parts(obs) if _is_float(part)):
+            space = self.envs.single_observation_space
+            for i, single in enumerate(gym.vector.utils.iterate(self.envs.observation_space, obs)):
+                check_nested(space, single, "step()", i)
         if self.discrete:
             self._check_range(obs, "step()")
 
@@ -365,6 +373,22 @@ class VectorGuard:
         if batch.min() < space.start or batch.max() >= space.start + space.n:
             for i, single in enumerate(batch):
                 check_obs(space, single, call, i)
+
+
+def _parts(nested: Any) -> Iterator[Any]:
+    """The leaves of a Tuple or Dict space, or of a batch of its observations (tuples and dicts of arrays)."""
+    if isinstance(nested, (gym.spaces.Tuple, tuple)):
+        for part in nested:
+            yield from _parts(part)
+    elif isinstance(nested, (gym.spaces.Dict, Mapping)):
+        for part in nested.values():
+            yield from _parts(part)
+    else:
+        yield nested
+
+
+def _is_float(part: Any) -> bool:
+    return isinstance(part, np.ndarray) and part.dtype.kind == "f"
 
 
 def with_final_obs(envs: Any, next_obs: Any, infos: dict[str, Any]) -> Any:

@@ -125,6 +125,56 @@ def test_observations_outside_their_bounds_are_blamed_on_the_env(user_envs: tupl
     assert "outside its declared bounds" in result.err and "learning rate" not in result.err, result.err
 
 
+MIDWAY_NAN = """
+import gymnasium as gym
+import numpy as np
+
+
+class MidwayNan(gym.Env):
+    observation_space = gym.spaces.{space}
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(0.0), {{}}
+
+    def _obs(self, x):
+        inner = {{"x": np.full(2, x, np.float32), "n": 1}}
+        return inner if isinstance(self.observation_space, gym.spaces.Dict) else (inner["n"], inner)
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(np.nan if self.t == 3 else 0.0), 0.0, self.t == 10, False, {{}}
+"""
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        'Dict({"x": gym.spaces.Box(-1, 1, (2,), np.float32), "n": gym.spaces.Discrete(3)})',
+        'Tuple((gym.spaces.Discrete(3), gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,), np.float32), '
+        '"n": gym.spaces.Discrete(3)})))',
+    ],
+    ids=["dict", "tuple-of-dict"],
+)
+def test_a_nan_inside_a_nested_observation_midway_through_an_episode_stops_the_run(tmp_path: Path, space: str) -> None:
+    # stop 32: Dict and Tuple observations were checked at resets and episode ends only, so a NaN at an
+    # episode's third step of ten trained on silently
+    (tmp_path / "midway.py").write_text(MIDWAY_NAN.format(space=space))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        result = run_here(
+            "train", "random", "midway:MidwayNan", "num_envs=2", "--steps", "40", "--run-dir", tmp_path / "run",
+            cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert_by_the_rule(result)
+    assert result.code == 2, result.ok()
+    assert "step()" in result.err and "nan" in result.err.lower() and "env" in result.err, result.err
+
+
 @pytest.mark.parametrize("agent", ["dqn", "reinforce"])
 def test_rewards_beyond_float32_are_blamed_on_the_env(user_envs: tuple[str, Path], tmp_path: Path, agent: str) -> None:
     # a reward of 1e39 is finite, but inf in float32 replay and returns: it stopped DQN and REINFORCE with "the
