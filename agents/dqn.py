@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
 from gymlab.cudagraph import CUDAGraphStep
-from gymlab.nets import NATURE_CNN_MIN_SIDE, clip_grad_norm, is_image, observation_net
+from gymlab.nets import NATURE_CNN_MIN_SIDE, clip_grad_norm, is_image, load_optimizer, observation_net
 from gymlab.staging import BatchForward
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
@@ -525,7 +525,7 @@ class DQN:
             return
         training = state["training"]
         self.target.load_state_dict(training["target"])
-        self.optimizer.load_state_dict(training["optimizer"])
+        load_optimizer(self.optimizer, training["optimizer"])
         if self._graphed is not None:
             self._graphed.optimizer_loaded()  # Adam's state tensors are new: record again at the next step
         self.rng.bit_generator.state = training["rng"]

@@ -45,7 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gymlab.agent import Context, Transition
-from gymlab.nets import mlp
+from gymlab.nets import load_optimizer, mlp
 
 
 class ReinforceConfig(BaseModel):
@@ -222,6 +222,7 @@ class Reinforce:
             assert isinstance(act_space, gym.spaces.Box)
             self.act_start = 0
             out_dim = int(act_space.shape[0])
+            self.act_dim = out_dim
             self.act_dtype = act_space.dtype
             self.low, self.high = act_space.low, act_space.high  # (D,) each
             self.log_std = torch.nn.Parameter(torch.full((out_dim,), config.log_std_init, device=self.device))
@@ -470,12 +471,12 @@ class Reinforce:
         buffers = training["buffers"]
         if len(buffers) != self.num_envs:
             raise ValueError(f"the checkpoint has {len(buffers)} env buffers, this run has {self.num_envs} envs")
-        self.policy_opt.load_state_dict(training["policy_opt"])
+        load_optimizer(self.policy_opt, training["policy_opt"])
         if self.value is not None and self.value_opt is not None:
             if training["value"] is None:
                 raise ValueError("the checkpoint has no value network, but this config's baseline is 'value'")
             self.value.load_state_dict(training["value"])
-            self.value_opt.load_state_dict(training["value_opt"])
+            load_optimizer(self.value_opt, training["value_opt"])
         self.gen.set_state(training["gen"])
         self.mean_baseline = float(training["mean_baseline"])
         self.baseline_updates = int(training["baseline_updates"])
@@ -493,3 +494,19 @@ class Reinforce:
             )
             for e in training["complete"]
         ]
+        for i, b in enumerate(buffers):
+            self._check_episode(f"env buffer {i}", np.asarray(b["obs"]), np.asarray(b["actions"]), b["rewards"])
+        for i, e in enumerate(self.complete):
+            self._check_episode(f"episode {i}", e.obs, e.actions, e.rewards)
+            if e.final_obs.shape != self._obs_shape():
+                raise ValueError(f"the final observation of episode {i} has shape {e.final_obs.shape}")
+
+    def _check_episode(self, what: str, obs: np.ndarray, actions: np.ndarray, rewards: Any) -> None:
+        """A saved (partial) episode holds one observation, action and reward per step, each of its shape."""
+        steps = (len(obs), len(actions), len(rewards))
+        if len(set(steps)) != 1:
+            raise ValueError(f"its {what} holds {steps[0]} observations, {steps[1]} actions and {steps[2]} rewards")
+        action_shape = () if self.discrete else (self.act_dim,)
+        if steps[0] and (obs.shape[1:] != self._obs_shape() or actions.shape[1:] != action_shape):
+            shapes = f"observations of shape {obs.shape[1:]} and actions of {actions.shape[1:]}"
+            raise ValueError(f"its {what} holds {shapes}")

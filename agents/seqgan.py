@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from gymlab.agent import Context, Transition
+from gymlab.nets import load_optimizer
 
 #: Scores finished sequences: (M, T) int64 -> (M,) float, e.g. D's probability of "real".
 SequenceScorer = Callable[[torch.Tensor], torch.Tensor]
@@ -501,7 +502,11 @@ class SeqGAN:
             return
         training = state["training"]
         for name in self._STATEFUL:
-            getattr(self, name).load_state_dict(training[name])
+            part = getattr(self, name)
+            if isinstance(part, torch.optim.Optimizer):
+                load_optimizer(part, training[name])
+            else:
+                part.load_state_dict(training[name])
         self.rng.set_state(training["rng"])
         self.index_rng.set_state(training["index_rng"])
         self.mle_epoch, self.disc_round, self.adv_epoch, self.g_step_in_epoch = (int(v) for v in training["counters"])

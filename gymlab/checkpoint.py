@@ -31,7 +31,7 @@ import torch
 
 from gymlab.agent import Agent
 from gymlab.config import Config
-from gymlab.envstate import rng_state, set_rng_state, set_vector_env_state, vector_env_state
+from gymlab.envstate import batch_fits, rng_state, set_rng_state, set_vector_env_state, vector_env_state
 from gymlab.errors import FolderRemoved, GymlabError
 from gymlab.finite import check_state
 
@@ -305,8 +305,11 @@ class Checkpoint:
             for key, value in vars(self.loop).items():
                 setattr(loop, key, value)
             set_rng_state(self.rng)
-            return set_vector_env_state(envs, self.envs)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            restored = set_vector_env_state(envs, self.envs)
+            if restored and not batch_fits(envs.observation_space, self.obs):
+                raise ValueError(f"its observations ({_shown(self.obs)}) do not fit {envs.observation_space}")
+            return restored
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
             raise CheckpointMismatch(
                 f"checkpoint of {where} does not fit a {self.agent} agent on {self.env} "
                 f"({type(exc).__name__}: {exc}); it is damaged or from another version"
@@ -349,10 +352,9 @@ class Checkpoint:
         unknown = sorted(set(loop) - names)
         if unknown:
             raise GymlabError(f"checkpoint {path} is damaged: 'loop.{unknown[0]}' is unknown; use another checkpoint")
-        for key in ("last_eval", "best_eval"):
-            value = loop.get(key)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise GymlabError(f"checkpoint {path} is damaged: 'loop.{key}' is {value!r}; use another checkpoint")
+        problem = _config_problem(config, "config") or next(filter(None, map(_counter_problem, loop.items())), None)
+        if problem is not None:
+            raise GymlabError(f"checkpoint {path} is damaged: {problem}; use another checkpoint")
         return cls(
             agent=data["agent"],
             env=data["env"],
@@ -376,6 +378,43 @@ def _check_types(data: dict[str, Any], types: dict[str, tuple[type, ...]], path:
                 f"checkpoint {path} is damaged: '{prefix}{key}' is a {type(node).__name__}, "
                 f"expected {' or '.join(t.__name__ for t in allowed)}; use another checkpoint"
             )
+
+
+def _config_problem(tree: Any, at: str) -> str | None:
+    """Where the run config a file carries holds what no config does (a config is YAML's plain data); else None."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            problem = _config_problem(value, f"{at}.{key}") if isinstance(key, str) else f"'{at}' has a key {key!r}"
+            if problem:
+                return problem
+    elif isinstance(tree, list):
+        return next(filter(None, (_config_problem(v, f"{at}[{i}]") for i, v in enumerate(tree))), None)
+    elif not isinstance(tree, (str, int, float, bool, type(None))):
+        return f"'{at}' is a {type(tree).__name__}, which no config holds"
+    return None
+
+
+def _counter_problem(item: tuple[str, Any]) -> str | None:
+    """What is wrong with one of the loop's counters in a file (see :class:`LoopState`); None when it fits."""
+    key, value = item
+
+    def real(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if key in ("step", "episodes", "eval_index", "phase_done"):
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    elif key in ("last_eval", "best_eval"):
+        fits = value is None or real(value)
+    elif key == "recent_returns":
+        fits = isinstance(value, list) and all(real(v) for v in value)
+    else:  # eval_due
+        fits = isinstance(value, bool)
+    return None if fits else f"'loop.{key}' is {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__}"
 
 
 def _first_line(exc: BaseException) -> str:

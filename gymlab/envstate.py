@@ -154,3 +154,13 @@ def set_vector_env_state(envs: Any, state: dict[str, Any] | None) -> bool:
             envs.load_episode_state(state["episodes"])
         return True
     return False
+
+
+def batch_fits(space: gym.Space[Any], obs: Any) -> bool:
+    """Whether a checkpoint's observations are a batch of the vector env's (a Box's shape and dtype exactly)."""
+    if isinstance(space, gym.spaces.Box):
+        return isinstance(obs, np.ndarray) and obs.shape == space.shape and obs.dtype == space.dtype
+    try:
+        return bool(space.contains(obs))
+    except Exception:  # a value of any type: whatever contains() raises on it, it does not fit
+        return False

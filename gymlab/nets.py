@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,3 +106,66 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
     return norm
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """``optimizer.load_state_dict(state)``, refusing a state that does not fit the optimizer, with ValueError.
+
+    torch checks only that the parameter groups match in number and size: a moment of another shape,
+    a number where a tensor was, a moment or a setting missing would load, then fail inside the next
+    update. Everything is checked before anything is loaded.
+    """
+    problem = _optimizer_state_problem(optimizer, state)
+    if problem:
+        raise ValueError(f"its optimizer state {problem}")
+    optimizer.load_state_dict(state)
+
+
+def _optimizer_state_problem(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
+    """What keeps ``state`` from being a ``state_dict`` this optimizer wrote; None when nothing."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        return f"is a {type(state).__name__} without a 'state' mapping"
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "has no list of parameter groups"
+    for group in groups:
+        for key, default in (("params", []), *optimizer.defaults.items()):
+            if key not in group or not _same_kind(default, group[key]):
+                return f"has the setting '{key}' {repr(group[key])[:40] if key in group else 'missing'}"
+    shapes = [tuple(p.shape) for group in optimizer.param_groups for p in group["params"]]
+    held = state["state"]
+    moments = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if any(g.get("amsgrad") for g in groups) else set())
+    expected = {"step", *moments} if isinstance(optimizer, torch.optim.Adam) else None
+    for index, values in held.items():
+        if not (isinstance(index, int) and 0 <= index < len(shapes)) or not isinstance(values, dict):
+            return f"holds {type(values).__name__} for a parameter {index!r} of {len(shapes)}"
+        if set(values) != (expected or set(values)):
+            return f"holds {sorted(map(str, values))} for parameter {index}, not {sorted(expected or ())}"
+        for key, value in values.items():
+            if key == "step":
+                fits = _same_kind(0.0, value)
+            else:
+                fits = isinstance(value, torch.Tensor) and tuple(value.shape) == shapes[index]
+            if not fits:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                return f"holds '{key}' of parameter {index} as {shape}, not {shapes[index]}"
+    return None
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether an optimizer setting from a file is of the kind the optimizer's default is (finite where a number)."""
+    if isinstance(default, bool) or default is None:
+        return isinstance(value, bool) or value is None
+    if isinstance(default, (int, float)):
+        if isinstance(value, torch.Tensor):  # a learning rate held in a tensor (a CUDA graph's Adam)
+            return value.numel() == 1 and bool(torch.isfinite(value).all())
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, list):  # a group's parameter indices
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if isinstance(default, tuple):
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(default)
+            and all(_same_kind(d, v) for d, v in zip(default, value, strict=True))
+        )
+    return True

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import OPTIONAL, ctrl_c_after_update, gymlab_inprocess, missing_optional, optional_of_env
 
-from gymlab import checkpoint, envstate
+from gymlab import envstate
 from gymlab.build import resolve_device
 from gymlab.checkpoint import Checkpoint
 from gymlab.errors import GymlabError
