@@ -332,6 +332,11 @@ def make_vec_env(
         except Exception as exc:
             raise _construct_error(env_id, env_kwargs or {}, exc) from None
     if has_native_vector_env(env_id):
+        if wrappers or vectorization == "async":
+            what = f"wrappers ({', '.join(wrappers)})" if wrappers else "vectorization=async (a process per copy)"
+            raise GymlabError(
+                f"environment '{env_id}' is one batched env of all its copies, which takes no {what}: remove it"
+            )
         try:
             venv = gym.make_vec(
                 env_id.rpartition(":")[2],

@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 from gymlab import registry
+from gymlab.errors import GymlabError
 
 
 def sum_scorer(seqs: np.ndarray) -> np.ndarray:
@@ -89,6 +90,20 @@ def test_default_reward_is_minus_the_oracle_nll():
 def test_registry_uses_the_native_batched_env():
     venv = registry.make_vec_env("SeqGen-v0", 8, {"vocab_size": 20, "seq_len": 4, "scorer": "zero"})
     assert isinstance(venv, SeqGenVectorEnv) and venv.num_envs == 8
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ({"wrappers": ["gymlab.envs.atari:wrap_atari"]}, "takes no wrappers"),
+        ({"vectorization": "async"}, "takes no vectorization=async"),
+    ],
+)
+def test_the_batched_env_refuses_what_it_would_ignore(extra, said):
+    # stop 32: wrappers and vectorization=async were dropped silently on SeqGen-v0 (the preflight's single env
+    # was wrapped, so a wrapper was checked but never trained with)
+    with pytest.raises(GymlabError, match=said):
+        registry.make_vec_env("SeqGen-v0", 2, {"vocab_size": 20, "seq_len": 4, "scorer": "zero"}, **extra)
 
 
 # --- the oracle ------------------------------------------------------------------------------
