@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from gymlab.agent import Context, Transition
+from gymlab.errors import GymlabError
 from gymlab.nets import load_optimizer
 
 #: Scores finished sequences: (M, T) int64 -> (M,) float, e.g. D's probability of "real".
@@ -222,8 +223,18 @@ class SeqGAN:
 
     @classmethod
     def check_config(cls, config: SeqGANConfig, ctx: Context) -> str | None:
-        """The discriminator's widest filter must fit in a sequence."""
+        """Sequences long enough for rollouts and the discriminator's widest filter; a batch to take a baseline over."""
         seq_len = int(np.prod(ctx.observation_space.shape or ()))
+        if seq_len < 2:
+            return (
+                f"its Monte-Carlo rollouts score a prefix by completing it, so it needs sequences of 2 tokens or "
+                f"more, not {seq_len}: raise env_kwargs.seq_len"
+            )
+        if config.baseline and ctx.num_envs < 2:
+            return (
+                "baseline subtracts the mean action value over the batch of sequences, which with num_envs=1 leaves "
+                "every advantage 0 (no gradient): use num_envs of 2 or more, or baseline=false"
+            )
         if max(config.filter_sizes) > seq_len:
             return (
                 f"discriminator filter width {max(config.filter_sizes)} exceeds the sequence length {seq_len}; "
@@ -243,7 +254,16 @@ class SeqGAN:
         self.oracle = make_oracle(self.vocab_size, oracle_embedding_dim, oracle_hidden_dim, oracle_seed)
         self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
         # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
-        self.held_out = held_out_dataset(self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real)
+        try:
+            self.held_out = held_out_dataset(
+                self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real
+            )
+        except ValueError as exc:  # too few distinct sequences: the real data holds nearly all the oracle draws
+            raise GymlabError(
+                f"{exc}: {self.vocab_size} tokens over {self.seq_len} positions are too few distinct sequences "
+                f"for num_real={config.num_real} and test_samples={config.test_samples}; raise env_kwargs.vocab_size "
+                "or env_kwargs.seq_len, or lower num_real and test_samples"
+            ) from None
         self.real, self.held_out = self._to_device(self.real), self._to_device(self.held_out)  # once, pinned
         self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)

@@ -202,6 +202,29 @@ def test_filters_wider_than_the_sequence_are_one_line_before_any_folder(cli, tmp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["env_kwargs.seq_len=1", "filter_sizes=[1]", "num_filters=[4]"], "sequences of 2 tokens or more, not 1"),
+        (["num_envs=1", "baseline=true", "filter_sizes=[1]", "num_filters=[4]"], "every advantage 0"),
+        (
+            ["env_kwargs.vocab_size=2", "env_kwargs.seq_len=3", "filter_sizes=[1]", "num_filters=[4]", "num_real=64"],
+            "too few distinct sequences for num_real=64",
+        ),
+    ],
+    ids=["seq_len-1", "baseline-of-one", "too-few-sequences"],
+)
+def test_configs_seqgan_cannot_learn_from_are_one_line_before_any_folder(cli, tmp_path: Path, args, said):
+    # stop 32: seq_len=1 crashed at the first adversarial step; too few distinct sequences for the held-out set was a
+    # traceback; baseline=true with one env trained on a zero gradient, silently
+    small = ["env_kwargs.oracle_hidden_dim=8", "mle_epochs=0"]
+    result = cli("train", "seqgan", "SeqGen-v0", "--run-dir", "r", *small, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_oracle_is_the_envs(tmp_path: Path):
     """One place configures the oracle: the agent's real data come from the env_kwargs' oracle."""
     from gymlab.envs.oracle import make_oracle, nll_per_sequence
