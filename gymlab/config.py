@@ -59,7 +59,10 @@ class RunConfig(BaseModel):
         "native, async)",
     )
     threads: int = Field(
-        1, ge=0, description="torch CPU threads (0: leave torch's choice); small nets run fastest on one"
+        1,
+        ge=0,
+        le=1024,  # torch starts them all at once: tens of thousands ended the process with no word (a segfault)
+        description="torch CPU threads (0: leave torch's choice); small nets run fastest on one",
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto|cpu|cuda[:N]")
     deterministic: bool = Field(

@@ -46,6 +46,8 @@ def test_dotted_and_bare_overrides():
         # A union (bool | "auto"): the key as written and what each member takes, not pydantic's member tag.
         ("overlap=maybe", "override overlap=maybe: 'overlap' = 'maybe': Input should be a valid boolean or 'auto'"),
         ("nonsense", "override 'nonsense' is not key=value"),
+        # stop 32: torch started every thread at once; 100,000 ended the process in a segfault, its folder left behind
+        ("threads=100000", "'threads' = 100000: Input should be less than or equal to 1024"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):
