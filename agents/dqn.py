@@ -247,11 +247,17 @@ class DQN:
 
     @classmethod
     def check_config(cls, config: DQNConfig, ctx: Context) -> str | None:
-        """The replay memory must give every env's lane room for a frame stack and a transition; graphs need CUDA."""
+        """A frame stack the observations hold; room in every env's lane of the replay memory; graphs need CUDA."""
         if config.compile == "cuda_graph" and ctx.device.type != "cuda":
             return (
                 f"compile=cuda_graph needs a CUDA device, but the run's device is {ctx.device}: "
                 "use compile=auto or compile=off"
+            )
+        shape = tuple(ctx.observation_space.shape or ())
+        if config.frame_stack is not None and config.frame_stack > 1 and shape[:1] != (config.frame_stack,):
+            return (
+                f"frame_stack={config.frame_stack} reads observations as {config.frame_stack} frames stacked along "
+                f"their first axis, but this env's have shape {shape}: use frame_stack=1, or leave it unset"
             )
         per_env = frames_per_observation(config, ctx.observation_space) + 2
         if config.buffer_size // ctx.num_envs < per_env:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gymlab.errors import GymlabError
 from gymlab.staging import HostStaging
 
 #: How an env pads the frame stack of an episode's first observation.
@@ -184,8 +185,8 @@ class ReplayBuffer:
                     self.padding = "zero"
             fits = {"reset": repeated, "zero": zeros, None: repeated | zeros}[self.padding]
             padded = bool(fits.all())
-        if not (shifted and padded):
-            raise ValueError(
+        if not (shifted and padded):  # the config's fault (frame_stack), said in one line
+            raise GymlabError(
                 f"frame_stack={self.frame_stack}, but the observations are not a stack of consecutive frames "
                 "along axis 0 (each next_obs[:-1] == obs[1:], episodes starting with the first frame repeated "
                 "or with zeros, the same way every time); use frame_stack=1"

@@ -125,6 +125,19 @@ def test_continuous_actions_exit_2_with_one_line(cli):
     assert len(lines) == 1 and "reinforce" in lines[0] and "Discrete" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("frame_stack", "said"),
+    [(2, "frame_stack=2 reads observations as 2 frames stacked"), (4, "not a stack of consecutive frames")],
+)
+def test_a_frame_stack_the_observations_do_not_hold_is_one_line(cli, tmp_path, frame_stack, said):
+    # stop 32: both were tracebacks (exit 1), from building the replay memory and from its first insertion
+    result = cli("train", "dqn", "CartPole-v1", "--steps", "300", f"frame_stack={frame_stack}", "--run-dir", "r")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()  # it failed before the first checkpoint
+
+
 def test_schedules_and_target_sync():
     agent = make_agent(
         gym.spaces.Box(-1, 1, (3,)),

@@ -4,6 +4,7 @@ import torch
 from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source, loader
 
 from gymlab.staging import HostStaging
+from gymlab.errors import GymlabError
 
 
 def add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> None:
@@ -190,7 +191,7 @@ def test_pixel_memory_stores_each_frame_once():
 def test_rejects_observations_that_are_not_frame_stacks():
     buf = ReplayBuffer(64, 1, (4, 2), np.uint8, frame_stack=4)
     obs = np.arange(8, dtype=np.uint8).reshape(1, 4, 2)  # first obs of an episode, but not padded
-    with pytest.raises(ValueError, match="frame_stack=1"):
+    with pytest.raises(GymlabError, match="frame_stack=1"):  # the config's fault: one line, not a traceback
         add(buf, obs, [0], [0], obs, [False], [False])
 
 
