@@ -132,6 +132,17 @@ def eval_envs(config: Config) -> VectorEnv[Any, Any, Any]:
 OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "unable to allocate", "not enough memory")
 
 
+def out_of_memory(exc: MemoryError | RuntimeError) -> str | None:
+    """What an allocator said when it could not meet a request; None for any other error.
+
+    numpy raises MemoryError, torch a RuntimeError (or its OOM subclass) that says so.
+    """
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MemoryError) or any(s in said.lower() for s in OUT_OF_MEMORY):
+        return said[:200]
+    return None
+
+
 def make_agent(config: Config, ctx: Context) -> Agent:
     """Build the agent: running out of memory while it allocates is one line, not an allocator's traceback.
 
@@ -139,13 +150,13 @@ def make_agent(config: Config, ctx: Context) -> Agent:
     """
     try:
         return config.agent_class(config.hparams, ctx)
-    except (MemoryError, RuntimeError) as exc:  # numpy raises MemoryError, torch a RuntimeError (or its OOM subclass)
-        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, MemoryError) and not any(s in said.lower() for s in OUT_OF_MEMORY):
+    except (MemoryError, RuntimeError) as exc:
+        said = out_of_memory(exc)
+        if said is None:
             raise
         raise GymlabError(
             f"agent '{config.run.agent}' does not fit in memory for {config.run.env} (observations "
-            f"{ctx.observation_space}, actions {ctx.action_space}): {said[:200]}; use a smaller env space "
+            f"{ctx.observation_space}, actions {ctx.action_space}): {said}; use a smaller env space "
             "or smaller settings (buffer_size, net_arch, num_envs)"
         ) from None
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from gymlab import tblog as tb
 from gymlab.agent import Transition, agent_phases, run_phase
-from gymlab.build import build, prepare_process
+from gymlab.build import build, out_of_memory, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
 from gymlab.console import Progress
@@ -113,6 +113,10 @@ def train(
                     interrupted = not trainer.final_evaluation(stop)
                 trainer.save("last")
             except (EnvProblem, NonFinite) as exc:
+                raise GymlabError(trainer.failure(exc)) from None
+            except (MemoryError, RuntimeError) as exc:  # an update that asked for more memory than there is
+                if out_of_memory(exc) is None:
+                    raise
                 raise GymlabError(trainer.failure(exc)) from None
         finally:
             trainer.close()
@@ -464,12 +468,15 @@ class Trainer:
             self.saved_step = self.state.step
 
     def failure(self, exc: Exception) -> str:
-        """The one line for a run stopped by a misbehaving env or a non-finite number."""
+        """The one line for a run stopped by a misbehaving env, a non-finite number or an update out of memory."""
         run, step = self.config.run, self.state.step
         if isinstance(exc, EnvProblem):
             what, hint = exc.describe(run.env) + self.during, f"check the env with: gymlab check {run.env}"
             if not self.during:  # a training step failed before it was counted: name the step it was
                 step += self.envs.num_envs
+        elif isinstance(exc, (MemoryError, RuntimeError)):
+            what = f"the agent ran out of memory{self.during} ({out_of_memory(exc)})"
+            hint = "lower its batch settings (e.g. batch_size, gradient_steps) or num_envs"
         else:
             what, hint = f"{exc}{self.during}", "the agent diverged: try a lower learning rate"
             outside = batch_out_of_bounds(self.envs.single_observation_space, getattr(self, "obs", None))

@@ -203,6 +203,10 @@ BAD_INPUTS: dict[str, Bad] = {
     "agent-out-of-memory-net": Bad(["train", "dqn", "hugeenv:Huge", "--steps", "100", "--run-dir", "r"],
                                    ["does not fit in memory", "Discrete(1000000000000)", "dqn"],
                                    _files(**{"hugeenv.py": HUGE_ENV}), no_folder=True),
+    # stop 32: an allocator's traceback (exit 1) from the first update of a batch no memory holds
+    "update-out-of-memory": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", "batch_size=100000000000",
+                                 "learning_starts=10", "train_freq=100", "--run-dir", "r"],
+                                ["step 100: the agent ran out of memory", "batch_size"], no_folder=True),
     "user-agent-act-raises": Bad(["train", "badagent:ActRaises", "CartPole-v1", "--steps", "100", "--run-dir", "r"],
                                  ["agent 'badagent:ActRaises': act() raised RuntimeError: boom in act",
                                   "the agent is at fault"], _files(**{"badagent.py": BAD_AGENT}), no_folder=True),
