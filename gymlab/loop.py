@@ -209,7 +209,7 @@ class Trainer:
         # Due points are multiples of each interval, so they follow from the step alone (a resume
         # with a larger budget gets them right, and they need no place in the checkpoint).
         step = self.state.step
-        self.next_log = _next_multiple(step, run.log_every, total)
+        self.next_log = min(_next_multiple(step, run.log_every, total), total)
         self.next_eval = _next_multiple(step, run.eval_every, total)
         self.next_checkpoint = _next_multiple(step, run.checkpoint_every, total)
         self.next_video = min(_next_multiple(step, run.video_every, total), total)  # and one at the end
@@ -370,7 +370,7 @@ class Trainer:
             self.window.add(tb.STEPS_PER_SECOND, (step - self.s_window) / max(now - self.t_window, 1e-9))
             self.logger.scalars(self.window.pop_means(), step)
             self.t_window, self.s_window = now, step
-            self.next_log = _next_multiple(step, run.log_every, total)
+            self.next_log = min(_next_multiple(step, run.log_every, total), total)
         if step >= self.next_eval and step < total:  # the final evaluation happens after the loop
             self.evaluate()
         if step >= self.next_checkpoint and step < total:

@@ -753,3 +753,17 @@ def test_gymlab_train_stops_on_a_non_finite_number_in_one_line_keeping_only_fini
     if last.exists():
         state = Checkpoint.read(last).agent_state
         assert all(bool(torch.isfinite(t.float()).all()) for t in tensors(state)), "a non-finite checkpoint was kept"
+
+
+@pytest.mark.parametrize(("steps", "log_every", "logged"), [(2500, 1000, [1000, 2000, 2500]), (600, 5000, [600])])
+def test_the_last_part_of_a_logging_window_is_written_at_the_end(tmp_path, steps, log_every, logged):
+    # stop 32: the steps after the last multiple of log_every were never logged, and log_every > steps left no
+    # rollout or train curve at all (evaluations, checkpoints and videos all had a point at the end)
+    result = gymlab_inprocess(
+        "train", "tabular_q", "FrozenLake-v1", "--steps", steps, f"log_every={log_every}", "eval_episodes=1",
+        "--run-dir", tmp_path / "r",
+    )  # fmt: skip
+    assert result.code == 0, result.ok()
+    curves = scalars(tmp_path / "r")
+    for tag in ("rollout/ep_return", "rollout/ep_length"):  # (tabular Q reports its metrics every 1,000 updates)
+        assert [step for step, _ in curves[tag]] == logged, tag

@@ -3,8 +3,8 @@ import pytest
 import torch
 from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source, loader
 
-from gymlab.staging import HostStaging
 from gymlab.errors import GymlabError
+from gymlab.staging import HostStaging
 
 
 def add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated, truncated) -> None:
