@@ -11,7 +11,11 @@ Discrete, MultiDiscrete, MultiBinary and bounded Box actions are drawn for all N
 call of the agent's own generator (one array, no per-env Python). Every other space (a Box with an
 infinite bound, Dict or Tuple spaces, and as tuples of samples, spaces that cannot be batched) goes
 through Gymnasium's ``batch_space``, seeded from the same generator each call. Either way the
-generator's state is the agent's whole state, so a resume draws the very same actions.
+generators' states are the agent's whole state, so a resume draws the very same actions.
+
+Training (``explore=True``) and playing (``explore=False``: evaluations, videos, ``watch``) draw from
+two generators, so that playing never moves training's: a run's training is the same with or without
+videos, whose timing follows the wall clock.
 """
 
 from __future__ import annotations
@@ -67,23 +71,25 @@ class RandomAgent:
         self.action_space = ctx.action_space
         self.observation_space = ctx.observation_space
         self.rng = np.random.default_rng([ctx.seed, 0x5A4D])
+        self.play_rng = np.random.default_rng([ctx.seed, 0x5A4D, 1])
         self._batched: dict[int, gym.Space[Any]] = {}  # N -> the action space of N envs
 
     def act(self, obs: Any, explore: bool) -> Any:
-        """One uniform action per observation (``explore`` changes nothing): (N, ...) -> (N, *action_shape)."""
+        """One uniform action per observation: (N, ...) -> (N, *action_shape); ``explore`` picks the generator."""
         n = batch_size(obs, self.observation_space)
-        drawn = self._draw(n)
+        rng = self.rng if explore else self.play_rng
+        drawn = self._draw(n, rng)
         if drawn is not None:
             return drawn
         if n not in self._batched:
             self._batched[n] = batch_space(self.action_space, n)
         space = self._batched[n]
-        space.seed(int(self.rng.integers(2**63)))
+        space.seed(int(rng.integers(2**63)))
         return space.sample()
 
-    def _draw(self, n: int) -> np.ndarray | None:
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
         """``n`` uniform actions in one generator call, for the spaces that have a closed form; else None."""
-        space, rng = self.action_space, self.rng
+        space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             return rng.integers(space.start, space.start + space.n, size=n, dtype=space.dtype)
         if isinstance(space, gym.spaces.MultiDiscrete):
@@ -105,10 +111,15 @@ class RandomAgent:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """No policy to speak of; the generator is the training state."""
-        return {"policy": {}, "training": {"rng": self.rng.bit_generator.state}}
+        """No policy to speak of; the generators are the training state."""
+        return {
+            "policy": {},
+            "training": {"rng": self.rng.bit_generator.state, "play": self.play_rng.bit_generator.state},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a policy-only state leaves the generator as built)."""
+        """Restore :meth:`state_dict` (a policy-only state leaves the generators as built)."""
         if "training" in state:
             self.rng.bit_generator.state = state["training"]["rng"]
+            if "play" in state["training"]:  # (checkpoints before stop 32 had one generator)
+                self.play_rng.bit_generator.state = state["training"]["play"]

@@ -3,6 +3,7 @@
 from io import BytesIO
 from typing import cast
 
+import clihelp
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -73,16 +74,16 @@ if ENDLESS_ENV not in gym.registry:
     gym.register(LIMITED_ENV, entry_point=f"{__name__}:EndlessTokens", max_episode_steps=9)
 
 
-def make_config(env="FrozenLake-v1", **run):
-    cls = load_agent_class("tabular_q")
+def make_config(env="FrozenLake-v1", agent="tabular_q", **run):
+    cls = load_agent_class(agent)
     data = {
-        "agent": "tabular_q",
+        "agent": agent,
         "env": env,
         "steps": 3000,
         "eval_every": 1000,
         "eval_episodes": 5,
         "log_every": 500,
-        "hparams": {"learning_rate": 0.5},
+        "hparams": {"learning_rate": 0.5} if agent == "tabular_q" else {},
         **run,
     }
     if env == "FrozenLake-v1":
@@ -200,17 +201,24 @@ def test_an_env_without_pixels_gets_its_text_render_recorded(tmp_path):
     assert any(tag.startswith("eval/sample") for tag in acc.Tags()["tensors"])
 
 
-def test_recording_does_not_change_what_is_learned(tmp_path):
-    """Videos play on their own env with the greedy policy: training must come out bit-identical."""
+@pytest.mark.parametrize("agent", ["tabular_q", "random"])
+def test_recording_does_not_change_what_is_learned(tmp_path, agent):
+    """Videos play on their own env with the greedy policy: training must come out bit-identical.
 
-    tables = []
+    (stop 32: the random agent played videos and evaluations from its training generator, so whether a
+    video was recorded, which follows the wall clock, changed every later training action.)
+    """
+    states, curves = [], []
     for every in (0, 500):
-        config = make_config(video_every=every, env_kwargs={"is_slippery": True})
+        config = make_config(video_every=every, env_kwargs={"is_slippery": True}, agent=agent)
         folder = runs.RunFolder.create(config, tmp_path / f"run{every}").path
         train(config, folder)
-        tables.append(Checkpoint.read(folder / "checkpoints" / "last.pt").agent_state["policy"]["q"])
+        state = Checkpoint.read(folder / "checkpoints" / "last.pt").agent_state
+        states.append(state["policy"].get("q", state["training"].get("rng")))
+        curves.append(clihelp.scalars(folder)["rollout/ep_return"])
     assert (tmp_path / "run500" / "videos").is_dir()
-    np.testing.assert_array_equal(tables[0], tables[1])
+    np.testing.assert_equal(states[0], states[1])
+    assert curves[0] == curves[1]
 
 
 def test_a_video_episode_on_an_env_without_time_limit_is_cut_at_eval_max_steps(tmp_path):
