@@ -119,6 +119,7 @@ class Comparison:
 def find_runs(patterns: Sequence[str]) -> list[Path]:
     """Run folders named by paths or globs (:func:`gymlab.runs.iter_runs` of each match)."""
     found: list[Path] = []
+    seen: set[Path] = set()  # each run once, however it is named (a, ./a, $PWD/a, a glob and a path)
     for pattern in patterns:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         runs = [run for m in matches if Path(m).exists() for run in iter_runs(Path(m))]
@@ -134,7 +135,10 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
                 else "holds no runs"
             )
             raise GymlabError(f"'{pattern}' {what}: give run folders, a folder of runs, or a glob like 'runs/*/dqn/*'")
-        found.extend(r for r in runs if r not in found)
+        for run in runs:
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                found.append(run)
     return found
 
 
@@ -287,6 +291,12 @@ def summarize(
 ) -> GroupStats:
     """Align a group's runs and compute its band and table row."""
     grid = common_grid(curves)
+    if not len(grid):  # one run ends before another starts logging
+        ranges = "; ".join(f"{c.path}: steps {int(c.steps[0]):,}–{int(c.steps[-1]):,}" for c in curves[:4])
+        raise GymlabError(
+            f"{label}: its runs share no logged steps ({ranges}), so no point of the curve is theirs together: "
+            "compare them apart, or continue the shorter run (gymlab train --resume RUN)"
+        )
     aligned = align(curves, grid)  # (n, G)
     counts = report.bootstrap_counts(len(curves), samples, rng)
     low, high = report.bootstrap_band(aligned, counts)

@@ -153,6 +153,24 @@ def test_globs_and_paths_select_runs(synthetic):
         cmp.find_runs([str(synthetic / "zz*")])
 
 
+def test_a_run_named_twice_counts_once(synthetic, monkeypatch):
+    # stop 32: 'a' and '$PWD/a' (or a glob and a path to the same run) pooled as two seeds, silently
+    monkeypatch.chdir(synthetic)
+    named = ["a/s0", str(synthetic / "a" / "s0"), "./a/s*", "../runs/b/s0"]
+    assert [r.resolve() for r in cmp.find_runs(named)] == [
+        *(synthetic / "a" / f"s{i}" for i in range(4)),
+        synthetic / "b" / "s0",
+    ]
+
+
+def test_runs_that_share_no_steps_are_one_line(tmp_path):
+    # stop 32: a run that ended before another began logging gave an IndexError traceback from an empty grid
+    early = write_run(tmp_path / "early", config(seed=0), [(0, 1.0), (10, 2.0)])
+    late = write_run(tmp_path / "late", config(seed=1), [(20, 3.0), (30, 4.0)])
+    with pytest.raises(GymlabError, match=r"share no logged steps .*early: steps 0–10; .*late: steps 20–30"):
+        cmp.compare([str(early), str(late)])
+
+
 def test_a_metric_no_run_logged_lists_the_available_ones(synthetic):
     with pytest.raises(GymlabError, match=r"no run logged metric 'eval/nope'; available: eval/return_mean, train/loss"):
         cmp.compare([str(synthetic)], metric="eval/nope")
