@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -67,8 +68,10 @@ class WatchResult:
 class FollowedPolicy:
     """A run's greedy policy, reloaded when the run writes a newer checkpoint (``--follow``)."""
 
-    def __init__(self, target: Path, which: str, device: str | None, follow: bool) -> None:
-        self.target, self.which, self.device, self.follow = target, which, device, follow
+    def __init__(
+        self, target: Path, which: str, device: str | None, follow: bool, echo: Callable[[str], None] = print
+    ) -> None:
+        self.target, self.which, self.device, self.follow, self.echo = target, which, device, follow, echo
         self.mtime = 0.0
         self.config: Config
         self.agent: Agent
@@ -86,12 +89,22 @@ class FollowedPolicy:
         self.final = self.step >= self.config.run.steps
 
     def maybe_reload(self) -> bool:
-        """Load the checkpoint again if it changed since; returns whether it did."""
+        """Load the checkpoint again if it changed since; returns whether it did.
+
+        A run folder that no process trains any more (stopped, or crashed) writes no newer checkpoint:
+        its newest one is then the last to play, as a finished run's final one is.
+        """
         if not self.follow:
             return False
         try:
             mtime = self.ckpt_path.stat().st_mtime
             if mtime <= self.mtime:
+                if not self.final and self.target.is_dir() and not RunFolder(self.target).is_locked():
+                    self.final = True
+                    self.echo(
+                        f"{self.target} is not being trained (no process writes it): playing an episode of its "
+                        f"newest checkpoint (step {self.step:,}), then stopping"
+                    )
                 return False
             self._load()
         except (OSError, GymlabError):
@@ -111,6 +124,8 @@ def wait_for_checkpoint(target: Path, which: str, echo: Callable[[str], None], p
         return
     announced = False
     while True:
+        if any(os.path.lexists(path) for path in (folder.last, folder.best)):
+            return  # whatever the file is: find() reads it, or says in one line what is wrong with it
         try:
             folder.find(which)
             return
@@ -151,9 +166,13 @@ def watch(
     with graceful_stop() as stop:
         with starting(stop):  # loading the run and building the env: nothing to finish
             if follow:
-                which = "last"
+                if which != "last":
+                    raise GymlabError(
+                        f"--follow plays the newest checkpoint as the run writes it, not --checkpoint {which}: "
+                        "drop one of them"
+                    )
                 wait_for_checkpoint(target, which, echo, poll_s)
-            policy = FollowedPolicy(target, which, device, follow)
+            policy = FollowedPolicy(target, which, device, follow, echo)
             run = policy.config.run
             env, mode = video.render_env(run)
         limit = episodes if episodes is not None else (None if follow else 3)

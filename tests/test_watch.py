@@ -139,8 +139,9 @@ def test_follow_reloads_a_newer_checkpoint_and_stops_after_the_final_one(tmp_pat
     config = make_config(steps=4000, checkpoint_every=1000)
     folder = runs.RunFolder.create(config, tmp_path / "run").path
     train(config, folder, stop_at=1000)  # a run still "training": its checkpoint is at step 1000
-    policy = w.FollowedPolicy(folder, "last", None, follow=True)
-    assert (policy.step, policy.final, policy.maybe_reload()) == (1000, False, False)
+    with runs.RunFolder(folder).lock():  # as its training process holds it
+        policy = w.FollowedPolicy(folder, "last", None, follow=True)
+        assert (policy.step, policy.final, policy.maybe_reload(), policy.final) == (1000, False, False, False)
     time.sleep(0.05)  # a newer mtime
     loaded = runs.load_run(folder)
     config_, ckpt = loaded.config, loaded.checkpoint
@@ -149,6 +150,24 @@ def test_follow_reloads_a_newer_checkpoint_and_stops_after_the_final_one(tmp_pat
     # On a finished run, --follow plays the final checkpoint once and stops by itself.
     result = w.watch(folder, follow=True, echo=print)
     assert len(result.episodes) == 1 and result.mode == "mp4"
+
+
+def test_follow_on_a_run_no_process_trains_plays_its_newest_checkpoint_once_and_stops(tmp_path, monkeypatch):
+    # stop 32: --follow on a run stopped short of its steps played episodes forever, its mp4 growing
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    config = make_config(steps=4000, checkpoint_every=1000)
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
+    train(config, folder, stop_at=1000)
+    said: list[str] = []
+    result = w.watch(folder, follow=True, echo=said.append)
+    assert len(result.episodes) == 1, said
+    assert any("is not being trained" in line and "(step 1,000)" in line for line in said), said
+
+
+def test_follow_with_the_best_checkpoint_is_refused(trained_run):
+    # stop 32: --follow silently played last.pt when --checkpoint best was asked for
+    with pytest.raises(GymlabError, match="--follow plays the newest checkpoint"):
+        w.watch(trained_run, follow=True, which="best", echo=print)
 
 
 def test_follow_without_follow_never_reloads(trained_run):
