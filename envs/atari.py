@@ -208,6 +208,9 @@ def register() -> bool:
         import ale_py
     except ImportError:  # absent, or present but broken (a missing shared library, a shadowing module)
         return False
+    # ALE's banner ("A.L.E: Arcade Learning Environment ...", "[Powered by Stella]") went to stderr at every
+    # game's start, around the one line an error is; its errors still show.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gym.register_envs(ale_py)
     return True
 

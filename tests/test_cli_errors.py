@@ -207,6 +207,9 @@ BAD_INPUTS: dict[str, Bad] = {
     "update-out-of-memory": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", "batch_size=100000000000",
                                  "learning_starts=10", "train_freq=100", "--run-dir", "r"],
                                 ["step 100: the agent ran out of memory", "batch_size"], no_folder=True),
+    # stop 32: ALE's two banner lines came before the error line on every Atari command
+    "atari-one-line": Bad(["train", "tabular_q", "PongNoFrameskip-v4", "--steps", "200", "wrappers=[atari]",
+                           "--run-dir", "r"], ["tabular_q", "Discrete"], no_folder=True, needs="atari"),
     "user-agent-act-raises": Bad(["train", "badagent:ActRaises", "CartPole-v1", "--steps", "100", "--run-dir", "r"],
                                  ["agent 'badagent:ActRaises': act() raised RuntimeError: boom in act",
                                   "the agent is at fault"], _files(**{"badagent.py": BAD_AGENT}), no_folder=True),
