@@ -264,7 +264,7 @@ class RunFolder:
         if which == "newest":
             newest = self.newest()
             if newest is None:
-                raise GymlabError(self.runs_below() or f"run folder {self.path} has no checkpoint yet; train it first")
+                raise GymlabError(self._not_a_run() or f"run folder {self.path} has no checkpoint yet; train it first")
             return newest
         ckpt = self.last if which == "last" else self.best
         if ckpt.is_file():
@@ -279,7 +279,21 @@ class RunFolder:
                 f"pass --checkpoint {other_name} to use that"
             )
         raise GymlabError(
-            self.runs_below() or f"run folder {self.path} has no checkpoint yet (expected {ckpt}); train it first"
+            self._not_a_run() or f"run folder {self.path} has no checkpoint yet (expected {ckpt}); train it first"
+        )
+
+    def _not_a_run(self) -> str | None:
+        """Why a folder without checkpoints is no run folder at all, and what to give instead; None for a run folder."""
+        if is_run_dir(self.path):
+            return None
+        below = self.runs_below()
+        if below:
+            return below
+        if self.path.name == "checkpoints" and is_run_dir(self.path.parent):
+            return f"{self.path} is a run's checkpoints folder: give the run folder {self.path.parent}, or a file in it"
+        return (
+            f"{self.path} is not a run folder (it holds no config.yaml nor TensorBoard events): give a folder "
+            "that gymlab train wrote, or a checkpoint file"
         )
 
     def runs_below(self) -> str | None:

@@ -2,6 +2,7 @@
 answered with one line, exit code 2, no traceback, and nothing already written lost."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,8 +151,14 @@ def test_corrupt_foreign_and_wrong_checkpoints(cli, tmp_path):
 
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     assert_one_line_error(cli("eval", "foreign.pt"), "not a gymlab checkpoint")
+    # stop 32: both said "run folder ... has no checkpoint yet; train it first", of folders no run wrote
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(cli("eval", "empty"), "has no checkpoint yet")
+    assert_one_line_error(cli("eval", "empty"), "empty is not a run folder")
+    shutil.copytree(tmp_path / "r" / "checkpoints", tmp_path / "r2" / "checkpoints")
+    (tmp_path / "r2" / "config.yaml").write_text((tmp_path / "r" / "config.yaml").read_text())
+    assert_one_line_error(
+        cli("eval", "r2/checkpoints"), "r2/checkpoints is a run's checkpoints folder", "give the run folder r2"
+    )
 
 
 def test_the_folder_of_several_seeds_points_to_its_runs(cli, tmp_path):
