@@ -119,7 +119,7 @@ def prefix_space(vocab_size: int, seq_len: int) -> gym.spaces.MultiDiscrete:
 class SeqGenEnv(gym.Env[np.ndarray, np.int64]):
     """One sequence at a time (for ``gym.make`` and ``check_env``); the loop uses the vector env."""
 
-    metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012 (Gymnasium's convention)
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (Gymnasium's convention)
 
     def __init__(
         self,
@@ -172,7 +172,11 @@ class SeqGenEnv(gym.Env[np.ndarray, np.int64]):
 class SeqGenVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     """``num_envs`` sequences generated in lockstep as array operations, same-step autoreset."""
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["ansi"]}  # noqa: RUF012
+    metadata: dict[str, Any] = {  # noqa: RUF012
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": ["ansi"],
+        "render_fps": 4,  # a token a frame, when played as text; without it Gymnasium warns at every render
+    }
 
     def __init__(
         self,

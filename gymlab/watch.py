@@ -318,7 +318,8 @@ class _PixelOutput:
             except OSError as exc:
                 if not self.given and target.is_file():
                     target.unlink()  # the empty file claim_new made
-                raise GymlabError(_cannot_record(target, _os_reason(exc), self.given)) from None
+                reason = unwritable(target) or _os_reason(exc)  # a file where its folder should be, by name
+                raise GymlabError(_cannot_record(target, reason, self.given)) from None
 
     def emit(self, frame: np.ndarray, lines: list[str]) -> bool:
         """Show and/or record one frame; False when the user closed the window or pressed Esc."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymlab.envs  # noqa: F401  (registers SeqGen-v0)
 import gymnasium as gym
 import numpy as np
@@ -170,3 +172,13 @@ def test_oracle_settings_are_the_envs_defaults_unless_env_kwargs_say_otherwise()
     assert oracle_settings({}) == tuple(defaults[n].default for n in names)
     assert oracle_settings({}) == tuple(inspect.signature(SeqGenEnv).parameters[n].default for n in names)
     assert oracle_settings({"oracle_seed": 4, "oracle_hidden_dim": 8, "vocab_size": 9}) == (4, 32, 8)
+
+
+def test_rendering_warns_of_nothing():
+    # stop 32: watch and video_every of a SeqGen run printed Gymnasium's "No render fps was declared" warning
+    env = gym.make("SeqGen-v0", render_mode="ansi", vocab_size=20, seq_len=4, scorer="zero")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        assert isinstance(env.render(), str)

@@ -170,6 +170,18 @@ def test_follow_with_the_best_checkpoint_is_refused(trained_run):
         w.watch(trained_run, follow=True, which="best", echo=print)
 
 
+def test_a_videos_file_where_the_folder_goes_is_named(trained_run, tmp_path, monkeypatch):
+    # stop 32: "cannot write the video RUN/videos/watch-….mp4: File exists" read as if the mp4 existed
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "videos", ignore_errors=True)
+    (run / "videos").write_text("notes")
+    with pytest.raises(GymlabError, match=r"videos is a file, not a folder \(give a writable path with --record\)"):
+        w.watch(run, episodes=1, echo=print)
+    assert (run / "videos").read_text() == "notes"
+
+
 def test_follow_without_follow_never_reloads(trained_run):
     policy = w.FollowedPolicy(trained_run, "best", None, follow=False)
     os.utime(policy.ckpt_path)
