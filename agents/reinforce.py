@@ -73,11 +73,13 @@ class ReinforceConfig(BaseModel):
     normalize_returns: bool = Field(
         True, description="standardise the policy-gradient weights (return − baseline) within each update"
     )
-    entropy_coef: float = Field(0.0, ge=0, description="weight β of the entropy bonus")
+    entropy_coef: float = Field(0.0, ge=0, le=100, description="weight β of the entropy bonus")
     max_grad_norm: float | None = Field(
         None, gt=0, description="clip the policy gradient to this global L2 norm (None: no clipping)"
     )
-    log_std_init: float = Field(0.0, description="Box actions: initial log standard deviation of the Gaussian")
+    log_std_init: float = Field(  # exp() of ±88 leaves float32's range: the first loss was NaN, blamed on the rate
+        0.0, ge=-20, le=20, description="Box actions: initial log standard deviation of the Gaussian"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,6 +107,11 @@ class SeqGANConfig(BaseModel):
             raise ValueError("test_seed must differ from data_seed: NLL-test needs held-out sequences")
         if any(t <= 0 for t in self.temperatures):
             raise ValueError("temperatures must be positive")
+        if self.disc_samples > self.num_real:
+            raise ValueError(
+                f"disc_samples ({self.disc_samples}) exceeds num_real ({self.num_real}): each discriminator round "
+                "trains on as many real sequences as fresh negatives; lower disc_samples or raise num_real"
+            )
         return self
 
 

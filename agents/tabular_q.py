@@ -36,7 +36,9 @@ class TabularQConfig(BaseModel):
     epsilon_start: float = Field(1.0, ge=0, le=1, description="exploration rate ε at step 0")
     epsilon_final: float = Field(0.05, ge=0, le=1, description="ε after the decay")
     exploration_fraction: float = Field(0.5, gt=0, le=1, description="fraction of the run over which ε decays")
-    initial_q: float = Field(0.0, description="initial value of every table entry")
+    initial_q: float = Field(  # beyond ±1e150 the squared TD error it reports overflows: "diverged", wrongly
+        0.0, ge=-1e9, le=1e9, description="initial value of every table entry"
+    )
 
 
 REPORT_EVERY = 1_000  # updates between reported metrics

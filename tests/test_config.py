@@ -57,6 +57,21 @@ def test_bad_keys_and_values_are_named(override, message):
 
 
 @pytest.mark.parametrize(
+    ("agent", "env", "override"),
+    [
+        ("tabular_q", "FrozenLake-v1", "initial_q=1e160"),
+        ("reinforce", "Pendulum-v1", "log_std_init=100"),
+        ("reinforce", "CartPole-v1", "entropy_coef=1e30"),
+    ],
+)
+def test_values_that_overflow_the_arithmetic_are_refused(agent, env, override):
+    # stop 32: each trained, then stopped with "the agent diverged: try a lower learning rate"
+    key = override.partition("=")[0]
+    with pytest.raises(GymlabError, match=f"'hparams.{key}' = .*: Input should be (less|greater) than or equal to"):
+        resolve(agent, env, None, [override])
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         # a dotted path into a value used to make it a mapping ({x: 1}, truthy), and the run trained

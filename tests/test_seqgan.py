@@ -208,11 +208,20 @@ def test_filters_wider_than_the_sequence_are_one_line_before_any_folder(cli, tmp
         (["env_kwargs.seq_len=1", "filter_sizes=[1]", "num_filters=[4]"], "sequences of 2 tokens or more, not 1"),
         (["num_envs=1", "baseline=true", "filter_sizes=[1]", "num_filters=[4]"], "every advantage 0"),
         (
-            ["env_kwargs.vocab_size=2", "env_kwargs.seq_len=3", "filter_sizes=[1]", "num_filters=[4]", "num_real=64"],
+            [
+                "env_kwargs.vocab_size=2",
+                "env_kwargs.seq_len=3",
+                "filter_sizes=[1]",
+                "num_filters=[4]",
+                "num_real=64",
+                "disc_samples=64",
+            ],
             "too few distinct sequences for num_real=64",
         ),
+        # stop 32: the discriminator trained on at most num_real real sequences against disc_samples negatives
+        (["num_real=100", "disc_samples=200"], "disc_samples (200) exceeds num_real (100)"),
     ],
-    ids=["seq_len-1", "baseline-of-one", "too-few-sequences"],
+    ids=["seq_len-1", "baseline-of-one", "too-few-sequences", "more-negatives-than-real"],
 )
 def test_configs_seqgan_cannot_learn_from_are_one_line_before_any_folder(cli, tmp_path: Path, args, said):
     # stop 32: seq_len=1 crashed at the first adversarial step; too few distinct sequences for the held-out set was a
