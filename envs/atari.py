@@ -167,6 +167,8 @@ def clip_reward(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
 
 def wrap_atari(env: gym.Env[Any, Any], *, train: bool, noop_max: int = NOOP_MAX) -> gym.Env[Any, Any]:
     """Fire and noop reset, frame skip 4, 84x84 grey, 4 stacked frames; life loss ends and rewards clip in training."""
+    if not hasattr(env.unwrapped, "ale"):
+        raise ValueError("it wraps the Arcade Learning Environment's games (e.g. PongNoFrameskip-v4) only: remove it")
     env = FireResetEnv(env)
     env = AtariPreprocessing(
         env, noop_max=noop_max, frame_skip=FRAME_SKIP, screen_size=84, grayscale_obs=True, scale_obs=False

@@ -20,7 +20,7 @@ import math
 import re
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,19 @@ class EnvProblem(GymlabError):
             return f"{where}: {self.problem}"
         return f"{self.problem} from {where}"
 
-    def for_user(self, env_id: str) -> GymlabError:
+    def for_user(self, env_id: str, wrappers: Sequence[str] = ()) -> GymlabError:
         """The one line a command ends with: the problem, the env named, and how to look into it."""
-        return GymlabError(f"{self.describe(env_id)}; check the env with: gymlab check {env_id}")
+        return GymlabError(f"{self.describe(env_id)}; {check_hint(env_id, wrappers)}")
+
+
+def check_hint(env_id: str, wrappers: Sequence[str] = ()) -> str:
+    """How to look into an env's fault: ``gymlab check``, which checks the env alone, not the run's wrappers."""
+    if not wrappers:
+        return f"check the env with: gymlab check {env_id}"
+    return (
+        f"check the env with: gymlab check {env_id} (without the run's wrappers, {', '.join(wrappers)}, "
+        "which may be at fault)"
+    )
 
 
 def raised(call: str, exc: BaseException, copy: int | None = 0) -> EnvProblem:

@@ -168,7 +168,7 @@ def evaluate_run(
             on_capped=lambda n, ret: cut.append(n),
         )
     except EnvProblem as exc:
-        raise exc.for_user(r.env) from None
+        raise exc.for_user(r.env, r.wrappers) from None
     finally:
         close_env(envs)
     return {

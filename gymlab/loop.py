@@ -34,7 +34,7 @@ from gymlab.build import build, out_of_memory, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
 from gymlab.console import Progress
-from gymlab.envfault import EnvProblem, batch_out_of_bounds
+from gymlab.envfault import EnvProblem, batch_out_of_bounds, check_hint
 from gymlab.envguard import VectorGuard, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, eval_seed, evaluate
@@ -105,7 +105,7 @@ def train(
             try:
                 trainer.start(resume)
             except EnvProblem as exc:  # the first reset
-                raise exc.for_user(config.run.env) from None
+                raise exc.for_user(config.run.env, config.run.wrappers) from None
         try:
             try:
                 interrupted = trainer.run(stop, stop_at)
@@ -471,7 +471,7 @@ class Trainer:
         """The one line for a run stopped by a misbehaving env, a non-finite number or an update out of memory."""
         run, step = self.config.run, self.state.step
         if isinstance(exc, EnvProblem):
-            what, hint = exc.describe(run.env) + self.during, f"check the env with: gymlab check {run.env}"
+            what, hint = exc.describe(run.env) + self.during, check_hint(run.env, run.wrappers)
             if not self.during:  # a training step failed before it was counted: name the step it was
                 step += self.envs.num_envs
         elif isinstance(exc, (MemoryError, RuntimeError)):

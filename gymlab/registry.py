@@ -251,7 +251,12 @@ def make_env(
             env.close()
             if missing_dependency(exc) is not None:
                 raise env_error(env_id, f"wrapper '{name}'", exc) from None
-            raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {describe(exc)}") from None
+            how = (
+                " (a wrapper is called as wrapper(env, *, train=...), train telling training from evaluation)"
+                if isinstance(exc, TypeError) and "train" in str(exc)
+                else ""
+            )
+            raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {describe(exc)}{how}") from None
     return env
 
 

@@ -184,7 +184,7 @@ def watch(
                 return _watch_text(play, mode, limit)
             return _watch_pixels(play, limit, fps, record)
         except EnvProblem as exc:
-            raise exc.for_user(run.env) from None
+            raise exc.for_user(run.env, run.wrappers) from None
         finally:
             close_env(env)
 

@@ -84,6 +84,19 @@ class Huge(gym.Env):
 """
 
 
+BOOM_WRAPPER = """
+import gymnasium as gym
+
+
+class _Boom(gym.Wrapper):
+    def step(self, action):
+        raise RuntimeError("boom")
+
+
+def boom(env, *, train):
+    return _Boom(env)
+"""
+
 BAD_AGENT = """
 from gymlab.agents.random_agent import RandomAgent
 class ActRaises(RandomAgent):
@@ -210,6 +223,16 @@ BAD_INPUTS: dict[str, Bad] = {
     # stop 32: ALE's two banner lines came before the error line on every Atari command
     "atari-one-line": Bad(["train", "tabular_q", "PongNoFrameskip-v4", "--steps", "200", "wrappers=[atari]",
                            "--run-dir", "r"], ["tabular_q", "Discrete"], no_folder=True, needs="atari"),
+    # stop 32: wrappers' faults had no fix, or sent the user to a check that passes (it takes no wrappers)
+    "wrapper-atari-on-another-env": Bad(["train", "dqn", "CartPole-v1", "--steps", "100", "wrappers=[atari]",
+                                         "--run-dir", "r"], ["wrapper 'atari'", "Arcade Learning Environment's games"],
+                                        no_folder=True, needs="atari"),
+    "wrapper-without-train": Bad(["train", "dqn", "CartPole-v1", "--steps", "100",
+                                  "wrappers=[gymnasium.wrappers:FlattenObservation]", "--run-dir", "r"],
+                                 ["unexpected keyword argument 'train'", "wrapper(env, *, train=...)"], no_folder=True),
+    "wrapper-step-raises": Bad(["train", "random", "CartPole-v1", "--steps", "100", "wrappers=[boomwrap:boom]",
+                                "--run-dir", "r"], ["boom", "without the run's wrappers, boomwrap:boom, which may be"],
+                               _files(**{"boomwrap.py": BOOM_WRAPPER}), no_folder=True),
     "user-agent-act-raises": Bad(["train", "badagent:ActRaises", "CartPole-v1", "--steps", "100", "--run-dir", "r"],
                                  ["agent 'badagent:ActRaises': act() raised RuntimeError: boom in act",
                                   "the agent is at fault"], _files(**{"badagent.py": BAD_AGENT}), no_folder=True),
