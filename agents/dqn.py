@@ -238,6 +238,12 @@ class DQN:
             )
         if is_image(observation_space) and min(observation_space.shape[1:]) < NATURE_CNN_MIN_SIDE:  # type: ignore[index]
             c, h, w = observation_space.shape  # type: ignore[misc]
+            if w in (1, 3, 4) and c >= NATURE_CNN_MIN_SIDE:  # height x width x channels: raw frames
+                return (
+                    f"its observations are {c}x{h} images with {w} channels last, and its Nature CNN reads channels "
+                    "first (C, H, W): for Atari games use wrappers: [atari] (84x84 grey, 4 frames stacked), "
+                    "else move the channels first with a wrapper"
+                )
             return (
                 f"its observations are {c}x{h}x{w} uint8 images, smaller than the {NATURE_CNN_MIN_SIDE}x"
                 f"{NATURE_CNN_MIN_SIDE} its Nature CNN needs: resize them with a wrapper (84x84 as for Atari), or "

@@ -100,6 +100,11 @@ def test_spaces():
     reason = DQN.check_spaces(box4, gym.spaces.Box(-1, 1, (1,)))
     assert reason is not None and "reinforce" in reason and "Discrete" in reason
     assert DQN.check_spaces(gym.spaces.Dict({"a": box4}), disc2) is not None
+    # stop 32: raw Atari frames (210, 160, 3) were read as 210 channels of 160x3 images, "smaller than 36x36"
+    raw = DQN.check_spaces(gym.spaces.Box(0, 255, (210, 160, 3), np.uint8), disc2)
+    assert raw is not None and "210x160 images with 3 channels last" in raw and "wrappers: [atari]" in raw
+    small = DQN.check_spaces(gym.spaces.Box(0, 255, (4, 20, 20), np.uint8), disc2)
+    assert small is not None and "smaller than the 36x36" in small
     image = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     agent = make_agent(image, gym.spaces.Discrete(6), buffer_size=100)
     assert isinstance(agent.online, NatureCNN) and agent.replay.frame_stack == 4
