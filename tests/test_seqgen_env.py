@@ -182,3 +182,19 @@ def test_rendering_warns_of_nothing():
         env.reset(seed=0)
         env.step(env.action_space.sample())
         assert isinstance(env.render(), str)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        ({"seq_len": True}, "seq_len must be a whole number, got True"),
+        ({"vocab_size": 50.0}, "vocab_size must be a whole number, got 50.0"),
+        ({"oracle_hidden_dim": 0}, "oracle_hidden_dim must be at least 1, got 0"),
+    ],
+)
+def test_env_kwargs_of_the_wrong_kind_are_named(kwargs, said):
+    # stop 32: torch's own words came back ("expected a sequence of integers ... got 'True'"), the kwargs twice
+    with pytest.raises(GymlabError, match=said):
+        registry.make_vec_env("SeqGen-v0", 2, {"scorer": "zero", **kwargs})
+    with pytest.raises(GymlabError, match=said):
+        registry.make_env("SeqGen-v0", {"scorer": "zero", **kwargs}, train=True)
