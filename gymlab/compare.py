@@ -225,22 +225,27 @@ def group_curves(curves: Sequence[RunCurve], by: GroupBy) -> dict[str, list[RunC
 
 
 def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int = 3) -> dict[str, str]:
-    """Readable labels: for ``config`` grouping, agent · env plus the config keys that differ."""
+    """Readable labels: for ``config`` grouping, agent · env plus the config keys that differ among its configs.
+
+    Keys are compared only between groups of the same agent and env: the agent and env already tell
+    the others apart, and one agent's keys are not another's to show as ``=None``.
+    """
     if by != "config":
         return {key: key for key in groups}
     flats = {
         key: _flat({k: v for k, v in report.config_identity(runs[0].config).items() if k not in ("agent", "env")})
         for key, runs in groups.items()
     }
-    keys = sorted({k for f in flats.values() for k in f})
-    differing = [k for k in keys if len({repr(f.get(k)) for f in flats.values()}) > 1]
+    bases = {key: f"{runs[0].config.get('agent')} · {runs[0].config.get('env')}" for key, runs in groups.items()}
     labels = {}
     for key, runs in groups.items():
-        base = f"{runs[0].config.get('agent')} · {runs[0].config.get('env')}"
+        peers = [flats[k] for k in groups if bases[k] == bases[key]]
+        keys = sorted({k for f in peers for k in f})
+        differing = [k for k in keys if len({repr(f.get(k)) for f in peers}) > 1]
         parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
             parts.append(f"… [{report.config_id(runs[0].config)}]")
-        labels[key] = " · ".join([base, *parts])
+        labels[key] = " · ".join([bases[key], *parts])
     return labels
 
 

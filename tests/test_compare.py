@@ -171,6 +171,23 @@ def test_runs_that_share_no_steps_are_one_line(tmp_path):
         cmp.compare([str(early), str(late)])
 
 
+def test_labels_name_only_the_keys_that_tell_a_configs_peers_apart(tmp_path):
+    # stop 32: keys were compared across every group, so a DQN run's label read 'baseline=None' (a REINFORCE key)
+    points = [(0, 1.0), (10, 2.0)]
+    write_run(tmp_path / "d1", config(lr=0.001), points)
+    write_run(tmp_path / "d2", config(lr=0.01), points)
+    reinforce = {**config(agent="reinforce"), "hparams": {"baseline": "value"}}
+    write_run(tmp_path / "r1", reinforce, points)
+    curves, _ = cmp.load_curves(cmp.find_runs([str(tmp_path)]), METRIC)
+    groups = cmp.group_curves(curves, "config")
+    labels = sorted(cmp.group_labels(groups, "config").values())
+    assert labels == [
+        "dqn · CartPole-v1 · learning_rate=0.001",
+        "dqn · CartPole-v1 · learning_rate=0.01",
+        "reinforce · CartPole-v1",
+    ]
+
+
 def test_a_metric_no_run_logged_lists_the_available_ones(synthetic):
     with pytest.raises(GymlabError, match=r"no run logged metric 'eval/nope'; available: eval/return_mean, train/loss"):
         cmp.compare([str(synthetic)], metric="eval/nope")
