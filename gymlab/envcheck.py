@@ -323,8 +323,8 @@ class EnvChecker:
             "time limit",
             WARN,
             f"none registered{seen}; evaluation cuts an episode that never ends at the run key eval_max_steps "
-            f"({DEFAULT_EVAL_MAX_STEPS:,} by default); register the env with max_episode_steps or wrap it in "
-            "gymnasium.wrappers.TimeLimit",
+            f"({DEFAULT_EVAL_MAX_STEPS:,} by default), training does not (agents that learn from whole episodes, "
+            "such as reinforce, then never learn); give it one with env_kwargs.max_episode_steps=N",
         )
 
     def determinism(self) -> Verdict:

@@ -173,12 +173,22 @@ def _base_env(env_id: str, env_kwargs: Mapping[str, Any], render_mode: str | Non
         if inspect.isclass(target) and attr not in gym.registry:
             if not issubclass(target, gym.Env):
                 raise GymlabError(f"environment '{env_id}': {attr} is a class but not a gymnasium.Env")
+            # max_episode_steps is gym.make's time limit for a registered id; a class gets the same (unless it
+            # takes the argument itself)
+            limit = None
+            if "max_episode_steps" not in inspect.signature(target).parameters:
+                limit = kwargs.pop("max_episode_steps", None)
+                if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                    raise GymlabError(
+                        f"environment '{env_id}': env_kwargs.max_episode_steps must be a whole number of at least 1, "
+                        f"not {limit!r}"
+                    )
             try:
                 made: gym.Env[Any, Any] = target(**kwargs)
             except USER_CODE_FAILURES as exc:
                 raise _construct_error(env_id, env_kwargs, exc) from None
             check_spaces_declared(made, env_id)
-            return made
+            return made if limit is None else gym.wrappers.TimeLimit(made, max_episode_steps=limit)
         name = attr
     try:
         return gym.make(name, **kwargs)

@@ -111,6 +111,7 @@ class RunOutcome:
     checkpoint: Path | None = None
     error: str | None = None
     seconds: float = 0.0
+    episodes: int | None = None  # training episodes ended over the whole run (None: not known)
 
     @property
     def ok(self) -> bool:
@@ -440,6 +441,7 @@ def _train(spec: RunSpec, opened: Opened, progress: Progress | None, start: floa
         result.best_eval,
         result.checkpoint,
         seconds=time.perf_counter() - start,
+        episodes=result.episodes,
     )
 
 

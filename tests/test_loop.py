@@ -767,3 +767,35 @@ def test_the_last_part_of_a_logging_window_is_written_at_the_end(tmp_path, steps
     curves = scalars(tmp_path / "r")
     for tag in ("rollout/ep_return", "rollout/ep_length"):  # (tabular Q reports its metrics every 1,000 updates)
         assert [step for step, _ in curves[tag]] == logged, tag
+
+
+NEVER_ENDS = """
+import gymnasium as gym
+import numpy as np
+
+
+class NeverEnds(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), float(action), False, False, {}
+"""
+
+
+def test_episodes_that_never_end_are_said_and_a_class_env_takes_a_time_limit(tmp_path, monkeypatch):
+    # stop 32: REINFORCE on an env without a time limit trained for nothing, its unfinished episode growing in every
+    # checkpoint, and exited 0 with nothing said; max_episode_steps, gym.make's time limit, was refused by a class env
+    (tmp_path / "neverends.py").write_text(NEVER_ENDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["train", "reinforce", "neverends:NeverEnds", "--steps", "600", "eval_episodes=1", "eval_max_steps=50"]
+    endless = gymlab_inprocess(*base, "--run-dir", tmp_path / "endless")
+    assert endless.code == 0, endless.ok()
+    assert "note: no training episode ended in 600 steps" in endless.err, endless.err
+    limited = gymlab_inprocess(*base, "env_kwargs.max_episode_steps=50", "--run-dir", tmp_path / "limited")
+    assert limited.code == 0 and "no training episode ended" not in limited.err, limited.ok()
+    assert {length for _, length in scalars(tmp_path / "limited")["rollout/ep_length"]} == {50.0}
