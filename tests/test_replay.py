@@ -260,7 +260,7 @@ def test_padding_must_stay_the_same():
     add(buf, zero_padded, [0, 1], [0, 0], zero_padded[:, [1, 1]] + [[[0], [1]]], [True, False], [False, False])
     assert buf.padding == "zero"
     repeated = np.array([[[9], [9]], [[6], [7]]], np.uint8)  # lane 0 starts again, now repeat-padded
-    with pytest.raises(ValueError, match="the same way every time"):
+    with pytest.raises(GymlabError, match="the same way every time"):
         add(buf, repeated, [2, 3], [0, 0], repeated + 1, [False, False], [False, False])
 
 

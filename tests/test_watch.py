@@ -85,7 +85,8 @@ def test_cli_watch_headless_prints_the_mp4_path(trained_run, tmp_path):
 
 
 def test_cli_watch_of_a_run_without_checkpoint_is_a_one_line_error(tmp_path):
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir()  # a run folder whose run has written its config, no checkpoint yet
+    (tmp_path / "empty" / "config.yaml").write_text("agent: tabular_q\nenv: FrozenLake-v1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "gymlab", "watch", str(tmp_path / "empty")],
         capture_output=True,
