@@ -104,14 +104,18 @@ def make_scorer(
     raise ValueError(f"SeqGen: unknown scorer {scorer!r}; use 'oracle', 'zero' or a callable (M, T) -> (M,)")
 
 
-def _check_sizes(vocab_size: int, seq_len: int, **oracle: int) -> None:
-    """Whole numbers where the env takes them (a bool or 50.0 reached torch as a size); sizes big enough."""
-    for key, value in {"vocab_size": vocab_size, "seq_len": seq_len, **oracle}.items():
+def _check_sizes(vocab_size: int, seq_len: int, oracle: tuple[int, int, int]) -> None:
+    """Whole numbers where the env takes them (a bool or 50.0 reached torch as a size); sizes big enough.
+
+    ``oracle``: ``(oracle_seed, oracle_embedding_dim, oracle_hidden_dim)``.
+    """
+    named = dict(zip(("oracle_seed", "oracle_embedding_dim", "oracle_hidden_dim"), oracle, strict=True))
+    for key, value in {"vocab_size": vocab_size, "seq_len": seq_len, **named}.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise ValueError(f"SeqGen: {key} must be a whole number, got {value!r}")
     for key in ("oracle_embedding_dim", "oracle_hidden_dim"):
-        if key in oracle and oracle[key] < 1:
-            raise ValueError(f"SeqGen: {key} must be at least 1, got {oracle[key]}")
+        if named[key] < 1:
+            raise ValueError(f"SeqGen: {key} must be at least 1, got {named[key]}")
     if vocab_size < 2:
         raise ValueError(f"SeqGen: vocab_size must be at least 2, got {vocab_size}")
     if seq_len < 1:
@@ -138,13 +142,7 @@ class SeqGenEnv(gym.Env[np.ndarray, np.int64]):
         oracle_hidden_dim: int = ORACLE_HIDDEN_DIM,
         render_mode: str | None = None,
     ) -> None:
-        _check_sizes(
-            vocab_size,
-            seq_len,
-            oracle_seed=oracle_seed,
-            oracle_embedding_dim=oracle_embedding_dim,
-            oracle_hidden_dim=oracle_hidden_dim,
-        )
+        _check_sizes(vocab_size, seq_len, (oracle_seed, oracle_embedding_dim, oracle_hidden_dim))
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.scorer = make_scorer(scorer, vocab_size, oracle_seed, oracle_embedding_dim, oracle_hidden_dim)
         self.observation_space = prefix_space(vocab_size, seq_len)
@@ -202,13 +200,7 @@ class SeqGenVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         oracle_hidden_dim: int = ORACLE_HIDDEN_DIM,
         render_mode: str | None = None,
     ) -> None:
-        _check_sizes(
-            vocab_size,
-            seq_len,
-            oracle_seed=oracle_seed,
-            oracle_embedding_dim=oracle_embedding_dim,
-            oracle_hidden_dim=oracle_hidden_dim,
-        )
+        _check_sizes(vocab_size, seq_len, (oracle_seed, oracle_embedding_dim, oracle_hidden_dim))
         if num_envs < 1:
             raise ValueError(f"SeqGen: num_envs must be at least 1, got {num_envs}")
         self.num_envs = num_envs
