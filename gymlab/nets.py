@@ -128,13 +128,27 @@ def _optimizer_state_problem(optimizer: torch.optim.Optimizer, state: Any) -> st
     groups = state.get("param_groups")
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         return "has no list of parameter groups"
-    for group in groups:
-        for key, default in (("params", []), *optimizer.defaults.items()):
-            if key not in group or not _same_kind(default, group[key]):
-                return f"has the setting '{key}' {repr(group[key])[:40] if key in group else 'missing'}"
+    return next(filter(None, (_settings_problem(optimizer, g) for g in groups)), None) or _moments_problem(
+        optimizer, state["state"], any(g.get("amsgrad") for g in groups)
+    )
+
+
+def _settings_problem(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str | None:
+    """A parameter group's setting missing or of another kind than the optimizer's default; None when none."""
+    for key, default in (("params", []), *optimizer.defaults.items()):
+        if key not in group:
+            if isinstance(default, bool) or default is None:
+                continue  # a flag newer than the torch that wrote the file: torch fills it in as it loads
+            return f"has the setting '{key}' missing"
+        if not _same_kind(default, group[key]):
+            return f"has the setting '{key}' {repr(group[key])[:40]}"
+    return None
+
+
+def _moments_problem(optimizer: torch.optim.Optimizer, held: dict[Any, Any], amsgrad: bool) -> str | None:
+    """Per-parameter state for a parameter that is not there, or not one ``step`` and moments of its shape."""
     shapes = [tuple(p.shape) for group in optimizer.param_groups for p in group["params"]]
-    held = state["state"]
-    moments = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if any(g.get("amsgrad") for g in groups) else set())
+    moments = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
     expected = {"step", *moments} if isinstance(optimizer, torch.optim.Adam) else None
     for index, values in held.items():
         if not (isinstance(index, int) and 0 <= index < len(shapes)) or not isinstance(values, dict):

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes, safe loading, clear errors, env state capture."""
 
+import copy
 import os
 import pickle
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import needs_of_env
 
 from gymlab import checkpoint, envstate
 from gymlab.errors import GymlabError
+from gymlab.nets import load_optimizer
 
 
 def test_numpy_and_plain_data_round_trip(tmp_path):
@@ -191,3 +193,28 @@ def test_a_file_that_cannot_be_read_is_one_line(tmp_path):
     with pytest.raises(GymlabError, match=r"cannot read checkpoint /proc/self/mem: ") as info:
         checkpoint.load(Path("/proc/self/mem"))
     assert "\n" not in str(info.value)
+
+
+def test_an_optimizer_state_from_an_older_torch_loads_and_a_damaged_one_is_refused():
+    """Flags a newer torch added (decoupled_weight_decay, ...) are filled in by torch: a file without them loads;
+    a missing learning rate or a moment of another shape would fail only inside the next step, so it is refused."""
+    params = [torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(2))]
+    written = torch.optim.Adam(params, lr=1e-3)
+    (params[0].sum() + params[1].sum()).backward()
+    written.step()
+    state = written.state_dict()
+    fresh = torch.optim.Adam(params, lr=1e-3)
+    older = copy.deepcopy(state)
+    for group in older["param_groups"]:
+        for flag in ("decoupled_weight_decay", "differentiable", "fused", "foreach"):
+            group.pop(flag, None)
+    load_optimizer(fresh, older)
+    assert fresh.param_groups[0]["decoupled_weight_decay"] is False
+    no_lr = copy.deepcopy(state)
+    del no_lr["param_groups"][0]["lr"]
+    with pytest.raises(ValueError, match="setting 'lr' missing"):
+        load_optimizer(fresh, no_lr)
+    reshaped = copy.deepcopy(state)
+    reshaped["state"][0]["exp_avg"] = torch.zeros(6)
+    with pytest.raises(ValueError, match="'exp_avg' of parameter 0 as \\(6,\\), not \\(3, 2\\)"):
+        load_optimizer(fresh, reshaped)
