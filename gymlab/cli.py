@@ -193,13 +193,8 @@ def _train_one(spec: RunSpec, label: str) -> None:
     )
     what = "done" if outcome.status == "finished" else "stopped by its evaluation callback"
     print(f"{what}: {outcome.step:,} steps in {outcome.seconds:.1f} s ({rate}){evals}; run: {outcome.run_dir}")
-    if outcome.episodes == 0 and trained:  # an env whose episodes never end: no curve, no whole-episode learning
-        print(
-            f"note: no training episode ended in {outcome.step:,} steps, so no return was logged and agents that "
-            "learn from whole episodes (reinforce) never updated; if the env's episodes do not end by themselves, "
-            "give them a time limit: env_kwargs.max_episode_steps=N",
-            file=sys.stderr,
-        )
+    if outcome.no_episode_note:
+        print(f"note: {outcome.no_episode_note}", file=sys.stderr)
 
 
 #: The largest seed (as ``gymlab.config.MAX_SEED``; the CLI module imports no config at start-up).

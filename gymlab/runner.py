@@ -114,6 +114,17 @@ class RunOutcome:
     episodes: int | None = None  # training episodes ended over the whole run (None: not known)
 
     @property
+    def no_episode_note(self) -> str | None:
+        """What to say of a run that trained but ended no episode (an env that never ends); None otherwise."""
+        if self.episodes != 0 or self.step == self.start_step:
+            return None
+        return (
+            f"no training episode ended in {self.step:,} steps, so no return was logged and agents that learn from "
+            "whole episodes (reinforce) never updated; if the env's episodes do not end by themselves, give them "
+            "a time limit: env_kwargs.max_episode_steps=N"
+        )
+
+    @property
     def ok(self) -> bool:
         """Whether the run ended as asked (finished, or stopped by its ``on_eval``)."""
         return self.status in ("finished", "stopped")
