@@ -78,7 +78,7 @@ note "mode: $([[ $smoke == 1 ]] && echo 'smoke (CPU, tiny budgets)' || echo 'GPU
 
 if [[ $smoke == 1 ]]; then
   device=cpu dqn_steps=600 resume_steps=900 rf_steps=600 tq_steps=2000
-  pytest_suite=(tests/test_devices.py tests/test_checkpoint.py)
+  pytest_suite=(tests/test_devices.py)
   update_args=(--atari --paths floor,floor_target,auto,eager --repeats 2 --steps 2)
   atari_args=(--steps 600 --seeds 1 --eval-episodes 1 --only gymlab)
   fast_args=(--steps 640 hparams.learning_starts=320 hparams.buffer_size=4096 eval_episodes=1 checkpoint_every=0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import forkrun
 import numpy as np
 import torch
 
@@ -79,14 +80,12 @@ class Child:
             if fsize is not None:  # a full disk: writes past this size fail with EFBIG (Python ignores SIGXFSZ)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env = {k: v for k, v in full_env.items() if v is not None}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "gymlab", *self.args],
             cwd=cwd,
             stdout=self.stdout,
             stderr=self.stderr,
-            env=full_env,
+            env=child_env(env),
             preexec_fn=limits,
             start_new_session=group,
         )
@@ -115,9 +114,56 @@ class Child:
         return Proc(self.args, code, texts[0], texts[1])
 
 
-def gymlab(*args: Any, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120, **kw: Any) -> Proc:
-    """Run ``python -m gymlab ARGS`` in ``cwd`` to the end."""
-    return Child(args, cwd, env, **kw).wait(timeout)
+def child_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """This process's environment for a child, unbuffered, with ``env`` over it (a None value: unset)."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return {k: v for k, v in full.items() if v is not None}
+
+
+def gymlab(
+    *args: Any, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120, fsize: int | None = None
+) -> Proc:
+    """Run ``python -m gymlab ARGS`` in ``cwd`` to the end: forked warm (tests/forkrun.py) where that starts alike."""
+    full_env = child_env(env)
+    if not forkrun.forkable(full_env):
+        return Child(args, cwd, env, fsize=fsize).wait(timeout)
+    limits = {resource.RLIMIT_AS: MEMORY_LIMIT}
+    if fsize is not None:
+        limits[resource.RLIMIT_FSIZE] = fsize
+    proc = forked(args, cwd, full_env, timeout, limits)
+    return proc if proc is not None else Child(args, cwd, env, fsize=fsize).wait(timeout)
+
+
+def forked(
+    args: Sequence[Any],
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    limits: Mapping[int, int],
+    read: int = OUTPUT_LIMIT,
+) -> Proc | None:
+    """Fork ``python -m gymlab ARGS`` warm (tests/forkrun.py), wait ``timeout`` s, read ``read`` bytes of its output.
+
+    None: the child found a module of the warm interpreter shadowed in its folder; start a fresh one.
+    """
+    argv = [str(a) for a in args]
+    with tempfile.TemporaryDirectory(prefix="gymlab-child-") as folder:
+        names = [os.path.join(folder, n) for n in ("stdout", "stderr")]
+        for name in names:
+            Path(name).touch()
+        process = forkrun.start(argv, str(cwd), env, names[0], names[1], limits)
+        process.join(timeout)
+        code: int | None = process.exitcode
+        if code is None:  # ran past its timeout
+            process.kill()
+            process.join()
+        if code == forkrun.SHADOWED:
+            return None
+        texts = []
+        for name in names:
+            with open(name, "rb") as fh:
+                texts.append(fh.read(read).decode("utf-8", "replace"))
+    return Proc(argv, code, texts[0], texts[1])
 
 
 def assert_one_line(proc: Proc, code: int, *fragments: str) -> str:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import clihelp
+import forkrun
 import gymnasium as gym
 import pytest
 import torch
@@ -68,8 +69,14 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m gymlab ARGS` in a subprocess, capturing output."""
+    """Run `python -m gymlab ARGS` in a subprocess, capturing output (forked warm where that starts alike)."""
     full_env = {**os.environ, **(env or {})}
+    if forkrun.forkable(full_env):
+        proc = clihelp.forked(args, cwd, full_env, timeout, limits={}, read=-1)
+        if proc is not None:
+            if proc.code is None:
+                raise subprocess.TimeoutExpired(proc.args, timeout, proc.out, proc.err)
+            return subprocess.CompletedProcess([sys.executable, "-m", "gymlab", *args], proc.code, proc.out, proc.err)
     return subprocess.run(
         [sys.executable, "-m", "gymlab", *args],
         cwd=cwd,

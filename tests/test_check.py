@@ -2,13 +2,13 @@
 raises reported as a verdict, never a traceback. The broken envs are defined here (``test_check:Name``)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from gymlab import envcheck
 from gymlab.envcheck import FAIL, PASS, WARN
@@ -244,10 +244,8 @@ CLI_CASES = {
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_check_on_the_command_line(tmp_path, case):
     argv, code, out, err = CLI_CASES[case]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gymlab", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
-    )
+    env = {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    proc = run_cli(*argv, cwd=tmp_path, env=env)
     assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert out in proc.stdout
@@ -469,14 +467,11 @@ class SequenceObs(Base):
 def gymlab(tmp_path, *argv):
     """``gymlab ARGV`` with this folder importable, run in ``tmp_path``."""
     env = {
-        **os.environ,
         "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]),
         "SDL_VIDEODRIVER": "dummy",
         "COLUMNS": "200",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "gymlab", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
-    )
+    return run_cli(*argv, cwd=tmp_path, env=env)
 
 
 def train(tmp_path, env_id, *extra):
