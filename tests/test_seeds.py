@@ -1,13 +1,10 @@
 """Several seeds at once: `train --seeds SPEC --workers K` gives one complete run folder per seed,
 and the same results as running those seeds one by one."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import yaml
-from conftest import config_of
+from conftest import config_of, run_cli
 
 from gymlab import runs
 from gymlab.agent import load_agent_class
@@ -91,7 +88,7 @@ def test_parallel_seeds_match_the_same_seeds_run_one_by_one(tmp_path):
 
 
 def gymlab(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "gymlab", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_cli(*args, cwd=cwd)
 
 
 def test_cli_seeds_with_run_dir_make_one_folder_per_seed(tmp_path):
