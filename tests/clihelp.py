@@ -125,12 +125,8 @@ def gymlab(
 ) -> Proc:
     """Run ``python -m gymlab ARGS`` in ``cwd`` to the end: forked warm (tests/forkrun.py) where that starts alike."""
     full_env = child_env(env)
-    if not forkrun.forkable(full_env):
-        return Child(args, cwd, env, fsize=fsize).wait(timeout)
-    limits = {resource.RLIMIT_AS: MEMORY_LIMIT}
-    if fsize is not None:
-        limits[resource.RLIMIT_FSIZE] = fsize
-    proc = forked(args, cwd, full_env, timeout, limits)
+    limits = {resource.RLIMIT_AS: MEMORY_LIMIT, **({resource.RLIMIT_FSIZE: fsize} if fsize is not None else {})}
+    proc = forked(args, cwd, full_env, timeout, limits) if forkrun.forkable(full_env) else None
     return proc if proc is not None else Child(args, cwd, env, fsize=fsize).wait(timeout)
 
 

@@ -45,8 +45,11 @@ from typing import Any
 import numpy as np
 
 # Imported by the server once, before any child forks: what every gymlab command imports.
-PRELOAD = ["torch", "gymnasium", "numpy", "typer", "yaml", "pydantic", "torch.utils.tensorboard", "gymlab.cli"]
-PRELOAD.append("forkrun")  # this module, imported by the server as its main process (see _MainProcess)
+# Last, this module: imported by the server as its main process (see _MainProcess).
+PRELOAD = [
+    *("torch", "gymnasium", "numpy", "typer", "yaml", "pydantic", "torch.utils.tensorboard", "gymlab.cli"),
+    "forkrun",
+]
 
 # Read when a command runs, never while modules import: a child may set them differently from the server.
 RUNTIME_ONLY = frozenset(
