@@ -47,6 +47,7 @@ import forkrun
 import gymnasium as gym
 import pytest
 import torch
+import xdist_groups
 
 from gymlab.agent import load_agent_class
 from gymlab.cli import main
@@ -98,14 +99,8 @@ def cli(tmp_path: Path):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under ``pytest -n N`` keep each ``xdist_group`` on one worker (``--dist loadgroup``).
-
-    The contract suite trains each case once in a module-scoped fixture shared by that case's
-    tests; xdist's default ``load`` distribution would send them to both workers and train twice.
-    Tests without a group are distributed exactly as under ``load``.
-    """
-    if getattr(config.option, "dist", None) == "load":
-        config.option.dist = "loadgroup"
+    """Keep each ``xdist_group`` on one worker under ``pytest -n N`` (tests/xdist_groups.py)."""
+    config.pluginmanager.register(xdist_groups, "gymlab-xdist-groups")
 
 
 # --- gymlab in this process (tests/test_contract.py and the command-line tests) ---------------------
