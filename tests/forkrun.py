@@ -18,7 +18,8 @@ server's in a variable read while Python or an imported module starts (only the 
 environment changed), a module the server imported that the child's working folder or ``PYTHONPATH``
 shadows (:data:`SHADOWED`), and every child when ``GYMLAB_TEST_FRESH=1``. What still differs: stdin is
 /dev/null (a fresh child inherits the test process's), the hash seed is the server's for every fork, and
-a warning printed while the server imported goes to the test's stderr, not the child's. Running the
+a warning printed while the server imported goes to the test's stderr, not the child's, and torch._dynamo
+is loaded in a child that never builds an optimizer (``gymlab list``, tabular Q). Running the
 suite both ways is the check that the two start alike::
 
     GYMLAB_TEST_FRESH=1 .venv/bin/python -m pytest -n 2
@@ -44,10 +45,13 @@ from typing import Any
 
 import numpy as np
 
-# Imported by the server once, before any child forks: what every gymlab command imports.
+# Imported by the server once, before any child forks: what every gymlab command imports, and torch._dynamo,
+# which torch imports at a process's first optimizer (Optimizer.__init__ and step import it: 2.4 s of a
+# DQN, REINFORCE or SeqGAN child's start-up on the 2-core machine, as long as importing torch itself).
 # Last, this module: imported by the server as its main process (see _MainProcess).
 PRELOAD = [
     *("torch", "gymnasium", "numpy", "typer", "yaml", "pydantic", "torch.utils.tensorboard", "gymlab.cli"),
+    "torch._dynamo",
     "forkrun",
 ]
 
