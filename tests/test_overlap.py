@@ -247,7 +247,15 @@ def test_ctrl_c_while_a_step_is_in_flight_stops_after_it_and_resumes_exactly(tmp
     """The interrupt lands inside update(), with the overlap while the envs step: the run finishes
     that step, saves, exits 130, and the resumed run ends where an uninterrupted one does."""
     args = ["train", "dqn", "CartPole-v1", "--steps", "320", "eval_every=160", "eval_episodes=1", "checkpoint_every=64"]
-    args += ["net_arch=[8]", "learning_starts=16", "train_freq=4", "batch_size=8", "num_envs=2", f"overlap={overlap}"]
+    args += [
+        "net_arch=[8]",
+        "learning_starts=16",
+        "train_freq=4",
+        "gradient_steps=8",
+        "batch_size=8",
+        "num_envs=2",
+        f"overlap={overlap}",
+    ]
     whole = gymlab_inprocess(*args, "--run-dir", tmp_path / "whole")
     assert whole.code == 0, whole.ok()
     with ctrl_c_after_update("dqn", 200):

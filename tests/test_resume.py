@@ -109,7 +109,7 @@ DQN_RESUMES = {
 def test_dqn_resume_is_exact_by_default_and_says_so_when_its_memory_is_not_saved(tmp_path: Path, case: str):
     overrides, exact = DQN_RESUMES[case]
     args = ["train", "dqn", "CartPole-v1", "--steps", "320", "eval_every=160", "eval_episodes=1", "checkpoint_every=64"]
-    args += ["net_arch=[8]", "learning_starts=16", "train_freq=4", "batch_size=8", *overrides]
+    args += ["net_arch=[8]", "learning_starts=16", "train_freq=4", "gradient_steps=8", "batch_size=8", *overrides]
     whole = gymlab_inprocess(*args, "--run-dir", tmp_path / "whole")
     assert whole.code == 0, whole.ok()
     with ctrl_c_after_update("dqn", 200):
