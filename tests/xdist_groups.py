@@ -9,7 +9,9 @@ distributed on its own, and a contract case was trained on both workers, once pe
 each time its tests met another case's in between (pytest-dev/pytest-xdist#1386).
 
 This plugin (registered by tests/conftest.py) makes ``loadgroup`` the distribution under ``-n N`` and,
-on a worker, adds the suffix itself where xdist's own did not take.
+on a worker, adds the suffix itself where xdist's own did not take: on pytest 9.2, and on any pytest when
+``-n N`` came without ``--dist loadgroup`` (a worker parses the command line itself, so xdist's hook there
+never saw the loadgroup this plugin sets on the controller).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 
 try:  # pytest >= 9.2: the node id is a structured NodeId, built from a string by parse()
     from _pytest.nodeid import NodeId
-except ImportError:  # older pytest reads item._nodeid, which xdist sets itself
+except ImportError:  # older pytest: the node id is the string item._nodeid
     NodeId = None  # type: ignore[assignment,misc]
 
 
@@ -48,6 +50,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = group_of(item)
         if group is None or item.nodeid.endswith(f"@{group}"):
             continue
-        if NodeId is None or not isinstance(getattr(item, "_id", None), NodeId):
+        grouped = f"{item.nodeid}@{group}"
+        if NodeId is not None and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(grouped)
+        elif isinstance(getattr(item, "_nodeid", None), str):
+            item._nodeid = grouped  # type: ignore[attr-defined]
+        else:
             raise pytest.UsageError(f"cannot give {item.nodeid} its xdist group {group!r} on this pytest")
-        item._id = NodeId.parse(f"{item.nodeid}@{group}")
