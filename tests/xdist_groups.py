@@ -12,6 +12,11 @@ This plugin (registered by tests/conftest.py) makes ``loadgroup`` the distributi
 on a worker, adds the suffix itself where xdist's own did not take: on pytest 9.2, and on any pytest when
 ``-n N`` came without ``--dist loadgroup`` (a worker parses the command line itself, so xdist's hook there
 never saw the loadgroup this plugin sets on the controller).
+
+It also hands the ``slow``-marked tests out first (after the groups, which ``loadgroup`` sends before
+single tests). In collection order the longest ones (SeqGAN's learning tests, the sweeps) came near the
+end: one worker was still training while the other had nothing left, and waited. Longest first leaves
+the short tests to fill in at the end.
 """
 
 from __future__ import annotations
@@ -57,3 +62,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item._nodeid = grouped  # type: ignore[attr-defined]
         else:
             raise pytest.UsageError(f"cannot give {item.nodeid} its xdist group {group!r} on this pytest")
+    # Stable: each kind keeps its collection order, so every worker reports the same collection.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
