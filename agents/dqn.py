@@ -279,6 +279,7 @@ class DQN:
         self.cfg = config
         self.device = ctx.device
         self.total_steps = ctx.total_steps
+        self.num_envs = ctx.num_envs
         self.n_actions = int(act_space.n)
         self.act_start = int(act_space.start)
         self.online = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
@@ -323,6 +324,7 @@ class DQN:
         self.greedy = BatchForward(lambda x: self.online(x).argmax(dim=1), self.device, graphed)  # argmax_a Q(s, a)
         self.text = ctx.text
         self._told_replay_left_out = False
+        self._told_schedule = False
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
         self.epsilon = 1.0
         self.next_train = config.train_freq
@@ -362,6 +364,8 @@ class DQN:
         """Update ε and the target network on their schedules; run a learning round when due."""
         if not self._told_replay_left_out:
             self._tell_replay_left_out()
+        if not self._told_schedule:
+            self._tell_if_no_learning()
         cfg = self.cfg
         if step < cfg.learning_starts:
             self.epsilon = 1.0  # uniform-random play fills the memory first
@@ -483,6 +487,24 @@ class DQN:
         if not self.replay_saved():
             self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
 
+    def _tell_if_no_learning(self) -> None:
+        """Say once, at the first update of a run from scratch, if its budget ends before its first learning round.
+
+        Such a run only fills the memory (a resume with more ``--steps`` then learns). The last env
+        step is the budget rounded up to a whole step of all the envs. Not said in a run that loaded a
+        checkpoint: it may train past ``total_steps``, the schedules' budget (``--resume --steps N``).
+        """
+        self._told_schedule = True
+        cfg, n = self.cfg, self.num_envs
+        first_round = (cfg.learning_starts // cfg.train_freq + 1) * cfg.train_freq
+        if -(-self.total_steps // n) * n < first_round:
+            self.text(
+                "schedule",
+                f"no learning in this run: its first learning round is at env step {first_round:,}"
+                f" (hparams.learning_starts {cfg.learning_starts:,}, train_freq {cfg.train_freq}),"
+                f" past its {self.total_steps:,} steps; give more --steps or a lower hparams.learning_starts",
+            )
+
     def state_dict(self) -> dict[str, Any]:
         """Policy: the online network. Training: target network, optimizer, schedules, generators, replay memory.
 
@@ -531,6 +553,7 @@ class DQN:
 
         Without a saved memory, learning resumes on an empty one (said on the text channel).
         """
+        self._told_schedule = True  # a run from a checkpoint may train past total_steps: see _tell_if_no_learning
         self.online.load_state_dict(state["policy"]["online"])
         if "training" not in state:
             self.target.load_state_dict(self.online.state_dict())

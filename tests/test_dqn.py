@@ -359,6 +359,41 @@ def test_learning_rounds_count_env_steps_whatever_the_number_of_envs(num_envs):
     assert agent.target_updates == 576 // 6
 
 
+@pytest.mark.parametrize(
+    ("steps", "num_envs"),
+    [(1023, 1), (1024, 1), (1016, 8), (1017, 8), (5000, 1)],  # 8 envs: 1,017 steps end at env step 1,024
+)
+def test_a_budget_that_ends_before_the_first_learning_round_is_said_once(steps, num_envs):
+    """A short DQN run only fills the memory: said on the text channel at the first update, and true."""
+    said: list[tuple[str, str]] = []
+    box, two = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    ctx = Context(box, two, num_envs, 0, torch.device("cpu"), steps, text=lambda tag, msg: said.append((tag, msg)))
+    hp = DQNConfig(learning_starts=1000, train_freq=256, gradient_steps=1, batch_size=4, save_replay="always")
+    agent = DQN(hp, ctx)
+    obs, flags = np.zeros((num_envs, 3), np.float32), np.zeros(num_envs, bool)
+    for step in range(num_envs, steps + num_envs, num_envs):  # the loop's steps, to the first at or past the budget
+        agent.observe(Transition(obs, np.zeros(num_envs, np.int64), np.ones(num_envs), obs, flags, flags))
+        agent.update(step)
+    notes = [message for tag, message in said if tag == "schedule"]
+    assert (agent.grad_steps == 0) == bool(notes), (agent.grad_steps, said)
+    if notes:
+        assert notes == [
+            f"no learning in this run: its first learning round is at env step 1,024 (hparams.learning_starts 1,000,"
+            f" train_freq 256), past its {steps:,} steps; give more --steps or a lower hparams.learning_starts"
+        ]
+
+
+def test_a_run_from_a_checkpoint_does_not_say_so_since_it_may_train_past_its_schedules_budget():
+    """``--resume --steps N`` trains to N while the schedules keep the first run's budget (total_steps)."""
+    said: list[tuple[str, str]] = []
+    box, two = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    ctx = Context(box, two, 1, 0, torch.device("cpu"), 500, text=lambda tag, msg: said.append((tag, msg)))
+    agent = DQN(DQNConfig(learning_starts=1000, train_freq=256, batch_size=4), ctx)
+    agent.load_state_dict(agent.state_dict())
+    agent.update(1)
+    assert [tag for tag, _ in said if tag == "schedule"] == []
+
+
 def test_polyak_updates_of_one_step_compose():
     torch.manual_seed(0)
     agent = make_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), tau=0.3)
