@@ -49,7 +49,20 @@ def run() -> None:
     except BrokenPipeError:  # the reader of stdout went away (| head): the command did its work, say nothing more
         discard_stdout()
     _stop_leftover_threads(code)
+    _forget_escaped_interrupt()
     raise SystemExit(code)
+
+
+def _forget_escaped_interrupt() -> None:
+    """Keep ``python -m gymlab``'s exit code when a Ctrl-C was handled after escaping an ``eval`` of a string.
+
+    CPython notes a KeyboardInterrupt that leaves any ``eval()`` or ``exec()`` of source text, handled
+    later or not, and after a ``-m`` module exits it then kills itself with SIGINT, whatever the exit
+    code (a caller saw -2, not 130). typer evaluates the commands' annotations that way while it builds
+    them: a Ctrl-C there, a fraction of a second into every command, was one such case. The interrupt
+    was handled here (one line, 130); the note is reset by the next such evaluation that ends normally.
+    """
+    eval("None")  # a constant, evaluated from source text: resets the note
 
 
 def _tolerant_streams() -> None:

@@ -126,3 +126,35 @@ def test_a_signal_while_the_command_line_is_imported_is_one_line(tmp_path: Path,
     )
     proc = Child(["list"], tmp_path, env={"PYTHONPATH": str(tmp_path)}).wait(timeout=60)
     assert_one_line(proc, 130, "interrupted: nothing was saved or changed")
+
+
+ESCAPED = """
+import gymlab.__main__ as entry
+from gymlab import cli
+from gymlab.errors import NOTHING_SAVED
+
+
+def main():  # a Ctrl-C that lands inside eval()'d source (typer evaluates annotations so), handled as gymlab does
+    try:
+        eval("(_ for _ in ()).throw(KeyboardInterrupt())")
+    except KeyboardInterrupt:
+        cli.interrupted(NOTHING_SAVED)
+
+
+entry.main = main
+entry.run()
+"""
+
+
+def test_an_interrupt_that_escaped_an_eval_still_exits_130_under_python_m(tmp_path: Path) -> None:
+    """CPython ended such a ``-m`` process by SIGINT after it exited (-2): a sweep interrupted 2-3 s in did."""
+    import subprocess
+    import sys
+
+    (tmp_path / "escaped_entry.py").write_text(ESCAPED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "escaped_entry"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stderr == "gymlab: interrupted: nothing was saved or changed; run the same command again\n"
