@@ -323,8 +323,7 @@ class DQN:
         self.batches = DeviceBatches(self.replay, self.device, source)
         self.greedy = BatchForward(lambda x: self.online(x).argmax(dim=1), self.device, graphed)  # argmax_a Q(s, a)
         self.text = ctx.text
-        self._told_replay_left_out = False
-        self._told_schedule = False
+        self._notes_due = True  # said at a fresh run's first update (_first_update_notes)
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
         self.epsilon = 1.0
         self.next_train = config.train_freq
@@ -362,10 +361,8 @@ class DQN:
 
     def update(self, step: int) -> Mapping[str, float]:
         """Update ε and the target network on their schedules; run a learning round when due."""
-        if not self._told_replay_left_out:
-            self._tell_replay_left_out()
-        if not self._told_schedule:
-            self._tell_if_no_learning()
+        if self._notes_due:
+            self._first_update_notes()
         cfg = self.cfg
         if step < cfg.learning_starts:
             self.epsilon = 1.0  # uniform-random play fills the memory first
@@ -481,20 +478,18 @@ class DQN:
         mode = self.cfg.save_replay
         return mode == "always" or (mode == "auto" and self.replay.nbytes <= self.cfg.replay_save_budget_mb * MB)
 
-    def _tell_replay_left_out(self) -> None:
-        """Say once, at the first update of a run not resumed, if checkpoints will leave the memory out."""
-        self._told_replay_left_out = True
+    def _first_update_notes(self) -> None:
+        """Say once, at the first update of a run from scratch, what its settings mean for it.
+
+        If checkpoints will leave the memory out; and if the budget ends before the first learning round
+        (the last env step is the budget rounded up to a whole step of all the envs): such a run only fills
+        the memory. Not said in a run that loaded a checkpoint: :meth:`load_state_dict` says the memory's
+        note itself, and such a run may train past ``total_steps``, the schedules' budget
+        (``--resume --steps N``), which the agent cannot see.
+        """
+        self._notes_due = False
         if not self.replay_saved():
             self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
-
-    def _tell_if_no_learning(self) -> None:
-        """Say once, at the first update of a run from scratch, if its budget ends before its first learning round.
-
-        Such a run only fills the memory (a resume with more ``--steps`` then learns). The last env
-        step is the budget rounded up to a whole step of all the envs. Not said in a run that loaded a
-        checkpoint: it may train past ``total_steps``, the schedules' budget (``--resume --steps N``).
-        """
-        self._told_schedule = True
         cfg, n = self.cfg, self.num_envs
         first_round = (cfg.learning_starts // cfg.train_freq + 1) * cfg.train_freq
         if -(-self.total_steps // n) * n < first_round:
@@ -553,7 +548,7 @@ class DQN:
 
         Without a saved memory, learning resumes on an empty one (said on the text channel).
         """
-        self._told_schedule = True  # a run from a checkpoint may train past total_steps: see _tell_if_no_learning
+        self._notes_due = False  # see _first_update_notes
         self.online.load_state_dict(state["policy"]["online"])
         if "training" not in state:
             self.target.load_state_dict(self.online.state_dict())
@@ -574,5 +569,4 @@ class DQN:
         if training["replay"] is not None:
             self.replay.load_state_dict(training["replay"])
         else:
-            self._told_replay_left_out = True  # said now, at resume; not again at the first update
             self.text("replay", self._replay_left_out("this resume is not exact"))
