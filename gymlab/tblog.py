@@ -18,6 +18,7 @@ under a ``compare/<env>/<agent>/<config id>/`` tag and opened TensorBoard on a d
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -41,6 +42,34 @@ EVAL_RETURN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"
 EVAL_LENGTH = "eval/length_mean"
 STEPS_PER_SECOND = "time/steps_per_second"
+#: How every TensorBoard events file's name begins; the creation second follows, then host, pid and a counter.
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def wait_to_sort_last(log_dir: Path) -> None:
+    """Wait, if need be, until an events file opened now in ``log_dir`` sorts after every one already there.
+
+    TensorBoard reads a folder's events files in the order of their names, and the purge of a resumed
+    run only drops what the files before it logged. A name begins with its creation second; within one
+    second the order falls to the process id and a per-process counter, compared as text (``...9`` after
+    ``...10``), so a writer opened in the same second as the last one may sort before it and its purge
+    goes astray. Waiting for the next second (at most one) rules that out. A clock set back more than a
+    second is beyond repair here and is not waited for.
+    """
+    seconds = [name.split(".")[3] for name in _events_names(log_dir)]
+    newest = max((int(s) for s in seconds if s.isdigit()), default=None)
+    if newest is None:
+        return
+    delay = newest + 1 - time.time()
+    if 0 < delay <= 1:
+        time.sleep(delay)
+
+
+def _events_names(log_dir: Path) -> list[str]:
+    try:
+        return [p.name for p in log_dir.iterdir() if p.name.startswith(EVENTS_PREFIX)]
+    except OSError:
+        return []  # opening the writer says what is wrong with the folder
 
 
 class MeanWindow:
@@ -160,6 +189,7 @@ class RunLogger:
         if threading.excepthook is not _quiet_writer_thread:
             _previous_excepthook, threading.excepthook = threading.excepthook, _quiet_writer_thread
         self.log_dir = log_dir
+        wait_to_sort_last(log_dir)
         try:
             self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=20)
         except OSError as exc:

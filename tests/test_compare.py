@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import gymlab_inprocess
 from PIL import Image
+from tensorboard.summary.writer import event_file_writer
 from torch.utils.tensorboard import SummaryWriter
 
 from gymlab import compare as cmp
@@ -26,6 +27,7 @@ def write_run(folder, config, points, metric=METRIC, purge_step=None):
     """A run folder with config.yaml and an event file holding ``points`` = [(step, value)]."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    tb.wait_to_sort_last(folder)  # as the run logger does: a second file must sort after the first
     writer = SummaryWriter(str(folder), purge_step=purge_step)
     for step, value in points:
         writer.add_scalar(metric, value, step)
@@ -213,6 +215,25 @@ def test_a_resumed_run_reads_without_the_purged_steps(tmp_path):
     run = write_run(tmp_path / "r", config(), [(s, float(s)) for s in range(6)])
     write_run(run, config(), [(s, 10.0 * s) for s in range(3, 7)], purge_step=3)
     steps, values = cmp.read_scalars(run)[METRIC]
+    np.testing.assert_array_equal(steps, range(7))
+    np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
+
+
+def test_a_run_logger_opened_in_the_same_second_as_the_last_still_purges_it(tmp_path, monkeypatch):
+    """TensorBoard reads events files in name order; within one second the name ends in a counter compared
+    as text, so the 10th writer of a process sorts before its 9th. The run logger waits a new second."""
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    first = tb.RunLogger(tmp_path)
+    for step in range(6):
+        first.scalars({METRIC: float(step)}, step)
+    first.close()
+    resumed = tb.RunLogger(tmp_path, purge_step=3)  # the counter's 10: "...10" < "...9"
+    for step in range(3, 7):
+        resumed.scalars({METRIC: 10.0 * step}, step)
+    resumed.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert names[-1].endswith(".10"), names
+    steps, values = cmp.read_scalars(tmp_path)[METRIC]
     np.testing.assert_array_equal(steps, range(7))
     np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
 
