@@ -216,8 +216,12 @@ class Trainer:
         self.progress_every = max(self.envs.num_envs, total // 400)
         self.next_progress = step
         self.t_window, self.s_window = time.perf_counter(), step
+        n = self.envs.num_envs  # every env steps each time: the run ends at the budget rounded up to n
+        end = step if step >= total else step + -(-(total - step) // n) * n
         if self.progress is not None:
-            self.progress.start(total, step)
+            self.progress.start(end, step)
+        if end != total and step < total:
+            self.text("steps", f"{total:,} is not a multiple of num_envs {n}: the run ends at env step {end:,}")
 
     def _open_logger(self, resumed: bool) -> tb.RunLogger:
         """The TensorBoard writer, discarding whatever a killed run logged after the checkpoint it resumes.

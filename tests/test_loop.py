@@ -799,3 +799,18 @@ def test_episodes_that_never_end_are_said_and_a_class_env_takes_a_time_limit(tmp
     limited = gymlab_inprocess(*base, "env_kwargs.max_episode_steps=50", "--run-dir", tmp_path / "limited")
     assert limited.code == 0 and "no training episode ended" not in limited.err, limited.ok()
     assert {length for _, length in scalars(tmp_path / "limited")["rollout/ep_length"]} == {50.0}
+
+
+@pytest.mark.parametrize(("steps", "end"), [(1001, 1008), (1000, 1000)])
+def test_a_budget_that_is_not_a_multiple_of_num_envs_is_said_and_shown_as_the_step_it_ends_at(tmp_path, steps, end):
+    """All envs step each time, so 1,001 steps of 8 envs end at 1,008: the bar counts to that; a line says so."""
+    args = ["train", "random", "CartPole-v1", "--steps", steps, "--device", "cpu", "--run-dir", tmp_path / "run"]
+    res = gymlab_inprocess(*args, "num_envs=8", "eval_every=0")
+    assert res.code == 0, res.ok()
+    said = res.out + res.err
+    note = f"steps: {steps:,} is not a multiple of num_envs 8: the run ends at env step {end:,}"
+    assert (note in said) == (end != steps), said
+    assert f"step {end:,}/{end:,} (100%)" in said, said
+    if end != steps:
+        assert f"/{steps:,} (" not in said, said  # the bar never counts to a budget the run cannot stop at
+    assert f"done: {end:,} steps" in said
