@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Protocol, TextIO
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -190,6 +191,44 @@ def discard_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+#: An evaluation playing longer than this says so, and again each time as long again has passed.
+EVAL_HEARTBEAT_SECONDS = 30.0
+
+
+class EvalHeartbeat:
+    """An evaluation's ``on_step``: counts its env steps and says every ``every`` seconds that it still plays.
+
+    A greedy policy that never ends an episode (Breakout's, before it learns to serve) plays to the env's
+    time limit, minutes at a time, while the bar stands still: this line tells it from a hang.
+    """
+
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        step: int,
+        episodes: int,
+        num_envs: int,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.say, self.step, self.episodes, self.num_envs = say, step, episodes, num_envs
+        self.every, self.clock = EVAL_HEARTBEAT_SECONDS if every is None else every, clock
+        self.start = clock()
+        self.due = self.start + self.every
+        self.steps = 0
+
+    def __call__(self, obs: Any) -> None:
+        """One step of every eval env is about to be played."""
+        self.steps += self.num_envs
+        now = self.clock()
+        if now >= self.due:
+            self.due = now + self.every
+            self.say(
+                f"step {self.step:,}: evaluation of {self.episodes} episode{'s' if self.episodes != 1 else ''} "
+                f"still playing after {_duration(now - self.start)} ({self.steps:,} env steps so far)"
+            )
 
 
 def _duration(seconds: float) -> str:

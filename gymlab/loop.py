@@ -33,7 +33,7 @@ from gymlab.agent import Transition, agent_phases, run_phase
 from gymlab.build import build, out_of_memory, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
-from gymlab.console import Progress
+from gymlab.console import EvalHeartbeat, Progress
 from gymlab.envfault import EnvProblem, batch_out_of_bounds, check_hint
 from gymlab.envguard import VectorGuard, close_env, with_final_obs
 from gymlab.errors import GymlabError, Interrupted
@@ -421,11 +421,18 @@ class Trainer:
         run, state = self.config.run, self.state
         cut: list[int] = []
         state.eval_due, self.during = True, " during evaluation"
+        progress = self.progress
+        heartbeat = (
+            None
+            if progress is None
+            else EvalHeartbeat(progress.note, state.step, run.eval_episodes, self.eval_envs.num_envs)
+        )
         returns, lengths = self.evaluator(
             self.agent,
             self.eval_envs,
             run.eval_episodes,
             eval_seed(run.seed, "eval", state.eval_index),
+            heartbeat,
             max_steps=run.eval_max_steps,
             stop=self.stop,
             on_capped=lambda length, ret: cut.append(length),

@@ -17,7 +17,7 @@ from conftest import gymlab_inprocess
 from pydantic import BaseModel, ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gymlab import checkpoint, envfault, envguard, registry, runner, vector
+from gymlab import checkpoint, console, envfault, envguard, registry, runner, vector
 from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
@@ -814,3 +814,27 @@ def test_a_budget_that_is_not_a_multiple_of_num_envs_is_said_and_shown_as_the_st
     if end != steps:
         assert f"/{steps:,} (" not in said, said  # the bar never counts to a budget the run cannot stop at
     assert f"done: {end:,} steps" in said
+
+
+def test_an_evaluation_that_plays_long_says_it_still_plays_every_interval():
+    said: list[str] = []
+    now = [100.0]
+    beat = console.EvalHeartbeat(said.append, 40_000, 5, 2, every=30.0, clock=lambda: now[0])
+    for t in (110.0, 129.9, 130.0, 140.0, 160.0, 195.0):
+        now[0] = t
+        beat(None)
+    assert said == [
+        "step 40,000: evaluation of 5 episodes still playing after 0:00:30 (6 env steps so far)",
+        "step 40,000: evaluation of 5 episodes still playing after 0:01:00 (10 env steps so far)",
+        "step 40,000: evaluation of 5 episodes still playing after 0:01:35 (12 env steps so far)",
+    ]
+
+
+def test_the_loop_gives_its_evaluations_a_heartbeat_on_the_console(tmp_path, monkeypatch):
+    monkeypatch.setattr(console, "EVAL_HEARTBEAT_SECONDS", 0.0)  # every step is "long" here
+    args = ["train", "random", "CartPole-v1", "--steps", 200, "--device", "cpu", "--run-dir", tmp_path / "run"]
+    res = gymlab_inprocess(*args, "eval_every=100", "eval_episodes=2")
+    assert res.code == 0, res.ok()
+    beats = [line for line in (res.out + res.err).splitlines() if "still playing" in line]
+    assert any("step 100: evaluation of 2 episodes still playing after" in b for b in beats), beats
+    assert any("step 200: evaluation of 2 episodes still playing after" in b for b in beats), beats
