@@ -225,7 +225,15 @@ def evaluate(
     which = checkpoint_choice(run, which)
     # With --json, stdout is one JSON object for a pipe: what the env or agent prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        result = evaluate_run(run, episodes, which=which, seed=seed, device=device, trust=tuple(trust or ()))
+        result = evaluate_run(
+            run,
+            episodes,
+            which=which,
+            seed=seed,
+            device=device,
+            trust=tuple(trust or ()),
+            say=lambda line: print(f"note: {line}", file=sys.stderr, flush=True),
+        )
     if result["capped_episodes"]:
         print(
             f"note: {result['capped_episodes']} of {result['episodes']} episodes were cut at "

@@ -19,6 +19,7 @@ from gymnasium.vector import VectorEnv
 
 from gymlab.agent import Agent
 from gymlab.build import build_policy, eval_envs
+from gymlab.console import EvalHeartbeat
 from gymlab.envfault import EnvProblem
 from gymlab.envguard import VectorGuard, close_env, episode_cap
 from gymlab.errors import Interrupted
@@ -146,24 +147,28 @@ def evaluate_run(
     device: str | None = None,
     trust: tuple[str, ...] = (),
     evaluator: Evaluator = evaluate,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """What ``gymlab eval --json`` prints (``benchmarks/results.py`` uses it too).
 
     Plays ``episodes`` greedy episodes of the run's ``which`` checkpoint (last or best) on the eval
     env, seeded by ``seed`` or, by default, the run's own ``cli`` seed stream. Besides the JSON
-    keys, ``eval_max_steps`` says where ``capped_episodes`` were cut.
+    keys, ``eval_max_steps`` says where ``capped_episodes`` were cut. ``say`` gets the line of an
+    evaluation that plays long (:class:`~gymlab.console.EvalHeartbeat`).
     """
     loaded = load_run(run, which, trust)
     cfg, r = loaded.config, loaded.config.run
     agent = build_policy(cfg, loaded.checkpoint, device)
     envs = eval_envs(cfg)
     cut: list[int] = []  # lengths of the episodes cut at eval_max_steps (an env without a time limit)
+    heartbeat = None if say is None else EvalHeartbeat(say, loaded.checkpoint.step, episodes, envs.num_envs)
     try:
         returns, lengths = evaluator(
             agent,
             envs,
             episodes,
             seed if seed is not None else eval_seed(r.seed, "cli"),
+            heartbeat,
             max_steps=r.eval_max_steps,
             on_capped=lambda n, ret: cut.append(n),
         )

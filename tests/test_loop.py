@@ -1,6 +1,7 @@
 """The rollout loop: same-step autoreset, true final observations, termination vs truncation,
 episode statistics, evaluation, and user-supplied agents and envs given as module:Class."""
 
+import json
 import math
 import os
 import re
@@ -838,3 +839,14 @@ def test_the_loop_gives_its_evaluations_a_heartbeat_on_the_console(tmp_path, mon
     beats = [line for line in (res.out + res.err).splitlines() if "still playing" in line]
     assert any("step 100: evaluation of 2 episodes still playing after" in b for b in beats), beats
     assert any("step 200: evaluation of 2 episodes still playing after" in b for b in beats), beats
+
+
+def test_gymlab_eval_gives_a_long_evaluation_a_heartbeat_on_stderr(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    res = gymlab_inprocess("train", "random", "CartPole-v1", "--steps", 100, "--device", "cpu", "--run-dir", run)
+    assert res.code == 0, res.ok()
+    monkeypatch.setattr(console, "EVAL_HEARTBEAT_SECONDS", 0.0)
+    res = gymlab_inprocess("eval", run, "--episodes", 2, "--json")
+    assert res.code == 0, res.ok()
+    assert json.loads(res.out)["episodes"] == 2  # stdout stays one JSON object
+    assert "note: step 100: evaluation of 2 episodes still playing after 0:00:00" in res.err, res.err
