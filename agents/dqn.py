@@ -283,17 +283,28 @@ class DQN:
         self.n_actions = int(act_space.n)
         self.act_start = int(act_space.start)
         self.online = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
+        self.online_params: list[torch.Tensor] = list(self.online.parameters())
+        self.compile = resolve_compile(config.compile, self.device)
+        graphed = self.compile == "cuda_graph"
+        self.greedy = BatchForward(lambda x: self.online(x).argmax(dim=1), self.device, graphed)  # argmax_a Q(s, a)
+        self.text = ctx.text
+        self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
+        self.epsilon = 1.0
+        self.training = ctx.training  # False: built to act only, without the state that follows
+        if ctx.training:  # an agent built to act only (eval, watch) needs none of what follows
+            self._build_learning(config, ctx, graphed)
+
+    def _build_learning(self, config: DQNConfig, ctx: Context, graphed: bool) -> None:
+        """The target network, Adam, the replay memory, the schedules and the report's sums."""
+        obs_space = ctx.observation_space
         self.target = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
         self.target.load_state_dict(self.online.state_dict())
         self.target.requires_grad_(False)
-        self.online_params: list[torch.Tensor] = list(self.online.parameters())
         self.target_params: list[torch.Tensor] = list(self.target.parameters())
         # Adam's fused kernel where available (CPU and CUDA), the foreach one otherwise. A CUDA graph
         # replays Adam's kernels with the tensors they were recorded with: its learning rate is a
         # tensor (a schedule changes it in place) and its step counters stay on the device.
         fused = self.device.type in ("cuda", "cpu")
-        self.compile = resolve_compile(config.compile, self.device)
-        graphed = self.compile == "cuda_graph"
         self.optimizer = torch.optim.Adam(
             self.online_params,
             lr=torch.tensor(config.learning_rate, device=self.device) if graphed else config.learning_rate,
@@ -321,11 +332,7 @@ class DQN:
             gamma=config.gamma,
         )
         self.batches = DeviceBatches(self.replay, self.device, source)
-        self.greedy = BatchForward(lambda x: self.online(x).argmax(dim=1), self.device, graphed)  # argmax_a Q(s, a)
-        self.text = ctx.text
         self._notes_due = True  # said at a fresh run's first update (_first_update_notes)
-        self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
-        self.epsilon = 1.0
         self.next_train = config.train_freq
         self.next_target_update = config.target_update_interval
         self.grad_steps = 0
@@ -506,9 +513,12 @@ class DQN:
         The memory is left out when ``save_replay`` says so ("never", or "auto" over the budget); the
         run says so once on the text channel (at its first update), since a resume from it cannot be exact.
         """
+        policy = {"online": self.online.state_dict()}
+        if not self.training:  # built to act only
+            return {"policy": policy}
         replay = self.replay.state_dict() if self.replay_saved() else None
         return {
-            "policy": {"online": self.online.state_dict()},
+            "policy": policy,
             "training": {
                 "target": self.target.state_dict(),
                 "optimizer": self._optimizer_state(),
@@ -551,7 +561,8 @@ class DQN:
         self._notes_due = False  # see _first_update_notes
         self.online.load_state_dict(state["policy"]["online"])
         if "training" not in state:
-            self.target.load_state_dict(self.online.state_dict())
+            if self.training:
+                self.target.load_state_dict(self.online.state_dict())
             return
         training = state["training"]
         self.target.load_state_dict(training["target"])

@@ -242,12 +242,14 @@ class Reinforce:
             last.bias.zero_()
         params = list(self.policy.parameters()) + ([self.log_std] if self.log_std is not None else [])
         self.policy_params = params
-        self.policy_opt = torch.optim.Adam(params, lr=config.learning_rate)
         self.value: torch.nn.Sequential | None = None
         self.value_opt: torch.optim.Adam | None = None
-        if config.baseline == "value":
-            self.value = value
-            self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_learning_rate)
+        self.training = ctx.training  # False: built to act only (eval, watch): no optimizer nor value network
+        if ctx.training:
+            self.policy_opt = torch.optim.Adam(params, lr=config.learning_rate)
+            if config.baseline == "value":
+                self.value = value
+                self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_learning_rate)
         # The agent's own sampler, on the CPU so its state is the same on every device.
         self.gen = torch.Generator().manual_seed(ctx.seed)
         self.mean_baseline = 0.0  # 'mean' baseline: exponential moving average of returns
@@ -439,11 +441,14 @@ class Reinforce:
         Training holds the value network, optimizers, sampler, baseline statistics and every partly
         collected episode (one buffer per env).
         """
+        policy = {
+            "net": self.policy.state_dict(),
+            "log_std": self.log_std.detach().clone() if self.log_std is not None else None,
+        }
+        if not self.training:  # built to act only
+            return {"policy": policy}
         return {
-            "policy": {
-                "net": self.policy.state_dict(),
-                "log_std": self.log_std.detach().clone() if self.log_std is not None else None,
-            },
+            "policy": policy,
             "training": {
                 "policy_opt": self.policy_opt.state_dict(),
                 "value": self.value.state_dict() if self.value is not None else None,

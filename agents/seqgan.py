@@ -255,34 +255,39 @@ class SeqGAN:
         self.text = ctx.text
         self.vocab_size = int(ctx.action_space.n)
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
-        oracle_seed, oracle_embedding_dim, oracle_hidden_dim = oracle_settings(ctx.env_kwargs)
-        self.oracle = make_oracle(self.vocab_size, oracle_embedding_dim, oracle_hidden_dim, oracle_seed)
-        self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
-        # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
-        try:
-            self.held_out = held_out_dataset(
-                self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real
-            )
-        except ValueError as exc:  # too few distinct sequences: the real data holds nearly all the oracle draws
-            raise GymlabError(
-                f"{exc}: {self.vocab_size} tokens over {self.seq_len} positions are too few distinct sequences "
-                f"for num_real={config.num_real} and test_samples={config.test_samples}; raise env_kwargs.vocab_size "
-                "or env_kwargs.seq_len, or lower num_real and test_samples"
-            ) from None
-        self.real, self.held_out = self._to_device(self.real), self._to_device(self.held_out)  # once, pinned
-        self.oracle.to(self.device)
+        # An agent built to act only (eval, watch) needs the generator alone: no oracle, data, D nor optimizers.
+        # Built in this order when training, so the global generator draws the same initial weights.
+        self.training = ctx.training
+        if ctx.training:
+            oracle_seed, oracle_embedding_dim, oracle_hidden_dim = oracle_settings(ctx.env_kwargs)
+            self.oracle = make_oracle(self.vocab_size, oracle_embedding_dim, oracle_hidden_dim, oracle_seed)
+            self.real = sample_dataset(self.oracle, config.num_real, self.seq_len, config.data_seed)
+            # NLL-test's held-out oracle sequences: their own seed, none of them in the real data.
+            try:
+                self.held_out = held_out_dataset(
+                    self.oracle, config.test_samples, self.seq_len, config.test_seed, self.real
+                )
+            except ValueError as exc:  # too few distinct sequences: the real data holds nearly all the oracle draws
+                raise GymlabError(
+                    f"{exc}: {self.vocab_size} tokens over {self.seq_len} positions are too few distinct sequences "
+                    f"for num_real={config.num_real} and test_samples={config.test_samples}; raise "
+                    "env_kwargs.vocab_size or env_kwargs.seq_len, or lower num_real and test_samples"
+                ) from None
+            self.real, self.held_out = self._to_device(self.real), self._to_device(self.held_out)  # once, pinned
+            self.oracle.to(self.device)
         self.generator = make_generator(config, self.vocab_size).to(self.device)
-        self.rollout = make_generator(config, self.vocab_size).to(self.device)
-        self.rollout.load_state_dict(self.generator.state_dict())
-        self.rollout.requires_grad_(False)
-        self.discriminator = Discriminator(
-            self.vocab_size, config.disc_embedding_dim, config.filter_sizes, config.num_filters, config.dropout
-        ).to(self.device)
-        self.mle_opt = torch.optim.Adam(self.generator.parameters(), lr=config.gen_learning_rate)
-        # The adversarial phase starts a fresh Adam, as the authors' code does: MLE's moment
-        # estimates describe a different objective.
-        self.pg_opt = torch.optim.Adam(self.generator.parameters(), lr=config.pg_learning_rate)
-        self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_learning_rate)
+        if ctx.training:
+            self.rollout = make_generator(config, self.vocab_size).to(self.device)
+            self.rollout.load_state_dict(self.generator.state_dict())
+            self.rollout.requires_grad_(False)
+            self.discriminator = Discriminator(
+                self.vocab_size, config.disc_embedding_dim, config.filter_sizes, config.num_filters, config.dropout
+            ).to(self.device)
+            self.mle_opt = torch.optim.Adam(self.generator.parameters(), lr=config.gen_learning_rate)
+            # The adversarial phase starts a fresh Adam, as the authors' code does: MLE's moment
+            # estimates describe a different objective.
+            self.pg_opt = torch.optim.Adam(self.generator.parameters(), lr=config.pg_learning_rate)
+            self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_learning_rate)
         # Sampling (actions, rollouts, negatives) on the device; shuffling indices on the CPU.
         self.rng = torch.Generator(device=self.device).manual_seed(ctx.seed)
         self.index_rng = torch.Generator().manual_seed(ctx.seed + 1)
@@ -504,9 +509,12 @@ class SeqGAN:
 
     def state_dict(self) -> dict[str, Any]:
         """Policy: the generator. Training: the other networks, optimizers, generators' states, counters, batch."""
+        policy = {"generator": self.generator.state_dict()}
+        if not self.training:  # built to act only
+            return {"policy": policy}
         training = {name: getattr(self, name).state_dict() for name in self._STATEFUL}
         return {
-            "policy": {"generator": self.generator.state_dict()},
+            "policy": policy,
             "training": {
                 **training,
                 "rng": self.rng.get_state(),

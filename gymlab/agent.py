@@ -81,6 +81,10 @@ class Context:
     #: ``text(tag, message)``: text for the user (sample outputs, warnings), which the loop writes to
     #: TensorBoard under ``train/<tag>`` and shows on the console. Metrics stay numbers.
     text: Callable[[str, str], None] = ignore_text
+    #: False: built only to act (``eval``, ``watch``), given the policy part of a checkpoint alone. The agent
+    #: may then leave out what only learning needs (optimizers, memories, data sets); a torch optimizer
+    #: alone costs a command seconds of start-up (its first one imports torch._dynamo).
+    training: bool = True
 
 
 #: Top-level keys of ``Agent.state_dict()``: what acting needs, and the rest of an exact resume.
@@ -140,6 +144,7 @@ class Agent(Protocol):
 
         "policy" is all that acting needs (weights, tables, normalisers); "training" is the rest
         of an exact resume (optimizers, replay, per-env episode buffers, counters, generators).
+        An agent built to act only (``Context.training`` False) may return "policy" alone.
         """
         ...
 

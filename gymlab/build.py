@@ -82,6 +82,7 @@ def make_context(
     num_envs: int | None = None,
     device: torch.device | None = None,
     text: Callable[[str, str], None] = ignore_text,
+    training: bool = True,
 ) -> Context:
     """The agent's :class:`Context` for this config (``num_envs`` and ``device`` default to the config's)."""
     run = config.run
@@ -95,6 +96,7 @@ def make_context(
         env_id=run.env,
         env_kwargs=MappingProxyType(run.env_kwargs),
         text=text,
+        training=training,
     )
 
 
@@ -197,17 +199,17 @@ def build(config: Config, text: Callable[[str, str], None] = ignore_text) -> Bui
 
 
 def build_policy(config: Config, ckpt: Checkpoint, device: str | None = None) -> Agent:
-    """A trained agent for acting: built for one env, given the checkpoint's policy state only.
+    """A trained agent for acting: built for one env, to act only, given the checkpoint's policy state only.
 
-    So any run (whatever its ``num_envs`` or memory settings) can be evaluated and watched.
+    So any run (whatever its ``num_envs`` or memory settings) can be evaluated and watched, without
+    building what only learning needs (``Context.training``).
     """
     run = config.run
     env = registry.make_env(run.env, run.env_kwargs, run.wrappers, train=False)
     obs_space, act_space = env.observation_space, env.action_space
     close_env(env)
-    ctx = make_context(
-        config, obs_space, act_space, num_envs=1, device=resolve_device(run.device if device is None else device)
-    )
+    device_ = resolve_device(run.device if device is None else device)
+    ctx = make_context(config, obs_space, act_space, num_envs=1, device=device_, training=False)
     agent = make_agent(config, ctx)
     state = ckpt.agent_state
     if POLICY not in state:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -95,6 +97,8 @@ def test_policy_only_load_with_one_env_after_training_with_several(tmp_path: Pat
     config, ckpt = loaded.config, loaded.checkpoint
     assert set(ckpt.agent_state) == {"policy", "training"}
     policy = build_policy(config, ckpt, "cpu")
+    if agent in ("dqn", "reinforce", "seqgan"):  # built to act only: no optimizer, memory nor data
+        assert set(policy.state_dict()) == {"policy"}
     assert policy.state_dict()["policy"].keys() == ckpt.agent_state["policy"].keys()
     for key, value in ckpt.agent_state["policy"].items():
         mine = policy.state_dict()["policy"][key]
@@ -108,6 +112,25 @@ def test_policy_only_load_with_one_env_after_training_with_several(tmp_path: Pat
     finally:
         envs.close()
     assert returns.shape == (1,) and np.isfinite(returns).all()
+
+
+@pytest.mark.parametrize("agent", ["dqn", "reinforce", "seqgan"])
+def test_eval_builds_no_optimizer_so_its_start_up_skips_torch_dynamo(tmp_path: Path, agent: str):
+    """A torch optimizer's first construction imports torch._dynamo, as long as torch itself to import
+    (about 2 s here): ``eval`` and ``watch`` build the agent to act only, without one."""
+    env, overrides = PRESETS[agent]
+    train(smoke_config(agent, env, overrides, steps=480), tmp_path / "run")
+    probe = (
+        "import sys; from gymlab.cli import main\n"
+        "try:\n    main(['eval', sys.argv[1], '--episodes', '1', '--json'])\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('dynamo' if 'torch._dynamo' in sys.modules else 'no dynamo')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "run")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "no dynamo", done.stdout + done.stderr
 
 
 def test_reinforce_preset_run_evaluates_from_the_command_line(cli):
