@@ -290,8 +290,8 @@ class DQN:
         self.text = ctx.text
         self.rng = np.random.default_rng([ctx.seed, 1])  # exploration; the memory has its own
         self.epsilon = 1.0
-        self.training = ctx.training  # False: built to act only, without the state that follows
-        if ctx.training:  # an agent built to act only (eval, watch) needs none of what follows
+        self.training = ctx.training  # False: built to act only (eval, watch), without what learning needs
+        if ctx.training:
             self._build_learning(config, ctx, graphed)
 
     def _build_learning(self, config: DQNConfig, ctx: Context, graphed: bool) -> None:

@@ -421,12 +421,8 @@ class Trainer:
         run, state = self.config.run, self.state
         cut: list[int] = []
         state.eval_due, self.during = True, " during evaluation"
-        progress = self.progress
-        heartbeat = (
-            None
-            if progress is None
-            else EvalHeartbeat(progress.note, state.step, run.eval_episodes, self.eval_envs.num_envs)
-        )
+        say = None if self.progress is None else self.progress.note
+        heartbeat = None if say is None else EvalHeartbeat(say, state.step, run.eval_episodes, self.eval_envs.num_envs)
         returns, lengths = self.evaluator(
             self.agent,
             self.eval_envs,

@@ -42,8 +42,8 @@ EVAL_RETURN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"
 EVAL_LENGTH = "eval/length_mean"
 STEPS_PER_SECOND = "time/steps_per_second"
-#: How every TensorBoard events file's name begins; the creation second follows, then host, pid and a counter.
-EVENTS_PREFIX = "events.out.tfevents."
+#: Every TensorBoard events file: ``events.out.tfevents.<creation second>.<host>.<pid>.<counter>``.
+EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def wait_to_sort_last(log_dir: Path) -> None:
@@ -56,20 +56,11 @@ def wait_to_sort_last(log_dir: Path) -> None:
     goes astray. Waiting for the next second (at most one) rules that out. A clock set back more than a
     second is beyond repair here and is not waited for.
     """
-    seconds = [name.split(".")[3] for name in _events_names(log_dir)]
+    seconds = [p.name.split(".")[3] for p in log_dir.glob(EVENTS_GLOB)]  # none in a missing folder
     newest = max((int(s) for s in seconds if s.isdigit()), default=None)
-    if newest is None:
-        return
-    delay = newest + 1 - time.time()
+    delay = 0.0 if newest is None else newest + 1 - time.time()
     if 0 < delay <= 1:
         time.sleep(delay)
-
-
-def _events_names(log_dir: Path) -> list[str]:
-    try:
-        return [p.name for p in log_dir.iterdir() if p.name.startswith(EVENTS_PREFIX)]
-    except OSError:
-        return []  # opening the writer says what is wrong with the folder
 
 
 class MeanWindow:
