@@ -20,6 +20,11 @@ length and all start together, so all end on the same step; that step is answere
 Gymnasium's same-step autoreset mode: the returned observation is already the next (empty)
 prefix and the finished sequences travel in ``infos["final_obs"]``, with their returns in
 ``infos["final_info"]["episode"]``.
+
+Every episode ends (terminated) after exactly ``seq_len`` steps, by construction; both envs say so
+with ``max_episode_length`` (:func:`gymlab.envguard.declared_length`), so ``gymlab check`` and
+evaluation know their episodes end. The id is registered without ``max_episode_steps``: that is a
+``TimeLimit`` fixed at registration, which would truncate a longer ``env_kwargs.seq_len``.
 """
 
 from __future__ import annotations
@@ -144,6 +149,7 @@ class SeqGenEnv(gym.Env[np.ndarray, np.int64]):
     ) -> None:
         _check_sizes(vocab_size, seq_len, (oracle_seed, oracle_embedding_dim, oracle_hidden_dim))
         self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.max_episode_length = seq_len  # every episode ends after seq_len tokens (envguard.declared_length)
         self.scorer = make_scorer(scorer, vocab_size, oracle_seed, oracle_embedding_dim, oracle_hidden_dim)
         self.observation_space = prefix_space(vocab_size, seq_len)
         self.action_space = gym.spaces.Discrete(vocab_size)
@@ -205,6 +211,7 @@ class SeqGenVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             raise ValueError(f"SeqGen: num_envs must be at least 1, got {num_envs}")
         self.num_envs = num_envs
         self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.max_episode_length = seq_len  # every episode ends after seq_len tokens (envguard.declared_length)
         self.scorer = make_scorer(scorer, vocab_size, oracle_seed, oracle_embedding_dim, oracle_hidden_dim)
         self.single_observation_space = prefix_space(vocab_size, seq_len)
         self.single_action_space = gym.spaces.Discrete(vocab_size)

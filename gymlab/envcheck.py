@@ -5,7 +5,8 @@ The points, each checked on a fresh copy of the env so one failure does not hide
 - **gymnasium checker**: Gymnasium's own ``check_env`` (spaces, reset/step signatures, seeding),
   its warnings kept as notes;
 - **time limit**: whether episodes are cut by a registered ``max_episode_steps``, a ``TimeLimit``
-  wrapper or the env's own truncation, and otherwise what evaluation does (it stops at the run key
+  wrapper or the env's own truncation, or end within the ``max_episode_length`` the env declares
+  (held to it in random play), and otherwise what evaluation does (it stops at the run key
   ``eval_max_steps``);
 - **determinism**: two copies reset with one seed and stepped with one action
   sequence give equal observations, rewards and ends;
@@ -36,7 +37,7 @@ from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
 from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward, did
-from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env
+from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env, declared_length
 from gymlab.envguard import render as guarded_render
 from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line
 from gymlab.video import headless_gl, render_modes
@@ -299,26 +300,39 @@ class EnvChecker:
         return Verdict("gymnasium checker", PASS, f"check_env passed with warnings: {notes[0]}{more}")
 
     def time_limit(self) -> Verdict:
-        """Whether episodes end at a time limit; else, whether the env truncates itself in random play."""
+        """Whether episodes end at a time limit, or within the length the env declares (held to it in play).
+
+        Else, whether the env truncates episodes itself in random play.
+        """
         env = self._make()
         try:
             limit = env.spec.max_episode_steps if env.spec is not None else None
             if limit is not None:
                 return Verdict("time limit", PASS, f"episodes are truncated at {limit:,} steps")
+            bound = declared_length(env)
             _reset(env, seed=self.seed)
             env.action_space.seed(self.seed)
             length = longest = ended = 0
             for step in range(1, self.steps + 1):
                 _, _, terminated, truncated = _step(env, env.action_space.sample())
                 length += 1
-                if truncated:
+                if truncated and bound is None:
                     return Verdict("time limit", PASS, f"the env truncates episodes itself (seen at step {step:,})")
-                if terminated:
+                if terminated or truncated:
                     longest, ended, length = max(longest, length), ended + 1, 0
                     _reset(env)
+                elif bound is not None and length >= bound:
+                    return Verdict(
+                        "time limit",
+                        FAIL,
+                        f"the env declares max_episode_length={bound:,}, but a random episode went on past "
+                        f"step {length:,} (at step {step:,} of the check)",
+                    )
         finally:
             _close(env)
         seen = f" ({ended} random episodes ended by themselves, the longest after {longest:,} steps)" if ended else ""
+        if bound is not None:
+            return Verdict("time limit", PASS, f"every episode ends within {bound:,} steps, as the env declares{seen}")
         return Verdict(
             "time limit",
             WARN,

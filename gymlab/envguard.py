@@ -14,7 +14,9 @@ What it guards, in one place (the checks themselves, and the errors they raise, 
   its own sample;
 - a step split in two, so the envs step while the agent learns (:meth:`VectorGuard.send`, ``recv``);
 - an episode that never ends: played episodes are cut at the env's time limit or, on an env without
-  one, at ``eval_max_steps`` (:func:`episode_cap`).
+  one, at ``eval_max_steps`` (:func:`episode_cap`). An env whose episodes end by its own rules
+  within a known number of steps (SeqGen's fixed-length sequences) says so with a
+  ``max_episode_length`` attribute (:func:`declared_length`), which counts as its time limit.
 """
 
 from __future__ import annotations
@@ -442,9 +444,10 @@ class SingleGuard:
 def time_limit(env: Any) -> int | None:
     """The most steps an episode of ``env`` (a single or vector env) can last, when the env says so.
 
-    From a ``TimeLimit`` wrapper, the spec's ``max_episode_steps``, or an ALE game's frame limit
-    (frames bound agent steps from above, whatever the frame skip). None when nothing bounds it:
-    a user's env class, or ``gym.make(id, max_episode_steps=None)`` of an id registered without one.
+    From a ``TimeLimit`` wrapper, the spec's ``max_episode_steps``, an ALE game's frame limit
+    (frames bound agent steps from above, whatever the frame skip), or the env's own
+    :func:`declared_length`. None when nothing bounds it: a user's env class, or
+    ``gym.make(id, max_episode_steps=None)`` of an id registered without one.
     """
     copies = getattr(env, "envs", None)
     if copies:
@@ -463,6 +466,20 @@ def time_limit(env: Any) -> int | None:
         frames = (spec.kwargs or {}).get("max_num_frames_per_episode")
         if isinstance(frames, int) and frames > 0:
             return frames
+    return declared_length(env)
+
+
+def declared_length(env: Any) -> int | None:
+    """The most steps an episode of ``env`` lasts by the env's own rules, when the env declares it.
+
+    An env whose every episode ends (terminated) within a known number of steps, without any time
+    limit cutting it, says so with an integer attribute ``max_episode_length`` (SeqGen: ``seq_len``,
+    which its keyword arguments set, so no registered ``max_episode_steps`` could state it).
+    ``gymlab check`` holds the env to it. None when the env declares nothing (or not a whole number ≥ 1).
+    """
+    value = getattr(getattr(env, "unwrapped", env), "max_episode_length", None)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
     return None
 
 

@@ -52,6 +52,12 @@ class SelfTruncating(Walk):
         return obs, reward, terminated, self.t >= 20, info
 
 
+class Overrunning(Walk):
+    """Declares that its episodes end within 3 steps (max_episode_length), but its walk to ±1000 goes on."""
+
+    max_episode_length = 3
+
+
 class UnseededReset(Walk):
     """Draws its start from numpy's global generator, so reset(seed=...) does not fix it."""
 
@@ -153,6 +159,17 @@ CASES = {
     ),
     "registered-id": ("test_check:CheckWalk-v0", {}, {"time limit": (PASS, "truncated at 50 steps")}),
     "self-truncating": ("test_check:SelfTruncating", {}, {"time limit": (PASS, "truncates episodes itself")}),
+    # SeqGen's episodes end after seq_len tokens by construction, and its envs declare it (max_episode_length)
+    "declared-fixed-length": (
+        "SeqGen-v0",
+        {"vocab_size": 8, "seq_len": 7},
+        {"time limit": (PASS, "every episode ends within 7 steps, as the env declares")},
+    ),
+    "declared-length-overrun": (
+        "test_check:Overrunning",
+        {"length": 1000},
+        {"time limit": (FAIL, "declares max_episode_length=3, but a random episode went on past step 3")},
+    ),
     "unseeded-reset": ("test_check:UnseededReset", {}, {"determinism": (FAIL, "reset(seed=0) gave two different")}),
     "unseeded-step": ("test_check:UnseededStep", {}, {"determinism": (FAIL, "step 1 after reset(seed=0)")}),
     "nan-observation": ("test_check:NaNObservation", {}, {"finite values": (FAIL, "step 3: the observation")}),
@@ -235,6 +252,8 @@ TESTS_DIR = str(Path(__file__).parent)
 CLI_CASES = {
     "passes": (["check", "FrozenLake-v1", "is_slippery=false", "--steps", "50"], 0, "every check passed", ""),
     "warns-only": (["check", "test_check:Walk", "--steps", "50"], 0, "with warnings on: time limit", ""),
+    # SeqGen's episodes end by construction: no warning (the summary line ends there)
+    "fixed-length": (["check", "SeqGen-v0", "vocab_size=8", "seq_len=7", "--steps", "50"], 0, "passed\n", ""),
     "nan": (["check", "test_check:NaNObservation", "--steps", "50"], 2, "finite values", "checks failed (finite"),
     "raising-step": (["check", "test_check:RaisingStep", "--steps", "50"], 2, "physics diverged", "checks failed"),
     "unknown-env": (["check", "Taxi-v3"], 2, "", "unknown environment 'Taxi-v3'"),

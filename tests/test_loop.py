@@ -270,6 +270,7 @@ def test_gymlab_eval_of_a_greedy_policy_stuck_against_a_wall_ends_and_says_so(tm
     [
         ("CartPole-v1", 500),  # a TimeLimit wrapper
         ("FrozenLake-v1", 100),
+        ("SeqGen-v0", 20),  # no time limit: its episodes end after seq_len tokens, as it declares
         (f"{__name__}:Wall", None),  # a user's class: nothing bounds it
     ],
 )
