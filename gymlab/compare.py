@@ -2,7 +2,10 @@
 
 Runs are read from their TensorBoard event files with TensorBoard's own ``EventAccumulator``,
 which also drops what a killed run logged after its last checkpoint (the ``purge_step`` a resumed
-run writes), so a resumed curve has no doubled steps.
+run writes), so a resumed curve has no doubled steps. A run is grouped and labelled by its
+``config.yaml``; a folder without one, by the config its events' HParams summary holds (the same
+view, :func:`gymlab.tblog.hparams_values`); only events without HParams leave the agent and env
+to the folder names (``runs/<env>/<agent>/<run>``).
 
 How the numbers are made, for a group of ``n`` runs (seeds) of one metric:
 
@@ -45,12 +48,15 @@ from gymlab import report
 from gymlab import tblog as tb
 from gymlab.errors import GymlabError, describe
 from gymlab.outputs import refuse_existing, unwritable
-from gymlab.runs import EVENTS_GLOB, iter_runs, read_config
+from gymlab.runs import EVENTS_GLOB, RunFolder, iter_runs, read_config
 from gymlab.yamlfile import file_kind
 
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+#: The TensorBoard plugin whose summaries hold a run's HParams (:meth:`gymlab.tblog.RunLogger.hparams`).
+HPARAMS_PLUGIN = "hparams"
 
 #: Axis labels for the tags every run writes.
 METRIC_LABELS = {
@@ -63,10 +69,10 @@ METRIC_LABELS = {
 
 @dataclass
 class RunCurve:
-    """One run's logged values of one metric."""
+    """One run's logged values of one metric, and its config as its HParams show it."""
 
     path: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # tblog.hparams_values: agent, env, identity keys as "a.b", config_id
     steps: np.ndarray  # (T,) int, increasing
     values: np.ndarray  # (T,) float
 
@@ -143,7 +149,12 @@ def find_runs(patterns: Sequence[str]) -> list[Path]:
 
 
 def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator.
+    """Every scalar tag of a run as ``(steps, values)``, read with TensorBoard's EventAccumulator."""
+    return read_events(run)[0]
+
+
+def read_events(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any] | None]:
+    """A run's scalars (as :func:`read_scalars`) and the HParams values it logged (None: none).
 
     Only regular events files are read: a FIFO would block the reader, a folder would crash it.
     """
@@ -165,7 +176,24 @@ def read_scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         values = np.array([e.value for e in events], dtype=np.float64)
         order = np.argsort(steps, kind="stable")
         out[tag] = (steps[order], values[order])
-    return out
+    try:
+        contents = acc.PluginTagToContent(HPARAMS_PLUGIN).values()  # each tag's first summary, as the tab shows
+    except KeyError:  # no HParams logged
+        contents = []
+    found = (tb.read_hparams(content) for content in contents)
+    return out, next((values for values in found if values is not None), None)
+
+
+def run_config(run: Path, hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """How ``compare`` sees a run's config (:func:`gymlab.tblog.hparams_values`), from its ``config.yaml``.
+
+    A folder without one: the ``hparams`` its events hold; without those, the agent and env its
+    folder names give (:func:`gymlab.runs.read_config`).
+    """
+    data = RunFolder(run).data()
+    if data is None and hparams is not None:
+        return hparams
+    return tb.hparams_values(data if data is not None else read_config(run))
 
 
 def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list[str]]:
@@ -174,11 +202,11 @@ def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list
     skipped: list[str] = []
     available: set[str] = set()
     for run in runs:
-        scalars = read_scalars(run)
+        scalars, hparams = read_events(run)
         available.update(scalars)
         if metric in scalars and len(scalars[metric][0]):
             steps, values = scalars[metric]
-            curves.append(RunCurve(run, read_config(run), steps, values))
+            curves.append(RunCurve(run, run_config(run, hparams), steps, values))
         elif scalars:
             skipped.append(f"{run}: no '{metric}' logged")
         elif any(run.glob(EVENTS_GLOB)):  # TensorBoard's reader skips what it cannot parse without a word
@@ -198,22 +226,16 @@ def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list
 # ---------------------------------------------------------------- grouping
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def group_key(config: dict[str, Any], by: GroupBy) -> str:
-    """The key runs are pooled by: agent, env, or agent + env + config (all but seed and bookkeeping)."""
+    """The key runs are pooled by: agent, env, or agent + env + config (all but seed and bookkeeping).
+
+    ``config``: a run's :func:`gymlab.tblog.hparams_values`, which carry its config id.
+    """
     if by == "agent":
         return str(config.get("agent"))
     if by == "env":
         return str(config.get("env"))
-    return f"{config.get('agent')} · {config.get('env')} · {report.config_id(config)}"
+    return f"{config.get('agent')} · {config.get('env')} · {config.get('config_id')}"
 
 
 def group_curves(curves: Sequence[RunCurve], by: GroupBy) -> dict[str, list[RunCurve]]:
@@ -233,7 +255,7 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
     if by != "config":
         return {key: key for key in groups}
     flats = {
-        key: _flat({k: v for k, v in report.config_identity(runs[0].config).items() if k not in ("agent", "env")})
+        key: {k: v for k, v in runs[0].config.items() if k not in ("agent", "env", "config_id")}
         for key, runs in groups.items()
     }
     bases = {key: f"{runs[0].config.get('agent')} · {runs[0].config.get('env')}" for key, runs in groups.items()}
@@ -244,7 +266,7 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
         differing = [k for k in keys if len({repr(f.get(k)) for f in peers}) > 1]
         parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
-            parts.append(f"… [{report.config_id(runs[0].config)}]")
+            parts.append(f"… [{runs[0].config.get('config_id')}]")
         labels[key] = " · ".join([bases[key], *parts])
     return labels
 

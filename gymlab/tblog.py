@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -120,6 +121,41 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def hparams_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's HParams session holds: its config's identity flattened (``a.b`` keys) and its ``config_id``.
+
+    The view ``compare`` groups and labels runs by, whether it reads the config from ``config.yaml``
+    or from these values in the events file (:func:`read_hparams`).
+    """
+    return {**flatten(config_identity(config)), "config_id": config_id(config)}
+
+
+def read_hparams(content: bytes) -> dict[str, Any] | None:
+    """The :func:`hparams_values` a run wrote, from one HParams summary's plugin content; else None.
+
+    None for the tab's other summaries (experiment, session end), damaged content, or values that
+    name no agent, env and config id. TensorBoard stores every number as a float: whole numbers
+    come back as ints, as a config writes them.
+    """
+    try:
+        data = HParamsPluginData.FromString(content)
+    except DecodeError:
+        return None
+    if not data.HasField("session_start_info"):
+        return None
+    values: dict[str, Any] = {}
+    for key, value in data.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            number = value.number_value
+            values[key] = int(number) if number.is_integer() else number
+        elif kind in ("string_value", "bool_value"):
+            values[key] = getattr(value, kind)
+    if not all(isinstance(values.get(key), str) for key in ("agent", "env", "config_id")):
+        return None
+    return values
+
+
 def session_group(config: Mapping[str, Any]) -> str:
     """``<env>/<agent>/<config id>``: the HParams session group that pools a config's seeds."""
     return f"{config.get('env')}/{config.get('agent')}/{config_id(config)}"
@@ -199,7 +235,7 @@ class RunLogger:
         training returns, which the tab averages over the group.
         """
         metrics = {EVAL_RETURN: 0.0, EPISODE_RETURN: 0.0}
-        exp, ssi, sei = hparams_summary({**flatten(config_identity(config)), "config_id": config_id(config)}, metrics)
+        exp, ssi, sei = hparams_summary(hparams_values(config), metrics)
         # torch's helper leaves the session's group empty (a group of itself): name it.
         plugin_data = ssi.value[0].metadata.plugin_data
         content = HParamsPluginData.FromString(plugin_data.content)

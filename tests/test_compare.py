@@ -190,6 +190,27 @@ def test_labels_name_only_the_keys_that_tell_a_configs_peers_apart(tmp_path):
     ]
 
 
+def test_a_folder_without_config_yaml_is_labelled_by_the_hparams_its_events_hold(tmp_path):
+    # compare labelled such a folder by its parent folders' names ("x · copied") though the run's HParams
+    # summary holds its true config; it is pooled with the seeds of that config as any run with config.yaml
+    logged = tmp_path / "copied" / "x"
+    logger = tb.RunLogger(logged)
+    logger.hparams(config(seed=0, num_envs=4))  # what the loop writes at a run's start
+    for step, value in [(0, 1.0), (10, 3.0)]:
+        logger.scalars({METRIC: value}, step)
+    logger.close()
+    assert not (logged / "config.yaml").exists()
+    write_run(tmp_path / "kept" / "s1", config(seed=1, num_envs=4), [(0, 3.0), (10, 5.0)])  # the same config
+    write_run(tmp_path / "kept" / "other", config(lr=0.01, num_envs=4), [(0, 0.0), (10, 1.0)])
+    result = cmp.compare([str(tmp_path)])
+    by_label = {g.label: g for g in result.groups}
+    assert set(by_label) == {"dqn · CartPole-v1 · learning_rate=0.001", "dqn · CartPole-v1 · learning_rate=0.01"}
+    pooled = by_label["dqn · CartPole-v1 · learning_rate=0.001"]
+    assert sorted(pooled.runs) == [tmp_path / "copied" / "x", tmp_path / "kept" / "s1"]
+    assert pooled.final_mean == 4.0
+    assert cmp.read_events(logged)[1] == tb.hparams_values(config(seed=0, num_envs=4))  # 4 back as an int
+
+
 def test_a_metric_no_run_logged_lists_the_available_ones(synthetic):
     with pytest.raises(GymlabError, match=r"no run logged metric 'eval/nope'; available: eval/return_mean, train/loss"):
         cmp.compare([str(synthetic)], metric="eval/nope")
@@ -360,8 +381,8 @@ def test_runs_owns_the_layout_compare_reads(tmp_path):
     (logged / "config.yaml").unlink()
     assert runs.read_config(logged) == {"agent": "dqn", "env": "CartPole-v1"}  # from the folder names
     # The run without a logged metric is named, not silently dropped.
-    result = cmp.compare([str(tmp_path)])
-    assert [g.n for g in result.groups] == [1] and result.skipped == [
+    result = cmp.compare([str(tmp_path)])  # its events hold no HParams: labelled by the folder names
+    assert [(g.label, g.n) for g in result.groups] == [("dqn · CartPole-v1", 1)] and result.skipped == [
         f"{logged.with_name('r1')}: no TensorBoard events file"
     ]
 
