@@ -10,7 +10,8 @@ Which output, decided once at the start:
   printed. Nothing waits on a screen, so it never hangs;
 - no pixels (the env offers no ``rgb_array`` render, e.g. SeqGAN's token generation): each
   episode's final text render (``ansi``; the generated sample) is printed, or its actions when
-  the env renders no text either.
+  the env renders no text either. ``--record`` is ignored, said in a line, and its file is
+  neither written nor refused for existing: nothing would replace it.
 
 ``--follow`` watches a run that is still training: before each episode it reloads the run's
 ``last.pt`` if a newer one was written, and stops once it has played the final checkpoint.
@@ -162,7 +163,7 @@ def watch(
             ``KeyboardInterrupt``).
 
     """
-    check_options(fps, record, overwrite)
+    check_options(fps, record)
     with graceful_stop() as stop:
         with starting(stop):  # loading the run and building the env: nothing to finish
             if follow:
@@ -180,8 +181,13 @@ def watch(
         try:
             if mode != "rgb_array":
                 if record is not None:
-                    echo(f"{run.env} renders no pixels: --record ignored, printing the episodes instead")
+                    echo(
+                        f"{run.env} renders no pixels: --record ignored ({record} is not written), "
+                        "printing the episodes instead"
+                    )
                 return _watch_text(play, mode, limit)
+            if record is not None:  # a video will be written: a file already there is replaced only when asked
+                refuse_existing(record, "--record", overwrite)
             return _watch_pixels(play, limit, fps, record)
         except EnvProblem as exc:
             raise exc.for_user(run.env, run.wrappers) from None
@@ -192,10 +198,12 @@ def watch(
 MIN_FPS = 0.1
 
 
-def check_options(fps: float | None, record: Path | None, overwrite: bool = False) -> None:
+def check_options(fps: float | None, record: Path | None) -> None:
     """Before anything is loaded or played: refuse an ``--fps`` out of range, and a ``--record`` no file can go to.
 
-    A ``--record`` file that exists is refused too, unless ``overwrite``.
+    A ``--record`` file that exists is refused (unless ``overwrite``) once the env is known to render
+    pixels, before the first episode: for an env that renders none, ``--record`` is ignored and
+    nothing would replace the file.
     """
     if fps is not None and not math.isfinite(fps):
         raise GymlabError(
@@ -206,8 +214,6 @@ def check_options(fps: float | None, record: Path | None, overwrite: bool = Fals
     problem = None if record is None else unwritable(record, probe=True)
     if record is not None and problem is not None:
         raise GymlabError(_cannot_record(record, problem))
-    if record is not None:
-        refuse_existing(record, "--record", overwrite)
 
 
 def _cannot_record(path: Path, reason: str, given: bool = True) -> str:

@@ -356,6 +356,24 @@ def test_an_existing_record_file_is_kept_unless_overwrite_is_asked(trained_run, 
     assert len(video.read_frames(kept)) == 6
 
 
+def test_an_existing_record_file_is_no_reason_to_refuse_a_text_env_that_records_nothing(tmp_path):
+    # --record on an env without pixels is ignored, yet an existing file was refused ("the file exists; pass
+    # --overwrite"), which --overwrite would not have replaced either: the episodes are printed and the file kept
+    config = make_config(env=TEXT_ENV, steps=600, eval_every=0, log_every=300)
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
+    train(config, folder)
+    kept = tmp_path / "clip.mp4"
+    kept.write_bytes(b"yesterday's video")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(kept)
+    for record, more in [(kept, []), (link, ["--overwrite"])]:
+        result = gymlab_inprocess("watch", folder, "--episodes", "1", "--record", record, *more)
+        assert result.code == 0, result.ok()
+        assert f"renders no pixels: --record ignored ({record} is not written)" in result.out
+        assert "episode 1: return " in result.out and "sample: " in result.out
+    assert kept.read_bytes() == b"yesterday's video" and link.is_symlink()
+
+
 def test_two_headless_watches_in_one_second_write_two_videos(trained_run, monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     monkeypatch.setattr(w.time, "strftime", lambda fmt, *a: "20260101-000000")
