@@ -15,7 +15,9 @@ the action leaves the gradient unbiased and only lowers its variance.
 
 Episodes come from the loop's N parallel envs: :meth:`Reinforce.observe` appends each env's
 step to that env's episode buffer and closes the episode when it terminates or is truncated;
-:meth:`Reinforce.update` learns once ``episodes_per_update`` episodes are complete. Episodes
+:meth:`Reinforce.update` learns once ``episodes_per_update`` episodes are complete. When that
+comes is up to the episodes' lengths, so a run whose budget ends before its first update says so
+when it ends (on the text channel, as DQN says it of its first learning round at its start). Episodes
 still running at an update keep their earlier steps, which the previous policy sampled; with
 ``episodes_per_update`` at least ``num_envs`` that stale share is small and is accepted rather
 than thrown away (the agent cannot reset the loop's envs).
@@ -205,6 +207,9 @@ class Reinforce:
         self.cfg = config
         self.device = ctx.device
         self.num_envs = ctx.num_envs
+        self.total_steps = ctx.total_steps
+        self.text = ctx.text
+        self._note_due = ctx.training  # said at a fresh run's end if it never updated (_no_update_note)
         self.obs_space = obs_space
         self.discrete_obs = isinstance(obs_space, gym.spaces.Discrete)
         if isinstance(obs_space, gym.spaces.Discrete):
@@ -350,7 +355,10 @@ class Reinforce:
     def update(self, step: int) -> Mapping[str, float]:
         """One policy-gradient step (and the baseline's) once enough episodes are complete."""
         if len(self.complete) < self.cfg.episodes_per_update:
+            if self._note_due and step >= self.total_steps:
+                self._no_update_note()
             return {}
+        self._note_due = False
         # Every completed episode goes in: with N envs several can end in the same step.
         episodes, self.complete = self.complete, []
         returns_np = np.concatenate(self.episode_returns(episodes))  # (B,)
@@ -394,6 +402,22 @@ class Reinforce:
         if self.log_std is not None:
             metrics["action_std"] = float(self.log_std.detach().exp().mean())
         return metrics
+
+    def _no_update_note(self) -> None:
+        """Say once, at the last step of a run from scratch that never updated, that it learned nothing.
+
+        The last env step is the budget rounded up to a whole step of all the envs, the first at or past
+        ``total_steps``. Not said in a run that loaded a checkpoint (:meth:`load_state_dict`): such a run
+        may train past ``total_steps`` (``--resume --steps N``), which the agent cannot see.
+        """
+        self._note_due = False
+        k, done = self.cfg.episodes_per_update, len(self.complete)
+        fewer = " or a lower hparams.episodes_per_update" if done else ""  # none ended: the loop says why too
+        self.text(
+            "schedule",
+            f"no learning in this run: its first update needs hparams.episodes_per_update {k:,} complete episodes,"
+            f" and {done:,} had ended when its {self.total_steps:,} steps did; give more --steps{fewer}",
+        )
 
     def _fit_value(self, x: torch.Tensor, returns: torch.Tensor) -> float:
         """Regress V(s) on the batch's returns; the mean loss over the steps."""
@@ -472,6 +496,7 @@ class Reinforce:
             with torch.no_grad():
                 self.log_std.copy_(policy["log_std"])
         if "training" in state:
+            self._note_due = False  # see _no_update_note
             self._load_training(state["training"])
 
     def _load_training(self, training: dict[str, Any]) -> None:

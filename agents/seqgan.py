@@ -9,8 +9,9 @@ of a delayed copy of G give each prefix its action value::
 
 G takes REINFORCE steps on ``− mean_t log G(y_t | y_<t) · Q_t``. MLE pre-training of G, its
 temperature sweep and D pre-training are the agent's offline phases; each adversarial epoch is
-``g_steps`` env batches and ``d_steps`` rounds of D training. Schedule, metrics and what was
-measured with them: benchmarks/README.md, section SeqGAN.
+``g_steps`` env batches and ``d_steps`` rounds of D training. A batch is ``seq_len`` steps of all
+the envs, so a budget of env steps can end before the first epoch: the run says so at its start.
+Schedule, metrics and what was measured with them: benchmarks/README.md, section SeqGAN.
 """
 
 from __future__ import annotations
@@ -253,8 +254,10 @@ class SeqGAN:
         self.cfg = config
         self.device = ctx.device
         self.text = ctx.text
+        self.num_envs, self.total_steps = ctx.num_envs, ctx.total_steps
         self.vocab_size = int(ctx.action_space.n)
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
+        self._notes_due = ctx.training  # said at a fresh run's first phase iteration or update (_first_call_notes)
         # An agent built to act only (eval, watch) needs the generator alone: no oracle, data, D nor optimizers.
         # Built in this order when training, so the global generator draws the same initial weights.
         self.training = ctx.training
@@ -334,6 +337,8 @@ class SeqGAN:
 
     def run_phase(self, name: str, index: int) -> Mapping[str, float]:
         """One MLE epoch, one temperature of the sweep or one D round (the first also measures the untrained G)."""
+        if self._notes_due:
+            self._first_call_notes()
         done = {MLE: self.mle_epoch, TEMPERATURE: len(self.temperature_results), DISC_PRETRAIN: self.disc_round}
         if name not in done or index != done[name]:
             raise ValueError(f"SeqGAN: phase {name!r} iteration {index} out of order ({done.get(name)} done)")
@@ -348,9 +353,32 @@ class SeqGAN:
 
     def update(self, step: int) -> Mapping[str, float]:
         """One adversarial g-step per finished batch (and the epoch's d-steps after its last g-step)."""
+        if self._notes_due:
+            self._first_call_notes()
         if self.finished is None:
             return {}
         return self._adversarial_g_step()
+
+    def _first_call_notes(self) -> None:
+        """Say once, at the start of a run from scratch, if its budget ends before its first adversarial epoch.
+
+        An epoch is ``g_steps`` finished batches, each ``seq_len`` steps of all the envs, so it ends at env
+        step ``g_steps · seq_len · num_envs``; the last env step is the budget rounded up to a whole step of
+        all the envs. Such a run only pre-trains. Said before the pre-training phases, which may take long.
+        Not said in a run that loaded a checkpoint (:meth:`load_state_dict`): such a run may train past
+        ``total_steps`` (``--resume --steps N``), which the agent cannot see.
+        """
+        self._notes_due = False
+        n, g, t = self.num_envs, self.cfg.g_steps, self.seq_len
+        first_epoch = g * t * n
+        if -(-self.total_steps // n) * n < first_epoch:
+            fewer = " or a lower hparams.g_steps" if g > 1 else ""
+            self.text(
+                "schedule",
+                f"no adversarial epoch in this run: its first ends at env step {first_epoch:,} (hparams.g_steps {g}"
+                f" × a batch of seq_len {t} tokens × num_envs {n}), past its {self.total_steps:,} steps;"
+                f" give more --steps{fewer}",
+            )
 
     def _measure_untrained(self) -> dict[str, float]:
         """NLL-oracle of the untrained generator, once, before its first training step."""
@@ -533,6 +561,7 @@ class SeqGAN:
         self.generator.load_state_dict(state["policy"]["generator"])
         if "training" not in state:
             return
+        self._notes_due = False  # see _first_call_notes
         training = state["training"]
         for name in self._STATEFUL:
             part = getattr(self, name)

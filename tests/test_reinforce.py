@@ -175,6 +175,45 @@ def test_update_waits_for_enough_episodes_then_logs_its_scalars():
     assert agent.update(5) == {}
 
 
+@pytest.mark.parametrize(
+    ("steps", "num_envs", "ended"),
+    # 5-step episodes, 4 per update: one env updates at env step 20; two envs at 20 too (2 episodes per 10 steps),
+    # so 19 steps of 2 envs (ending at 20) update and 18 do not
+    [(19, 1, 3), (20, 1, None), (18, 2, 2), (19, 2, None), (5000, 1, None), (4, 1, 0)],
+)
+def test_a_budget_that_ends_before_the_first_update_is_said_once(steps, num_envs, ended):
+    """A REINFORCE run whose budget ends before episodes_per_update episodes are complete learned nothing: said
+    once on the text channel (as DQN's first learning round past the budget), when its last step comes, and true."""
+    said: list[tuple[str, str]] = []
+    text = lambda tag, msg: said.append((tag, msg))  # noqa: E731
+    ctx = Context(BOX_OBS, gym.spaces.Discrete(2), num_envs, 0, torch.device("cpu"), steps, text=text)
+    agent = Reinforce(ReinforceConfig(episodes_per_update=4, hidden_sizes=[8], value_steps=1), ctx)
+    obs, actions, rewards = np.zeros((num_envs, 2), np.float32), np.zeros(num_envs, np.int64), np.ones(num_envs)
+    for t, env_step in enumerate(range(num_envs, steps + num_envs, num_envs), start=1):  # the loop's steps
+        done = np.full(num_envs, t % 5 == 0)
+        agent.observe(Transition(obs, actions, rewards, obs, done, np.zeros(num_envs, bool)))
+        agent.update(env_step)
+    notes = [message for tag, message in said if tag == "schedule"]
+    assert (agent.updates == 0) == bool(notes) == (ended is not None), (agent.updates, said)
+    if notes:
+        fewer = " or a lower hparams.episodes_per_update" if ended else ""  # none ended: fewer would not help
+        assert notes == [
+            f"no learning in this run: its first update needs hparams.episodes_per_update 4 complete episodes,"
+            f" and {ended} had ended when its {steps:,} steps did; give more --steps{fewer}"
+        ]
+
+
+def test_a_run_from_a_checkpoint_does_not_say_it_never_updated_since_it_may_train_past_its_budget():
+    """``--resume --steps N`` trains to N while the agent's total_steps stays the first run's budget."""
+    said: list[tuple[str, str]] = []
+    text = lambda tag, msg: said.append((tag, msg))  # noqa: E731
+    ctx = Context(BOX_OBS, gym.spaces.Discrete(2), 1, 0, torch.device("cpu"), 10, text=text)
+    agent = Reinforce(ReinforceConfig(episodes_per_update=4, hidden_sizes=[8]), ctx)
+    agent.load_state_dict(agent.state_dict())
+    agent.update(11)
+    assert said == []
+
+
 def test_mean_baseline_is_a_bias_corrected_average_of_earlier_batches():
     agent = make_agent(baseline="mean", baseline_decay=0.9)
     assert agent._mean_baseline() == 0.0

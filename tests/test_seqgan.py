@@ -20,7 +20,7 @@ from gymlab.agents.seqgan import (
 from gymlab.agents.sequence_cnn import rank_correlation
 from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence
 
-from gymlab.agent import Context
+from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
 from gymlab.loop import train
@@ -260,6 +260,53 @@ def tiny_agent(env: dict[str, int], **hparams: object) -> SeqGAN:
     ctx = Context(space, gym.spaces.Discrete(vocab), 8, 0, torch.device("cpu"), 100, env_kwargs=env)
     config = {**TINY, "filter_sizes": [1, 2], "num_filters": [4, 4], **hparams}
     return SeqGAN(SeqGANConfig(**config), ctx)
+
+
+@pytest.mark.parametrize(
+    ("steps", "g_steps", "said"),
+    # batches of 8 sequences of 6 tokens: 48 env steps each; 41 steps end at env step 48, 40 at 40
+    [(40, 1, True), (41, 1, False), (88, 2, True), (90, 2, False)],
+)
+def test_a_budget_that_ends_before_the_first_adversarial_epoch_is_said_once(steps, g_steps, said):
+    """A SeqGAN run that only pre-trains says so on the text channel at its first call, as DQN does, and it is true."""
+    env = {"vocab_size": 20, "seq_len": 6, "oracle_embedding_dim": 8, "oracle_hidden_dim": 8}
+    notes: list[tuple[str, str]] = []
+    space = gym.spaces.MultiDiscrete(np.full(6, 21))
+    text = lambda tag, msg: notes.append((tag, msg))  # noqa: E731
+    ctx = Context(space, gym.spaces.Discrete(20), 8, 0, torch.device("cpu"), steps, env_kwargs=env, text=text)
+    config = {**TINY, "filter_sizes": [1, 2], "num_filters": [4, 4], "g_steps": g_steps}
+    agent = SeqGAN(SeqGANConfig(**config), ctx)
+    tokens = torch.randint(0, 20, (8, 6), generator=torch.Generator().manual_seed(0)).numpy()
+    agent.update(0)  # the first call: before any env step (a phase iteration says it just as well)
+    assert len(notes) == said
+    for t, env_step in enumerate(range(8, steps + 8, 8), start=1):  # the loop's steps
+        ended = np.full(8, t % 6 == 0)
+        agent.observe(Transition(tokens, tokens[:, 0], np.zeros(8), tokens, ended, np.zeros(8, bool)))
+        agent.update(env_step)
+    schedule = [note for note in notes if note[0] == "schedule"]  # the first epoch also shows "samples"
+    assert (agent.adv_epoch == 0) == said and len(schedule) == said, (agent.adv_epoch, notes)
+    if said:
+        first = g_steps * 48
+        fewer = " or a lower hparams.g_steps" if g_steps > 1 else ""
+        assert schedule == [
+            (
+                "schedule",
+                f"no adversarial epoch in this run: its first ends at env step {first} (hparams.g_steps {g_steps}"
+                f" × a batch of seq_len 6 tokens × num_envs 8), past its {steps} steps; give more --steps{fewer}",
+            )
+        ]
+
+
+def test_a_resumed_seqgan_does_not_say_it_since_it_may_train_past_its_budget():
+    notes: list[tuple[str, str]] = []
+    space = gym.spaces.MultiDiscrete(np.full(6, 21))
+    text = lambda tag, msg: notes.append((tag, msg))  # noqa: E731
+    ctx = Context(space, gym.spaces.Discrete(20), 8, 0, torch.device("cpu"), 8, env_kwargs=TINY_ENV, text=text)
+    agent = SeqGAN(SeqGANConfig(**{**TINY, "filter_sizes": [1, 2]}), ctx)
+    agent.load_state_dict(agent.state_dict())
+    agent.run_phase(seqgan.DISC_PRETRAIN, 0)
+    agent.update(8)
+    assert notes == []
 
 
 def test_held_out_set_is_disjoint_from_the_real_data():
