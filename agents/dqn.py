@@ -60,7 +60,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
 from gymlab.cudagraph import CUDAGraphStep
-from gymlab.nets import NATURE_CNN_MIN_SIDE, clip_grad_norm, is_image, load_optimizer, observation_net
+from gymlab.nets import (
+    NATURE_CNN_MIN_SIDE,
+    clip_grad_norm,
+    is_image,
+    load_optimizer,
+    observation_net,
+    portable_state,
+)
 from gymlab.staging import BatchForward
 
 REPORT_EVERY = 100  # gradient steps between reported metrics (each report syncs with the device)
@@ -521,7 +528,7 @@ class DQN:
             "policy": policy,
             "training": {
                 "target": self.target.state_dict(),
-                "optimizer": self._optimizer_state(),
+                "optimizer": portable_state(self.optimizer),
                 "rng": self.rng.bit_generator.state,
                 "epsilon": self.epsilon,
                 "next_train": self.next_train,
@@ -533,14 +540,6 @@ class DQN:
                 "replay": replay,
             },
         }
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """Adam's state as every ``compile`` mode saves it: a learning rate in a tensor and capturable go back."""
-        state = self.optimizer.state_dict()
-        state["param_groups"] = [
-            {**g, "lr": float(g["lr"]), "capturable": False} for g in state["param_groups"]
-        ]  # fmt: skip
-        return state
 
     def _replay_left_out(self, consequence: str) -> str:
         size = self.replay.nbytes / MB

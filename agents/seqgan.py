@@ -36,8 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from gymlab.agent import Context, Transition
+from gymlab.cudagraph import CUDAGraphStep
 from gymlab.errors import GymlabError
-from gymlab.nets import load_optimizer
+from gymlab.nets import load_optimizer, portable_state
 
 #: Scores finished sequences: (M, T) int64 -> (M,) float, e.g. D's probability of "real".
 SequenceScorer = Callable[[torch.Tensor], torch.Tensor]
@@ -87,6 +88,12 @@ class SeqGANConfig(BaseModel):
     g_steps: int = Field(1, ge=1, description="policy-gradient steps (env batches) per adversarial epoch")
     d_steps: int = Field(5, ge=0, description="D rounds on fresh negatives per adversarial epoch")
     d_epochs: int = Field(3, ge=1, description="epochs per adversarial D round")
+    compile: Literal["auto", "off", "cuda_graph"] = Field(
+        "off",
+        description="D's training step: off = eager; cuda_graph = forward, backward and Adam replayed from one "
+        "CUDA graph (CUDA only; an epoch's last, smaller minibatch runs eagerly); auto = cuda_graph on CUDA, off "
+        "elsewhere. off by default until the graph is measured on a GPU (benchmarks/README.md, SeqGAN)",
+    )
     # Reporting.
     nll_samples: int = Field(10_000, ge=1, description="generated sequences scored for each NLL-oracle")
     test_samples: int = Field(10_000, ge=1, description="held-out oracle sequences (not in the real data) of NLL-test")
@@ -246,6 +253,11 @@ class SeqGAN:
                 f"discriminator filter width {max(config.filter_sizes)} exceeds the sequence length {seq_len}; "
                 "drop the wider filter_sizes (and their num_filters)"
             )
+        if config.compile == "cuda_graph" and ctx.device.type != "cuda":
+            return (
+                f"compile=cuda_graph needs a CUDA device, but the run's device is {ctx.device}: "
+                "use compile=auto or compile=off"
+            )
         return None
 
     def __init__(self, config: SeqGANConfig, ctx: Context) -> None:
@@ -290,7 +302,7 @@ class SeqGAN:
             # The adversarial phase starts a fresh Adam, as the authors' code does: MLE's moment
             # estimates describe a different objective.
             self.pg_opt = torch.optim.Adam(self.generator.parameters(), lr=config.pg_learning_rate)
-            self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_learning_rate)
+            self._build_disc_step(config)
         # Sampling (actions, rollouts, negatives) on the device; shuffling indices on the CPU.
         self.rng = torch.Generator(device=self.device).manual_seed(ctx.seed)
         self.index_rng = torch.Generator().manual_seed(ctx.seed + 1)
@@ -490,14 +502,13 @@ class SeqGAN:
         losses, correct = [], []  # the last epoch's fit, kept on the device and read once
         for epoch in range(epochs):
             for idx in self._batches(len(tokens), cfg.disc_batch_size):
-                logits = self.discriminator(tokens[idx])
-                loss = discriminator_loss(logits, labels[idx], self.discriminator.out, cfg.l2_reg)
-                self.disc_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.disc_opt.step()
-                if epoch == epochs - 1:
-                    losses.append(loss.detach())
-                    correct.append(((logits > 0).float() == labels[idx]).sum())
+                graphed = self._disc_graph is not None and len(idx) == cfg.disc_batch_size
+                step = self._disc_graph if graphed else self._disc_step
+                assert step is not None
+                loss, hits = step(tokens[idx], labels[idx])
+                if epoch == epochs - 1:  # a graph's outputs are overwritten by its next replay: copies
+                    losses.append(loss.clone() if graphed else loss)
+                    correct.append(hits.clone() if graphed else hits)
         return torch.stack(losses).mean().item(), torch.stack(correct).sum().item() / len(tokens)
 
     def _generate(self, num: int, chunk: int = 2_000, temperature: float = 1.0) -> torch.Tensor:
@@ -530,6 +541,31 @@ class SeqGAN:
         real = self.real[: len(self.held_out)]
         return membership_or_realism(self.discriminator.prob_real, real, self.held_out, fake, -oracle_nll)
 
+    def _build_disc_step(self, config: SeqGANConfig) -> None:
+        """D's Adam (its fused kernel on the CPU and CUDA) and, with ``compile`` cuda_graph, D's step in one graph.
+
+        D's training is most of SeqGAN's time (benchmarks/README.md, SeqGAN). Adam's fused kernel took
+        D's step at the learning test's shapes from 13.4 to 9.3 ms on the CPU (the per-tensor loop is 425
+        small ops). On a GPU D's step at the paper's shapes is ≈ 260 small kernels, launch-bound (8.4 ms
+        on an H200); the graph replays them in one launch, with Adam capturable and its learning rate in
+        a tensor, as DQN's graphed step (gymlab/cudagraph.py).
+        """
+        graphed = (config.compile == "auto" and self.device.type == "cuda") or config.compile == "cuda_graph"
+        params = list(self.discriminator.parameters())
+        lr = torch.tensor(config.disc_learning_rate, device=self.device) if graphed else config.disc_learning_rate
+        fused = self.device.type in ("cuda", "cpu") or None
+        self.disc_opt = torch.optim.Adam(params, lr=lr, fused=fused, capturable=graphed)
+        self._disc_graph = CUDAGraphStep(self._disc_step, params, self.disc_opt) if graphed else None
+
+    def _disc_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step of D on a minibatch: its loss and how many sequences it called right (before the step)."""
+        logits = self.discriminator(tokens)
+        loss = discriminator_loss(logits, labels, self.discriminator.out, self.cfg.l2_reg)
+        self.disc_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.disc_opt.step()
+        return loss.detach(), ((logits.detach() > 0).float() == labels).sum()
+
     # --- checkpoints ---------------------------------------------------------------------
 
     #: Everything of an exact resume beside the generator: modules and optimizers, saved by their state_dict.
@@ -540,7 +576,7 @@ class SeqGAN:
         policy = {"generator": self.generator.state_dict()}
         if not self.training:  # built to act only
             return {"policy": policy}
-        training = {name: getattr(self, name).state_dict() for name in self._STATEFUL}
+        training = {name: self._state_of(getattr(self, name)) for name in self._STATEFUL}
         return {
             "policy": policy,
             "training": {
@@ -556,6 +592,10 @@ class SeqGAN:
             },
         }
 
+    @staticmethod
+    def _state_of(part: nn.Module | torch.optim.Optimizer) -> dict[str, Any]:
+        return portable_state(part) if isinstance(part, torch.optim.Optimizer) else part.state_dict()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; a policy-only state restores the generator alone."""
         self.generator.load_state_dict(state["policy"]["generator"])
@@ -567,6 +607,8 @@ class SeqGAN:
             part = getattr(self, name)
             if isinstance(part, torch.optim.Optimizer):
                 load_optimizer(part, training[name])
+                if part is self.disc_opt and self._disc_graph is not None:
+                    self._disc_graph.optimizer_loaded()  # Adam's state tensors are new: record again
             else:
                 part.load_state_dict(training[name])
         self.rng.set_state(training["rng"])

@@ -48,8 +48,9 @@ class Discriminator(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logit of "real" per sequence, (B, T) -> (B,)."""
         x = self.embedding(tokens).transpose(1, 2)  # (B, E, T): channels first for Conv1d
-        # Max over time makes each filter a detector of its n-gram anywhere in the sequence.
-        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]  # each (B, n_i)
+        # Max over time makes each filter a detector of its n-gram anywhere in the sequence. relu after
+        # the max, not before: the same values, on a tensor T − k + 1 times smaller.
+        pooled = [torch.relu(conv(x).amax(dim=2)) for conv in self.convs]  # each (B, n_i)
         h = self.highway(torch.cat(pooled, dim=1))  # (B, F)
         return self.out(self.dropout(h)).squeeze(1)
 

@@ -83,7 +83,7 @@ if [[ $smoke == 1 ]]; then
   atari_args=(--steps 600 --seeds 1 --eval-episodes 1 --only gymlab)
   # 8 gradient steps of the Nature CNN: the preset's whole path at a CPU's pace
   fast_args=(--steps 640 hparams.learning_starts=576 hparams.buffer_size=4096 eval_episodes=1 checkpoint_every=0)
-  seqgan_args=(--repeats 1 --budget-s 20 --phases mle)
+  seqgan_args=(--repeats 1 --budget-s 20 --phases d_round_1ep)  # D's step: most of SeqGAN's time
 else
   device=cuda dqn_steps=3000 resume_steps=5000 rf_steps=3000 tq_steps=20000
   pytest_suite=(-m "not slow" tests)
@@ -129,6 +129,13 @@ export py device dqn_steps resume_steps rf_steps tq_steps OUT
 step cli 90 bash -c cli_runs
 
 step seqgan 100 "$py" benchmarks/seqgan_phases.py --device "$device" "${seqgan_args[@]}"
+# D's step replayed from one CUDA graph (SeqGAN's compile=cuda_graph), at the paper's shapes, beside the eager D round above
+if [[ $cuda == 1 ]]; then
+  step seqgan_graph 60 "$py" benchmarks/seqgan_phases.py --device cuda --paper --compile cuda_graph \
+    --phases d_negatives,d_round_1ep --repeats 3 --budget-s 40
+else
+  skip seqgan_graph "needs CUDA (a CUDA graph)"
+fi
 
 step update 90 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
 

@@ -80,10 +80,10 @@ def per_position_action_values(
     return values
 
 
-def build(preset: Path, device: torch.device) -> tuple[SeqGAN, dict]:
-    """The preset's agent (NLL measurements only when asked for) and the preset as read."""
+def build(preset: Path, device: torch.device, compile: str = "off") -> tuple[SeqGAN, dict]:
+    """The preset's agent (NLL measurements only when asked for; D's step as ``compile`` says) and the preset."""
     run = yaml.safe_load(preset.read_text())
-    env, hparams = run["env_kwargs"], {**run["hparams"], "nll_every": 10**9}
+    env, hparams = run["env_kwargs"], {**run["hparams"], "nll_every": 10**9, "compile": compile}
     space = gym.spaces.MultiDiscrete(np.full(env["seq_len"], env["vocab_size"] + 1))
     ctx = Context(
         space, gym.spaces.Discrete(env["vocab_size"]), run["num_envs"], 0, device, run["steps"], env_kwargs=env
@@ -199,17 +199,21 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="stop measuring after this many seconds")
     parser.add_argument("--old-rollouts", action="store_true", help="also time the per-position rollout loop")
     parser.add_argument("--phases", default="", help="comma-separated phases to time (default: all)")
+    parser.add_argument(
+        "--compile", default="off", choices=["off", "cuda_graph"], help="D's training step (SeqGAN's compile key)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     preset = PRESETS["paper" if args.paper else "small"]
-    agent, run = build(preset, device)
+    agent, run = build(preset, device, args.compile)
     runs = {preset.name: run} | {p.name: yaml.safe_load(p.read_text()) for p in (PAPER_SHAPED if args.paper else [])}
     cfg = agent.cfg
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"SeqGAN phases, {'paper' if args.paper else 'small'} preset, {device} ({where}), torch {torch.__version__}, "
+        f"SeqGAN phases, {'paper' if args.paper else 'small'} preset, {device} ({where}), compile={args.compile}, "
+        f"torch {torch.__version__}, "
         f"load {os.getloadavg()[0]:.2f}; agent built in {time.perf_counter() - start:.1f} s"
     )
     sequences = agent._generate(run["num_envs"])  # a batch of G's own sequences, as the env returns them

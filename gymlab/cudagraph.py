@@ -76,6 +76,10 @@ class CUDAGraphStep:
         for group, lr in zip(self.optimizer.param_groups, self.learning_rates, strict=True):
             lr.fill_(float(group["lr"]))
             group.update(lr=lr, capturable=True)
+        for param, values in self.optimizer.state.items():  # a state saved unfused keeps its step counts on the host
+            step = values.get("step")
+            if isinstance(step, torch.Tensor) and step.device != param.device:
+                values["step"] = step.to(param.device)
         self.graph = None
 
     def _follow_learning_rates(self) -> None:

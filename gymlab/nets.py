@@ -108,6 +108,18 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
     return norm
 
 
+def portable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` as an eager optimizer writes it, whatever the run's ``compile``.
+
+    A CUDA graph's Adam holds its learning rate in a tensor and is capturable; saved as a number and
+    not capturable, the state loads into an eager optimizer as into a graphed one (which puts both
+    back after loading: :meth:`gymlab.cudagraph.CUDAGraphStep.optimizer_loaded`).
+    """
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} for g in state["param_groups"]]
+    return state
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, state: Any) -> None:
     """``optimizer.load_state_dict(state)``, refusing a state that does not fit the optimizer, with ValueError.
 

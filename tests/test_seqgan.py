@@ -17,9 +17,10 @@ from gymlab.agents.seqgan import (
     policy_gradient_loss,
     rollout_action_values,
 )
-from gymlab.agents.sequence_cnn import rank_correlation
+from gymlab.agents.sequence_cnn import Discriminator, rank_correlation
 from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence
 
+from gymlab import checkpoint
 from gymlab.agent import Context, Transition
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import validate
@@ -182,6 +183,26 @@ def test_discriminator_loss_by_hand():
     assert discriminator_loss(logits, labels, out, 0.2).item() == pytest.approx(ce + 0.2 * l2, rel=1e-6)
 
 
+def test_discriminator_pools_as_the_paper_relu_then_max_over_time():
+    """Max over time, then relu: what relu, then max over time gives (the paper's order), values and gradients."""
+    torch.manual_seed(0)
+    d = Discriminator(7, 5, [1, 2, 4], [3, 2, 4], dropout=0.0).double()
+    tokens = torch.randint(0, 7, (6, 4))
+
+    def by_conv1d() -> torch.Tensor:
+        x = d.embedding(tokens).transpose(1, 2)  # (B, E, T)
+        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in d.convs]  # the paper's order
+        return d.out(d.highway(torch.cat(pooled, dim=1))).squeeze(1)
+
+    got = d(tokens)
+    grads = torch.autograd.grad(got.square().sum(), list(d.parameters()))
+    want = by_conv1d()
+    want_grads = torch.autograd.grad(want.square().sum(), list(d.parameters()))
+    assert torch.allclose(got, want, atol=1e-12)
+    for g, w in zip(grads, want_grads, strict=True):
+        assert torch.allclose(g, w, atol=1e-12)
+
+
 def test_check_spaces_names_the_env_to_use():
     prefix = gym.spaces.MultiDiscrete(np.full(5, 11))
     assert SeqGAN.check_spaces(prefix, gym.spaces.Discrete(10)) is None
@@ -253,11 +274,11 @@ def test_the_oracle_is_the_envs(tmp_path: Path):
 # --- NLL-test, the temperature sweep and the reward controls -----------------------------------
 
 
-def tiny_agent(env: dict[str, int], **hparams: object) -> SeqGAN:
+def tiny_agent(env: dict[str, int], device: str = "cpu", **hparams: object) -> SeqGAN:
     """A SeqGAN built directly (no loop) in the oracle world ``env``."""
     vocab, length = env["vocab_size"], env["seq_len"]
     space = gym.spaces.MultiDiscrete(np.full(length, vocab + 1))
-    ctx = Context(space, gym.spaces.Discrete(vocab), 8, 0, torch.device("cpu"), 100, env_kwargs=env)
+    ctx = Context(space, gym.spaces.Discrete(vocab), 8, 0, torch.device(device), 100, env_kwargs=env)
     config = {**TINY, "filter_sizes": [1, 2], "num_filters": [4, 4], **hparams}
     return SeqGAN(SeqGANConfig(**config), ctx)
 
@@ -307,6 +328,51 @@ def test_a_resumed_seqgan_does_not_say_it_since_it_may_train_past_its_budget():
     agent.run_phase(seqgan.DISC_PRETRAIN, 0)
     agent.update(8)
     assert notes == []
+
+
+def test_the_discriminators_cuda_graph_needs_cuda():
+    space = gym.spaces.MultiDiscrete(np.full(6, 21))
+    ctx = Context(space, gym.spaces.Discrete(20), 8, 0, torch.device("cpu"), 100, env_kwargs=TINY_ENV)
+    problem = SeqGAN.check_config(SeqGANConfig(**{**TINY, "compile": "cuda_graph"}), ctx)
+    assert problem is not None and "CUDA" in problem and "compile=off" in problem
+    for mode in ("auto", "off"):
+        assert SeqGAN.check_config(SeqGANConfig(**{**TINY, "compile": mode}), ctx) is None
+        assert tiny_agent(TINY_ENV, compile=mode)._disc_graph is None  # eager on the CPU
+
+
+@pytest.mark.cuda
+def test_the_discriminators_cuda_graph_learns_as_eager_and_checkpoints_portably(tmp_path: Path):
+    """D's graphed step takes the eager step's Adam steps (full minibatches graphed, the last smaller one eager)."""
+    # 2 × 40 sequences in minibatches of 32: two graphed steps and one eager step of 16 per epoch.
+    hp = {"dropout": 0.0, "disc_samples": 40, "disc_batch_size": 32}
+    torch.manual_seed(0)
+    eager = tiny_agent(TINY_ENV, "cuda", compile="off", **hp)
+    torch.manual_seed(0)
+    graphed = tiny_agent(TINY_ENV, "cuda", compile="auto", **hp)
+    assert graphed._disc_graph is not None and eager._disc_graph is None
+    start = [p.detach().clone() for p in graphed.discriminator.parameters()]
+    fits = [(eager._train_discriminator(2), graphed._train_discriminator(2)) for _ in range(3)]
+    for (loss, acc), (g_loss, g_acc) in fits:
+        assert loss == pytest.approx(g_loss, abs=1e-4) and acc == pytest.approx(g_acc)
+    moved = max((p - q).abs().max().item() for p, q in zip(graphed.discriminator.parameters(), start, strict=True))
+    assert moved > 1e-4  # the graph really steps (its warm-up steps were undone, not kept)
+    for p, q in zip(eager.discriminator.parameters(), graphed.discriminator.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-4)
+    # The checkpoint is the eager one's kind (a float learning rate), through gymlab's own save and load.
+    state = graphed.state_dict()
+    assert all(
+        isinstance(g["lr"], float) and not g["capturable"] for g in state["training"]["disc_opt"]["param_groups"]
+    )
+    checkpoint.save(tmp_path / "agent.pt", {"agent_state": state})
+    loaded = checkpoint.load(tmp_path / "agent.pt")["agent_state"]
+    cpu = tiny_agent(TINY_ENV, "cpu", compile="off", **hp)
+    cpu.load_state_dict(loaded)
+    for p, q in zip(graphed.discriminator.parameters(), cpu.discriminator.parameters(), strict=True):
+        assert torch.equal(p.cpu(), q)
+    cpu._train_discriminator(1)  # resumes eagerly on the CPU
+    graphed.load_state_dict(loaded)  # and graphed: Adam's new state tensors are recorded again
+    graphed._train_discriminator(1)
+    assert all(torch.isfinite(p).all() for p in graphed.discriminator.parameters())
 
 
 def test_held_out_set_is_disjoint_from_the_real_data():
