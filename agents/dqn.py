@@ -59,7 +59,7 @@ from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gymlab.agent import Context, Transition, describe_space
-from gymlab.cudagraph import CUDAGraphStep
+from gymlab.cudagraph import CUDAGraphStep, resolve_compile
 from gymlab.nets import (
     NATURE_CNN_MIN_SIDE,
     clip_grad_norm,
@@ -140,13 +140,6 @@ def frames_per_observation(config: DQNConfig, observation_space: gym.Space[Any])
     if config.frame_stack is not None:
         return config.frame_stack
     return int(observation_space.shape[0]) if is_image(observation_space) else 1  # type: ignore[index]
-
-
-def resolve_compile(requested: str, device: torch.device) -> str:
-    """``compile=auto``: the CUDA graph on a CUDA device, eager (``off``) anywhere else; other values as they are."""
-    if requested != "auto":
-        return requested
-    return "cuda_graph" if device.type == "cuda" else "off"
 
 
 def linear(start: float, end: float, fraction: float) -> float:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from gymlab.agent import Context, Transition
-from gymlab.cudagraph import CUDAGraphStep
+from gymlab.cudagraph import CUDAGraphStep, resolve_compile
 from gymlab.errors import GymlabError
 from gymlab.nets import load_optimizer, portable_state
 
@@ -502,13 +502,11 @@ class SeqGAN:
         losses, correct = [], []  # the last epoch's fit, kept on the device and read once
         for epoch in range(epochs):
             for idx in self._batches(len(tokens), cfg.disc_batch_size):
-                graphed = self._disc_graph is not None and len(idx) == cfg.disc_batch_size
-                step = self._disc_graph if graphed else self._disc_step
-                assert step is not None
-                loss, hits = step(tokens[idx], labels[idx])
+                graph = self._disc_graph if len(idx) == cfg.disc_batch_size else None  # a smaller last one: eager
+                loss, hits = (graph or self._disc_step)(tokens[idx], labels[idx])
                 if epoch == epochs - 1:  # a graph's outputs are overwritten by its next replay: copies
-                    losses.append(loss.clone() if graphed else loss)
-                    correct.append(hits.clone() if graphed else hits)
+                    losses.append(loss.clone() if graph else loss)
+                    correct.append(hits.clone() if graph else hits)
         return torch.stack(losses).mean().item(), torch.stack(correct).sum().item() / len(tokens)
 
     def _generate(self, num: int, chunk: int = 2_000, temperature: float = 1.0) -> torch.Tensor:
@@ -544,13 +542,14 @@ class SeqGAN:
     def _build_disc_step(self, config: SeqGANConfig) -> None:
         """D's Adam (its fused kernel on the CPU and CUDA) and, with ``compile`` cuda_graph, D's step in one graph.
 
-        D's training is most of SeqGAN's time (benchmarks/README.md, SeqGAN). Adam's fused kernel took
-        D's step at the learning test's shapes from 13.4 to 9.3 ms on the CPU (the per-tensor loop is 425
-        small ops). On a GPU D's step at the paper's shapes is ≈ 260 small kernels, launch-bound (8.4 ms
-        on an H200); the graph replays them in one launch, with Adam capturable and its learning rate in
-        a tensor, as DQN's graphed step (gymlab/cudagraph.py).
+        D's training is most of SeqGAN's time (benchmarks/README.md, SeqGAN, "D's step"). Adam's fused
+        kernel took D's step on the CPU from 10.9 to 9.6 ms at the learning test's shapes and from 230 to
+        169 ms at the paper's (the per-tensor loop is ≈ 25 small ops per parameter tensor). On a GPU, D's
+        step at the paper's shapes is ≈ 260 small kernels, launch-bound (8.4 ms on an H200); the graph
+        replays them in one launch, with Adam capturable and its learning rate in a tensor, as DQN's
+        graphed step (gymlab/cudagraph.py).
         """
-        graphed = (config.compile == "auto" and self.device.type == "cuda") or config.compile == "cuda_graph"
+        graphed = resolve_compile(config.compile, self.device) == "cuda_graph"
         params = list(self.discriminator.parameters())
         lr = torch.tensor(config.disc_learning_rate, device=self.device) if graphed else config.disc_learning_rate
         fused = self.device.type in ("cuda", "cpu") or None

@@ -43,6 +43,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.metadata import PLUGIN_NAME as HPARAMS_PLUGIN  # whose summaries hold HParams
 
 from gymlab import report
 from gymlab import tblog as tb
@@ -54,9 +55,6 @@ from gymlab.yamlfile import file_kind
 GroupBy = Literal["agent", "env", "config"]
 MAX_POINTS = 1000
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-#: The TensorBoard plugin whose summaries hold a run's HParams (:meth:`gymlab.tblog.RunLogger.hparams`).
-HPARAMS_PLUGIN = "hparams"
 
 #: Axis labels for the tags every run writes.
 METRIC_LABELS = {

@@ -29,6 +29,13 @@ import torch
 WARMUP_STEPS = 3
 
 
+def resolve_compile(requested: str, device: torch.device) -> str:
+    """An agent's ``compile=auto``: the CUDA graph on a CUDA device, eager (``off``) elsewhere; others as they are."""
+    if requested != "auto":
+        return requested
+    return "cuda_graph" if device.type == "cuda" else "off"
+
+
 class CUDAGraphStep:
     """``step(*inputs) -> outputs`` recorded in a CUDA graph at the first call, replayed at every call after.
 

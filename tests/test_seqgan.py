@@ -373,6 +373,13 @@ def test_the_discriminators_cuda_graph_learns_as_eager_and_checkpoints_portably(
     graphed.load_state_dict(loaded)  # and graphed: Adam's new state tensors are recorded again
     graphed._train_discriminator(1)
     assert all(torch.isfinite(p).all() for p in graphed.discriminator.parameters())
+    # A state saved by an unfused Adam (checkpoints from before D's Adam was fused) keeps its step counts
+    # on the host as it loads; the graph's capturable Adam needs them on the device.
+    for group in loaded["training"]["disc_opt"]["param_groups"]:
+        group["fused"] = None
+    graphed.load_state_dict(loaded)
+    graphed._train_discriminator(1)
+    assert all(s["step"].device.type == "cuda" for s in graphed.disc_opt.state.values())
 
 
 def test_held_out_set_is_disjoint_from_the_real_data():
