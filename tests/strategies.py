@@ -12,11 +12,18 @@ fuzzed with no new test code:
 
 The profile ``gymlab`` is derandomized (the same examples on every run, no example database) and
 bounded (:data:`MAX_EXAMPLES` per property unless a test says fewer), so the suites fit ``make test``.
+
+A wider hunt, outside ``make test``: ``GYMLAB_FUZZ_SCALE=K`` multiplies every property's examples by K
+(:func:`examples`) and draws them at random instead of the fixed sequence; ``--hypothesis-seed=N``
+makes such a run repeatable, and a failure prints the blob that replays it::
+
+    GYMLAB_FUZZ_SCALE=4 .venv/bin/python -m pytest -n 2 tests/test_fuzz_*.py --hypothesis-seed=7
 """
 
 from __future__ import annotations
 
 import math
+import os
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,14 +36,23 @@ from hypothesis import strategies as st
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import RunConfig
 
+#: How many times more examples than ``make test``'s a wider hunt draws (``GYMLAB_FUZZ_SCALE``; 1: the suite's).
+SCALE = max(1, int(os.environ.get("GYMLAB_FUZZ_SCALE", "1") or "1"))
+
+
+def examples(n: int) -> int:
+    """A property's example count: ``n`` in ``make test``, ``n`` times :data:`SCALE` in a wider hunt."""
+    return n * SCALE
+
+
 #: Examples per property (a test may ask for fewer when each example starts a process).
 MAX_EXAMPLES = 25
 
 settings.register_profile(
     "gymlab",
-    derandomize=True,  # a fixed sequence of examples: the suite is deterministic and its time known
+    derandomize=SCALE == 1,  # make test: a fixed sequence of examples, so the suite is deterministic and its time known
     database=None,
-    max_examples=MAX_EXAMPLES,
+    max_examples=examples(MAX_EXAMPLES),
     deadline=None,  # a gymlab command takes a second or two, more on a loaded machine
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],

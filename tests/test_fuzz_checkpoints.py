@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import strategies as fz
 import torch
 from clihelp import resave
 from hypothesis import given, settings
@@ -104,7 +105,7 @@ def folder_files(run: Path) -> dict[str, bytes]:
 
 
 @given(data=st.data())
-@settings(max_examples=25)
+@settings(max_examples=fz.examples(25))
 def test_a_checkpoint_damaged_inside_is_refused_in_one_line_or_used(
     finished: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, data: Any
 ) -> None:
@@ -125,7 +126,10 @@ def test_a_checkpoint_damaged_inside_is_refused_in_one_line_or_used(
 def check_damaged(run: Path, payload: dict[str, Any]) -> None:
     """``eval`` and ``train --resume`` of ``run`` with ``payload`` as its last.pt end by the rule, losing nothing."""
     last = run / "checkpoints" / "last.pt"
-    resave(last, payload)
+    try:
+        resave(last, payload)
+    except TypeError:  # what gymlab's writer refuses (a numpy string array): written as a foreign file holds it
+        torch.save(payload, last)
     before = folder_files(run)
     evaluated = run_here("eval", run, "--episodes", "1", cwd=run.parent)
     assert_by_the_rule(evaluated)
@@ -138,7 +142,8 @@ def check_damaged(run: Path, payload: dict[str, Any]) -> None:
         assert "checkpoint" in resumed.err, resumed.err
 
 
-#: Damage that ended in a traceback before (stop 32, an exploratory pass of 260 cases): (agent, node, how, value).
+#: Damage that ended in a traceback before (stop 32, an exploratory pass of 260 cases), and, last, damage this file
+#: could not write through gymlab's writer (stop 39, GYMLAB_FUZZ_SCALE=16): (agent, node, how, value).
 FOUND: list[tuple[str, tuple[Any, ...], str, Any]] = [
     ("dqn", ("agent_state", "training", "optimizer", "state", 1, "exp_avg"), "replace", [1, "a"]),
     ("reinforce", ("agent_state", "training", "value_opt", "state", 1, "exp_avg_sq"), "shape", None),
@@ -155,6 +160,7 @@ FOUND: list[tuple[str, tuple[Any, ...], str, Any]] = [
     ("tabular_q", ("config", "eval_every"), "replace", torch.zeros(0)),
     ("tabular_q", ("envs", "copies", 0, 3, "_np_random", "__generator__", "state", "state"), "replace", 2**70),
     ("tabular_q", ("envs", "copies", 0, 3, "_np_random", "__generator__", "uinteger"), "negate", None),
+    ("dqn", ("agent",), "replace", np.array(["a"])),
 ]
 
 

@@ -107,7 +107,7 @@ def base_argv(command: str, base: dict[str, Path], work: Path) -> list[str]:
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "sweep"])
 @given(data=st.data())
-@settings(max_examples=12)
+@settings(max_examples=fz.examples(12))
 def test_every_option_takes_hostile_values_by_the_rule(command: str, base: dict[str, Path], data: Any) -> None:
     option = data.draw(st.sampled_from([o for o in OPTIONS if o.command == command]), label="option")
     argv = [option.flag] if option.kind == "flag" else [option.flag, data.draw(fz.option_values(option))]
@@ -118,7 +118,7 @@ def test_every_option_takes_hostile_values_by_the_rule(command: str, base: dict[
 
 @pytest.mark.needs("sweep")
 @given(data=st.data())
-@settings(max_examples=6)
+@settings(max_examples=fz.examples(6))
 def test_sweep_options_take_hostile_values_by_the_rule(base: dict[str, Path], data: Any) -> None:
     # Only values that fail: a valid one starts worker processes (the sweep suite runs those).
     option = data.draw(st.sampled_from([o for o in OPTIONS if o.command == "sweep" and o.kind != "path"]))

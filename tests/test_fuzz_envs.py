@@ -35,7 +35,7 @@ def user_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 
 
 @given(case=fz.env_cases())
-@settings(max_examples=60)
+@settings(max_examples=fz.examples(60))
 @example(case=("tuple", "none"))  # issue 23: the random agent crashed on a Tuple observation space
 @example(case=("box", "render"))  # issue 23: a traceback under video_every, and check passed it
 @example(case=("box", "close"))  # issue 23: a close() that raises crashed start-up

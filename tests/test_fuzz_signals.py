@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-import strategies as fz  # noqa: F401 - loads the suites' settings profile
+import strategies as fz
 import yaml
 from clihelp import Child, assert_one_line
 from hypothesis import given, settings
@@ -43,7 +43,7 @@ def _signal_while_running(child: Child, after_s: float, signum: int) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 @given(after_s=st.floats(min_value=1.0, max_value=9.0), signum=st.sampled_from([signal.SIGINT, signal.SIGTERM]))
-@settings(max_examples=4)
+@settings(max_examples=fz.examples(4))
 def test_an_interrupted_seeds_run_exits_130_with_a_true_count(
     tmp_path_factory: pytest.TempPathFactory, workers: int, after_s: float, signum: int
 ) -> None:
@@ -72,7 +72,7 @@ def test_an_interrupted_seeds_run_exits_130_with_a_true_count(
 
 @pytest.mark.needs("sweep")
 @given(after_s=st.floats(min_value=3.0, max_value=8.0), signum=st.sampled_from([signal.SIGINT, signal.SIGTERM]))
-@settings(max_examples=2)
+@settings(max_examples=fz.examples(2))
 def test_an_interrupted_sweep_exits_130_and_keeps_its_summary(
     tmp_path_factory: pytest.TempPathFactory, after_s: float, signum: int
 ) -> None:
