@@ -291,8 +291,9 @@ def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
     """Where validation turned a value into another kind that it does not mean: (key path, why); else None.
 
     A boolean is never a number, text is never a number or a boolean, and a number is never a
-    boolean; an integral float for a whole number (``steps: 1.0e5``) is exact and kept. Lists and
-    mappings are compared item by item.
+    boolean; an integral float for a whole number (``steps: 1.0e5``) is exact and kept, and so is a whole
+    number for a float when the float holds it exactly (``10**30`` would become another number). Lists
+    and mappings are compared item by item.
     """
     if isinstance(given, bool):
         if not isinstance(made, bool):
@@ -305,6 +306,8 @@ def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
     if isinstance(given, (int, float)):
         if isinstance(made, bool):
             return where, f"{given}: a number is not a boolean (write true or false)"
+        if isinstance(given, int) and isinstance(made, float) and made != given:  # 10**30 -> 1.0000000000000000199e30
+            return where, f"{given}: a whole number that a float cannot hold exactly (write it as a float: {made:g})"
         return None
     return _coerced_items(given, made, where)
 
