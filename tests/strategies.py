@@ -207,9 +207,18 @@ def option_values(option: Option) -> st.SearchStrategy[str]:
     numbers = st.sampled_from(edges).map(lambda v: repr(v) if isinstance(v, float) else str(v))
     if option.kind in ("int", "float"):
         small = st.integers(min_value=1, max_value=2).map(str)
-        texts = [t for t in EDGE_TEXTS if option.bounded or not t.replace(".", "").replace("e", "").isdigit()]
+        texts = [t for t in EDGE_TEXTS if option.bounded or not _large_number(t)]
         return st.one_of(numbers, st.sampled_from(texts), small)
     return st.sampled_from(EDGE_TEXTS)
+
+
+def _large_number(text: str) -> bool:
+    """Whether ``text`` reads as a finite number above 2, however written ("3.5", "1e308", "1_000")."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 2
 
 
 # --- paths ----------------------------------------------------------------------------------------
