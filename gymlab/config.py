@@ -307,7 +307,7 @@ def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
         if isinstance(made, bool):
             return where, f"{given}: a number is not a boolean (write true or false)"
         if isinstance(given, int) and isinstance(made, float) and made != given:  # 10**30 -> 1.0000000000000000199e30
-            return where, f"{given}: a whole number that a float cannot hold exactly (write it as a float: {made:g})"
+            return where, f"{given}: a whole number that a float cannot hold exactly (write it as a float: {made!r})"
         return None
     return _coerced_items(given, made, where)
 
