@@ -11,6 +11,7 @@
 #   cli       train / resume / eval on --device cuda for DQN, REINFORCE and tabular Q, and DQN's
 #             deterministic mode beside the default (its cost)
 #   seqgan    SeqGAN's phases at the paper's shapes (benchmarks/seqgan_phases.py)
+#   scoring   D's scoring of the rollouts through tables against convolutions (benchmarks/seqgan_scoring.py)
 #   update    DQN's gradient step on the Nature CNN: its floor, the default (compile=auto: the CUDA graph)
 #             and eager, side by side (benchmarks/dqn_update.py)
 #   atari     DQN on Pong against SB3, RL Zoo's settings, gymlab's default (compile=auto: the CUDA graph), then 16 envs
@@ -66,12 +67,18 @@ else
   cd "$root" || exit 2
 fi
 
-cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+# One interpreter for the probes (each import of torch is seconds): whether CUDA works, the versions, and
+# which optional packages are installed (found, not imported).
+probe=$("$py" -c 'import importlib.util as u, sys, torch, gymnasium
+print(int(torch.cuda.is_available()), *(int(u.find_spec(m) is not None) for m in sys.argv[1:]))
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "gymnasium", gymnasium.__version__)' pytest_timeout xdist ale_py stable_baselines3 2>>"$log")
+read -r cuda has_timeout has_xdist has_ale has_sb3 <<<"${probe%%$'\n'*}"
+cuda=${cuda:-0}
 [[ $cuda == 1 ]] || smoke=1
 {
   echo "host $(hostname), $(nproc) cores, $(uptime)"
-  "$py" -c 'import sys, torch, gymnasium; print("python", sys.version.split()[0], "torch", torch.__version__,
-"cuda", torch.version.cuda, "gymnasium", gymnasium.__version__)'
+  echo "${probe#*$'\n'}"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 } >>"$summary" 2>&1
 note "mode: $([[ $smoke == 1 ]] && echo 'smoke (CPU, tiny budgets)' || echo 'GPU')"
@@ -84,6 +91,7 @@ if [[ $smoke == 1 ]]; then
   # 8 gradient steps of the Nature CNN: the preset's whole path at a CPU's pace
   fast_args=(--steps 640 hparams.learning_starts=576 hparams.buffer_size=4096 eval_episodes=1 checkpoint_every=0)
   seqgan_args=(--repeats 1 --budget-s 20 --phases d_round_1ep)  # D's step: most of SeqGAN's time
+  scoring_args=(--shapes test --counts 256 4096 --repeats 1)
 else
   device=cuda dqn_steps=3000 resume_steps=5000 rf_steps=3000 tq_steps=20000
   pytest_suite=(-m "not slow" tests)
@@ -91,14 +99,15 @@ else
   atari_args=(--steps 12000 --seeds 1 --eval-episodes 1)
   fast_args=(--steps 400000 eval_episodes=3 checkpoint_every=0)
   seqgan_args=(--paper --repeats 2 --budget-s 75)
+  scoring_args=(--repeats 5)
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$OUT/gpu_util.csv" 2>&1 &
   util_pid=$!
 fi
 
 timeout_opt=()
-"$py" -c "import pytest_timeout" 2>/dev/null && timeout_opt=(--timeout 120)
+[[ ${has_timeout:-0} == 1 ]] && timeout_opt=(--timeout 120)
 workers=()  # xdist when it has two workers or more: one worker only adds its start-up
-"$py" -c 'import xdist' 2>/dev/null && (($(nproc) > 3)) && workers=(-n "$(($(nproc) - 2))")
+[[ ${has_xdist:-0} == 1 ]] && (($(nproc) > 3)) && workers=(-n "$(($(nproc) - 2))")
 
 # Each failure is written to failures.txt as it happens (a step cut short by its timeout still says why).
 export GYMLAB_FAILURE_LOG=$OUT/failures.txt
@@ -137,9 +146,11 @@ else
   skip seqgan_graph "needs CUDA (a CUDA graph)"
 fi
 
+step scoring 60 "$py" benchmarks/seqgan_scoring.py --device "$device" "${scoring_args[@]}"
+
 step update 90 "$py" benchmarks/dqn_update.py --device "$device" "${update_args[@]}"
 
-if "$py" -c 'import ale_py, stable_baselines3' 2>/dev/null; then
+if [[ ${has_ale:-0} == 1 && ${has_sb3:-0} == 1 ]]; then
   atari_runs() {
     local args
     read -ra args <<<"$atari_args_text"
@@ -157,7 +168,7 @@ else
   skip atari "ale-py or stable-baselines3 is not installed"
 fi
 
-if "$py" -c 'import ale_py' 2>/dev/null; then
+if [[ ${has_ale:-0} == 1 ]]; then
   step fast 200 "$py" -m gymlab train dqn PongNoFrameskip-v4 --config configs/dqn/PongNoFrameskip-v4-fast.yaml \
     --device "$device" --run-dir "$OUT/fast" "${fast_args[@]}"
 else

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("cuda", "suite", "cli", "seqgan", "update", "atari", "fast")
+STEPS = ("cuda", "suite", "cli", "seqgan", "scoring", "update", "atari", "fast")
 
 
 @pytest.mark.slow

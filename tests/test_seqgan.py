@@ -17,7 +17,7 @@ from gymlab.agents.seqgan import (
     policy_gradient_loss,
     rollout_action_values,
 )
-from gymlab.agents.sequence_cnn import Discriminator, rank_correlation
+from gymlab.agents.sequence_cnn import Discriminator, convolve_from_table, rank_correlation, tap_tables
 from gymlab.envs.oracle import TokenLSTM, make_oracle, nll_per_sequence
 
 from gymlab import checkpoint
@@ -201,6 +201,28 @@ def test_discriminator_pools_as_the_paper_relu_then_max_over_time():
     assert torch.allclose(got, want, atol=1e-12)
     for g, w in zip(grads, want_grads, strict=True):
         assert torch.allclose(g, w, atol=1e-12)
+
+
+@pytest.mark.parametrize("count", [1, 3, 40, 700])  # every width by convolution, a mix, every width by table
+def test_scoring_through_tables_gives_ds_own_probabilities(count: int):
+    """prob_real = sigmoid(D(Y)) without dropout, whichever route each width takes (tables or convolutions)."""
+    torch.manual_seed(count)
+    d = Discriminator(7, 5, [1, 2, 4, 6], [3, 2, 4, 1], dropout=0.5).double()
+    tokens = torch.randint(0, 7, (count, 6))
+    tables = tap_tables(d.embedding, list(d.convs), tokens.shape)
+    # A width's windows, count · (T − k + 1), against TABLE_WINDOWS_PER_TOKEN × V = 2 × 7.
+    routes = [table is not None for table in tables]
+    assert routes == [count * (6 - k + 1) >= 14 for k in (1, 2, 4, 6)]
+    d.eval()
+    want = torch.sigmoid(d(tokens)).detach()
+    d.train()
+    got = d.prob_real(tokens, chunk=16)
+    assert d.training  # left as it was
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    for width, table, conv in zip((1, 2, 4, 6), tables, d.convs, strict=True):
+        if table is not None:  # the convolution itself, position by position
+            x = d.embedding(tokens).transpose(1, 2)
+            assert torch.allclose(convolve_from_table(tokens, table, width), conv(x).transpose(1, 2), atol=1e-12)
 
 
 def test_check_spaces_names_the_env_to_use():
