@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gymlab.agent import AgentClass, load_agent_class
 from gymlab.errors import GymlabError
@@ -79,6 +79,18 @@ class RunConfig(BaseModel):
     log_every: int = Field(1_000, gt=0, description="env steps between TensorBoard scalar writes")
     video_every: int = Field(0, ge=0, description="env steps between recorded evaluation videos (0: off)")
     hparams: dict[str, Any] = Field(default_factory=dict, description="the agent's hyperparameters")
+
+    @field_validator("env_kwargs")
+    @classmethod
+    def _render_mode_is_gymlabs(cls, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+        # A training env rendering to a window draws every step (FrozenLake: 4 steps/s) and, with no screen,
+        # draws to nothing; gymlab picks the mode for what renders (videos, watch, check).
+        if "render_mode" in env_kwargs:
+            raise ValueError(
+                "gymlab sets the render mode itself (rgb_array for videos, a window or an mp4 for watch): "
+                "remove env_kwargs.render_mode"
+            )
+        return env_kwargs
 
 
 @dataclass(frozen=True)

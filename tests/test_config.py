@@ -281,3 +281,15 @@ def test_non_finite_values_on_the_command_line_are_one_line_before_any_folder(tm
     proc = gymlab("train", *argv, "--run-dir", "r", cwd=tmp_path)
     assert_one_line(proc, 2, fragment)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["override", "file"])
+def test_a_render_mode_in_env_kwargs_is_refused_before_any_folder(tmp_path: Path, where: str):
+    """gymlab picks the render mode (videos, watch); a training env told to draw a window drew every step."""
+    args = ["env_kwargs.render_mode=human"]
+    if where == "file":
+        (tmp_path / "c.yaml").write_text("env_kwargs:\n  render_mode: rgb_array\n")
+        args = ["--config", "c.yaml"]
+    proc = gymlab("train", "tabular_q", "FrozenLake-v1", "--steps", "40", *args, "--run-dir", "r", cwd=tmp_path)
+    assert_one_line(proc, 2, "remove env_kwargs.render_mode")
+    assert not (tmp_path / "r").exists()
