@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import re
+import shlex
 import signal
 import sys
 import typing
@@ -192,7 +193,11 @@ def _train_one(spec: RunSpec, label: str) -> None:
         else f"; final eval return {outcome.last_eval:.4g} (best {outcome.best_eval:.4g})"
     )
     what = "done" if outcome.status == "finished" else "stopped by its evaluation callback"
-    print(f"{what}: {outcome.step:,} steps in {outcome.seconds:.1f} s ({rate}){evals}; run: {outcome.run_dir}")
+    # A resumed run counts its steps from the start, its time from the resume: say which steps the time is for.
+    this_time = f", {trained:,} of them" if outcome.start_step and trained else ""
+    print(
+        f"{what}: {outcome.step:,} steps{this_time} in {outcome.seconds:.1f} s ({rate}){evals}; run: {outcome.run_dir}"
+    )
     if outcome.no_episode_note:
         print(f"note: {outcome.no_episode_note}", file=sys.stderr)
 
@@ -252,6 +257,14 @@ def evaluate(
         )
 
 
+def _as_given(path: Path) -> str:
+    """A path the user can paste here: relative to the working folder when under it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path.resolve())
+
+
 @app.command("list")
 def list_() -> None:
     """Show the agents, the spaces each handles, and the shipped configs."""
@@ -273,7 +286,7 @@ def list_() -> None:
         if re.fullmatch(r".+-v\d+", env):
             command = f"gymlab train {agent} {env}"
         else:
-            command = f"gymlab train {agent} {env.rsplit('-', 1)[0]} --config {path.relative_to(configs_root().parent)}"
+            command = f"gymlab train {agent} {env.rsplit('-', 1)[0]} --config {shlex.quote(_as_given(path))}"
         presets.add_row(agent, env, command)
     presets.print()
 
@@ -413,7 +426,7 @@ def sweep(
     sweeps.table(result.rows, spec).print()
     print(f"summary: {result.summary_csv} and {result.summary_md}")
     if result.best_yaml is not None:
-        print(f"best config: {result.best_yaml} (gymlab train --config {result.best_yaml})")
+        print(f"best config: {result.best_yaml} (gymlab train --config {shlex.quote(str(result.best_yaml))})")
     if result.interrupted:
         raise Interrupted(f"interrupted: {resume}")
     failed = [row for row in result.rows if row.state == "failed"]

@@ -8,6 +8,7 @@ anywhere stops the runs at checkpoints and the summary counts the runs that real
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def train_seeds(
         finished = sum(o.ok for o in outcomes)
         print(
             f"{len(ran)} of {len(outcomes)} runs started, {finished} finished, in {elapsed:.1f} s; "
-            f"compare them: gymlab compare {run_dir or 'runs'}"
+            f"compare them: gymlab compare {shlex.quote(str(run_dir or 'runs'))}"
         )
     stopped = [o for o in outcomes if o.status in ("interrupted", "cancelled")]
     if stopped or stop.is_set():

@@ -24,6 +24,7 @@ so retrying the same command works. A checkpoint written meanwhile is always kep
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import signal
 import sys
@@ -347,7 +348,7 @@ def _open_existing(spec: RunSpec, target: Path, *, explicit: bool) -> Opened:
                 Checkpoint.read(target)  # one line by the full reader
             raise GymlabError(
                 f"{target} is a checkpoint outside a run folder; to train on from it, give a new folder: "
-                f"gymlab train --resume {target} --run-dir NEW"
+                f"gymlab train --resume {shlex.quote(str(target))} --run-dir NEW"
             )
         raise GymlabError(
             folder.runs_below()

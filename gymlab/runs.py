@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import time
@@ -140,7 +141,8 @@ class RunFolder:
             except FileExistsError:
                 if explicit:
                     what = "run folder" if (target / CONFIG_FILE).is_file() else "folder" if target.is_dir() else "file"
-                    go_on = f", or continue it with: gymlab train --resume {target}" if what == "run folder" else ""
+                    resume = shlex.quote(str(target))
+                    go_on = f", or continue it with: gymlab train --resume {resume}" if what == "run folder" else ""
                     raise GymlabError(f"{what} {target} already exists; choose a new --run-dir{go_on}") from None
                 target = target.with_name(f"{target.name.split('.')[0]}.{attempt}")
             except OSError as exc:
@@ -331,7 +333,7 @@ class RunFolder:
             raise GymlabError(
                 f"run folder {self.path} has history up to step {head:,} but its newest checkpoint {path.name} "
                 f"is at step {ckpt.step:,} (a newer one was deleted); continuing here would rewrite that history: "
-                f"start a new run from it with gymlab train --resume {path} --run-dir NEW"
+                f"start a new run from it with gymlab train --resume {shlex.quote(str(path))} --run-dir NEW"
             )
 
 
@@ -480,7 +482,7 @@ def resume_command(folder: Path) -> str:
     except GymlabError:  # said on the interrupt path: a damaged config.yaml is for the resume to report
         config = {}
     modules = dict.fromkeys(name.partition(":")[0] for _, name in _named_code(config))
-    return " ".join(["gymlab train --resume", str(folder), *(f"--trust {m}" for m in modules)])
+    return shlex.join(["gymlab", "train", "--resume", str(folder), *(a for m in modules for a in ("--trust", m))])
 
 
 def check_trust(config: Mapping[str, Any], source: str, trust: Iterable[str] = ()) -> None:

@@ -45,6 +45,9 @@ def test_train_then_eval_then_list(cli, tmp_path):
     listing = cli("list")
     assert listing.returncode == 0
     assert "tabular_q" in listing.stdout and "Discrete" in listing.stdout and "FrozenLake-v1" in listing.stdout
+    # A variant preset's command works as printed from this folder (not only from the repo root).
+    variants = [line.split("--config ")[1].strip() for line in listing.stdout.splitlines() if "--config " in line]
+    assert variants and all((tmp_path / path).is_file() for path in variants), variants
 
 
 CHATTY_ENV = """
@@ -180,6 +183,7 @@ def test_resume_continues_to_a_larger_budget(cli, tmp_path):
     more = cli("train", "--resume", "r", "--steps", "3000")
     assert more.returncode == 0, more.stderr
     assert Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step == 3000
+    assert "done: 3,000 steps, 2,000 of them in " in more.stdout  # the time and the rate are this session's
     assert_one_line_error(cli("train", "--resume", "r", "tabular_q"), "--resume continues a run")
 
 

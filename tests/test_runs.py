@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -678,6 +679,24 @@ def test_the_resume_hint_names_the_trust_the_runs_own_code_needs(tmp_path):
     assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
     (folder / "config.yaml").write_text("[not, a, config]\n")
     assert runs.resume_command(folder) == f"gymlab train --resume {folder}"
+
+
+@pytest.mark.parametrize("name", ["sp ace", "it's", "$HOME"])
+def test_the_commands_gymlab_suggests_paste_back_to_the_same_paths(cli, tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.yaml").write_text("agent: agentmod:Agent\nenv: CartPole-v1\n")
+    assert shlex.split(runs.resume_command(folder)) == [
+        "gymlab", "train", "--resume", str(folder), "--trust", "agentmod"
+    ]  # fmt: skip
+    # The same through the CLI: a run folder that exists already, and a finished --seeds run.
+    args = ["random", "CartPole-v1", "--steps", "50", "eval_every=0", "eval_episodes=1"]
+    assert cli("train", *args, "--run-dir", f"./{name}-run").returncode == 0
+    line = one_line(cli("train", *args, "--run-dir", f"./{name}-run"), 2, "already exists")
+    assert shlex.split(line.split("continue it with: ")[1])[3] == f"{name}-run"
+    done = cli("train", *args, "--seeds", "0-1", "--run-dir", f"./{name}-seeds")
+    assert done.returncode == 0, done.stderr
+    assert shlex.split(done.stdout.split("compare them: ")[1])[2] == f"{name}-seeds"
 
 
 @pytest.mark.parametrize("inside", ["sub", "checkpoints/new", "videos/deep/er"])
