@@ -31,6 +31,7 @@ The bootstrap, the IQM and the table renderer are :mod:`gymlab.report`'s, shared
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import stat
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.metadata import PLUGIN_NAME as HPARAMS_PLUGIN  # whose summaries hold HParams
+from tensorboard.util import tb_logging
 
 from gymlab import report
 from gymlab import tblog as tb
@@ -166,7 +168,16 @@ def read_events(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], di
                 f"{events} is {file_kind(mode)}, not a TensorBoard events file: remove it, or leave {run} out"
             )
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every point
-    acc.Reload()
+    # A run started from an older checkpoint logs its steps again from there: the reader drops the points past
+    # the restart (the history the new run replaced), as TensorBoard shows it, and says so on stderr. That is
+    # the design, not news for the user: its warning is kept off the console.
+    logger = tb_logging.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        logger.setLevel(level)
     out = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)

@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from gymlab import compare as cmp
 from gymlab import report
 from gymlab import tblog as tb
+from gymlab.checkpoint import Checkpoint
 from gymlab.config import slug
 from gymlab.errors import GymlabError
 
@@ -471,3 +472,17 @@ def test_an_events_file_that_is_no_regular_file_is_one_line(synthetic, tmp_path,
     assert result.code == 2, result.ok()
     assert result.err.count("\n") == 1 and str(events) in result.err
     assert ("FIFO" if kind == "fifo" else "folder") in result.err
+
+
+def test_a_run_started_from_an_older_checkpoint_is_read_without_tensorboards_restart_warning(cli, tmp_path):
+    """Its events log steps again from the checkpoint's: the reader drops the replaced points, quietly."""
+    base = ["--steps", "3000", "eval_every=1000", "eval_episodes=2", "checkpoint_every=1000", "log_every=500"]
+    assert cli("train", "tabular_q", "FrozenLake-v1", *base, "--run-dir", "a").returncode == 0
+    older = tmp_path / "a" / "checkpoints" / "best.pt"
+    assert Checkpoint.read(older).step < 3000  # seed 0: its best evaluation came before the last
+    resumed = cli("train", "--resume", str(older), "--run-dir", "b", "--steps", "4000")
+    assert resumed.returncode == 0, resumed.stderr
+    proc = cli("compare", "b", "--out", "c.png")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    assert (tmp_path / "c.png").is_file()
