@@ -395,17 +395,25 @@ def format_table(comparison: Comparison) -> str:
 
 
 def plot(comparison: Comparison, out: Path) -> Any:
-    """Draw each group's mean curve and 95% band against env steps; save to ``out`` (png/svg/pdf)."""
-    fig = Figure(figsize=(9, 5.5), layout="constrained")  # no pyplot: nothing global, no GUI backend
+    """Draw each group's mean curve and 95% band against env steps; save to ``out`` (png/svg/pdf).
+
+    Ten colours, then the same ten dashed, dotted and dash-dotted: every group's line differs from every
+    other's up to 40 groups. The legend sits below the axes, one row per entry, so it never covers a curve.
+    """
+    entries = len(comparison.groups) + (comparison.threshold is not None)
+    # no pyplot: nothing global, no GUI backend; taller by a legend row per entry
+    fig = Figure(figsize=(9, 5 + 0.2 * entries), layout="constrained")
     ax = fig.subplots()
     colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+    styles = ["-", "--", ":", "-."]
     for i, g in enumerate(comparison.groups):
-        color = colors[i % len(colors)]
+        color, style = colors[i % len(colors)], styles[i // len(colors) % len(styles)]
         longest = f", longest {report.human_steps(g.longest)}" if g.longest > g.reach else ""
         reach = f"to {report.human_steps(g.reach)}{longest}"
         seeds = f"{g.n} seed{'s' if g.n != 1 else ''}"
         marker = "o" if len(g.steps) <= 30 else None
-        ax.plot(g.steps, g.mean, color=color, lw=2, marker=marker, ms=4, label=f"{g.label}  ({seeds}, {reach})")
+        label = f"{g.label}  ({seeds}, {reach})"
+        ax.plot(g.steps, g.mean, color=color, ls=style, lw=2, marker=marker, ms=4, label=label)
         if g.n > 1:
             ax.fill_between(g.steps, g.low, g.high, color=color, alpha=0.2, lw=0)
     if comparison.threshold is not None:
@@ -415,7 +423,7 @@ def plot(comparison: Comparison, out: Path) -> Any:
     ax.set_ylabel(METRIC_LABELS.get(comparison.metric, comparison.metric))
     ax.set_title(f"{comparison.metric}: mean over seeds, shaded 95% bootstrap CI", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9, framealpha=0.85)
+    fig.legend(loc="outside lower center", ncols=1, fontsize=8, frameon=False, handlelength=3)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120)

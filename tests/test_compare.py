@@ -486,3 +486,19 @@ def test_a_run_started_from_an_older_checkpoint_is_read_without_tensorboards_res
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr
     assert (tmp_path / "c.png").is_file()
+
+
+def test_the_plot_tells_many_groups_apart_and_keeps_its_legend_off_the_curves(tmp_path):
+    root = tmp_path / "runs"
+    for i in range(12):  # more groups than the ten colours
+        write_run(root / f"g{i}", config(lr=0.001 * (i + 1)), [(0, float(i)), (10, float(i + 1))])
+    result = cmp.compare([str(root)], threshold=5.0, out=tmp_path / "c.png")
+    assert len(result.groups) == 12
+    fig = cmp.plot(result, tmp_path / "again.png")
+    (ax,) = fig.axes
+    lines = [line for line in ax.get_lines() if not line.get_label().startswith("threshold")]
+    looks = {(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()), line.get_linestyle())
+             for line in lines}  # fmt: skip
+    assert len(lines) == 12 and len(looks) == 12  # no two groups drawn alike
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the figure's legend, outside the axes
+    assert len(fig.legends[0].get_texts()) == 13  # every group and the threshold
