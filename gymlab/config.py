@@ -172,12 +172,20 @@ NAMED_BY_THE_COMMAND = ("agent", "env")
 
 
 def apply_overrides(
-    data: dict[str, Any], overrides: Sequence[str], hparam_keys: Sequence[str], *, once: bool = False
+    data: dict[str, Any],
+    overrides: Sequence[str],
+    hparam_keys: Sequence[str],
+    *,
+    once: bool = False,
+    origins: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Apply ``key=value`` strings to a nested mapping; bare hyperparameter names go to ``hparams``.
 
-    With ``once`` (a user's own list, as typed), a key given twice is refused, as in a YAML file;
-    a sweep's layers (base, overrides, trial) override each other on purpose and leave it off.
+    A mapping given for a mapping merges into it key by key (``hparams={gamma: 0.5}`` is ``hparams.gamma=0.5``),
+    as a config file's layers do; anything else replaces what was there. With ``once`` (a user's own list,
+    as typed), a key given twice is refused, as in a YAML file; a sweep's layers (base, overrides, trial)
+    override each other on purpose and leave it off. ``origins`` (key -> where it was given, for error
+    lines) learns what each override set, and forgets the keys inside a value it replaced.
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     given: dict[tuple[str, ...], str] = {}
@@ -210,7 +218,17 @@ def apply_overrides(
                 child = {}
                 node[part] = child
             node = child
-        node[path[-1]] = _parse_value(key, raw)
+        value, before = _parse_value(key, raw), node.get(path[-1])
+        merged = isinstance(value, dict) and isinstance(before, dict)
+        node[path[-1]] = merge(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+        if origins is not None:
+            where, named = ".".join(path), f"override {item if len(item) <= 60 else item[:59] + '…'}"
+            if not merged:
+                for inner in [k for k in origins if k.startswith(f"{where}.")]:
+                    del origins[inner]
+            origins[where] = named
+            if isinstance(value, dict):
+                origins.update(dict.fromkeys((f"{where}.{sub}" for sub in _given_keys(value)), named))
     return out
 
 
@@ -488,10 +506,7 @@ def resolve(
     data = merge(data, file_data)
     origins.update(dict.fromkeys(_given_keys(file_data), source))
     hparam_keys = list(agent_cls.Config.model_fields)
-    data = apply_overrides(data, overrides, hparam_keys, once=once)
-    for item in overrides:
-        named = item if len(item) <= 60 else item[:59] + "…"
-        origins[".".join(override_path(item.partition("=")[0], hparam_keys))] = f"override {named}"
+    data = apply_overrides(data, overrides, hparam_keys, once=once, origins=origins)
     for key, flag in (("seed", seed), ("steps", steps), ("device", device)):
         if flag is not None:
             data[key] = flag

@@ -293,3 +293,15 @@ def test_a_render_mode_in_env_kwargs_is_refused_before_any_folder(tmp_path: Path
     proc = gymlab("train", "tabular_q", "FrozenLake-v1", "--steps", "40", *args, "--run-dir", "r", cwd=tmp_path)
     assert_one_line(proc, 2, "remove env_kwargs.render_mode")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_mapping_override_merges_into_the_preset_and_a_value_replacing_one_is_blamed_on_the_override():
+    preset = resolve("dqn", "CartPole-v1").to_dict()["hparams"]
+    merged = resolve("dqn", "CartPole-v1", overrides=["hparams={gamma: 0.5}"]).to_dict()["hparams"]
+    assert merged == {**preset, "gamma": 0.5}  # as hparams.gamma=0.5: the preset's other values kept
+    env = resolve("tabular_q", "FrozenLake-v1", overrides=["env_kwargs={map_name: 8x8}"]).run.env_kwargs
+    assert env == {"is_slippery": True, "map_name": "8x8"}  # the preset's is_slippery kept
+    with pytest.raises(GymlabError, match=r"^override hparams=3: 'hparams' = 3: "):
+        resolve("dqn", "CartPole-v1", overrides=["hparams=3"])  # not the preset file, whose hparams it replaced
+    with pytest.raises(GymlabError, match=r"^override hparams=\{gamma: 5\}: 'hparams.gamma' = 5"):
+        resolve("dqn", "CartPole-v1", overrides=["hparams={gamma: 5}"])
