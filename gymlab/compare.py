@@ -75,6 +75,7 @@ class RunCurve:
     config: dict[str, Any]  # tblog.hparams_values: agent, env, identity keys as "a.b", config_id
     steps: np.ndarray  # (T,) int, increasing
     values: np.ndarray  # (T,) float
+    seed: int | None = None  # from its config.yaml (None: a folder without one)
 
 
 @dataclass
@@ -193,16 +194,17 @@ def read_events(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], di
     return out, next((values for values in found if values is not None), None)
 
 
-def run_config(run: Path, hparams: dict[str, Any] | None) -> dict[str, Any]:
-    """How ``compare`` sees a run's config (:func:`gymlab.tblog.hparams_values`), from its ``config.yaml``.
+def run_config(run: Path, hparams: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
+    """How ``compare`` sees a run's config (:func:`gymlab.tblog.hparams_values`), and its seed, from ``config.yaml``.
 
     A folder without one: the ``hparams`` its events hold; without those, the agent and env its
-    folder names give (:func:`gymlab.runs.read_config`).
+    folder names give (:func:`gymlab.runs.read_config`); its seed is then unknown (None).
     """
     data = RunFolder(run).data()
-    if data is None and hparams is not None:
-        return hparams
-    return tb.hparams_values(data if data is not None else read_config(run))
+    if data is None:
+        return (hparams if hparams is not None else tb.hparams_values(read_config(run))), None
+    seed = data.get("seed")
+    return tb.hparams_values(data), seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list[str]]:
@@ -215,7 +217,8 @@ def load_curves(runs: Sequence[Path], metric: str) -> tuple[list[RunCurve], list
         available.update(scalars)
         if metric in scalars and len(scalars[metric][0]):
             steps, values = scalars[metric]
-            curves.append(RunCurve(run, run_config(run, hparams), steps, values))
+            config, seed = run_config(run, hparams)
+            curves.append(RunCurve(run, config, steps, values, seed))
         elif scalars:
             skipped.append(f"{run}: no '{metric}' logged")
         elif any(run.glob(EVENTS_GLOB)):  # TensorBoard's reader skips what it cannot parse without a word
@@ -255,11 +258,42 @@ def group_curves(curves: Sequence[RunCurve], by: GroupBy) -> dict[str, list[RunC
     return groups
 
 
+def one_run_per_seed(groups: dict[str, list[RunCurve]], by: GroupBy) -> list[str]:
+    """Keep one run of each seed of a config (the one that reaches furthest); a note for each left out.
+
+    Two runs of one config and seed are one experiment done twice (on the CPU, the same numbers): counted
+    as two seeds they would narrow the band and the CI with no new evidence. Only ``config`` groups pool
+    runs of one config; an ``agent`` or ``env`` group's seeds may belong to different configs.
+    """
+    if by != "config":
+        return []
+    notes = []
+    for key, curves in groups.items():
+        kept: dict[int, RunCurve] = {}
+        for curve in curves:
+            if curve.seed is None:
+                continue
+            other = kept.get(curve.seed)
+            if other is None or curve.steps[-1] > other.steps[-1]:
+                kept[curve.seed] = curve
+        left = []
+        for curve in curves:
+            same = kept.get(curve.seed) if curve.seed is not None else None
+            if same is None or same is curve:
+                left.append(curve)
+            else:
+                notes.append(f"{curve.path}: seed {curve.seed} of its config again (as {same.path}); counted once")
+        groups[key] = left
+    return notes
+
+
 def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int = 3) -> dict[str, str]:
     """Readable labels: for ``config`` grouping, agent · env plus the config keys that differ among its configs.
 
     Keys are compared only between groups of the same agent and env: the agent and env already tell
-    the others apart, and one agent's keys are not another's to show as ``=None``.
+    the others apart, and one agent's keys are not another's to show as ``=None``. When more keys differ
+    than ``max_keys``, a group shows first those where its value is rarest among its peers' (what sets it
+    apart), then the config id.
     """
     if by != "config":
         return {key: key for key in groups}
@@ -273,6 +307,8 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
         peers = [flats[k] for k in groups if bases[k] == bases[key]]
         keys = sorted({k for f in peers for k in f})
         differing = [k for k in keys if len({repr(f.get(k)) for f in peers}) > 1]
+        if len(differing) > max_keys:  # those that set this group apart first: where its value is rarest
+            differing.sort(key=lambda k: sum(repr(f.get(k)) == repr(flats[key].get(k)) for f in peers))
         parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
         if len(differing) > max_keys:
             parts.append(f"… [{runs[0].config.get('config_id')}]")
@@ -460,6 +496,7 @@ def compare(
     runs = find_runs(patterns)
     curves, skipped = load_curves(runs, metric)
     groups = group_curves(curves, by)
+    skipped += one_run_per_seed(groups, by)
     labels = group_labels(groups, by)
     rng = np.random.default_rng(seed)
     stats = [summarize(labels[key], members, threshold, rng) for key, members in groups.items()]

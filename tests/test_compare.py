@@ -502,3 +502,29 @@ def test_the_plot_tells_many_groups_apart_and_keeps_its_legend_off_the_curves(tm
     assert len(lines) == 12 and len(looks) == 12  # no two groups drawn alike
     assert ax.get_legend() is None and len(fig.legends) == 1  # the figure's legend, outside the axes
     assert len(fig.legends[0].get_texts()) == 13  # every group and the threshold
+
+
+def test_a_seed_run_twice_counts_once_and_says_so(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "a", config(seed=0), [(0, 1.0), (10, 2.0)])
+    write_run(root / "again", config(seed=0), [(0, 1.0), (10, 2.0), (20, 3.0)])  # the same seed, further
+    write_run(root / "b", config(seed=1), [(0, 3.0), (10, 5.0)])
+    result = cmp.compare([str(root)])
+    (group,) = result.groups
+    assert group.n == 2 and sorted(p.name for p in group.runs) == ["again", "b"]  # the one reaching furthest kept
+    assert result.skipped == [f"{root / 'a'}: seed 0 of its config again (as {root / 'again'}); counted once"]
+    by_env = cmp.compare([str(root)], by="env")  # other configs' seeds may share a number: all pooled
+    assert by_env.groups[0].n == 3 and by_env.skipped == []
+
+
+def test_a_label_cut_short_shows_what_sets_its_group_apart():
+    base = {"gamma": 0.99, "epsilon_final": 0.05, "initial_q": 0.0, "learning_rate": 0.1}
+    changes = [{}, {"learning_rate": 0.5}, {"gamma": 0.5}, {"epsilon_final": 0.2}, {"initial_q": 0.5}]
+    groups = {}
+    for i, change in enumerate(changes):
+        values = {"agent": "tabular_q", "env": "FrozenLake-v1", "config_id": f"id{i}", **base, **change}
+        groups[f"g{i}"] = [cmp.RunCurve(Path(f"r{i}"), values, np.array([0]), np.array([0.0]))]
+    labels = cmp.group_labels(groups, "config")
+    assert labels["g1"].startswith("tabular_q · FrozenLake-v1 · learning_rate=0.5 · ")
+    assert labels["g2"].startswith("tabular_q · FrozenLake-v1 · gamma=0.5 · ")
+    assert len(set(labels.values())) == len(changes)
