@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gymlab.agent import AgentClass, load_agent_class
 from gymlab.errors import GymlabError
+from gymlab.plaindata import coerced, data_problem
 from gymlab.yamlfile import YamlLimitError, load_yaml, parse_yaml
 
 #: What ``device`` may name.
@@ -220,7 +221,7 @@ def apply_overrides(
             node = child
         value, before = _parse_value(key, raw), node.get(path[-1])
         merged = isinstance(value, dict) and isinstance(before, dict)
-        node[path[-1]] = merge(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+        node[path[-1]] = merge(before, value) if isinstance(before, dict) and merged else value
         if origins is not None:
             where, named = ".".join(path), f"override {item if len(item) <= 60 else item[:59] + '…'}"
             if not merged:
@@ -282,29 +283,6 @@ def _short_repr(value: Any) -> str:
     return short.repr(value)
 
 
-#: The value types a config may hold: what YAML's plain data becomes, and what survives the run folder's
-#: config.yaml and the checkpoint unchanged (a date, a set or ``!!binary`` bytes would come back different).
-PLAIN_TYPES = (str, int, float, bool, type(None))
-
-
-def _data_problem(value: Any, path: str) -> tuple[str, str] | None:
-    """The first value in ``value`` (nested mappings and lists) that is not finite plain data: (key path, why)."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return where, f"{item}: must be a finite number"
-        if isinstance(item, Mapping):
-            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(list(item.items())))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{where}.{i}") for i, v in reversed(list(enumerate(item))))
-        elif not isinstance(item, PLAIN_TYPES):
-            return where, (
-                f"a {type(item).__name__}: must be text, a number, a boolean, a list or a mapping (quote it as text)"
-            )
-    return None
-
-
 #: The most env copies a run may step at once.
 MAX_NUM_ENVS = 4096
 #: The largest seed (seeds derived from it for evaluations and videos must stay in every generator's range).
@@ -315,65 +293,6 @@ MAX_SEEDS = 1_000
 MAX_AT_ONCE = 256
 #: The most trials of a sweep (``--trials``, a sweep file's ``trials``).
 MAX_TRIALS = 100_000
-
-
-def _coerced(given: Any, made: Any, where: str) -> tuple[str, str] | None:
-    """Where validation turned a value into another kind that it does not mean: (key path, why); else None.
-
-    A boolean is never a number, text is never a number or a boolean, and a number is never a
-    boolean; an integral float for a whole number (``steps: 1.0e5``) is exact and kept, and so is a whole
-    number for a float when the float holds it exactly (``10**30`` would become another number). Lists
-    and mappings are compared item by item.
-    """
-    if isinstance(given, bool):
-        if not isinstance(made, bool):
-            return where, f"{given}: a boolean is not {_kind(made)}"
-        return None
-    if isinstance(given, str):
-        if isinstance(made, (bool, int, float)):
-            return where, f"{given!r}: text is not {_kind(made)} (write the value unquoted)"
-        return None
-    if isinstance(given, (int, float)):
-        if isinstance(made, bool):
-            return where, f"{given}: a number is not a boolean (write true or false)"
-        if isinstance(given, int) and isinstance(made, float) and made != given:  # 10**30 -> 1.0000000000000000199e30
-            return where, f"{given}: a whole number that a float cannot hold exactly (write it as a float: {made!r})"
-        return None
-    return _coerced_items(given, made, where)
-
-
-def converts_itself(model: type[BaseModel], field: str) -> bool:
-    """Whether a schema's field has its own before/plain/wrap validator: it states which values it converts.
-
-    (DQN's ``save_replay`` takes ``true``/``false`` for ``always``/``never``, on purpose and documented.)
-    """
-    decorators = model.__pydantic_decorators__.field_validators.values()
-    return any(field in d.info.fields and d.info.mode in ("before", "plain", "wrap") for d in decorators)
-
-
-def _coerced_items(given: Any, made: Any, where: str) -> tuple[str, str] | None:
-    """:func:`_coerced` for each item of a list or mapping ``given`` against what validation made of it."""
-    pairs: list[tuple[Any, Any, str]] = []
-    if isinstance(given, (list, tuple)) and isinstance(made, (list, tuple)) and len(given) == len(made):
-        pairs = [(g, m, f"{where}.{i}") for i, (g, m) in enumerate(zip(given, made, strict=True))]
-    elif isinstance(given, Mapping) and isinstance(made, (Mapping, BaseModel)):
-        for key, g in given.items():
-            if isinstance(made, BaseModel) and converts_itself(type(made), str(key)):
-                continue
-            m = made.get(key) if isinstance(made, Mapping) else getattr(made, str(key), None)
-            pairs.append((g, m, f"{where}.{key}" if where else str(key)))
-    for g, m, at in pairs:
-        found = _coerced(g, m, at)
-        if found is not None:
-            return found
-    return None
-
-
-def _kind(value: Any) -> str:
-    """A value's kind in words, for an error line."""
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a whole number" if isinstance(value, int) else "a number" if isinstance(value, float) else "a value"
 
 
 def _bounds_problem(run: RunConfig) -> tuple[str, str] | None:
@@ -419,7 +338,7 @@ def validate(
     Besides each schema's own checks, every number anywhere in the config (run keys, ``env_kwargs``,
     ``hparams``) must be finite: YAML's ``.inf``/``.nan`` and overrides like ``learning_rate=inf``
     would otherwise train to all-NaN weights and still "succeed". Nothing is taken by coercion (see
-    :func:`_coerced`), and ``num_envs`` is bounded (by :data:`MAX_NUM_ENVS` and by ``steps``).
+    :func:`coerced`), and ``num_envs`` is bounded (by :data:`MAX_NUM_ENVS` and by ``steps``).
     ``origins`` maps a key (``device``, ``hparams.gamma``) to where it was given (``--device``, a file,
     ``override gamma=...``), for the error line; ``source`` names everything else.
     """
@@ -438,14 +357,14 @@ def validate(
     # The raw run keys and hparams as given (env_kwargs and any Any-typed field keep what YAML made), then the
     # validated hparams (a schema may turn the text "inf" into a float).
     for tree in ({**run.model_dump(), "hparams": run.hparams}, {"hparams": hparams.model_dump()}):
-        found = _data_problem(tree, "")
+        found = data_problem(tree, "")
         if found is not None:
             key, why = found
             raise GymlabError(f"{_origin(origins, key, source)}: '{key}' = {why}")
     given = {k: v for k, v in data.items() if k != "hparams"}
     for found in (
-        _coerced(given, run, ""),
-        _coerced(dict(data.get("hparams") or {}), hparams, "hparams"),
+        coerced(given, run, ""),
+        coerced(dict(data.get("hparams") or {}), hparams, "hparams"),
         _bounds_problem(run),
     ):
         if found is not None:

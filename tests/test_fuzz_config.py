@@ -20,8 +20,9 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from gymlab.agent import load_agent_class
-from gymlab.config import Config, converts_itself, resolve, validate
+from gymlab.config import Config, resolve, validate
 from gymlab.errors import MAX_MESSAGE_CHARS, GymlabError
+from gymlab.plaindata import converts_itself
 from gymlab.yamlfile import load_yaml
 
 KEYS = fz.config_keys()
