@@ -95,8 +95,8 @@ def tap_tables(embedding: nn.Embedding, convs: Sequence[nn.Conv1d], shape: torch
     of k rows (:func:`convolve_from_table`).
     The table costs V·k·F·E multiply-adds once, the convolution M·(T − k + 1)·k·F·E: the table is
     taken where the windows, M·(T − k + 1), number at least ``TABLE_WINDOWS_PER_TOKEN`` times V.
-    Measured (one thread; benchmarks/README.md, SeqGAN, "Scoring through tables"): 5× faster at the
-    learning test's and the small preset's shapes, 1.8× at the paper's.
+    Measured (one thread; benchmarks/README.md, SeqGAN, "Scoring through tables"): 11.6× faster at the
+    learning test's shapes, 3.0× at the small preset's, 1.9× at the paper's.
     """
     count, length = shape
     vocab = embedding.num_embeddings
