@@ -416,8 +416,6 @@ def sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = sweeps.load_sweep(sweep_file, trials=trials, max_concurrent=max_concurrent)
     folder = run_dir if run_dir is not None else sweeps.default_sweep_dir(spec)
-    what = f"{spec.spec.agent} on {spec.spec.env}, {spec.spec.method} search, {spec.trials} trials"
-    print(f"sweep {spec.name}: {what}; folder {folder}")
     resume = f"finished trials are kept; resume with the same command (sweep folder {folder})"
     try:
         result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=print)

@@ -634,8 +634,9 @@ def test_run_dir_that_is_not_a_sweep_folder_is_refused_and_left_alone(
     sweep = sw.load_sweep(write_sweep(tmp_path, TINY))
     with pytest.raises(GymlabError, match="exists and is not a sweep folder; choose a new --run-dir"):
         sw.run_sweep(sweep, folder, backend=InlineBackend())
-    code, _, err = sweep_cli(tmp_path, capsys, str(sweep.source), "--run-dir", str(folder))
+    code, out, err = sweep_cli(tmp_path, capsys, str(sweep.source), "--run-dir", str(folder))
     refused_in_one_line(code, err, "exists and is not a sweep folder; choose a new --run-dir")
+    assert out == "", out  # the refusal is the command's only line: no start line before it
     after = sorted((p.relative_to(folder), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
     assert after == before
 

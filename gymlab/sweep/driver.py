@@ -362,12 +362,15 @@ def _run_locked(
     with multi_run_stop() as stop:
         study, ledger, existed = open_study(sweep, sweep_dir)
         resumed = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-        if existed:
-            emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
         if isinstance(backend, str):
             workers = make_backend(backend, address, sweep.max_concurrent, sweep.spec.gpus_per_run)
         else:
             workers = backend
+        # Said once the folder, the study and the workers are known to be usable: a refusal is a command's only line.
+        what = f"{sweep.spec.agent} on {sweep.spec.env}, {sweep.spec.method} search, {sweep.trials} trials"
+        emit(f"sweep {sweep.name}: {what}; folder {sweep_dir}")
+        if existed:
+            emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")
         driver = _Driver(sweep, sweep_dir, ledger, workers, emit, stop)
         interrupted = False
         try:
