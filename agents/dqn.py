@@ -280,6 +280,7 @@ class DQN:
         self.device = ctx.device
         self.total_steps = ctx.total_steps
         self.num_envs = ctx.num_envs
+        self.last_step, self.budget_words = ctx.last_step, ctx.budget_words()  # for the schedule's note
         self.n_actions = int(act_space.n)
         self.act_start = int(act_space.start)
         self.online = q_network(obs_space, self.n_actions, config.net_arch).to(self.device)
@@ -489,7 +490,7 @@ class DQN:
         """Say once, at the first update of a run from scratch, what its settings mean for it.
 
         If checkpoints will leave the memory out; and if the budget ends before the first learning round
-        (the last env step is the budget rounded up to a whole step of all the envs): such a run only fills
+        (:attr:`Context.last_step`, the budget rounded up to a whole step of all the envs): such a run only fills
         the memory. Not said in a run that loaded a checkpoint: :meth:`load_state_dict` says the memory's
         note itself, and such a run may train past ``total_steps``, the schedules' budget
         (``--resume --steps N``), which the agent cannot see.
@@ -497,14 +498,14 @@ class DQN:
         self._notes_due = False
         if not self.replay_saved():
             self.text("replay", self._replay_left_out("checkpoints leave it out, so a resume is not exact"))
-        cfg, n = self.cfg, self.num_envs
+        cfg = self.cfg
         first_round = (cfg.learning_starts // cfg.train_freq + 1) * cfg.train_freq
-        if -(-self.total_steps // n) * n < first_round:
+        if self.last_step < first_round:
             self.text(
                 "schedule",
                 f"no learning in this run: its first learning round is at env step {first_round:,}"
                 f" (hparams.learning_starts {cfg.learning_starts:,}, train_freq {cfg.train_freq}),"
-                f" past its {self.total_steps:,} steps; give more --steps or a lower hparams.learning_starts",
+                f" past {self.budget_words}; give more --steps or a lower hparams.learning_starts",
             )
 
     def state_dict(self) -> dict[str, Any]:

@@ -208,6 +208,7 @@ class Reinforce:
         self.device = ctx.device
         self.num_envs = ctx.num_envs
         self.total_steps = ctx.total_steps
+        self.budget_words = ctx.budget_words()  # for the schedule's note
         self.text = ctx.text
         self._note_due = ctx.training  # said at a fresh run's end if it never updated (_no_update_note)
         self.obs_space = obs_space
@@ -416,7 +417,7 @@ class Reinforce:
         self.text(
             "schedule",
             f"no learning in this run: its first update needs hparams.episodes_per_update {k:,} complete episodes,"
-            f" and {done:,} had ended when its {self.total_steps:,} steps did; give more --steps{fewer}",
+            f" and {done:,} had ended when {self.budget_words} did; give more --steps{fewer}",
         )
 
     def _fit_value(self, x: torch.Tensor, returns: torch.Tensor) -> float:

@@ -267,6 +267,7 @@ class SeqGAN:
         self.device = ctx.device
         self.text = ctx.text
         self.num_envs, self.total_steps = ctx.num_envs, ctx.total_steps
+        self.last_step, self.budget_words = ctx.last_step, ctx.budget_words()  # for the schedule's note
         self.vocab_size = int(ctx.action_space.n)
         self.seq_len = int(ctx.observation_space.nvec.shape[0])
         self._notes_due = ctx.training  # said at a fresh run's first phase iteration or update (_first_call_notes)
@@ -383,12 +384,12 @@ class SeqGAN:
         self._notes_due = False
         n, g, t = self.num_envs, self.cfg.g_steps, self.seq_len
         first_epoch = g * t * n
-        if -(-self.total_steps // n) * n < first_epoch:
+        if self.last_step < first_epoch:
             fewer = " or a lower hparams.g_steps" if g > 1 else ""
             self.text(
                 "schedule",
                 f"no adversarial epoch in this run: its first ends at env step {first_epoch:,} (hparams.g_steps {g}"
-                f" × a batch of seq_len {t} tokens × num_envs {n}), past its {self.total_steps:,} steps;"
+                f" × a batch of seq_len {t} tokens × num_envs {n}), past {self.budget_words};"
                 f" give more --steps{fewer}",
             )
 

@@ -86,6 +86,18 @@ class Context:
     #: alone costs a command seconds of start-up (its first one imports torch._dynamo).
     training: bool = True
 
+    @property
+    def last_step(self) -> int:
+        """The env step a run from scratch ends at: ``total_steps`` rounded up to a whole step of all the envs."""
+        return -(-self.total_steps // self.num_envs) * self.num_envs
+
+    def budget_words(self) -> str:
+        """``its N steps`` for a note on the run's schedule (N: :attr:`last_step`), and why when N is not the budget."""
+        last, n = self.last_step, self.num_envs
+        if last == self.total_steps:
+            return f"its {last:,} steps"
+        return f"its {last:,} steps (its budget of {self.total_steps:,} rounded up to a whole step of its {n} envs)"
+
 
 #: Top-level keys of ``Agent.state_dict()``: what acting needs, and the rest of an exact resume.
 POLICY, TRAINING = "policy", "training"

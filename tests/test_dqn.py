@@ -361,7 +361,7 @@ def test_learning_rounds_count_env_steps_whatever_the_number_of_envs(num_envs):
 
 @pytest.mark.parametrize(
     ("steps", "num_envs"),
-    [(1023, 1), (1024, 1), (1016, 8), (1017, 8), (5000, 1)],  # 8 envs: 1,017 steps end at env step 1,024
+    [(1023, 1), (1024, 1), (1016, 8), (1017, 8), (1009, 8), (5000, 1)],  # 8 envs: 1,017 steps end at 1,024
 )
 def test_a_budget_that_ends_before_the_first_learning_round_is_said_once(steps, num_envs):
     """A short DQN run only fills the memory: said on the text channel at the first update, and true."""
@@ -376,10 +376,12 @@ def test_a_budget_that_ends_before_the_first_learning_round_is_said_once(steps, 
         agent.update(step)
     notes = [message for tag, message in said if tag == "schedule"]
     assert (agent.grad_steps == 0) == bool(notes), (agent.grad_steps, said)
-    if notes:
+    if notes:  # the steps the run took: 1,009 of 8 envs end at env step 1,016
+        took = {1009: "1,016 steps (its budget of 1,009 rounded up to a whole step of its 8 envs)"}
         assert notes == [
             f"no learning in this run: its first learning round is at env step 1,024 (hparams.learning_starts 1,000,"
-            f" train_freq 256), past its {steps:,} steps; give more --steps or a lower hparams.learning_starts"
+            f" train_freq 256), past its {took.get(steps, f'{steps:,} steps')}; give more --steps or a lower"
+            " hparams.learning_starts"
         ]
 
 

@@ -179,7 +179,7 @@ def test_update_waits_for_enough_episodes_then_logs_its_scalars():
     ("steps", "num_envs", "ended"),
     # 5-step episodes, 4 per update: one env updates at env step 20; two envs at 20 too (2 episodes per 10 steps),
     # so 19 steps of 2 envs (ending at 20) update and 18 do not
-    [(19, 1, 3), (20, 1, None), (18, 2, 2), (19, 2, None), (5000, 1, None), (4, 1, 0)],
+    [(19, 1, 3), (20, 1, None), (18, 2, 2), (17, 2, 2), (19, 2, None), (5000, 1, None), (4, 1, 0)],
 )
 def test_a_budget_that_ends_before_the_first_update_is_said_once(steps, num_envs, ended):
     """A REINFORCE run whose budget ends before episodes_per_update episodes are complete learned nothing: said
@@ -197,9 +197,13 @@ def test_a_budget_that_ends_before_the_first_update_is_said_once(steps, num_envs
     assert (agent.updates == 0) == bool(notes) == (ended is not None), (agent.updates, said)
     if notes:
         fewer = " or a lower hparams.episodes_per_update" if ended else ""  # none ended: fewer would not help
+        # the steps the run took: 17 of 2 envs end at env step 18
+        took = (
+            "18 steps (its budget of 17 rounded up to a whole step of its 2 envs)" if steps == 17 else f"{steps} steps"
+        )
         assert notes == [
             f"no learning in this run: its first update needs hparams.episodes_per_update 4 complete episodes,"
-            f" and {ended} had ended when its {steps:,} steps did; give more --steps{fewer}"
+            f" and {ended} had ended when its {took} did; give more --steps{fewer}"
         ]
 
 

@@ -308,7 +308,7 @@ def tiny_agent(env: dict[str, int], device: str = "cpu", **hparams: object) -> S
 @pytest.mark.parametrize(
     ("steps", "g_steps", "said"),
     # batches of 8 sequences of 6 tokens: 48 env steps each; 41 steps end at env step 48, 40 at 40
-    [(40, 1, True), (41, 1, False), (88, 2, True), (90, 2, False)],
+    [(40, 1, True), (41, 1, False), (83, 2, True), (88, 2, True), (90, 2, False)],  # 83 steps end at 88
 )
 def test_a_budget_that_ends_before_the_first_adversarial_epoch_is_said_once(steps, g_steps, said):
     """A SeqGAN run that only pre-trains says so on the text channel at its first call, as DQN does, and it is true."""
@@ -331,11 +331,14 @@ def test_a_budget_that_ends_before_the_first_adversarial_epoch_is_said_once(step
     if said:
         first = g_steps * 48
         fewer = " or a lower hparams.g_steps" if g_steps > 1 else ""
+        took = (
+            "88 steps (its budget of 83 rounded up to a whole step of its 8 envs)" if steps == 83 else f"{steps} steps"
+        )
         assert schedule == [
             (
                 "schedule",
                 f"no adversarial epoch in this run: its first ends at env step {first} (hparams.g_steps {g_steps}"
-                f" × a batch of seq_len 6 tokens × num_envs 8), past its {steps} steps; give more --steps{fewer}",
+                f" × a batch of seq_len 6 tokens × num_envs 8), past its {took}; give more --steps{fewer}",
             )
         ]
 
