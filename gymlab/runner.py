@@ -121,8 +121,8 @@ class RunOutcome:
             return None
         return (
             f"no training episode ended in {self.step:,} steps, so no return was logged and agents that learn from "
-            "whole episodes (reinforce) never updated; if the env's episodes do not end by themselves, give them "
-            "a time limit: env_kwargs.max_episode_steps=N"
+            "whole episodes (reinforce) never updated; give more --steps if its episodes are longer, or, if they do "
+            "not end by themselves, a time limit: env_kwargs.max_episode_steps=N"
         )
 
     @property
