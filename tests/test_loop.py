@@ -798,6 +798,10 @@ def test_episodes_that_never_end_are_said_and_a_class_env_takes_a_time_limit(tmp
     endless = gymlab_inprocess(*base, "--run-dir", tmp_path / "endless")
     assert endless.code == 0, endless.ok()
     assert "note: no training episode ended in 600 steps" in endless.err, endless.err
+    assert (
+        "give more --steps if its episodes are longer, or, if they do not end by themselves, a time limit"
+        in endless.err
+    )
     limited = gymlab_inprocess(*base, "env_kwargs.max_episode_steps=50", "--run-dir", tmp_path / "limited")
     assert limited.code == 0 and "no training episode ended" not in limited.err, limited.ok()
     assert {length for _, length in scalars(tmp_path / "limited")["rollout/ep_length"]} == {50.0}
