@@ -453,7 +453,7 @@ def plot(comparison: Comparison, out: Path) -> Any:
         if g.n > 1:
             ax.fill_between(g.steps, g.low, g.high, color=color, alpha=0.2, lw=0)
     if comparison.threshold is not None:
-        ax.axhline(comparison.threshold, color="0.4", ls="--", lw=1, label=f"threshold {comparison.threshold:g}")
+        _draw_threshold(ax, comparison.threshold)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: report.human_steps(x)))
     ax.set_xlabel("env steps")
     ax.set_ylabel(METRIC_LABELS.get(comparison.metric, comparison.metric))
@@ -466,6 +466,23 @@ def plot(comparison: Comparison, out: Path) -> Any:
     except OSError as exc:
         raise GymlabError(_cannot_write(out, exc.strerror or describe(exc))) from None
     return fig
+
+
+def _draw_threshold(ax: Any, threshold: float) -> None:
+    """A dashed line at ``threshold``, the axes grown to show it, unless it lies far off the curves.
+
+    The axes may grow to ten times the curves' scale (their span or their size, the larger), so a goal of 475
+    shows above curves that reach 200. Farther off, only the legend names it: the curves are not squashed flat
+    against one edge, and a threshold near the float limit cannot overflow matplotlib's tick arithmetic.
+    """
+    low, high = ax.get_ylim()  # what the curves span, with matplotlib's margins
+    scale = max(high - low, abs(low), abs(high))
+    label = f"threshold {threshold:g}"
+    if max(high, threshold) - min(low, threshold) <= 10 * scale:
+        ax.axhline(threshold, color="0.4", ls="--", lw=1, label=label)
+    else:
+        where = "above" if threshold > high else "below"
+        ax.plot([], [], color="0.4", ls="--", lw=1, label=f"{label} (off the plot, far {where} the curves)")
 
 
 def _cannot_write(out: Path, reason: str) -> str:

@@ -504,6 +504,21 @@ def test_the_plot_tells_many_groups_apart_and_keeps_its_legend_off_the_curves(tm
     assert len(fig.legends[0].get_texts()) == 13  # every group and the threshold
 
 
+@pytest.mark.parametrize(
+    ("threshold", "drawn"), [(5.0, True), (-3.0, True), (20.0, True), (100.0, False), (1.7e308, False)]
+)
+def test_a_threshold_far_off_the_curves_is_named_but_does_not_set_the_axes(tmp_path, threshold, drawn):
+    # stop 41: --threshold 1.7e308 ended in a traceback from matplotlib's tick arithmetic, and 1e308 drew the
+    # curves as one flat line at the bottom of an axis running to 1e308
+    write_run(tmp_path / "runs" / "a", config(), [(0, 0.0), (10, 4.0)])
+    result = cmp.compare([str(tmp_path / "runs")], threshold=threshold, out=tmp_path / "c.png")
+    (ax,) = cmp.plot(result, tmp_path / "again.png").axes
+    low, high = ax.get_ylim()
+    assert (low <= threshold <= high) == drawn and high - low < 50, (low, high)
+    (named,) = [line for line in ax.get_lines() if line.get_label().startswith("threshold")]
+    assert named.get_label().endswith("far above the curves)") != drawn, named.get_label()
+
+
 def test_a_seed_run_twice_counts_once_and_says_so(tmp_path):
     root = tmp_path / "runs"
     write_run(root / "a", config(seed=0), [(0, 1.0), (10, 2.0)])
