@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ settings.load_profile("gymlab")
 #: Numbers at the edges: zero, signs, the limits of 32 and 64 bits, floats' extremes and specials.
 EDGE_NUMBERS: list[Any] = [
     0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64, 10**30, -(10**30),
-    0.0, -0.0, 0.5, 1.5, 1e-300, 1e308, -1e308, math.inf, -math.inf, math.nan,
+    0.0, -0.0, 0.5, 1.5, 1e-300, 5e-324, 1e308, -1e308, sys.float_info.max, -sys.float_info.max, math.inf,
+    -math.inf, math.nan,
 ]  # fmt: skip
 
 #: Text that looks like something else: numbers, booleans, nulls, YAML specials, paths, huge or odd text.
