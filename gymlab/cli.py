@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gymlab.console import StdoutConsole, discard_stdout
+from gymlab.console import StdoutConsole, discard_stdout, say
 from gymlab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, NOTHING_SAVED, GymlabError, Interrupted, one_line
 from gymlab.signals import commands_interruptible
 
@@ -418,7 +418,7 @@ def sweep(
     folder = run_dir if run_dir is not None else sweeps.default_sweep_dir(spec)
     resume = f"finished trials are kept; resume with the same command (sweep folder {folder})"
     try:
-        result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=print)
+        result = sweeps.run_sweep(spec, folder, backend=backend, address=address, on_event=say)
     except KeyboardInterrupt:  # a second Ctrl-C, while the summary was being written
         raise Interrupted(f"interrupted while writing the summary: {resume}") from None
     sweeps.table(result.rows, spec).print()

@@ -186,6 +186,14 @@ class StdoutConsole(Console):
         raise BrokenPipeError("stdout's reader went away")
 
 
+def say(line: str) -> None:
+    """``print(line)`` to stdout; a reader that went away (``| head``) ends the output there, not the command."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        discard_stdout()
+
+
 def discard_stdout() -> None:
     """Send what is still written to stdout to /dev/null: its reader closed the pipe, nothing more can reach it."""
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -618,6 +618,24 @@ def test_cli_refuses_a_hostile_sweep_file_before_writing_anything(
 
 
 @pytest.mark.needs("sweep")
+def test_a_reader_that_goes_away_ends_the_output_not_the_sweep(tmp_path: Path) -> None:
+    """`gymlab sweep FILE | head -1`: a trial's line hit the broken pipe, and the sweep stopped there with exit 0."""
+    path = write_sweep(tmp_path, {**TINY, "space": {"learning_rate": [0.1, 0.2, 0.3]}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", "sweep", str(path), "--run-dir", "sw", "--max-concurrent", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # the first line, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert err == ""
+    rows = (tmp_path / "sw" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 4 and all(",complete," in row for row in rows[1:]), rows
+
+
+@pytest.mark.needs("sweep")
 @pytest.mark.parametrize("kind", ["run", "user"])
 def test_run_dir_that_is_not_a_sweep_folder_is_refused_and_left_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
