@@ -105,8 +105,8 @@ def unbatch_action(batched_space: gym.Space[Any], actions: Any) -> Any:
 class Step:
     """What one step of a played episode produced."""
 
-    index: int  # 1-based step number within the episode
-    action: Any
+    index: int  # step number within the episode: 0 is its start (after the reset, before any action)
+    action: Any  # None at the start
     reward: float
     total: float  # return so far, including this step's reward
     done: bool
@@ -119,8 +119,8 @@ class Episode:
 
     ret: float = 0.0
     length: int = 0
-    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 each
-    texts: list[str] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 each: the start, then after each step
+    texts: list[str] = field(default_factory=list)  # likewise
     actions: list[Any] = field(default_factory=list)
     capped: bool = False  # cut at the step cap (the env has no time limit)
 
@@ -133,9 +133,10 @@ def play_steps(
     max_steps: int | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[Step]:
-    """Play one episode with ``policy`` (single obs -> single action), yielding after each step.
+    """Play one episode with ``policy`` (single obs -> single action), yielding at its start and after each step.
 
-    The env's ``render()`` after each yield shows the state the step led to. The episode ends at
+    The first yield (index 0, no action) comes after the reset, so a video shows the state the episode starts
+    from; the env's ``render()`` after each later yield shows the state the step led to. The episode ends at
     the env's time limit, or after ``max_steps`` steps on an env without one (None: the run key's
     default). ``stop`` is checked before each step: once set, :class:`Interrupted` is raised.
     A reset or step that raises, returns a non-finite reward or an observation that does not fit
@@ -145,6 +146,7 @@ def play_steps(
     guard = SingleGuard(env)
     obs = guard.reset(seed)
     total, index, done = 0.0, 0, False
+    yield Step(0, None, 0.0, 0.0, False)
     while not done:
         if stop is not None and stop.is_set():
             raise Interrupted(f"interrupted at step {index} of an episode")
@@ -178,7 +180,7 @@ def play_episode(
     max_steps: int | None = None,
     stop: threading.Event | None = None,
 ) -> Episode:
-    """Play one greedy episode; ``record`` is the env's render mode to capture after each step.
+    """Play one greedy episode; ``record`` is the env's render mode to capture at its start and after each step.
 
     ``max_steps`` and ``stop`` as in :func:`play_steps`.
     """
@@ -189,7 +191,8 @@ def play_episode(
             episode.frames.append(render(env, "rgb_array", like=episode.frames[0].shape if episode.frames else None))
         elif record == "ansi":
             episode.texts.append(str(render(env)))
-        episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
+        if step.index:
+            episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
         episode.ret, episode.length, episode.capped = step.total, step.index, step.capped
     return episode
 

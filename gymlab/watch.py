@@ -279,7 +279,8 @@ def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult
             for step in play.steps(len(result.episodes)):
                 if mode == "ansi":
                     episode.texts.append(str(render(env)))
-                episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
+                if step.index:
+                    episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
                 episode.ret, episode.length = step.total, step.index
             result.episodes.append((episode.ret, episode.length))
             echo(f"episode {len(result.episodes)}: return {episode.ret:.4g}, length {episode.length}")

@@ -143,9 +143,11 @@ def test_play_episode_frames_match_the_episode_length():
             return (obs[:, 2] > 0).astype(np.int64)
 
     episode = video.play_episode(env, cast(Agent, Lean()), seed=3)
-    env.close()
     assert 8 < episode.length < 500
-    assert len(episode.frames) == episode.length == len(episode.actions)
+    assert len(episode.frames) == episode.length + 1 and len(episode.actions) == episode.length
+    env.reset(seed=3)  # the first frame is the state the episode starts from (it was missing: stop 41)
+    assert np.array_equal(episode.frames[0], env.render())
+    env.close()
     assert episode.frames[0].shape == (400, 600, 3) and episode.frames[0].dtype == np.uint8
     assert episode.ret == episode.length  # CartPole pays 1 per step
 
@@ -166,7 +168,7 @@ def test_loop_records_a_video_every_video_every_steps(tmp_path, monkeypatch, buf
     agent = build_policy(config_, ckpt, "cpu")
     env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False)
     length = video.play_episode(env, agent, seed=0, record=None).length
-    assert len(video.read_frames(folder / "videos" / "step-000003000.mp4")) == length
+    assert len(video.read_frames(folder / "videos" / "step-000003000.mp4")) == length + 1  # the start, then each step
     acc = EventAccumulator(str(folder), size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Images("eval/video")] == [1000, 2000, 3000]
@@ -249,7 +251,7 @@ def test_play_episode_cuts_an_episode_only_where_the_env_has_no_time_limit(env_i
     env = registry.make_env(env_id, train=False, render_mode="ansi")
     episode = video.play_episode(env, cast(Agent, Ones()), seed=0, record="ansi", max_steps=max_steps)
     env.close()
-    assert (episode.length, episode.capped, len(episode.texts)) == (length, capped, length)
+    assert (episode.length, episode.capped, len(episode.texts)) == (length, capped, length + 1)
 
 
 def test_an_interrupted_streamed_video_leaves_no_file(tmp_path, monkeypatch):

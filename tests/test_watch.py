@@ -51,7 +51,7 @@ def test_without_a_screen_watch_writes_an_mp4_with_one_frame_per_step(trained_ru
     assert result.video.parent == trained_run / "videos" and result.video.name.startswith("watch-")
     frames = video.read_frames(result.video)
     assert [length for _, length in result.episodes] == [6, 6] == [greedy_length(trained_run)] * 2
-    assert len(frames) == 12  # the two episodes' steps, nothing more
+    assert len(frames) == 14  # each episode's start and its 6 steps, nothing more
     assert [ret for ret, _ in result.episodes] == [1.0, 1.0]
     # The overlay (episode, step, return) darkens the top-left corner of FrozenLake's pale ice.
     env = registry.make_env("FrozenLake-v1", {"is_slippery": False}, train=False, render_mode="rgb_array")
@@ -65,7 +65,7 @@ def test_record_option_names_the_file(trained_run, monkeypatch, tmp_path):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     out = tmp_path / "clip.mp4"
     result = w.watch(trained_run / "checkpoints" / "last.pt", episodes=1, record=out, fps=8, echo=print)
-    assert result.video == out and len(video.read_frames(out)) == 6
+    assert result.video == out and len(video.read_frames(out)) == 7  # the start and 6 steps
 
 
 def test_cli_watch_headless_prints_the_mp4_path(trained_run, tmp_path):
@@ -81,7 +81,7 @@ def test_cli_watch_headless_prints_the_mp4_path(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "wrote " in x)
     path = Path(line.split("wrote ", 1)[1])
-    assert path.is_file() and len(video.read_frames(path)) == 6
+    assert path.is_file() and len(video.read_frames(path)) == 7
 
 
 def test_cli_watch_of_a_run_without_checkpoint_is_a_one_line_error(tmp_path):
@@ -359,7 +359,7 @@ def test_an_existing_record_file_is_kept_unless_overwrite_is_asked(trained_run, 
     assert kept.read_bytes() == b"yesterday's video"
     result = gymlab_inprocess("watch", trained_run, "--episodes", "1", "--record", kept, "--overwrite")
     assert result.code == 0, result.ok()
-    assert len(video.read_frames(kept)) == 6
+    assert len(video.read_frames(kept)) == 7
 
 
 def test_an_existing_record_file_is_no_reason_to_refuse_a_text_env_that_records_nothing(tmp_path):
