@@ -117,21 +117,21 @@ class PlainProgress:
         self._total = 1
         self._start_step = 0
         self._t0 = self._last_print = 0.0
-        self._next_fraction = 0.1
+        self._next_tenth = 1  # the next tenth of the run to report, in whole numbers (0.1 steps drift in floats)
 
     def start(self, total: int, initial: int) -> None:
         """Remember where the run starts."""
         self._total, self._start_step = total, initial
         self._t0 = self._last_print = time.perf_counter()
-        self._next_fraction = (initial / total // 0.1 + 1) * 0.1
+        self._next_tenth = initial * 10 // total + 1
 
     def update(self, step: int, episodes: int, recent_return: float | None) -> None:
         """Print a line when 10% more of the run is done or 30 s have passed."""
         now = time.perf_counter()
-        fraction = step / self._total
-        if fraction + 1e-12 < self._next_fraction and now - self._last_print < self.every_seconds:
+        if step * 10 < self._next_tenth * self._total and now - self._last_print < self.every_seconds:
             return
-        self._next_fraction = (fraction // 0.1 + 1) * 0.1
+        self._next_tenth = step * 10 // self._total + 1
+        fraction = step / self._total
         self._last_print = now
         speed = (step - self._start_step) / max(now - self._t0, 1e-9)
         eta = (self._total - step) / speed if speed > 0 else float("inf")

@@ -11,6 +11,7 @@ from test_video import TEXT_ENV
 
 from gymlab import report, video
 from gymlab.config import RunConfig
+from gymlab.console import PlainProgress
 
 
 def exact_bootstrap_percentiles(values, q=(2.5, 97.5)):
@@ -132,3 +133,21 @@ def test_the_one_render_helper_prefers_pixels_then_text_then_nothing(env, mode):
     made, chosen = video.render_env(RunConfig(agent="tabular_q", env=env))
     assert chosen == mode and made.unwrapped.render_mode == mode
     made.close()
+
+
+def test_plain_progress_reports_each_tenth_of_the_run_once():
+    """A pipe's progress lines: one at each tenth, none twice (0.3 // 0.1 is 2.0 in floats: 15/50 came again at 16)."""
+    out = io.StringIO()
+    progress = PlainProgress("run", out, every_seconds=float("inf"))
+    progress.start(50, 0)
+    for step in [*range(1, 51), 50]:  # the loop's last step is reported again as the run ends
+        progress.update(step, 0, None)
+    steps = [int(line.split("step ")[1].split("/")[0]) for line in out.getvalue().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    resumed = io.StringIO()
+    progress = PlainProgress("run", resumed, every_seconds=float("inf"))
+    progress.start(20_000, 6_000)  # from a checkpoint at 30%: the next line is at 40%
+    for step in range(6_700, 20_001, 700):  # the first update at or past each tenth reports it
+        progress.update(step, 0, None)
+    steps = [int(line.split("step ")[1].split("/")[0].replace(",", "")) for line in resumed.getvalue().splitlines()]
+    assert steps == [8_100, 10_200, 12_300, 14_400, 16_500, 18_600, 20_000]
