@@ -66,6 +66,7 @@ class RunFolder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.made_parents: list[Path] = []  # the folders above it that create() made, deepest first
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -128,6 +129,7 @@ class RunFolder:
                     f"{target} is inside run folder {parent}, which has one writer and one history; "
                     "choose a --run-dir outside it"
                 )
+        made = [p for p in target.parents if not p.exists()]  # deepest first; remove() takes back the empty ones
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -145,11 +147,14 @@ class RunFolder:
                     go_on = f", or continue it with: gymlab train --resume {resume}" if what == "run folder" else ""
                     raise GymlabError(f"{what} {target} already exists; choose a new --run-dir{go_on}") from None
                 target = target.with_name(f"{target.name.split('.')[0]}.{attempt}")
+            except FileNotFoundError:  # a failed sibling run took back the empty parent it made: make it again
+                target.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise GymlabError(
                     f"cannot create run folder {target}: {exc.strerror or exc}; choose a writable --run-dir"
                 ) from None
         folder = cls(target)
+        folder.made_parents = made
         folder.config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return folder
 
@@ -166,8 +171,17 @@ class RunFolder:
             return True
 
     def remove(self) -> None:
-        """Delete a run folder this process created and that holds no checkpoint (a failed start)."""
+        """Delete a run folder this process created and that holds no checkpoint (a failed start).
+
+        The folders above it that :meth:`create` made (``runs/<env>/<agent>``) go too while they are empty;
+        one that another run has meanwhile written into stays.
+        """
         shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.made_parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (another run's), or gone: what is above it stays as well
+                break
 
     def exists(self) -> bool:
         """Whether the folder is still there (a user may delete it while a run writes it)."""

@@ -255,10 +255,18 @@ def test_a_checkpoint_from_another_run_is_refused(cli, tmp_path, other, fragment
     ],
     ids=["cuda", "env-crash"],
 )
-def test_a_failed_start_leaves_nothing_that_blocks_the_retry(cli, tmp_path, helper, args, fragment):
+@pytest.mark.parametrize(
+    "run_dir", [["--run-dir", "r"], ["--run-dir", "a/b/r"], []], ids=["named", "nested", "default"]
+)
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(cli, tmp_path, helper, args, fragment, run_dir):
+    def left() -> list[Path]:  # but the helper env's own traces (its bytecode, the file it writes when imported)
+        return sorted(p for p in tmp_path.rglob("*") if "__pycache__" not in p.parts and p.name != "imported.txt")
+
+    before = left()
     for _ in range(2):  # the retry fails for the same reason, not because of the first attempt
-        one_line(cli("train", *args, "--run-dir", "r", "--steps", "1000"), 2, fragment)
-        assert not (tmp_path / "r").exists()
+        one_line(cli("train", *args, *run_dir, "--steps", "1000"), 2, fragment)
+        # nothing at all: not the run folder, nor the empty runs/<env>/<agent> folders made for it (stop 41)
+        assert left() == before
 
 
 def test_a_run_that_dies_at_start_is_removed_so_the_same_command_works(tmp_path, monkeypatch):
