@@ -102,10 +102,8 @@ def train_seeds(
         elapsed = time.perf_counter() - start
         ran = [o for o in outcomes if o.status != "cancelled"]
         finished = sum(o.ok for o in outcomes)
-        print(
-            f"{len(ran)} of {len(outcomes)} runs started, {finished} finished, in {elapsed:.1f} s; "
-            f"compare them: gymlab compare {shlex.quote(str(run_dir or 'runs'))}"
-        )
+        compare = _compare_them(outcomes, run_dir)
+        print(f"{len(ran)} of {len(outcomes)} runs started, {finished} finished, in {elapsed:.1f} s{compare}")
     stopped = [o for o in outcomes if o.status in ("interrupted", "cancelled")]
     if stopped or stop.is_set():
         raise Interrupted(_seeds_interrupted(stopped))
@@ -114,6 +112,15 @@ def train_seeds(
         raise GymlabError(
             f"{len(failed)} of {len(outcomes)} seeds failed (first: seed {failed[0].spec.tag}: {failed[0].error})"
         )
+
+
+def _compare_them(outcomes: list[RunOutcome], run_dir: Path | None) -> str:
+    """``; compare them: gymlab compare …`` naming these runs' folders (their --run-dir), or "" when none was kept."""
+    kept = [o.run_dir for o in outcomes if o.run_dir is not None and o.run_dir.is_dir()]
+    if not kept:
+        return ""
+    named = [run_dir] if run_dir is not None else kept  # not all of runs/: other envs' and agents' runs too
+    return f"; compare them: gymlab compare {' '.join(shlex.quote(str(p)) for p in named)}"
 
 
 def _seeds_interrupted(stopped: list[RunOutcome]) -> str:

@@ -1,6 +1,8 @@
 """Several seeds at once: `train --seeds SPEC --workers K` gives one complete run folder per seed,
 and the same results as running those seeds one by one."""
 
+import shlex
+
 import numpy as np
 import pytest
 import yaml
@@ -135,6 +137,9 @@ def test_cli_seeds_default_folders_are_distinct(tmp_path):
     assert proc.returncode == 0, proc.stderr
     folders = sorted((tmp_path / "runs" / "FrozenLake-v1" / "tabular_q").iterdir())
     assert [f.name.rsplit("-", 1)[1] for f in folders] == ["s3", "s5"]
+    # the command it suggests compares these two runs, not all of runs/ (stop 41)
+    suggested = shlex.split(proc.stdout.split("compare them: ")[1].splitlines()[0])
+    assert suggested[:2] == ["gymlab", "compare"] and sorted(tmp_path / p for p in suggested[2:]) == folders
     for folder, seed in zip(folders, (3, 5), strict=True):
         assert_complete(folder, seed)
 
