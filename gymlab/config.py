@@ -267,13 +267,30 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
     if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == DEVICE_PATTERN:
         err = {**err, "msg": DEVICE_WORDS}
     value = err.get("input")
-    if isinstance(value, float) and not math.isfinite(value):  # "nan: less than or equal to 1" misleads
+    if _non_finite(value, err["type"]):  # "nan: less than or equal to 1" misleads
         return GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
     if err["type"] == "value_error":  # gymlab's own validator's words, without pydantic's "Value error, "
         err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
     if not key:  # a check of the whole file (its keys together): its words name the keys
         return GymlabError(f"{source}: {err['msg']}")
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
+
+
+#: pydantic's error types for a number out of its bounds or not a number of the field's kind.
+_NUMBER_ERRORS = ("int_", "float_", "greater_than", "less_than", "finite_number", "multiple_of")
+
+
+def _non_finite(value: Any, error_type: str) -> bool:
+    """Whether a number field was refused a value that is not finite.
+
+    YAML's ``.nan``, or ``nan``, ``inf`` or ``-Infinity`` as text: ``gamma=nan`` gives text, YAML reading it so.
+    """
+    if isinstance(value, str) and error_type.startswith(_NUMBER_ERRORS):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _short_repr(value: Any) -> str:

@@ -196,6 +196,11 @@ NON_FINITE = [
     # bounded keys: pydantic said "nan: Input should be less than or equal to 1"
     ("tabular_q", "gamma=.nan", "'hparams.gamma' = nan: must be a finite number"),
     ("tabular_q", "learning_rate=.inf", "'hparams.learning_rate' = inf: must be a finite number"),
+    # the same as text (YAML reads a bare nan or inf so): "Input should be less than or equal to 1" (stop 41)
+    ("tabular_q", "gamma=nan", "'hparams.gamma' = nan: must be a finite number"),
+    ("dqn", "learning_rate=NaN", "'hparams.learning_rate' = NaN: must be a finite number"),
+    ("tabular_q", "initial_q=inf", "'hparams.initial_q' = inf: must be a finite number"),
+    ("tabular_q", "steps=-Infinity", "'steps' = -Infinity: must be a finite number"),  # "unable to parse"
     ("reinforce", "hparams.log_std_init=.nan", "'hparams.log_std_init' = nan"),
     ("dqn", "max_grad_norm=.inf", "'hparams.max_grad_norm' = inf"),
     ("tabular_q", "env_kwargs.slip=-.inf", "'env_kwargs.slip' = -inf"),
