@@ -20,8 +20,6 @@ Whatever the env raises is a verdict naming the call, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,7 +35,7 @@ from gymlab import registry
 from gymlab.agent import AGENTS, load_agent_class
 from gymlab.config import apply_overrides
 from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward, did
-from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env, declared_length
+from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env, declared_length, sdl_offscreen
 from gymlab.envguard import render as guarded_render
 from gymlab.errors import USER_CODE_FAILURES, GymlabError, describe, one_line
 from gymlab.video import headless_gl, render_modes
@@ -122,19 +120,6 @@ def _step(env: gym.Env[Any, Any], action: Any) -> tuple[Any, Any, bool, bool]:
 def _close(env: gym.Env[Any, Any]) -> None:
     """Close an env as a run does (what close() raises is ignored; the close point reports it)."""
     close_env(env)
-
-
-@contextlib.contextmanager
-def _env_var(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable for the duration, unless the user set it already."""
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def _plain(message: str) -> str:
@@ -381,7 +366,7 @@ class EnvChecker:
         if mode == "rgb_array":
             headless_gl()
         # Pixels need no screen: SDL's dummy driver keeps envs that draw with pygame from probing for one.
-        with _env_var("SDL_VIDEODRIVER", "dummy"):
+        with sdl_offscreen():
             env = registry.make_env(self.env_id, self.env_kwargs, train=False, render_mode=mode)
             try:
                 return self._render_steps(env, mode)

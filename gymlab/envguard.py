@@ -21,7 +21,9 @@ What it guards, in one place (the checks themselves, and the errors they raise, 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +60,24 @@ def call_env(fn: Callable[..., Any], call: str, *args: Any, copy: int | None = N
         raise
     except USER_CODE_FAILURES as exc:
         raise raised(call, exc, copy) from exc
+
+
+@contextlib.contextmanager
+def sdl_offscreen() -> Iterator[None]:
+    """SDL's dummy video driver while frames are drawn for a file, unless the user chose a driver.
+
+    Envs that draw with pygame (toy-text, classic control) initialise its display even for ``rgb_array``;
+    with no screen, SDL then probes its drivers and prints their errors ("error: XDG_RUNTIME_DIR is
+    invalid") on stderr, where they read as gymlab's. Pixels for a file need no screen.
+    """
+    if "SDL_VIDEODRIVER" in os.environ:
+        yield
+        return
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    try:
+        yield
+    finally:
+        os.environ.pop("SDL_VIDEODRIVER", None)
 
 
 def render(env: gym.Env[Any, Any], mode: str | None = None, like: tuple[int, ...] | None = None) -> Any:

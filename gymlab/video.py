@@ -38,7 +38,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from gymlab import registry
 from gymlab.agent import Agent
 from gymlab.config import Config, RunConfig
-from gymlab.envguard import SingleGuard, close_env, env_actions, episode_cap, render
+from gymlab.envguard import SingleGuard, close_env, env_actions, episode_cap, render, sdl_offscreen
 from gymlab.errors import Interrupted
 from gymlab.tblog import RunLogger
 
@@ -374,7 +374,8 @@ class EpisodeRecorder:
         """
         start = time.perf_counter()
         try:
-            return self._record(agent, step, seed, max_steps, stop, on_capped)
+            with sdl_offscreen():  # a video file, never a window
+                return self._record(agent, step, seed, max_steps, stop, on_capped)
         finally:
             self.seconds += time.perf_counter() - start
 

@@ -64,7 +64,7 @@ class Child:
         self,
         args: Sequence[Any],
         cwd: Path,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         fsize: int | None = None,
         group: bool = False,
     ) -> None:
@@ -121,7 +121,7 @@ def child_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
 
 
 def gymlab(
-    *args: Any, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120, fsize: int | None = None
+    *args: Any, cwd: Path, env: Mapping[str, str | None] | None = None, timeout: float = 120, fsize: int | None = None
 ) -> Proc:
     """Run ``python -m gymlab ARGS`` in ``cwd`` to the end: forked warm (tests/forkrun.py) where that starts alike."""
     full_env = child_env(env)

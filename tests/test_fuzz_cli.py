@@ -233,7 +233,7 @@ def test_a_bad_device_flag_is_blamed_on_the_flag(tmp_path: Path) -> None:
 @pytest.mark.needs("ffmpeg")
 def test_a_display_with_no_server_is_treated_like_no_display(tmp_path: Path, taxi_run: Path) -> None:
     env = {"DISPLAY": ":77", "SDL_VIDEODRIVER": None, "XDG_RUNTIME_DIR": None, "WAYLAND_DISPLAY": None}
-    proc = gymlab("watch", taxi_run, "--episodes", "1", "--record", tmp_path / "w.mp4", cwd=tmp_path, env=env)  # type: ignore[arg-type]
+    proc = gymlab("watch", taxi_run, "--episodes", "1", "--record", tmp_path / "w.mp4", cwd=tmp_path, env=env)
     assert proc.code == 0, proc.show()
     assert "no screen (cannot open a window" in proc.out, proc.show()
     assert (tmp_path / "w.mp4").stat().st_size > 0

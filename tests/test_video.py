@@ -146,7 +146,7 @@ def test_play_episode_frames_match_the_episode_length():
     assert 8 < episode.length < 500
     assert len(episode.frames) == episode.length + 1 and len(episode.actions) == episode.length
     env.reset(seed=3)  # the first frame is the state the episode starts from (it was missing: stop 41)
-    assert np.array_equal(episode.frames[0], env.render())
+    assert np.array_equal(episode.frames[0], np.asarray(env.render()))
     env.close()
     assert episode.frames[0].shape == (400, 600, 3) and episode.frames[0].dtype == np.uint8
     assert episode.ret == episode.length  # CartPole pays 1 per step
@@ -279,3 +279,16 @@ def test_an_interrupted_streamed_video_leaves_no_file(tmp_path, monkeypatch):
     result = train(config, folder)
     assert result.interrupted and result.step == 1000
     assert list((folder / "videos").glob("*.mp4")) == []
+
+
+def test_recording_without_a_screen_prints_nothing_of_sdls(tmp_path):
+    """Videos on a machine with no screen: SDL's driver probe printed "error: XDG_RUNTIME_DIR is invalid or not set"
+    (pygame's display, which classic control initialises even to draw frames for a file), read as gymlab's (stop 41)."""
+    unset = {"DISPLAY": None, "WAYLAND_DISPLAY": None, "SDL_VIDEODRIVER": None, "XDG_RUNTIME_DIR": None}
+    proc = clihelp.gymlab(
+        "train", "reinforce", "CartPole-v1", "--steps", "400", "video_every=400", "eval_every=0", "--run-dir", "r",
+        cwd=tmp_path, env=unset,
+    )  # fmt: skip
+    assert proc.code == 0, proc.show()
+    assert "error" not in proc.err.lower(), proc.err
+    assert (tmp_path / "r" / "videos" / "step-000000400.mp4").is_file()
