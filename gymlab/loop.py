@@ -41,7 +41,7 @@ from gymlab.evaluation import Evaluator, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, check_state
 from gymlab.runs import RunFolder
 from gymlab.signals import StopFlag, graceful_stop, starting
-from gymlab.video import EpisodeRecorder
+from gymlab.video import VIDEO_TIME_SHARE, EpisodeRecorder
 
 
 @dataclass
@@ -391,9 +391,16 @@ class Trainer:
     def _maybe_record(self, step: int) -> None:
         """Record a video unless recording would take more than its share of the run's time (always at the end)."""
         assert self.recorder is not None
-        if not self.recorder.within_budget(final=step >= self.total):
-            return
         run = self.config.run
+        if not self.recorder.within_budget(final=step >= self.total):
+            if not self.recorder.skipped:  # said once: the videos then come less often than video_every
+                share = f"{VIDEO_TIME_SHARE:.0%}"
+                self._note(
+                    f"step {step:,}: no video: recording would take more than {share} of the run's time, so videos"
+                    f" come less often than video_every={run.video_every:,} (the last step's is always recorded)"
+                )
+            self.recorder.skipped += 1
+            return
 
         def capped(length: int, ret: float) -> None:
             self._note(f"step {step:,}: the video episode was cut at {length:,} steps ({run.env} has no time limit)")

@@ -347,6 +347,7 @@ class EpisodeRecorder:
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gymlab-video")
         self._pending: list[Future[Path]] = []
         self.started, self.seconds = time.perf_counter(), 0.0  # the budget's clock; time spent recording
+        self.skipped = 0  # due videos left out to keep within the budget
 
     def within_budget(self, final: bool) -> bool:
         """Whether recording now keeps videos within :data:`VIDEO_TIME_SHARE` of the run's time (``final``: always)."""

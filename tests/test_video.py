@@ -292,3 +292,19 @@ def test_recording_without_a_screen_prints_nothing_of_sdls(tmp_path):
     assert proc.code == 0, proc.show()
     assert "error" not in proc.err.lower(), proc.err
     assert (tmp_path / "r" / "videos" / "step-000000400.mp4").is_file()
+
+
+def test_videos_left_out_to_keep_within_their_time_budget_are_said_once(tmp_path, monkeypatch):
+    """Videos that would cost more than their share of the run's time are left out: it said nothing (stop 41)."""
+    monkeypatch.setattr(video, "VIDEO_TIME_SHARE", 0.0)  # every due point but the last is over the budget
+    config = make_config(video_every=1000)
+    folder = runs.RunFolder.create(config, tmp_path / "run").path
+    train(config, folder)
+    assert sorted(p.name for p in (folder / "videos").iterdir()) == ["step-000001000.mp4", "step-000003000.mp4"]
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["tensors"] if t.startswith("notes")]
+    texts = [e.tensor_proto.string_val[0].decode() for t in tags for e in acc.Tensors(t)]
+    notes = [text for text in texts if "no video" in text]
+    assert len(notes) == 1 and notes[0].startswith("step 2,000: no video: recording would take more than"), notes
+    assert "less often than video_every=1,000 (the last step's is always recorded)" in notes[0], notes
