@@ -125,9 +125,21 @@ def hparams_values(config: Mapping[str, Any]) -> dict[str, Any]:
     """What a run's HParams session holds: its config's identity flattened (``a.b`` keys) and its ``config_id``.
 
     The view ``compare`` groups and labels runs by, whether it reads the config from ``config.yaml``
-    or from these values in the events file (:func:`read_hparams`).
+    or from these values in the events file (:func:`read_hparams`): numbers as the events hold them, so
+    both views agree (TensorBoard keeps every number, a bool too, as a float; a whole one reads back as an
+    int). Else ``double_dqn=False`` and ``huber_delta=1.0`` from one run's file looked unlike ``0`` and
+    ``1`` from a copy of it without ``config.yaml``.
     """
-    return {**flatten(config_identity(config)), "config_id": config_id(config)}
+    values = {key: _as_logged(value) for key, value in flatten(config_identity(config)).items()}
+    return {**values, "config_id": config_id(config)}
+
+
+def _as_logged(value: Any) -> Any:
+    """A value as :func:`read_hparams` gives it back from the events: a number (or bool) whole as an int."""
+    if not isinstance(value, (bool, int, float)):
+        return value
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def read_hparams(content: bytes) -> dict[str, Any] | None:

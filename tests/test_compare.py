@@ -519,6 +519,20 @@ def test_a_threshold_far_off_the_curves_is_named_but_does_not_set_the_axes(tmp_p
     assert named.get_label().endswith("far above the curves)") != drawn, named.get_label()
 
 
+def test_a_run_without_config_yaml_is_labelled_as_its_config_would_label_it(tmp_path):
+    # stop 41: the events gave double_dqn=0 and huber_delta=1 where config.yaml gave False and 1.0, so a run
+    # read from its events alone was labelled apart from its peers by keys whose values did not differ
+    hparams = {"double_dqn": False, "huber_delta": 1.0}
+    logged = tmp_path / "x"
+    logger = tb.RunLogger(logged)
+    logger.hparams(config(hparams={"learning_rate": 0.001, **hparams}))
+    logger.scalars({METRIC: 1.0}, 0)
+    logger.close()
+    write_run(tmp_path / "y", config(hparams={"learning_rate": 0.01, **hparams}), [(0, 2.0)])
+    labels = sorted(g.label for g in cmp.compare([str(logged), str(tmp_path / "y")]).groups)
+    assert labels == ["dqn · CartPole-v1 · learning_rate=0.001", "dqn · CartPole-v1 · learning_rate=0.01"]
+
+
 def test_a_seed_run_twice_counts_once_and_says_so(tmp_path):
     root = tmp_path / "runs"
     write_run(root / "a", config(seed=0), [(0, 1.0), (10, 2.0)])
