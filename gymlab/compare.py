@@ -287,6 +287,18 @@ def one_run_per_seed(groups: dict[str, list[RunCurve]], by: GroupBy) -> list[str
     return notes
 
 
+def _shown(value: Any, peers: list[Any]) -> Any:
+    """A float with the fewest significant digits (3 at least) that still tell its peers' values apart.
+
+    A sweep draws values such as 0.0012520653814999472: in full they made the legend wider than the plot.
+    """
+    if not isinstance(value, float):
+        return value
+    floats = {v for v in peers if isinstance(v, float)}
+    digits = next((d for d in range(3, 17) if len({f"{v:.{d}g}" for v in floats}) == len(floats)), 17)
+    return f"{value:.{digits}g}"
+
+
 def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int = 3) -> dict[str, str]:
     """Readable labels: for ``config`` grouping, agent · env plus the config keys that differ among its configs.
 
@@ -309,7 +321,10 @@ def group_labels(groups: dict[str, list[RunCurve]], by: GroupBy, max_keys: int =
         differing = [k for k in keys if len({repr(f.get(k)) for f in peers}) > 1]
         if len(differing) > max_keys:  # those that set this group apart first: where its value is rarest
             differing.sort(key=lambda k: sum(repr(f.get(k)) == repr(flats[key].get(k)) for f in peers))
-        parts = [f"{k.rsplit('.', 1)[-1]}={flats[key].get(k)}" for k in differing[:max_keys]]
+        parts = [
+            f"{k.rsplit('.', 1)[-1]}={_shown(flats[key].get(k), [f.get(k) for f in peers])}"
+            for k in differing[:max_keys]
+        ]
         if len(differing) > max_keys:
             parts.append(f"… [{runs[0].config.get('config_id')}]")
         labels[key] = " · ".join([bases[key], *parts])

@@ -533,6 +533,15 @@ def test_a_run_without_config_yaml_is_labelled_as_its_config_would_label_it(tmp_
     assert labels == ["dqn · CartPole-v1 · learning_rate=0.001", "dqn · CartPole-v1 · learning_rate=0.01"]
 
 
+def test_a_label_shows_a_drawn_value_to_the_digits_that_tell_it_apart(tmp_path):
+    # stop 41: a sweep's learning_rate=0.0012520653814999472 in full made the legend wider than the plot
+    for name, lr in [("a", 0.0012520653814999472), ("b", 0.0057), ("c", 0.00125207), ("d", 0.1)]:
+        write_run(tmp_path / name, config(lr=lr), [(0, 1.0)])
+    labels = sorted(g.label.rsplit("=", 1)[1] for g in cmp.compare([str(tmp_path)]).groups)
+    # 7 digits for all (6 would show 0.00125207 twice), and no trailing zeros
+    assert labels == ["0.001252065", "0.00125207", "0.0057", "0.1"], labels
+
+
 def test_a_seed_run_twice_counts_once_and_says_so(tmp_path):
     root = tmp_path / "runs"
     write_run(root / "a", config(seed=0), [(0, 1.0), (10, 2.0)])
