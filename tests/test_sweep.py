@@ -278,7 +278,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path: Pat
     finished = {r.number: r for r in first.rows if r.state == "complete"}
     # The other trial was running beside it (which one finishes first is up to the scheduler):
     # its run went on to the end and is on disk, unreported.
-    (running,) = [r.number for r in first.rows if r.state == "running"]
+    (running,) = [r.number for r in first.rows if r.state == "interrupted"]
     events_before = {p: p.stat().st_mtime_ns for p in folder.glob("trial-*/events.out.tfevents.*")}
 
     events: list[str] = []
@@ -314,7 +314,7 @@ def test_tpe_with_median_pruning_stops_bad_trials(tmp_path: Path) -> None:
     sweep = sw.load_sweep(write_sweep(tmp_path, data), max_concurrent=2)
     result = sw.run_sweep(sweep, tmp_path / "sweep")
     states = [r.state for r in result.rows]
-    assert len(states) == 6 and "failed" not in states and "running" not in states
+    assert len(states) == 6 and "failed" not in states and "interrupted" not in states
     assert "pruned" in states  # a low α is hopeless at 10k steps and the median says so
     pruned = [r for r in result.rows if r.state == "pruned"]
     assert all(r.step is not None and r.step < 30000 for r in pruned)
@@ -388,7 +388,7 @@ def test_a_signalled_run_stops_the_sweep_and_a_resume_finishes_it(tmp_path: Path
     # Trial 0 finished; trial 1's run was stopped by a signal the driver never saw: no trial 2.
     assert first.interrupted
     assert [s.tag[0] for s in stopped.submitted] == [0, 1]
-    assert {r.number: r.state for r in first.rows} == {0: "complete", 1: "running"}
+    assert {r.number: r.state for r in first.rows} == {0: "complete", 1: "interrupted"}
     resumed = InlineBackend()
     second = sw.run_sweep(sweep, tmp_path / "sweep", backend=resumed)
     assert not second.interrupted and second.resumed == 1

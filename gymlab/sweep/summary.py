@@ -23,7 +23,7 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 BEST_FILE = "best.yaml"
 
-_STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "failed": 3}
+_STATE_ORDER = {"complete": 0, "pruned": 1, "interrupted": 2, "failed": 3}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def summarize(study: optuna.Study, sweep: Sweep) -> list[TrialRow]:
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "WAITING":
             continue
-        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name, "running")
+        # written when the sweep ends: a trial still running then was stopped by Ctrl-C, and a resume continues it
+        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name, "interrupted")
         returns = [float(x) for x in t.user_attrs.get("returns", [])]
         mean, step = t.value, None
         if state == "pruned" and t.intermediate_values:
