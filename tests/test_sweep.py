@@ -578,13 +578,15 @@ def sweep_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) ->
     """``gymlab sweep ARGV`` in this process, from ``tmp_path``: (exit code, stdout, stderr)."""
     cwd = os.getcwd()
     os.chdir(tmp_path)
+    code = 0
     try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main(["sweep", *argv])
+        cli.main(["sweep", *argv])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
     finally:
         os.chdir(cwd)
     out, err = capsys.readouterr()
-    return int(exit_.value.code or 0), out, err
+    return code, out, err
 
 
 def refused_in_one_line(code: int, err: str, message: str) -> None:
@@ -615,6 +617,18 @@ def test_cli_refuses_a_hostile_sweep_file_before_writing_anything(
     refused_in_one_line(code, err, message)
     assert out == "" and list(work.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taxi.yaml", "work"]
+
+
+@pytest.mark.needs("sweep")
+def test_more_trials_than_the_grid_holds_run_the_grid_and_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stop 41: --trials 20 on a grid of 2 ran 2 without a word
+    path = write_sweep(tmp_path, {**TINY, "space": {"learning_rate": [0.1, 0.2]}})
+    assert sw.load_sweep(path, trials=20).trials == 2 and sw.load_sweep(path, trials=2).asked_trials is None
+    code, out, err = sweep_cli(tmp_path, capsys, str(path), "--trials", "20", "--run-dir", "sw")
+    assert code == 0, err
+    assert "grid search, 2 trials (the whole grid; 20 asked); folder" in out.splitlines()[0], out
 
 
 @pytest.mark.needs("sweep")

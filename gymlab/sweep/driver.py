@@ -367,7 +367,8 @@ def _run_locked(
         else:
             workers = backend
         # Said once the folder, the study and the workers are known to be usable: a refusal is a command's only line.
-        what = f"{sweep.spec.agent} on {sweep.spec.env}, {sweep.spec.method} search, {sweep.trials} trials"
+        capped = f" (the whole grid; {sweep.asked_trials} asked)" if sweep.asked_trials is not None else ""
+        what = f"{sweep.spec.agent} on {sweep.spec.env}, {sweep.spec.method} search, {sweep.trials} trials{capped}"
         emit(f"sweep {sweep.name}: {what}; folder {sweep_dir}")
         if existed:
             emit(f"resuming sweep in {sweep_dir}: {resumed} finished trial(s) kept")

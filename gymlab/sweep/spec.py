@@ -271,6 +271,7 @@ class Sweep:
     base_overrides: tuple[str, ...]
     trials: int
     max_concurrent: int | None
+    asked_trials: int | None = None  # more trials than the grid holds were asked for: ``trials`` is the grid's size
 
     @property
     def name(self) -> str:
@@ -354,9 +355,10 @@ def load_sweep(path: Path, *, trials: int | None = None, max_concurrent: int | N
     base = (*_flatten(spec.base), *spec.overrides)
     n_grid = math.prod(len(d.values) for d in spec.space.values()) if spec.method == "grid" else None
     n_trials = trials or spec.trials or n_grid or 20
+    asked = n_trials if n_grid is not None and n_trials > n_grid else None  # said in the sweep's first line
     if n_grid is not None:
         n_trials = min(n_trials, n_grid)
-    sweep = Sweep(spec, path, config_file, base, n_trials, max_concurrent or spec.max_concurrent)
+    sweep = Sweep(spec, path, config_file, base, n_trials, max_concurrent or spec.max_concurrent, asked)
 
     # Check every listed value and both ends of every range, one key at a time, so a typo or an
     # out-of-range bound is reported now rather than by trial 17 an hour from now.
