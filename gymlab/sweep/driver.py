@@ -296,10 +296,11 @@ class _Driver:
         import optuna
 
         self.ledger.set_attr(number, "error", error)
+        params = self.ledger.trial(number).params  # what it tried, as its done and pruned lines say
         self.study.tell(number, state=optuna.trial.TrialState.FAIL)
         self.active.pop(number, None)
         self.queue = [r for r in self.queue if r.tag[0] != number]
-        self.on_event(f"trial {number} failed: {error}")
+        self.on_event(f"trial {number} failed{f' ({describe(params)})' if params else ''}: {error}")
 
 
 def run_sweep(
