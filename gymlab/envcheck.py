@@ -463,13 +463,16 @@ def parse_env_kwargs(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in item or item.startswith("="):
             raise GymlabError(f"'{item}' is not key=value: give env_kwargs as KEY=VALUE words (e.g. map_name=8x8)")
     dotted = [item if item.startswith("env_kwargs.") else f"env_kwargs.{item}" for item in items]
-    return dict(apply_overrides({}, dotted, (), once=True).get("env_kwargs", {}))
+    kwargs = dict(apply_overrides({}, dotted, (), once=True).get("env_kwargs", {}))
+    if "render_mode" in kwargs:  # as train refuses it: the render check picks the mode (rgb_array, else ansi)
+        raise GymlabError("gymlab check sets the render mode itself (rgb_array, else ansi): remove render_mode")
+    return kwargs
 
 
 def render(report: CheckReport) -> Table:
     """The report as a rich table: one row per point with its verdict and what was found."""
     style = {PASS: "green", WARN: "yellow", FAIL: "bold red"}
-    kwargs = f" {report.env_kwargs}" if report.env_kwargs else ""
+    kwargs = "".join(f" {key}={value}" for key, value in report.env_kwargs.items())  # as the command gave them
     table = Table(title=f"gymlab check {report.env_id}{kwargs}", title_justify="left")
     for col in ("point", "verdict", "found"):
         table.add_column(col)

@@ -244,6 +244,11 @@ def test_env_kwargs_words_are_parsed_as_yaml():
         "is_slippery": False,
         "size": 3,
     }
+    # stop 41: check took render_mode=human, which train refuses; its title showed the words as a dict
+    with pytest.raises(GymlabError, match=r"gymlab check sets the render mode itself .*: remove render_mode"):
+        envcheck.parse_env_kwargs(["render_mode=human"])
+    report = envcheck.CheckReport("FrozenLake-v1", {"map_name": "8x8", "is_slippery": False})
+    assert envcheck.render(report).title == "gymlab check FrozenLake-v1 map_name=8x8 is_slippery=False"
 
 
 TESTS_DIR = str(Path(__file__).parent)
