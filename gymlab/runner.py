@@ -120,9 +120,8 @@ class RunOutcome:
         if self.episodes != 0 or self.step == self.start_step:
             return None
         return (
-            f"no training episode ended in {self.step:,} steps, so no return was logged and agents that learn from "
-            "whole episodes (reinforce) never updated; give more --steps if its episodes are longer, or, if they do "
-            "not end by themselves, a time limit: env_kwargs.max_episode_steps=N"
+            f"no training episode ended in {self.step:,} steps, so no return was logged; give more --steps if its "
+            "episodes are longer, or, if they do not end by themselves, a time limit: env_kwargs.max_episode_steps=N"
         )
 
     @property
