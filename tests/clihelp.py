@@ -373,3 +373,15 @@ def write_user_modules(folder: Path) -> None:
     """User code the cases name as ``module:Class``: envs that misbehave, a module that raises on import."""
     (folder / "userenvs.py").write_text(USER_ENVS)
     (folder / "brokenmod.py").write_text('raise ValueError("this module is broken")\n')
+
+
+def read_first_line_then_go(*args: Any, cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    """``python -m gymlab ARGS | head -1``: read the first line of stdout, close it; (exit code, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymlab", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # the first line, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=timeout), err

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from clihelp import assert_nothing_lost, assert_ok, gymlab, snapshot
+from clihelp import assert_nothing_lost, assert_ok, gymlab, read_first_line_then_go, snapshot
 from conftest import gymlab_inprocess
 
 from gymlab.checkpoint import Checkpoint
@@ -283,15 +283,9 @@ def test_a_command_whose_reader_is_gone_before_it_writes_succeeds_quietly(tmp_pa
 
 def test_a_reader_that_goes_away_ends_the_output_not_the_run(tmp_path):
     """`gymlab train ... | head -1`: the run died silently at its next progress line (exit 1, no final checkpoint)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gymlab", "train", "tabular_q", "Taxi-v4", "--steps", "60000", "eval_episodes=1",
-         "log_every=1000", "--run-dir", "r"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    code, err = read_first_line_then_go(
+        "train", "tabular_q", "Taxi-v4", "--steps", "60000", "eval_episodes=1", "log_every=1000", "--run-dir", "r",
+        cwd=tmp_path,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()  # the first line, then the reader is gone
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=300) == 0, err
-    assert err == ""
+    assert code == 0 and err == "", err
     assert Checkpoint.read(tmp_path / "r" / "checkpoints" / "last.pt").step == 60000

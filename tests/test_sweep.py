@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from clihelp import read_first_line_then_go
 from gymlab.agents.tabular_q import TabularQ
 
 from gymlab import cli, loop, runs
@@ -636,16 +637,8 @@ def test_more_trials_than_the_grid_holds_run_the_grid_and_say_so(
 def test_a_reader_that_goes_away_ends_the_output_not_the_sweep(tmp_path: Path) -> None:
     """`gymlab sweep FILE | head -1`: a trial's line hit the broken pipe, and the sweep stopped there with exit 0."""
     path = write_sweep(tmp_path, {**TINY, "space": {"learning_rate": [0.1, 0.2, 0.3]}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gymlab", "sweep", str(path), "--run-dir", "sw", "--max-concurrent", "1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()  # the first line, then the reader is gone
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=300) == 0, err
-    assert err == ""
+    code, err = read_first_line_then_go("sweep", path, "--run-dir", "sw", "--max-concurrent", "1", cwd=tmp_path)
+    assert code == 0 and err == "", err
     rows = (tmp_path / "sw" / "summary.csv").read_text().splitlines()
     assert len(rows) == 4 and all(",complete," in row for row in rows[1:]), rows
 
