@@ -124,6 +124,12 @@ class Episode:
     actions: list[Any] = field(default_factory=list)
     capped: bool = False  # cut at the step cap (the env has no time limit)
 
+    def take(self, step: Step) -> None:
+        """Count ``step`` in: its action (none at the start), and the return, length and cut so far."""
+        if step.index:
+            self.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
+        self.ret, self.length, self.capped = step.total, step.index, step.capped
+
 
 def play_steps(
     env: gym.Env[Any, Any],
@@ -191,9 +197,7 @@ def play_episode(
             episode.frames.append(render(env, "rgb_array", like=episode.frames[0].shape if episode.frames else None))
         elif record == "ansi":
             episode.texts.append(str(render(env)))
-        if step.index:
-            episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
-        episode.ret, episode.length, episode.capped = step.total, step.index, step.capped
+        episode.take(step)
     return episode
 
 

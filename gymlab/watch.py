@@ -279,9 +279,7 @@ def _watch_text(play: _Play, mode: str | None, limit: int | None) -> WatchResult
             for step in play.steps(len(result.episodes)):
                 if mode == "ansi":
                     episode.texts.append(str(render(env)))
-                if step.index:
-                    episode.actions.append(step.action.tolist() if isinstance(step.action, np.ndarray) else step.action)
-                episode.ret, episode.length = step.total, step.index
+                episode.take(step)
             result.episodes.append((episode.ret, episode.length))
             echo(f"episode {len(result.episodes)}: return {episode.ret:.4g}, length {episode.length}")
             if episode.texts:
