@@ -414,9 +414,10 @@ def seed_steps_to_threshold(folders: Sequence[Path], threshold: float) -> list[f
     """Per run: the first env step its evaluation curve reaches ``threshold`` (``compare``'s interpolation)."""
     from gymlab import compare
     from gymlab import tblog as tb
+    from gymlab.curves import load_curves
 
-    curves, _ = compare.load_curves(folders, tb.EVAL_RETURN)
-    found = {c.path: compare.steps_to_threshold(c.steps, c.values, threshold) for c in curves}
+    runs, _ = load_curves(folders, tb.EVAL_RETURN)
+    found = {c.path: compare.steps_to_threshold(c.steps, c.values, threshold) for c in runs}
     return [found.get(f) for f in folders]
 
 
@@ -430,11 +431,11 @@ def median_steps(values: Sequence[float | None]) -> float | None:
 
 def tag_values(folders: Sequence[Path], tag: str) -> list[float]:
     """The last value of a scalar tag in each run that logged it."""
-    from gymlab import compare
+    from gymlab.curves import read_scalars
 
     out = []
     for folder in folders:
-        scalars = compare.read_scalars(folder)
+        scalars = read_scalars(folder)
         if tag in scalars and len(scalars[tag][1]):
             out.append(float(scalars[tag][1][-1]))
     return out

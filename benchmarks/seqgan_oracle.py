@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gymlab.compare import read_scalars
 from gymlab.config import configs_root
+from gymlab.curves import read_scalars
 from gymlab.yamlfile import load_yaml
 
 PAPER = {"random": 10.310, "MLE": 9.038, "SeqGAN": 8.736}

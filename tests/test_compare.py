@@ -15,7 +15,7 @@ from tensorboard.summary.writer import event_file_writer
 from torch.utils.tensorboard import SummaryWriter
 
 from gymlab import compare as cmp
-from gymlab import report
+from gymlab import curves, report
 from gymlab import tblog as tb
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import slug
@@ -150,17 +150,17 @@ def test_grouping_by_agent_pools_every_config(synthetic, tmp_path):
 
 
 def test_globs_and_paths_select_runs(synthetic):
-    runs = cmp.find_runs([str(synthetic / "a" / "s*"), str(synthetic / "b" / "s0")])
+    runs = curves.find_runs([str(synthetic / "a" / "s*"), str(synthetic / "b" / "s0")])
     assert [r.name for r in runs] == ["s0", "s1", "s2", "s3", "s0"]
     with pytest.raises(GymlabError, match="matches nothing"):
-        cmp.find_runs([str(synthetic / "zz*")])
+        curves.find_runs([str(synthetic / "zz*")])
 
 
 def test_a_run_named_twice_counts_once(synthetic, monkeypatch):
     # stop 32: 'a' and '$PWD/a' (or a glob and a path to the same run) pooled as two seeds, silently
     monkeypatch.chdir(synthetic)
     named = ["a/s0", str(synthetic / "a" / "s0"), "./a/s*", "../runs/b/s0"]
-    assert [r.resolve() for r in cmp.find_runs(named)] == [
+    assert [r.resolve() for r in curves.find_runs(named)] == [
         *(synthetic / "a" / f"s{i}" for i in range(4)),
         synthetic / "b" / "s0",
     ]
@@ -181,8 +181,8 @@ def test_labels_name_only_the_keys_that_tell_a_configs_peers_apart(tmp_path):
     write_run(tmp_path / "d2", config(lr=0.01), points)
     reinforce = {**config(agent="reinforce"), "hparams": {"baseline": "value"}}
     write_run(tmp_path / "r1", reinforce, points)
-    curves, _ = cmp.load_curves(cmp.find_runs([str(tmp_path)]), METRIC)
-    groups = cmp.group_curves(curves, "config")
+    read, _ = curves.load_curves(curves.find_runs([str(tmp_path)]), METRIC)
+    groups = cmp.group_curves(read, "config")
     labels = sorted(cmp.group_labels(groups, "config").values())
     assert labels == [
         "dqn · CartPole-v1 · learning_rate=0.001",
@@ -209,7 +209,7 @@ def test_a_folder_without_config_yaml_is_labelled_by_the_hparams_its_events_hold
     pooled = by_label["dqn · CartPole-v1 · learning_rate=0.001"]
     assert sorted(pooled.runs) == [tmp_path / "copied" / "x", tmp_path / "kept" / "s1"]
     assert pooled.final_mean == 4.0
-    assert cmp.read_events(logged)[1] == tb.hparams_values(config(seed=0, num_envs=4))  # 4 back as an int
+    assert curves.read_events(logged)[1] == tb.hparams_values(config(seed=0, num_envs=4))  # 4 back as an int
 
 
 def test_a_metric_no_run_logged_lists_the_available_ones(synthetic):
@@ -236,7 +236,7 @@ def test_a_resumed_run_reads_without_the_purged_steps(tmp_path):
     """What a killed run logged after its checkpoint is dropped by TensorBoard's purge_step."""
     run = write_run(tmp_path / "r", config(), [(s, float(s)) for s in range(6)])
     write_run(run, config(), [(s, 10.0 * s) for s in range(3, 7)], purge_step=3)
-    steps, values = cmp.read_scalars(run)[METRIC]
+    steps, values = curves.read_scalars(run)[METRIC]
     np.testing.assert_array_equal(steps, range(7))
     np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
 
@@ -255,7 +255,7 @@ def test_a_run_logger_opened_in_the_same_second_as_the_last_still_purges_it(tmp_
     resumed.close()
     names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
     assert names[-1].endswith(".10"), names
-    steps, values = cmp.read_scalars(tmp_path)[METRIC]
+    steps, values = curves.read_scalars(tmp_path)[METRIC]
     np.testing.assert_array_equal(steps, range(7))
     np.testing.assert_array_equal(values, [0, 1, 2, 30, 40, 50, 60])
 
@@ -561,7 +561,7 @@ def test_a_label_cut_short_shows_what_sets_its_group_apart():
     groups = {}
     for i, change in enumerate(changes):
         values = {"agent": "tabular_q", "env": "FrozenLake-v1", "config_id": f"id{i}", **base, **change}
-        groups[f"g{i}"] = [cmp.RunCurve(Path(f"r{i}"), values, np.array([0]), np.array([0.0]))]
+        groups[f"g{i}"] = [curves.RunCurve(Path(f"r{i}"), values, np.array([0]), np.array([0.0]))]
     labels = cmp.group_labels(groups, "config")
     assert labels["g1"].startswith("tabular_q · FrozenLake-v1 · learning_rate=0.5 · ")
     assert labels["g2"].startswith("tabular_q · FrozenLake-v1 · gamma=0.5 · ")
