@@ -23,15 +23,13 @@ so retrying the same command works. A checkpoint written meanwhile is always kep
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import shutil
 import signal
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +44,7 @@ from gymlab.errors import GymlabError, Interrupted
 from gymlab.folderlock import FolderLock
 from gymlab.loop import train
 from gymlab.runs import RunFolder, config_differences, load_run, resume_command
-from gymlab.signals import sigterm_interrupts
+from gymlab.signals import held, sigterm_interrupts
 
 Mode = Literal["new", "resume", "auto"]
 Status = Literal["finished", "stopped", "interrupted", "failed", "cancelled"]
@@ -167,7 +165,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
     start = time.perf_counter()
     opened: Opened | None = None
     try:
-        with _signals_held():  # a signal while the folder is made is taken once `opened` can clean it up
+        with held():  # a signal while the folder is made is taken once `opened` can clean it up
             opened = open_run(spec)
         return _train(spec, opened, progress, start)
     except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
@@ -203,24 +201,6 @@ def user_agent_error(exc: BaseException, agent: str) -> GymlabError | None:
         f"agent '{agent}': {inside[-1].name}() raised {type(exc).__name__}{': ' + said if said else ''}; "
         "the agent is at fault: fix it (checkpoints already written are kept)"
     )
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back (in the main thread) for the duration; one that came arrives right after.
-
-    Creating a run folder and taking its lock is not interruptible in between: a signal there would
-    leave a folder with no checkpoint that nobody removes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def execute(spec: RunSpec) -> RunOutcome:

@@ -117,6 +117,34 @@ def starting(flag: StopFlag) -> Iterator[None]:
         flag.at_once = False
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration (in the main thread); one that came is raised right after.
+
+    Python runs a signal's handler in the main thread, whichever thread the kernel handed the signal to,
+    so blocking it in the main thread (``pthread_sigmask``) holds nothing back in a process with other
+    threads (torch's, in a pool worker that ran a run before): the handlers are swapped for one that
+    notes the signal, and each noted signal is raised again once the previous handlers are back.
+    Outside the main thread no handler can be set, and nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for signum in noted:
+            signal.raise_signal(signum)
+
+
 def sigterm_interrupts() -> Any:
     """In the main thread, make SIGTERM raise KeyboardInterrupt (the loop swaps in its graceful handler).
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from conftest import gymlab_inprocess
 
 from gymlab import agent, config
 from gymlab.checkpoint import Checkpoint
-from gymlab.runner import RunSpec, open_run, run
+from gymlab.runner import RunSpec, execute, open_run, run
 from gymlab.runs import RunFolder, lock_folder
 
 TINY = ("eval_every=0", "eval_episodes=1", "checkpoint_every=0", "log_every=1000")
@@ -95,6 +96,38 @@ def test_a_spec_carries_its_validated_config_through_the_runner(tmp_path):
     outcome = run(RunSpec(config=cfg, run_dir=tmp_path / "r"))
     assert outcome.status == "finished" and outcome.step == 100
     assert Checkpoint.read(RunFolder(tmp_path / "r").last).step == 100
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_folder_is_made_leaves_nothing_in_a_process_with_other_threads(
+    tmp_path, monkeypatch, signum
+):
+    """A pool worker that ran a run before has other threads (torch's); the kernel hands them a signal
+    the main thread blocks, and Python still runs its handler in the main thread: the signal must wait
+    until the new folder can be cleaned up, or it is left without a checkpoint (CI, 2026-12-07)."""
+    cfg = config.resolve("random", "CartPole-v1", None, list(TINY), steps=100)
+    create = RunFolder.create
+
+    def create_then_signal(*args: Any, **kwargs: Any) -> RunFolder:
+        folder = create(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        for _ in range(100):  # the main thread runs bytecode: a handler that is not held runs here
+            time.sleep(0.001)
+        return folder
+
+    monkeypatch.setattr(RunFolder, "create", staticmethod(create_then_signal))
+    gone = threading.Event()
+    other = threading.Thread(target=gone.wait, daemon=True)  # blocks nothing: the kernel may deliver to it
+    other.start()
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outcome = execute(RunSpec(config=cfg, run_dir=tmp_path / "r"))
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        gone.set()
+    assert outcome.status == "interrupted" and outcome.checkpoint is None, outcome
+    assert not (tmp_path / "r").exists()  # created, then taken back: nothing blocks the retry
 
 
 # --- the run folder's history ------------------------------------------------------------------
