@@ -124,16 +124,18 @@ def held() -> Iterator[None]:
     Python runs a signal's handler in the main thread, whichever thread the kernel handed the signal to,
     so blocking it in the main thread (``pthread_sigmask``) holds nothing back in a process with other
     threads (torch's, in a pool worker that ran a run before): the handlers are swapped for one that
-    notes the signal, and each noted signal is raised again once the previous handlers are back.
-    Outside the main thread no handler can be set, and nothing is held.
+    notes the signal, and the noted signal is raised again once the previous handlers are back. A
+    second signal interrupts at once. Outside the main thread no handler can be set, and nothing is held.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    noted: list[int] = []
+    noted: list[int] = []  # the signal held back; a second one appended interrupts at once
 
     def note(signum: int, frame: Any) -> None:
         noted.append(signum)
+        if len(noted) > 1:  # as everywhere: a second signal interrupts at once (a load that hangs stays stoppable)
+            raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -141,8 +143,8 @@ def held() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        for signum in noted:
-            signal.raise_signal(signum)
+        if len(noted) == 1:  # raised again for its own handler, even over an error of the body's
+            signal.raise_signal(noted[0])
 
 
 def sigterm_interrupts() -> Any:

@@ -26,6 +26,7 @@ from gymlab import agent, config
 from gymlab.checkpoint import Checkpoint
 from gymlab.runner import RunSpec, execute, open_run, run
 from gymlab.runs import RunFolder, lock_folder
+from gymlab.signals import held
 
 TINY = ("eval_every=0", "eval_episodes=1", "checkpoint_every=0", "log_every=1000")
 
@@ -111,8 +112,7 @@ def test_a_signal_while_the_folder_is_made_leaves_nothing_in_a_process_with_othe
     def create_then_signal(*args: Any, **kwargs: Any) -> RunFolder:
         folder = create(*args, **kwargs)
         os.kill(os.getpid(), signum)
-        for _ in range(100):  # the main thread runs bytecode: a handler that is not held runs here
-            time.sleep(0.001)
+        _let_handlers_run()  # a handler that is not held back runs here
         return folder
 
     monkeypatch.setattr(RunFolder, "create", staticmethod(create_then_signal))
@@ -128,6 +128,32 @@ def test_a_signal_while_the_folder_is_made_leaves_nothing_in_a_process_with_othe
         gone.set()
     assert outcome.status == "interrupted" and outcome.checkpoint is None, outcome
     assert not (tmp_path / "r").exists()  # created, then taken back: nothing blocks the retry
+
+
+def _let_handlers_run() -> None:
+    for _ in range(100):  # the main thread runs bytecode: a pending Python handler runs here
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_is_held_back_until_the_block_ends_and_a_second_interrupts_at_once(signals):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held():
+                os.kill(os.getpid(), signal.SIGINT)
+                _let_handlers_run()
+                reached.append("held back")
+                if signals == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    _let_handlers_run()
+                    reached.append("a second held back too")
+            reached.append("after the block")
+        _let_handlers_run()  # nothing left pending: no third interrupt here
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert reached == ["held back"]
 
 
 # --- the run folder's history ------------------------------------------------------------------
