@@ -82,7 +82,8 @@ def evaluate(
     Episodes are split evenly over the copies, and each copy's surplus episodes are ignored, so
     short episodes are not over-represented. ``on_step`` sees each step's observations (for video).
 
-    Every episode ends: at the env's own time limit, or, on an env without one, after
+    An episode ends where the env says it ends (terminated or truncated), whether or not a wrapper
+    passed its statistics on. Every episode ends: at the env's own time limit, or, on an env without one, after
     ``max_steps`` steps (the run key ``eval_max_steps``; its default when None). A cut episode
     counts as truncated, with its return so far, and is reported to ``on_capped(length, return)``.
     ``stop`` is checked before each step; once it is set, :class:`Interrupted` is raised. Without
@@ -112,12 +113,17 @@ def evaluate(
         obs, reward, terminated, truncated, infos = guard.step(agent.act(obs, explore=False))
         ep_return += reward
         ep_length += 1
-        for i, ret, length in episode_stats(infos):
-            if done[i] < quota[i]:
-                done[i] += 1
-                returns.append(ret)
-                lengths.append(length)
         ended = np.logical_or(terminated, truncated)
+        if ended.any():
+            # An episode counts where it ends; its return and length are the episode statistics' (the env's own
+            # rewards, recorded innermost), or the sums kept here where a wrapper dropped that info.
+            stats = {i: (ret, length) for i, ret, length in episode_stats(infos)}
+            for i in np.flatnonzero(ended):
+                if done[i] < quota[i]:
+                    ret, length = stats.get(int(i), (float(ep_return[i]), int(ep_length[i])))
+                    done[i] += 1
+                    returns.append(ret)
+                    lengths.append(length)
         ep_return[ended], ep_length[ended] = 0.0, 0
         capped = ep_length >= cap  # (N,) bool: running past the cap on an env without a time limit
         if capped.any():

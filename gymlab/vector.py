@@ -87,6 +87,9 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         self._ep_return = [0.0] * self.num_envs
         self._ep_length = [0] * self.num_envs
         self._ep_start = [time.perf_counter()] * self.num_envs
+        # Else each copy's RecordEpisodeStatistics, read directly where a user's wrapper above it dropped its info.
+        self._recorders = [None if count_episodes else episode_recorder(env) for env in self.envs]
+        self._recorded = [0] * self.num_envs  # each recorder's episode count when this env last read it
 
     def episode_state(self) -> dict[str, Any] | None:
         """The running episodes' returns and lengths so far, for a checkpoint (None when the copies keep them)."""
@@ -189,6 +192,12 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
             episode = {"r": self._ep_return[i], "l": self._ep_length[i], "t": time.perf_counter() - self._ep_start[i]}
         else:  # from RecordEpisodeStatistics, innermost in every copy (registry.make_env)
             episode = info.get("episode")
+            recorder = self._recorders[i]
+            if recorder is not None:
+                if episode is None and recorder.episode_count > self._recorded[i]:  # a wrapper dropped its info
+                    queues = (recorder.return_queue, recorder.length_queue, recorder.time_queue)
+                    episode = dict(zip("rlt", (q[-1] for q in queues), strict=True))
+                self._recorded[i] = recorder.episode_count
         if episode is not None:
             final = infos["final_info"]
             if "episode" not in final:
@@ -218,3 +227,12 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         """Close every copy."""
         for env in self.envs:
             env.close()
+
+
+def episode_recorder(env: gym.Env[Any, Any]) -> gym.wrappers.RecordEpisodeStatistics[Any, Any] | None:
+    """The ``RecordEpisodeStatistics`` among ``env``'s wrappers (None where none is, or a wrapper hides it)."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.RecordEpisodeStatistics):
+            return env
+        env = env.env
+    return None

@@ -89,7 +89,7 @@ class Scripted:
         self.i = state["training"]["i"]
 
 
-def run(tmp_path, steps, num_envs=1):
+def run(tmp_path, steps, num_envs=1, **keys):
     Scripted.seen.clear()
     Scripted.updates.clear()
     cfg = validate(
@@ -101,6 +101,7 @@ def run(tmp_path, steps, num_envs=1):
             "eval_every": 0,
             "eval_episodes": 3,
             "log_every": 2,
+            **keys,
         },
         Scripted,
     )
@@ -139,6 +140,64 @@ def test_evaluation_splits_episodes_over_copies():
     agent = Scripted(ScriptedConfig(), cast(Context, None))
     returns, lengths = evaluate(agent, envs, episodes=3, seed=0)
     assert returns.tolist() == [6.0, 6.0, 6.0] and lengths.tolist() == [3, 3, 3]
+
+
+class DropInfo(gym.Wrapper):
+    """A user's wrapper that passes no info on (the episode statistics recorded below it included)."""
+
+    steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        DropInfo.steps += 1
+        assert DropInfo.steps < 1000, "the evaluation never ended"
+        return obs, reward, terminated, truncated, {}
+
+
+class EndAfterTwo(DropInfo):
+    """A user's wrapper that ends each episode itself after 2 steps, where the env below goes on."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.t += 1
+        return obs, reward, terminated, truncated or self.t == 2, info
+
+
+def drop_info(env, *, train):
+    return DropInfo(env)
+
+
+def end_after_two(env, *, train):
+    return EndAfterTwo(env)
+
+
+@pytest.mark.parametrize(("wrapper", "ret", "length"), [("drop_info", 6.0, 3), ("end_after_two", 3.0, 2)])
+def test_an_evaluation_counts_episodes_where_they_end_whatever_a_wrapper_passes_on(wrapper, ret, length):
+    """Helper-26: a wrapper that dropped the info made the evaluation play forever (eval_max_steps too)."""
+    DropInfo.steps = 0
+    envs = registry.make_vec_env(f"{__name__}:Corridor", 2, wrappers=[f"{__name__}:{wrapper}"], train=False)
+    agent = Scripted(ScriptedConfig(), cast(Context, None))
+    returns, lengths = evaluate(agent, envs, 3, seed=0, max_steps=50)
+    envs.close()
+    assert returns.tolist() == [ret] * 3 and lengths.tolist() == [length] * 3
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "auto"])
+def test_training_counts_episodes_whose_statistics_a_wrapper_dropped(tmp_path, vectorization):
+    """The statistics are recorded innermost; a user's wrapper above that passes no info on left every
+    training episode uncounted, with no return logged (helper-26)."""
+    DropInfo.steps = 0
+    plain = run(tmp_path / "plain", steps=14, num_envs=2, vectorization=vectorization)
+    DropInfo.steps = 0
+    wrapped = run(tmp_path / "wrapped", steps=14, num_envs=2, vectorization=vectorization,
+                  wrappers=[f"{__name__}:drop_info"])  # fmt: skip
+    assert plain.episodes == wrapped.episodes == 4
+    returns = [scalars(tmp_path / name)["rollout/ep_return"] for name in ("plain", "wrapped")]
+    assert returns[0] == returns[1] and returns[0]
 
 
 def test_same_seed_same_result_different_seed_different(tmp_path):
