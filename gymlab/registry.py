@@ -17,6 +17,7 @@ import importlib
 import inspect
 import os
 import re
+import reprlib
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
@@ -255,10 +256,11 @@ def make_env(
         env = gym.wrappers.RecordEpisodeStatistics(env)
     for name in wrappers:
         wrap: EnvWrapper = load_attr(WRAPPERS.get(name, name), "wrapper")
+        inner = env
         try:
-            env = wrap(env, train=train)
+            env = wrap(inner, train=train)
         except Exception as exc:
-            env.close()
+            inner.close()
             if missing_dependency(exc) is not None:
                 raise env_error(env_id, f"wrapper '{name}'", exc) from None
             how = (
@@ -267,7 +269,26 @@ def make_env(
                 else ""
             )
             raise GymlabError(f"wrapper '{name}' on environment '{env_id}' raised {describe(exc)}{how}") from None
+        _check_wrapped(env, inner, name, env_id)
     return env
+
+
+def _check_wrapped(env: Any, inner: gym.Env[Any, Any], name: str, env_id: str) -> None:
+    """Refuse in one line what a wrapper returned in place of the env it was given, wrapped.
+
+    Not an env at all (None, a number), or the env below every wrapper (``env.unwrapped``): the
+    wrappers before it, the episode statistics recorded innermost among them, would be gone.
+    """
+    is_env = isinstance(env, gym.Env)
+    stripped = is_env and env is not inner and env is inner.unwrapped
+    if is_env and not stripped:
+        return
+    what = "the env below all wrappers (env.unwrapped)" if is_env else reprlib.repr(env)
+    inner.close()
+    raise GymlabError(
+        f"wrapper '{name}' on environment '{env_id}' returned {what}, not the env it was given, wrapped: "
+        "return a gymnasium.Wrapper around the env it gets"
+    )
 
 
 def has_native_vector_env(env_id: str) -> bool:

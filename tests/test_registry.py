@@ -81,6 +81,31 @@ def test_a_wrapper_that_raises_names_the_wrapper_and_the_env(tmp_path, monkeypat
         registry.make_env("CartPole-v1", {}, ["user_wrappers:broken"], train=False)
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [("return None", "returned None"), ("return 42", "returned 42,"), ("return env.unwrapped", "env.unwrapped")],
+)
+def test_a_wrapper_that_returns_no_wrapped_env_is_one_line(tmp_path, monkeypatch, body, said):
+    """Helper-26: None ended in an AttributeError traceback, and env.unwrapped silently dropped the episode
+    statistics recorded below it."""
+    module = f"user_returns_{abs(hash(body))}"  # one module per case: an imported module is kept
+    (tmp_path / f"{module}.py").write_text(f"def wrap(env, *, train):\n    {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(GymlabError) as info:
+        registry.make_env("CartPole-v1", {}, [f"{module}:wrap"], train=False)
+    message = str(info.value)
+    assert f"wrapper '{module}:wrap' on environment 'CartPole-v1'" in message and said in message, message
+    assert "return a gymnasium.Wrapper around the env it gets" in message and "\n" not in message
+
+
+def test_a_wrapper_may_return_the_env_it_was_given(tmp_path, monkeypatch):
+    (tmp_path / "user_same.py").write_text("def wrap(env, *, train):\n    return env\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = registry.make_env("CartPole-v1", {}, ["user_same:wrap"], train=False)
+    assert isinstance(env, gym.wrappers.RecordEpisodeStatistics)
+    env.close()
+
+
 # Each case: modules made unimportable, env id -> the install command the error must name.
 MISSING_EXTRAS = [
     (["ale_py"], "PongNoFrameskip-v4", 'pip install "gymlab[atari]"'),
