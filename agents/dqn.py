@@ -56,7 +56,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymlab.replay import DeviceBatches, ReplayBuffer, choose_source
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gymlab.agent import Context, Transition, describe_space
 from gymlab.cudagraph import CUDAGraphStep, resolve_compile
@@ -127,6 +127,15 @@ class DQNConfig(BaseModel):
     replay_save_budget_mb: float = Field(
         1024.0, gt=0, description="save_replay=auto: largest replay memory (MB, as allocated) saved in checkpoints"
     )
+
+    @model_validator(mode="after")
+    def _batch_fits_the_memory(self) -> DQNConfig:
+        if self.batch_size > self.buffer_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size:,}) exceeds buffer_size ({self.buffer_size:,}): a batch is drawn from "
+                "the replay memory; lower batch_size or raise buffer_size"
+            )
+        return self
 
     @field_validator("save_replay", mode="before")
     @classmethod

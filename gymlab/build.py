@@ -132,15 +132,23 @@ def eval_envs(config: Config) -> VectorEnv[Any, Any, Any]:
 
 #: What torch's and numpy's allocators say when a request cannot be met.
 OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "unable to allocate", "not enough memory")
+#: What numpy and torch say of a size too large to be computed at all (settings multiplied past 64 bits).
+TOO_LARGE = (
+    "maximum allowed size exceeded", "maximum allowed dimension exceeded", "array is too big",
+    "storage size calculation overflowed", "overflow when unpacking long",
+)  # fmt: skip
+#: The errors an allocation that cannot be met raises (see :func:`out_of_memory`).
+ALLOCATION_ERRORS = (MemoryError, RuntimeError, ValueError, TypeError)
 
 
-def out_of_memory(exc: MemoryError | RuntimeError) -> str | None:
+def out_of_memory(exc: BaseException) -> str | None:
     """What an allocator said when it could not meet a request; None for any other error.
 
-    numpy raises MemoryError, torch a RuntimeError (or its OOM subclass) that says so.
+    numpy raises MemoryError, torch a RuntimeError (or its OOM subclass) that says so; a size past
+    64 bits is numpy's ValueError or torch's RuntimeError or TypeError (:data:`TOO_LARGE`).
     """
     said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, MemoryError) or any(s in said.lower() for s in OUT_OF_MEMORY):
+    if isinstance(exc, MemoryError) or any(s in said.lower() for s in (*OUT_OF_MEMORY, *TOO_LARGE)):
         return said[:200]
     return None
 
@@ -152,7 +160,7 @@ def make_agent(config: Config, ctx: Context) -> Agent:
     """
     try:
         return config.agent_class(config.hparams, ctx)
-    except (MemoryError, RuntimeError) as exc:
+    except ALLOCATION_ERRORS as exc:
         said = out_of_memory(exc)
         if said is None:
             raise

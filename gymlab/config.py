@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gymlab.agent import AgentClass, load_agent_class
 from gymlab.errors import GymlabError
-from gymlab.plaindata import coerced, data_problem
+from gymlab.plaindata import coerced, data_problem, too_large
 from gymlab.yamlfile import YamlLimitError, load_yaml, parse_yaml
 
 #: What ``device`` may name.
@@ -271,7 +271,7 @@ def explain(exc: ValidationError, prefix: str, valid: list[str], source: str) ->
         return GymlabError(f"{source}: '{key}' = {value}: must be a finite number")
     if err["type"] == "value_error":  # gymlab's own validator's words, without pydantic's "Value error, "
         err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
-    if not key:  # a check of the whole file (its keys together): its words name the keys
+    if not loc:  # a check of the whole file or of all hparams (their keys together): its words name the keys
         return GymlabError(f"{source}: {err['msg']}")
     return GymlabError(f"{source}: '{key}' = {_short_repr(err.get('input'))}: {err['msg']}")
 
@@ -330,12 +330,13 @@ def _origin(origins: Mapping[str, str] | None, key: str, source: str) -> str:
     """Where ``key`` (``device``, ``hparams.gamma.0``) was given.
 
     Its own origin, else a key set inside it (the override ``hparams.gamma.x=1`` made ``hparams.gamma`` a
-    mapping), else its parent's, else ``source``.
+    mapping; for a check of all ``hparams`` together, an override first: the last layer given), else its
+    parent's, else ``source``.
     """
     if origins:
         inside = [where for given, where in origins.items() if given.startswith(f"{key}.")]
         if inside:
-            return inside[-1]
+            return ([where for where in inside if where.startswith("override ")] or inside)[-1]
         parts = key.split(".")
         for end in range(len(parts), 0, -1):
             found = origins.get(".".join(parts[:end]))
@@ -382,6 +383,7 @@ def validate(
     for found in (
         coerced(given, run, ""),
         coerced(dict(data.get("hparams") or {}), hparams, "hparams"),
+        too_large({**run.model_dump(), "hparams": hparams.model_dump()}, ""),
         _bounds_problem(run),
     ):
         if found is not None:

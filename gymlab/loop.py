@@ -30,7 +30,7 @@ import numpy as np
 
 from gymlab import tblog as tb
 from gymlab.agent import Transition, agent_phases, run_phase
-from gymlab.build import build, out_of_memory, prepare_process
+from gymlab.build import ALLOCATION_ERRORS, build, out_of_memory, prepare_process
 from gymlab.checkpoint import Checkpoint, LoopState
 from gymlab.config import Config
 from gymlab.console import EvalHeartbeat, Progress
@@ -114,7 +114,7 @@ def train(
                 trainer.save("last")
             except (EnvProblem, NonFinite) as exc:
                 raise GymlabError(trainer.failure(exc)) from None
-            except (MemoryError, RuntimeError) as exc:  # an update that asked for more memory than there is
+            except ALLOCATION_ERRORS as exc:  # an update that asked for more memory than there is
                 if out_of_memory(exc) is None:
                     raise
                 raise GymlabError(trainer.failure(exc)) from None
@@ -488,7 +488,7 @@ class Trainer:
             what, hint = exc.describe(run.env) + self.during, check_hint(run.env, run.wrappers)
             if not self.during:  # a training step failed before it was counted: name the step it was
                 step += self.envs.num_envs
-        elif isinstance(exc, (MemoryError, RuntimeError)):
+        elif isinstance(exc, ALLOCATION_ERRORS):
             what = f"the agent ran out of memory{self.during} ({out_of_memory(exc)})"
             hint = "lower its batch settings (e.g. batch_size, gradient_steps) or num_envs"
         else:

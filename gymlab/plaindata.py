@@ -9,7 +9,7 @@ Each answers ``(key path, why)`` for :mod:`gymlab.config`'s one-line errors, or 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,21 +19,38 @@ from pydantic import BaseModel
 PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
-def data_problem(value: Any, path: str) -> tuple[str, str] | None:
-    """The first value in ``value`` (nested mappings and lists) that is not finite plain data: (key path, why)."""
+def _nodes(value: Any, path: str) -> Iterator[tuple[Any, str]]:
+    """Every value in ``value``, nested mappings and lists included, with its key path, depth first in order."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         item, where = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return where, f"{item}: must be a finite number"
+        yield item, where
         if isinstance(item, Mapping):
             stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{where}.{i}") for i, v in reversed(list(enumerate(item))))
-        elif not isinstance(item, PLAIN_TYPES):
+
+
+def data_problem(value: Any, path: str) -> tuple[str, str] | None:
+    """The first value in ``value`` (nested mappings and lists) that is not finite plain data: (key path, why)."""
+    for item, where in _nodes(value, path):
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, f"{item}: must be a finite number"
+        if not isinstance(item, (*PLAIN_TYPES, Mapping, list, tuple)):
             return where, (
                 f"a {type(item).__name__}: must be text, a number, a boolean, a list or a mapping (quote it as text)"
             )
+    return None
+
+
+def too_large(value: Any, path: str) -> tuple[str, str] | None:
+    """The first whole number in ``value`` (validated: a float field holds a float) past 64 bits: (key path, why).
+
+    numpy and torch take no larger size or count; past them, a setting ended in their traceback.
+    """
+    for item, where in _nodes(value, path):
+        if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
+            return where, f"{item}: too large; whole numbers go from -2^63 to 2^63 - 1 ({2**63 - 1:,})"
     return None
 
 

@@ -158,8 +158,9 @@ def test_a_checkpoint_without_a_policy_state_is_refused_in_one_line(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["buffer_size=16", "num_envs=8"], "buffer_size=16 is too small for num_envs=8"),
+        (["buffer_size=16", "batch_size=8", "num_envs=8"], "buffer_size=16 is too small for num_envs=8"),
         (["net_arch=[-4]"], "hparams.net_arch.0"),
+        (["batch_size=65", "buffer_size=64"], "batch_size (65) exceeds buffer_size (64)"),
     ],
 )
 def test_dqn_config_errors_are_one_line_before_any_folder(cli, tmp_path: Path, args, expected):

@@ -217,9 +217,16 @@ BAD_INPUTS: dict[str, Bad] = {
                                    ["does not fit in memory", "Discrete(1000000000000)", "dqn"],
                                    _files(**{"hugeenv.py": HUGE_ENV}), no_folder=True),
     # stop 32: an allocator's traceback (exit 1) from the first update of a batch no memory holds
-    "update-out-of-memory": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", "batch_size=100000000000",
+    # (batches of gradient_steps × batch_size transitions: a batch_size past buffer_size is refused up front)
+    "update-out-of-memory": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", "gradient_steps=100000000000",
                                  "learning_starts=10", "train_freq=100", "--run-dir", "r"],
                                 ["step 100: the agent ran out of memory", "batch_size"], no_folder=True),
+    # helper-26: sizes past 64 bits were numpy's ValueError and torch's RuntimeError, tracebacks with exit 1
+    "update-size-past-64-bits": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", "gradient_steps=" + str(2**62),
+                                     "learning_starts=10", "train_freq=100", "--run-dir", "r"],
+                                    ["step 100: the agent ran out of memory", "gradient_steps"], no_folder=True),
+    "agent-size-past-64-bits": Bad(["train", "dqn", "CartPole-v1", "--steps", "300", f"net_arch=[{2**62}]",
+                                    "--run-dir", "r"], ["does not fit in memory", "net_arch"], no_folder=True),
     # stop 32: ALE's two banner lines came before the error line on every Atari command
     "atari-one-line": Bad(["train", "tabular_q", "PongNoFrameskip-v4", "--steps", "200", "wrappers=[atari]",
                            "--run-dir", "r"], ["tabular_q", "Discrete"], no_folder=True, needs="atari"),
@@ -321,8 +328,8 @@ BAD_INPUTS: dict[str, Bad] = {
     "disk-full": Bad(["train", "tabular_q", "Taxi-v4", "--steps", "2000", "checkpoint_every=500", "eval_episodes=1",
                       "--run-dir", "r"], ["last.pt", "the file size limit was reached"], fsize=20_000),
     # agent sizes
-    "replay-smaller-than-envs": Bad(["train", "dqn", "CartPole-v1", "num_envs=32", "buffer_size=16", "--run-dir", "r"],
-                                    ["buffer_size"], no_folder=True),
+    "replay-smaller-than-envs": Bad(["train", "dqn", "CartPole-v1", "num_envs=32", "buffer_size=16", "batch_size=8",
+                                     "--run-dir", "r"], ["is too small for num_envs=32"], no_folder=True),
     "net-arch-negative": Bad(["train", "dqn", "CartPole-v1", "net_arch=[-4]", "--run-dir", "r"], ["net_arch"],
                              no_folder=True),
     "hidden-sizes-zero": Bad(["train", "reinforce", "CartPole-v1", "hidden_sizes=[0]", "--run-dir", "r"],

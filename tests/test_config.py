@@ -82,6 +82,28 @@ def test_values_that_overflow_the_arithmetic_are_refused(agent, env, override):
 
 
 @pytest.mark.parametrize(
+    ("agent", "env", "override", "message"),
+    [
+        # helper-26: each ended in a numpy or torch traceback (exit 1) once training or building began
+        ("dqn", "CartPole-v1", "n_steps=99999999999999999999999", "'hparams.n_steps' = 999999999999999"),
+        ("dqn", "CartPole-v1", "net_arch=[9223372036854775808]", "'hparams.net_arch.0' = 9223372036854775808: too"),
+        ("reinforce", "CartPole-v1", "env_kwargs.x=-9223372036854775809", "whole numbers go from -2^63 to 2^63 - 1"),
+        ("tabular_q", "FrozenLake-v1", "env_kwargs.map_name=9223372036854775808", "'env_kwargs.map_name' = 92233"),
+        # helper-26: a batch larger than the memory trained until its first update ran out of memory
+        ("dqn", "CartPole-v1", "batch_size=100001",
+         "override batch_size=100001: batch_size (100,001) exceeds buffer_size (100,000): a batch is drawn from"),
+        # a check of all hparams together is said in its own words, naming the override, not the preset's dict
+        ("seqgan", "SeqGen-v0", "data_seed=88", "override data_seed=88: test_seed must differ from data_seed"),
+    ],
+)  # fmt: skip
+def test_values_past_what_the_arithmetic_holds_are_refused_in_their_own_words(agent, env, override, message):
+    overrides = [override] if agent != "seqgan" else ["test_seed=88", override]
+    with pytest.raises(GymlabError) as info:
+        resolve(agent, env, None, overrides)
+    assert message in str(info.value) and "{" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         # a dotted path into a value used to make it a mapping ({x: 1}, truthy), and the run trained

@@ -323,11 +323,12 @@ def test_replay_is_saved_by_default_and_never_when_asked(tmp_path):
 def test_check_config_rejects_a_memory_smaller_than_the_envs_need():
     box4, disc2 = gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2)
     ctx = Context(box4, disc2, 8, 0, torch.device("cpu"), 1000)
-    problem = DQN.check_config(DQNConfig(buffer_size=16), ctx)
+    problem = DQN.check_config(DQNConfig(buffer_size=16, batch_size=8), ctx)
     assert problem is not None and "buffer_size >= 24" in problem
-    assert DQN.check_config(DQNConfig(buffer_size=24), ctx) is None
+    assert DQN.check_config(DQNConfig(buffer_size=24, batch_size=8), ctx) is None
     image = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)  # 4 stacked frames: 6 slots per env
-    assert DQN.check_config(DQNConfig(buffer_size=40), Context(image, disc2, 8, 0, torch.device("cpu"), 1)) is not None
+    image_ctx = Context(image, disc2, 8, 0, torch.device("cpu"), 1)
+    assert DQN.check_config(DQNConfig(buffer_size=40, batch_size=8), image_ctx) is not None
 
 
 def test_net_arch_must_be_positive():
