@@ -40,7 +40,7 @@ from gymlab.errors import GymlabError, Interrupted
 from gymlab.evaluation import Evaluator, eval_seed, evaluate
 from gymlab.finite import NonFinite, check_metrics, check_state
 from gymlab.runs import RunFolder
-from gymlab.signals import StopFlag, graceful_stop, starting
+from gymlab.signals import StopFlag, StoppedAtOnce, graceful_stop, starting
 from gymlab.video import VIDEO_TIME_SHARE, EpisodeRecorder
 
 
@@ -91,6 +91,8 @@ def train(
     Raises:
         StartUpInterrupt: a signal arrived while the run was starting up (a ``KeyboardInterrupt``;
             nothing saved).
+        StoppedAtOnce: a second signal after start-up (a ``KeyboardInterrupt``): stopped at once,
+            keeping the checkpoint written before, if any.
         CheckpointMismatch: ``resume`` cannot be put back into this config's agent and envs.
         GymlabError: a NaN or infinite reward, observation, metric or parameter, or an env that
             raised or returned what its space does not allow; the message names the step, the
@@ -118,8 +120,10 @@ def train(
                 if out_of_memory(exc) is None:
                     raise
                 raise GymlabError(trainer.failure(exc)) from None
-        finally:
-            trainer.close()
+            finally:
+                trainer.close()
+        except KeyboardInterrupt:  # a second signal: stopped at once; the folder keeps what it holds
+            raise StoppedAtOnce(trainer.state.step) from None
     s, stopped = trainer.state, trainer.stopped
     return TrainResult(
         folder.path, s.step, s.episodes, interrupted and not stopped, s.last_eval, s.best_eval, folder.last, stopped

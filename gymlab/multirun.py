@@ -128,10 +128,14 @@ def _seeds_interrupted(stopped: list[RunOutcome]) -> str:
     if not stopped:
         return "interrupted after every run had finished: nothing is left to continue"
     saved = [resume_command(o.run_dir) for o in stopped if o.checkpoint is not None and o.run_dir is not None]
-    unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None]
+    unstarted = [str(o.spec.tag) for o in stopped if o.checkpoint is None and o.run_dir is None]
+    kept = [o.run_dir for o in stopped if o.checkpoint is None and o.run_dir is not None]  # stopped at once
     parts = [f"{len(saved)} runs saved a checkpoint" + (f"; continue each: {'; '.join(saved)}" if saved else "")]
     if unstarted:
         parts.append(f"seeds {_seed_ranges(unstarted)} saved nothing (start them again with --seeds)")
+    if kept:
+        folders = " ".join(shlex.quote(str(f)) for f in kept)
+        parts.append(f"{folders} kept curves but no checkpoint (stopped at once): remove them to run those seeds again")
     return "interrupted: " + "; ".join(parts)
 
 

@@ -44,7 +44,7 @@ from gymlab.errors import GymlabError, Interrupted
 from gymlab.folderlock import FolderLock
 from gymlab.loop import train
 from gymlab.runs import RunFolder, config_differences, load_run, resume_command
-from gymlab.signals import held, sigterm_interrupts
+from gymlab.signals import StoppedAtOnce, held, sigterm_interrupts
 
 Mode = Literal["new", "resume", "auto"]
 Status = Literal["finished", "stopped", "interrupted", "failed", "cancelled"]
@@ -146,7 +146,10 @@ def interrupted_message(outcome: RunOutcome) -> str:
     """What an interrupted run saved and how to continue it, in one line."""
     if outcome.checkpoint is None:
         if outcome.run_dir is not None:
-            return f"interrupted before any checkpoint: {outcome.run_dir} holds none; remove it and start again"
+            return (
+                f"interrupted at once at step {outcome.step:,}, before its first checkpoint: {outcome.run_dir} keeps "
+                "its curves but nothing to continue from; to train again, remove it or choose another --run-dir"
+            )
         return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
     return (
         f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
@@ -168,8 +171,8 @@ def run(spec: RunSpec, progress: Progress | None = None) -> RunOutcome:
         with held():  # a signal while the folder is made is taken once `opened` can clean it up
             opened = open_run(spec)
         return _train(spec, opened, progress, start)
-    except (KeyboardInterrupt, Interrupted):  # during start-up, or a second Ctrl-C inside the loop
-        return _interrupted(spec, opened, start)
+    except (KeyboardInterrupt, Interrupted) as exc:  # during start-up, or a second Ctrl-C inside the loop
+        return _interrupted(spec, opened, start, exc.step if isinstance(exc, StoppedAtOnce) else None)
     except BaseException as exc:
         if opened is not None:
             opened.abandon()
@@ -446,10 +449,17 @@ def saved_step(path: Path | None) -> int:
         return 0
 
 
-def _interrupted(spec: RunSpec, opened: Opened | None, start: float) -> RunOutcome:
-    """A KeyboardInterrupt outside the loop's graceful stop: keep any checkpoint, else leave nothing."""
+def _interrupted(spec: RunSpec, opened: Opened | None, start: float, trained_to: int | None) -> RunOutcome:
+    """A KeyboardInterrupt outside the loop's graceful stop: keep any checkpoint, else leave nothing.
+
+    ``trained_to``: the step a run that had begun training stopped at (a second signal, see
+    :class:`~gymlab.signals.StoppedAtOnce`); its folder stays even without a checkpoint, since it
+    holds the run's curves. None: stopped in start-up.
+    """
     seconds = time.perf_counter() - start
     newest = opened.folder.newest() if opened is not None else None
+    if opened is not None and newest is None and trained_to is not None and opened.folder.exists():
+        return RunOutcome(spec, "interrupted", opened.folder.path, trained_to, opened.start_step, seconds=seconds)
     if opened is None or newest is None:
         if opened is not None:
             opened.abandon()  # created by this call and holds no checkpoint: gone, so a retry works

@@ -30,6 +30,18 @@ class StartUpInterrupt(KeyboardInterrupt):
     """
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM once a run has begun training: it stopped at once, in the middle of a step.
+
+    What the run folder holds stays (its curves, and any checkpoint written before), even when no
+    checkpoint was written yet: it is a run, not a failed start.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at once at step {step:,}")
+        self.step = step
+
+
 class StopFlag(threading.Event):
     """Set by the first Ctrl-C or SIGTERM; the loop, evaluations, videos and ``watch`` check it at each step."""
 

@@ -651,6 +651,23 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path, no_default_signal_handling
     assert signal.getsignal(signal.SIGINT) is no_default_signal_handling
 
 
+def test_a_second_ctrl_c_before_the_first_checkpoint_keeps_the_run_folder_and_says_so(
+    tmp_path, no_default_signal_handling
+):
+    """Helper-26: the runner took a run stopped at once for a failed start and removed its folder, curves and
+    all (with checkpoint_every at 500k, the first half hour of a Pong run), saying "during start-up"."""
+    Signaller.sent = False
+    data = {"agent": f"{__name__}:DoubleSignaller", "env": f"{__name__}:Corridor", "steps": 100, "eval_every": 40}
+    folder = tmp_path / "r"
+    outcome = runner.run(RunSpec(config=validate(data, DoubleSignaller), run_dir=folder))
+    assert (outcome.status, outcome.run_dir, outcome.step, outcome.checkpoint) == ("interrupted", folder, 40, None)
+    assert list(folder.glob("events.out.tfevents.*")) and (folder / "config.yaml").is_file()
+    assert not (folder / "checkpoints" / "last.pt").exists()
+    said = outcome.describe()
+    assert said.startswith("interrupted at once at step 40, before its first checkpoint: ") and str(folder) in said
+    assert "remove it or choose another --run-dir" in said
+
+
 def test_a_resume_below_an_interrupted_evaluations_step_is_refused(tmp_path, no_default_signal_handling):
     # Interrupted during the evaluation at step 40 of 100, the run has nothing left to train below step
     # 41: a resume with --steps 30 is refused, as any resume past its budget is, not reported "done".
