@@ -236,15 +236,12 @@ class DQN:
         if isinstance(action_space, gym.spaces.Box):
             return (
                 f"it needs a Discrete action space (one Q-value per action), but the action space is "
-                f"continuous, {describe_space(action_space)}: for continuous actions use reinforce"
+                f"continuous, {describe_space(action_space)}"
             )
         if not isinstance(action_space, gym.spaces.Discrete):
             return f"it needs a Discrete action space, but the action space is {describe_space(action_space)}"
         if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
-            return (
-                f"it needs a Box or Discrete observation space, but it is {describe_space(observation_space)} "
-                "(flatten it with a wrapper)"
-            )
+            return f"it needs a Box or Discrete observation space, but it is {describe_space(observation_space)}"
         if is_image(observation_space) and min(observation_space.shape[1:]) < NATURE_CNN_MIN_SIDE:  # type: ignore[index]
             c, h, w = observation_space.shape  # type: ignore[misc]
             if w in (1, 3, 4) and c >= NATURE_CNN_MIN_SIDE:  # height x width x channels: raw frames

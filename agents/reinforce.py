@@ -189,10 +189,7 @@ class Reinforce:
     def check_spaces(cls, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> str | None:
         """Needs Box or Discrete observations and Discrete or 1-D Box actions."""
         if not isinstance(observation_space, (gym.spaces.Box, gym.spaces.Discrete)):
-            return (
-                f"it needs a Box or Discrete observation space, but it is {observation_space} "
-                "(flatten it with a wrapper)"
-            )
+            return f"it needs a Box or Discrete observation space, but it is {observation_space}"
         if isinstance(action_space, gym.spaces.Discrete):
             return None
         if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:

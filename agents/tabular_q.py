@@ -69,7 +69,7 @@ class TabularQ:
             if not isinstance(space, gym.spaces.Discrete)
         ]
         if bad:
-            return f"it needs Discrete observation and action spaces, but the {' and the '.join(bad)} (try dqn)"
+            return f"it needs Discrete observation and action spaces, but the {' and the '.join(bad)}"
         return None
 
     def __init__(self, config: TabularQConfig, ctx: Context) -> None:

@@ -280,13 +280,39 @@ def smoke_hparams(cls: AgentClass) -> Mapping[str, Any]:
     return cast("Mapping[str, Any]", getattr(cls, "smoke", {}))
 
 
+#: Built-in agents that only measure the others (never offered as the agent to use instead).
+BASELINES = ("random",)
+
+
 def check_agent_spaces(
     cls: AgentClass, env_id: str, observation_space: gym.Space[Any], action_space: gym.Space[Any]
 ) -> None:
-    """Raise a one-line error when the agent cannot handle the env's spaces."""
+    """Raise a one-line error when the agent cannot handle the env's spaces, naming the built-in agents that can."""
     problem = cls.check_spaces(observation_space, action_space)
-    if problem is not None:
-        raise GymlabError(f"agent '{cls.name}' cannot train on {env_id}: {problem}")
+    if problem is None:
+        return
+    fits = agents_for(observation_space, action_space, but=cls.name)
+    if fits:
+        offer = f"built-in agents that can: {', '.join(fits)}"
+    elif isinstance(observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        offer = "no built-in agent takes it as it is: flatten its observations with wrappers=[flatten]"
+    else:
+        offer = "no built-in agent takes these spaces"
+    raise GymlabError(f"agent '{cls.name}' cannot train on {env_id}: {problem}; {offer}")
+
+
+def agents_for(observation_space: gym.Space[Any], action_space: gym.Space[Any], but: str = "") -> list[str]:
+    """The built-in learning agents (not :data:`BASELINES`, nor ``but``) whose ``check_spaces`` accept these spaces."""
+    fits = []
+    for name in AGENTS:
+        if name in BASELINES or name == but:
+            continue
+        try:
+            if load_agent_class(name).check_spaces(observation_space, action_space) is None:
+                fits.append(name)
+        except Exception:  # an agent unavailable here, or tripping on an odd space, does not fit
+            continue
+    return fits
 
 
 def describe_space(space: gym.Space[Any]) -> str:

@@ -32,7 +32,7 @@ from gymnasium.utils.env_checker import check_env
 from rich.table import Table
 
 from gymlab import registry
-from gymlab.agent import AGENTS, load_agent_class
+from gymlab.agent import AGENTS, BASELINES, load_agent_class
 from gymlab.config import apply_overrides
 from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward, did
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env, declared_length, sdl_offscreen
@@ -46,8 +46,6 @@ PASS, WARN, FAIL = "pass", "warn", "fail"
 DEFAULT_STEPS = 300
 #: Steps compared by the determinism check (fewer when the episode ends first).
 DETERMINISM_STEPS = 100
-#: Built-in agents that accept any spaces but learn nothing: their fit alone is no reason to pass.
-BASELINES = ("random",)
 #: Steps rendered by the render check (fewer when the episode ends first).
 RENDER_STEPS = 3
 #: Longest detail kept per verdict.

@@ -34,7 +34,14 @@ from gymlab.vector import ARRAY_SPACES, LeanSyncVectorEnv
 #: Wrapper stacks a config can name; each is ``fn(env, *, train: bool) -> env``.
 WRAPPERS: Mapping[str, str] = {
     "atari": "gymlab.envs.atari:wrap_atari",
+    "flatten": "gymlab.registry:flatten_observations",
 }
+
+
+def flatten_observations(env: gym.Env[Any, Any], *, train: bool) -> gym.Env[Any, Any]:
+    """``wrappers: [flatten]``: Dict, Tuple or MultiDiscrete observations as one flat Box (Gymnasium's own wrapper)."""
+    return gym.wrappers.FlattenObservation(env)
+
 
 EnvWrapper = Callable[..., gym.Env[Any, Any]]
 

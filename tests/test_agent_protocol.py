@@ -171,6 +171,49 @@ def test_dqn_config_errors_are_one_line_before_any_folder(cli, tmp_path: Path, a
     assert not (tmp_path / "r").exists()
 
 
+#: Spaces a user env may have, and what a refusal offers for them (helper-26: tabular_q said "try dqn" for envs
+#: dqn refuses too, and "flatten it with a wrapper" led to Gymnasium's FlattenObservation, which takes no train=).
+BOX3 = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+DICT = gym.spaces.Dict({"a": gym.spaces.Discrete(3), "b": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
+OFFERS = [
+    ("tabular_q", BOX3, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), "built-in agents that can: reinforce"),
+    ("dqn", BOX3, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), "built-in agents that can: reinforce"),
+    ("tabular_q", BOX3, gym.spaces.Discrete(2), "built-in agents that can: dqn, reinforce"),
+    ("tabular_q", DICT, gym.spaces.Discrete(2), "flatten its observations with wrappers=[flatten]"),
+    ("dqn", DICT, gym.spaces.Discrete(2), "flatten its observations with wrappers=[flatten]"),
+    ("reinforce", BOX3, gym.spaces.MultiDiscrete([2, 2]), "no built-in agent takes these spaces"),
+]
+
+
+@pytest.mark.parametrize(("agent", "obs_space", "act_space", "offer"), OFFERS)
+def test_a_refused_space_offers_only_what_works(agent, obs_space, act_space, offer):
+    from gymlab.agent import check_agent_spaces
+
+    with pytest.raises(GymlabError) as info:
+        check_agent_spaces(load_agent_class(agent), "my:Env", obs_space, act_space)
+    said = str(info.value)
+    assert said.startswith(f"agent '{agent}' cannot train on my:Env: ") and said.endswith(offer), said
+
+
+def test_the_flatten_wrapper_lets_dqn_train_on_dict_observations(cli, tmp_path: Path):
+    (tmp_path / "dictenv.py").write_text(
+        "import gymnasium as gym, numpy as np\n"
+        "class DictObs(gym.Env):\n"
+        "    observation_space = gym.spaces.Dict({'a': gym.spaces.Discrete(3), 'b': gym.spaces.Box(-1, 1, (2,))})\n"
+        "    action_space = gym.spaces.Discrete(2)\n"
+        "    def reset(self, *, seed=None, options=None):\n"
+        "        super().reset(seed=seed); self.t = 0\n"
+        "        return self.observation_space.sample(), {}\n"
+        "    def step(self, action):\n"
+        "        self.t += 1\n"
+        "        return self.observation_space.sample(), float(action), False, self.t >= 10, {}\n"
+    )
+    result = cli("train", "dqn", "dictenv:DictObs", "--steps", "200", "wrappers=[flatten]", "eval_episodes=1",
+                 "--run-dir", "r")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "r" / "checkpoints" / "last.pt").is_file()
+
+
 # --- the random baseline -------------------------------------------------------------------------
 
 SPACES = [
