@@ -308,6 +308,8 @@ def _open_branch(spec: RunSpec) -> Opened:
     done, until = source.checkpoint.step, spec.until or config.run.steps
     if done >= until:  # checked before the new folder exists
         raise GymlabError(f"{spec.source} is at step {done:,} already; pass --steps N with N > {done:,} to go on")
+    # Its best is its own: best.pt is written at its first evaluation, not held back by a best it cannot hold.
+    source.checkpoint.loop.best_eval = None
     opened = _open_new(spec, config, until, source.checkpoint)
     source_dir = RunFolder.of(source.path).path
     try:

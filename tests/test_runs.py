@@ -160,6 +160,10 @@ def test_an_older_checkpoint_never_rewrites_its_folder_but_may_start_a_new_one(c
     assert snapshot(tmp_path / "r") == before  # the source folder is only read
     assert step_of(tmp_path / "branch" / "checkpoints" / "last.pt") == 6000
     assert list((tmp_path / "branch").glob("events.out.tfevents.*"))  # the curve so far came along
+    # helper-26: the line said "(best X)" from the source run, and the branch had no best.pt to evaluate
+    best_said = float(re.search(r"\(best ([-0-9.e]+)\)", branched.stdout)[1])  # type: ignore[index]
+    branch_best = checkpoint.Checkpoint.read(tmp_path / "branch" / "checkpoints" / "best.pt")
+    assert branch_best.loop.best_eval == pytest.approx(best_said)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "negative", "null", "folder", "fifo", "dev-zero"])
