@@ -410,11 +410,14 @@ class Reinforce:
         """
         self._note_due = False
         k, done = self.cfg.episodes_per_update, len(self.complete)
-        fewer = " or a lower hparams.episodes_per_update" if done else ""  # none ended: the loop says why too
+        if done:
+            advice = "give more --steps or a lower hparams.episodes_per_update"
+        else:  # none ended: longer episodes than the budget, or an env whose episodes never end
+            advice = "give more --steps if its episodes are longer, or a time limit if they never end by themselves"
         self.text(
             "schedule",
             f"no learning in this run: its first update needs hparams.episodes_per_update {k:,} complete episodes,"
-            f" and {done:,} had ended when {self.budget_words} did; give more --steps{fewer}",
+            f" and {done:,} had ended when {self.budget_words} did; {advice}",
         )
 
     def _fit_value(self, x: torch.Tensor, returns: torch.Tensor) -> float:

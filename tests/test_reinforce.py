@@ -196,14 +196,18 @@ def test_a_budget_that_ends_before_the_first_update_is_said_once(steps, num_envs
     notes = [message for tag, message in said if tag == "schedule"]
     assert (agent.updates == 0) == bool(notes) == (ended is not None), (agent.updates, said)
     if notes:
-        fewer = " or a lower hparams.episodes_per_update" if ended else ""  # none ended: fewer would not help
+        advice = (  # none ended: fewer would not help, and the episodes may never end
+            "give more --steps or a lower hparams.episodes_per_update"
+            if ended
+            else "give more --steps if its episodes are longer, or a time limit if they never end by themselves"
+        )
         # the steps the run took: 17 of 2 envs end at env step 18
         took = (
             "18 steps (its budget of 17 rounded up to a whole step of its 2 envs)" if steps == 17 else f"{steps} steps"
         )
         assert notes == [
             f"no learning in this run: its first update needs hparams.episodes_per_update 4 complete episodes,"
-            f" and {ended} had ended when its {took} did; give more --steps{fewer}"
+            f" and {ended} had ended when its {took} did; {advice}"
         ]
 
 

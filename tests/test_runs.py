@@ -529,6 +529,12 @@ def _foreign(run: Path, tmp: Path, cartpole: Path) -> None:
     shutil.copy(cartpole / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
 
 
+def _sibling(run: Path, tmp: Path, cartpole: Path) -> None:
+    """A run of the same agent and env whose checkpoint was copied in: another run's, not the folder's."""
+    config = run / "config.yaml"
+    config.write_text(re.sub(r"(?m)^steps: (\d+)$", lambda m: f"steps: {int(m[1]) + 1000}", config.read_text()))
+
+
 def _foreign_best(run: Path, tmp: Path, cartpole: Path) -> None:
     shutil.copy(cartpole / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
 
@@ -539,6 +545,8 @@ RESUMES = {
     "foreign-eval": (_foreign, ["eval", "RUN"], ["last.pt"]),
     "foreign-watch": (_foreign, ["watch", "RUN", "--record", "w.mp4", "--episodes", "1"], ["last.pt"]),
     "foreign-resume": (_foreign, ["train", "--resume", "RUN", "--steps", "4000"], ["last.pt"]),
+    # helper-26: "...differs in steps); it does not belong to this run" read as if --steps could mend it
+    "sibling-eval": (_sibling, ["eval", "RUN"], ["differs in steps", "it is another run's; move it to a folder of"]),
     # resuming from last.pt would in time overwrite another run's best.pt
     "foreign-best-resume": (_foreign_best, ["train", "--resume", "RUN", "--steps", "4000"], ["best.pt", "agent 'dqn'"]),
 }
