@@ -56,6 +56,7 @@ class TrainResult:
     best_eval: float | None
     checkpoint: Path | None
     stopped: bool = False  # ended early because ``on_eval`` asked (e.g. a sweep pruned it); checkpoint saved
+    phase: str | None = None  # interrupted in an offline phase: where (``mle 3 of 120``)
 
 
 #: TensorBoard scalar: evaluation episodes cut at ``eval_max_steps`` (written only when some were).
@@ -126,8 +127,9 @@ def train(
             raise StoppedAtOnce(trainer.state.step) from None
     s, stopped = trainer.state, trainer.stopped
     return TrainResult(
-        folder.path, s.step, s.episodes, interrupted and not stopped, s.last_eval, s.best_eval, folder.last, stopped
-    )
+        folder.path, s.step, s.episodes, interrupted and not stopped, s.last_eval, s.best_eval, folder.last, stopped,
+        trainer.phase_stop,
+    )  # fmt: skip
 
 
 def _next_multiple(step: int, every: int, total: int) -> int:
@@ -178,6 +180,7 @@ class Trainer:
         self.config, self.folder, self.total, self.progress = config, folder, total, progress
         self.on_eval, self.evaluator = on_eval, evaluator
         self.stopped = False  # on_eval asked to stop
+        self.phase_stop: str | None = None  # where a signal stopped the offline phases (``mle 3 of 120``)
         self.stop: threading.Event = StopFlag()  # the signal flag, from run() on
         self.during = ""  # " during evaluation" / " during a video", for the message of an env problem
         self.evaluated_at: int | None = None  # the step of the last evaluation played to its end
@@ -290,6 +293,7 @@ class Trainer:
                 if self.progress is not None:
                     self.progress.phase(name, index + 1, iterations)
                 if stop_flag.is_set():
+                    self.phase_stop = f"{name} {index + 1:,} of {iterations:,}"
                     return True
                 if index == iterations - 1 or time.perf_counter() - last_save >= PHASE_CHECKPOINT_SECONDS:
                     self.save("last")

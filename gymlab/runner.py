@@ -111,6 +111,7 @@ class RunOutcome:
     error: str | None = None
     seconds: float = 0.0
     episodes: int | None = None  # training episodes ended over the whole run (None: not known)
+    phase: str | None = None  # interrupted in the agent's offline phases: where (``mle 3 of 120``)
 
     @property
     def no_episode_note(self) -> str | None:
@@ -151,8 +152,9 @@ def interrupted_message(outcome: RunOutcome) -> str:
                 "its curves but nothing to continue from; to train again, remove it or choose another --run-dir"
             )
         return "interrupted during start-up: nothing was saved and no run folder was left; run the same command again"
+    where = f" (pre-training, {outcome.phase} done)" if outcome.phase is not None else ""
     return (
-        f"interrupted at step {outcome.step:,}: checkpoint {outcome.checkpoint}; "
+        f"interrupted at step {outcome.step:,}{where}: checkpoint {outcome.checkpoint}; "
         f"continue with: {resume_command(outcome.run_dir or outcome.checkpoint.parent.parent)}"
     )
 
@@ -438,6 +440,7 @@ def _train(spec: RunSpec, opened: Opened, progress: Progress | None, start: floa
         result.checkpoint,
         seconds=time.perf_counter() - start,
         episodes=result.episodes,
+        phase=result.phase,
     )
 
 

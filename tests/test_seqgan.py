@@ -664,6 +664,7 @@ def test_stopped_in_the_middle_of_a_phase_resumes_exactly(tmp_path: Path, monkey
     monkeypatch.setattr(SeqGAN, "run_phase", interrupted)
     first = train(cfg, tmp_path / "split")
     assert first.interrupted and first.step == 0
+    assert first.phase == "mle 2 of 3"  # helper-26: the line said "interrupted at step 0" and nothing of where
     ckpt = Checkpoint.read(tmp_path / "split" / "checkpoints" / "last.pt")
     assert ckpt.loop.phase_done == 2 and ckpt.agent_state["training"]["counters"][0] == 2
     monkeypatch.setattr(SeqGAN, "run_phase", original)
