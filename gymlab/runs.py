@@ -397,7 +397,8 @@ def check_belongs(path: Path, expected: Mapping[str, Any], folder: Path, agent: 
     if differ:
         raise GymlabError(
             f"checkpoint {path} was written with another config than {folder / CONFIG_FILE} "
-            f"(differs in {', '.join(differ[:5])}): it is another run's; move it to a folder of its own"
+            f"(differs in {', '.join(differ[:5])}): it is another run's and does not belong there; move it to a "
+            "folder of its own"
         )
 
 

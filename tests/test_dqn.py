@@ -9,9 +9,10 @@ from gymlab.agents.dqn import DQN, DQNConfig, q_loss, resolve_compile, td_target
 from gymlab.replay import ReplayBuffer
 
 from gymlab import checkpoint
-from gymlab.agent import Context, Transition
+from gymlab.agent import Context, Transition, check_agent_spaces
 from gymlab.checkpoint import Checkpoint
 from gymlab.config import configs_root, resolve, validate
+from gymlab.errors import GymlabError
 from gymlab.loop import train
 from gymlab.nets import MLP, NatureCNN, clip_grad_norm
 
@@ -98,7 +99,9 @@ def test_spaces():
     assert DQN.check_spaces(box4, disc2) is None
     assert DQN.check_spaces(gym.spaces.Discrete(16), disc2) is None
     reason = DQN.check_spaces(box4, gym.spaces.Box(-1, 1, (1,)))
-    assert reason is not None and "reinforce" in reason and "Discrete" in reason
+    assert reason is not None and "continuous" in reason and "Discrete" in reason
+    with pytest.raises(GymlabError, match=r"built-in agents that can: reinforce$"):  # the core names who can
+        check_agent_spaces(DQN, "my:Env", box4, gym.spaces.Box(-1, 1, (1,)))
     assert DQN.check_spaces(gym.spaces.Dict({"a": box4}), disc2) is not None
     # stop 32: raw Atari frames (210, 160, 3) were read as 210 channels of 160x3 images, "smaller than 36x36"
     raw = DQN.check_spaces(gym.spaces.Box(0, 255, (210, 160, 3), np.uint8), disc2)

@@ -546,7 +546,7 @@ RESUMES = {
     "foreign-watch": (_foreign, ["watch", "RUN", "--record", "w.mp4", "--episodes", "1"], ["last.pt"]),
     "foreign-resume": (_foreign, ["train", "--resume", "RUN", "--steps", "4000"], ["last.pt"]),
     # helper-26: "...differs in steps); it does not belong to this run" read as if --steps could mend it
-    "sibling-eval": (_sibling, ["eval", "RUN"], ["differs in steps", "it is another run's; move it to a folder of"]),
+    "sibling-eval": (_sibling, ["eval", "RUN"], ["differs in steps", "it is another run's and does not belong there"]),
     # resuming from last.pt would in time overwrite another run's best.pt
     "foreign-best-resume": (_foreign_best, ["train", "--resume", "RUN", "--steps", "4000"], ["best.pt", "agent 'dqn'"]),
 }
