@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel
 from typing_extensions import get_protocol_members
 
-from gymlab.errors import GymlabError
+from gymlab.errors import GymlabError, describe
 from gymlab.extras import import_module
 
 #: Built-in agents by name, as import paths so that naming one never imports another.
@@ -303,16 +303,24 @@ def check_agent_spaces(
 
 def agents_for(observation_space: gym.Space[Any], action_space: gym.Space[Any], but: str = "") -> list[str]:
     """The built-in learning agents (not :data:`BASELINES`, nor ``but``) whose ``check_spaces`` accept these spaces."""
-    fits = []
+    refusals = space_refusals(observation_space, action_space)
+    return [name for name, why in refusals.items() if why is None and name not in BASELINES and name != but]
+
+
+def space_refusals(observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> dict[str, str | None]:
+    """Each built-in agent's refusal of these spaces (its ``check_spaces``), None where it takes them.
+
+    An agent unavailable here, or whose check trips on an odd space, refuses them, saying so.
+    """
+    refusals: dict[str, str | None] = {}
     for name in AGENTS:
-        if name in BASELINES or name == but:
-            continue
         try:
-            if load_agent_class(name).check_spaces(observation_space, action_space) is None:
-                fits.append(name)
-        except Exception:  # an agent unavailable here, or tripping on an odd space, does not fit
-            continue
-    return fits
+            refusals[name] = load_agent_class(name).check_spaces(observation_space, action_space)
+        except GymlabError as exc:
+            refusals[name] = f"unavailable ({exc})"
+        except Exception as exc:  # a refusal, not a crash
+            refusals[name] = f"its check_spaces raised {describe(exc)}"
+    return refusals
 
 
 def describe_space(space: gym.Space[Any]) -> str:

@@ -32,7 +32,7 @@ from gymnasium.utils.env_checker import check_env
 from rich.table import Table
 
 from gymlab import registry
-from gymlab.agent import AGENTS, BASELINES, load_agent_class
+from gymlab.agent import BASELINES, space_refusals
 from gymlab.config import apply_overrides
 from gymlab.envfault import ARRAY_SPACES, EnvProblem, check_done, check_nested, check_reward, did
 from gymlab.envguard import DEFAULT_EVAL_MAX_STEPS, close_env, declared_length, sdl_offscreen
@@ -427,18 +427,9 @@ class EnvChecker:
     @staticmethod
     def agents(observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> Verdict:
         """Which built-in agents accept these spaces (each class's ``check_spaces``)."""
-        fits, refusals = [], []
-        for name in AGENTS:
-            try:
-                why = load_agent_class(name).check_spaces(observation_space, action_space)
-            except GymlabError as exc:
-                why = f"unavailable ({exc})"
-            except Exception as exc:  # an agent's check tripping on an odd space is a refusal, not a crash
-                why = f"its check_spaces raised {describe(exc)}"
-            if why is None:
-                fits.append(name)
-            else:
-                refusals.append(f"{name}: {why}")
+        verdicts = space_refusals(observation_space, action_space)
+        fits = [name for name, why in verdicts.items() if why is None]
+        refusals = [f"{name}: {why}" for name, why in verdicts.items() if why is not None]
         others = f" (not {', '.join(r.partition(':')[0] for r in refusals)})" if refusals else ""
         if not [name for name in fits if name not in BASELINES]:
             only = f"only {' and '.join(fits)}, which learns nothing; " if fits else ""
