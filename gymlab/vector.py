@@ -87,7 +87,7 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         self._ep_return = [0.0] * self.num_envs
         self._ep_length = [0] * self.num_envs
         self._ep_start = [time.perf_counter()] * self.num_envs
-        # Else each copy's RecordEpisodeStatistics, read directly where a user's wrapper above it dropped its info.
+        # Else each copy's RecordEpisodeStatistics, read directly: a user's wrapper above it may drop its info.
         self._recorders = [None if count_episodes else episode_recorder(env) for env in self.envs]
         self._recorded = [0] * self.num_envs  # each recorder's episode count when this env last read it
 
@@ -190,14 +190,14 @@ class LeanSyncVectorEnv(VectorEnv[Any, Any, Any]):
         episode: dict[str, Any] | None
         if self.count_episodes:
             episode = {"r": self._ep_return[i], "l": self._ep_length[i], "t": time.perf_counter() - self._ep_start[i]}
-        else:  # from RecordEpisodeStatistics, innermost in every copy (registry.make_env)
-            episode = info.get("episode")
-            recorder = self._recorders[i]
-            if recorder is not None:
-                if episode is None and recorder.episode_count > self._recorded[i]:  # a wrapper dropped its info
-                    queues = (recorder.return_queue, recorder.length_queue, recorder.time_queue)
-                    episode = dict(zip("rlt", (q[-1] for q in queues), strict=True))
+        elif (recorder := self._recorders[i]) is not None:  # RecordEpisodeStatistics, innermost (registry.make_env)
+            episode = None  # an end of the wrappers' alone (a lost life) is no episode of the env's
+            # A resume brings its count back (plain data), not its queues: an episode ended if both grew.
+            if recorder.episode_count > self._recorded[i] and recorder.return_queue:
                 self._recorded[i] = recorder.episode_count
+                episode = {"r": recorder.return_queue[-1], "l": recorder.length_queue[-1], "t": recorder.time_queue[-1]}
+        else:  # a recorder no wrapper chain reaches: what its info says
+            episode = info.get("episode")
         if episode is not None:
             final = infos["final_info"]
             if "episode" not in final:

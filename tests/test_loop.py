@@ -200,6 +200,22 @@ def test_training_counts_episodes_whose_statistics_a_wrapper_dropped(tmp_path, v
     assert returns[0] == returns[1] and returns[0]
 
 
+def test_a_resumed_episode_count_alone_is_no_ended_episode():
+    """A resume puts back the recorder's episode count (plain data), not its queues: an end of the wrappers'
+    alone right after it must not be read as an episode of the env's (an empty queue, or the last one's stats)."""
+    envs = registry.make_vec_env(f"{__name__}:Corridor", 1, wrappers=[f"{__name__}:end_after_two"], train=True)
+    assert isinstance(envs, vector.LeanSyncVectorEnv)
+    recorder = vector.episode_recorder(envs.envs[0])
+    assert recorder is not None
+    envs.reset(seed=0)
+    recorder.episode_count = 5  # as set_vector_env_state restores it
+    DropInfo.steps = 0
+    for _ in range(2):  # the wrapper ends its episode at 2 steps; the corridor's own goes on
+        _, _, _, truncated, infos = envs.step(np.ones(1, dtype=np.int64))
+    envs.close()
+    assert truncated[0] and "_final_obs" in infos and "episode" not in infos["final_info"]
+
+
 def test_same_seed_same_result_different_seed_different(tmp_path):
     from gymlab.config import resolve
 
